@@ -1,0 +1,1 @@
+//! activecampaign (to be written).

@@ -1,0 +1,16 @@
+//! acexport: exports customer segments into ActiveCampaign lists, on a refresh schedule and on
+//! demand. The binary (`src/main.rs`) is a thin shell over this library so that tests drive the
+//! same code paths as production.
+
+pub mod activecampaign;
+pub mod cli;
+pub mod daemon;
+pub mod pipeline;
+pub mod sandbox;
+pub mod scheduler;
+pub mod secrets;
+pub mod service;
+pub mod settings;
+pub mod source;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,511 @@
+//! The daemon's own settings, from one loader: built-in defaults, then a TOML file, then
+//! `ACEXPORT_<SECTION>__<KEY>` environment variables. `acexport check-config` runs this same
+//! code path, so what it accepts is exactly what the daemon will run with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the settings file is looked for when neither `--config` nor `$ACEXPORT_CONFIG` names one.
+pub const SYSTEM_CONFIG_FILE: &str = "/etc/acexport/acexport.toml";
+/// Environment variable naming the settings file.
+pub const CONFIG_ENV: &str = "ACEXPORT_CONFIG";
+/// Prefix of the environment variables that override single keys.
+const ENV_PREFIX: &str = "ACEXPORT_";
+/// systemd credential name of the secrets key (`LoadCredential=acexport-secrets-key:...`).
+pub const SECRETS_CREDENTIAL: &str = "acexport-secrets-key";
+/// ActiveCampaign's documented general limit: 5 requests per second per account.
+pub const AC_REQUESTS_PER_SECOND: u32 = 5;
+/// ActiveCampaign's documented limit for multi-contact bulk imports.
+pub const AC_BULK_IMPORTS_PER_MINUTE: u32 = 100;
+/// Customer Insights' documented ceiling per export, our default guard.
+pub const DEFAULT_MAX_PROFILES: u64 = 1_000_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub store: StoreSettings,
+    pub secrets: SecretsSettings,
+    pub activecampaign: ActiveCampaignSettings,
+    pub export: ExportSettings,
+    pub daemon: DaemonSettings,
+    pub schedule: ScheduleSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// SQLite database holding definitions, delivery state and run history.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSettings {
+    /// 32-byte key that seals API keys and database passwords at rest; created on first use.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveCampaignSettings {
+    /// Budget for all requests to one ActiveCampaign account, shared by every run.
+    pub requests_per_second: u32,
+    /// Budget for multi-contact bulk imports to one account.
+    pub bulk_imports_per_minute: u32,
+    /// Total timeout of one HTTP request.
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSettings {
+    /// A run with more valid profiles than this fails before sending anything.
+    pub max_profiles: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSettings {
+    /// Folder watched for on-demand signal files.
+    pub trigger_dir: PathBuf,
+    /// How many exports run at once.
+    pub workers: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSettings {
+    /// System refresh cron; every enabled export without its own schedule runs with it.
+    pub refresh: Option<String>,
+    /// IANA time zone the crons are read in.
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// Default folder for state when no settings file says otherwise: systemd's `StateDirectory`,
+/// else the XDG state folder of the user running the command.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several colon-separated folders; the first is ours.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return PathBuf::from(first);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("acexport");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/acexport"),
+        None => PathBuf::from("/var/lib/acexport"),
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            path: default_state_dir().join("acexport.db"),
+        }
+    }
+}
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            key_file: default_state_dir().join("secrets.key"),
+        }
+    }
+}
+impl Default for ActiveCampaignSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_second: AC_REQUESTS_PER_SECOND,
+            bulk_imports_per_minute: AC_BULK_IMPORTS_PER_MINUTE,
+            timeout_secs: 30,
+        }
+    }
+}
+impl Default for ExportSettings {
+    fn default() -> Self {
+        Self {
+            max_profiles: DEFAULT_MAX_PROFILES,
+        }
+    }
+}
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            trigger_dir: default_state_dir().join("triggers"),
+            workers: 2,
+        }
+    }
+}
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            refresh: None,
+            timezone: "UTC".to_owned(),
+        }
+    }
+}
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            store: StoreSettings::default(),
+            secrets: SecretsSettings::default(),
+            activecampaign: ActiveCampaignSettings::default(),
+            export: ExportSettings::default(),
+            daemon: DaemonSettings::default(),
+            schedule: ScheduleSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// Why settings were refused. The message always names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    #[error("settings file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("settings: {0}")]
+    Invalid(String),
+    #[error("settings key {key}: {message}")]
+    Key { key: &'static str, message: String },
+}
+
+/// The settings in force plus where they came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub settings: Settings,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads settings: defaults, then `explicit` (or `$ACEXPORT_CONFIG`, or the system file when
+    /// it exists), then `ACEXPORT_<SECTION>__<KEY>` variables; then validates every key.
+    pub fn load(explicit: Option<&Path>) -> Result<Loaded, SettingsError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_from(explicit, &env)
+    }
+
+    /// [`Settings::load`] with the environment passed in, so tests need not mutate the process.
+    pub fn load_from(
+        explicit: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Loaded, SettingsError> {
+        let file = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => match env.get(CONFIG_ENV).filter(|v| !v.is_empty()) {
+                Some(path) => Some(PathBuf::from(path)),
+                None => {
+                    let system = PathBuf::from(SYSTEM_CONFIG_FILE);
+                    system.exists().then_some(system)
+                }
+            },
+        };
+        let mut builder = config::Config::builder();
+        if let Some(path) = &file {
+            if !path.exists() {
+                return Err(SettingsError::MissingFile { path: path.clone() });
+            }
+            builder = builder.add_source(
+                config::File::from(path.as_path())
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        // Only `ACEXPORT_<SECTION>__<KEY>` variables are settings; others such as
+        // ACEXPORT_CONFIG or test variables are not, and must not trip `deny_unknown_fields`.
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix(ENV_PREFIX)?;
+                rest.contains("__").then(|| (k.clone(), v.clone()))
+            })
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("ACEXPORT")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| describe_config_error(e, file.as_deref()))?;
+        let mut settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| describe_config_error(e, file.as_deref()))?;
+        let base = file
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+        settings.resolve_paths(&base);
+        settings.validate()?;
+        Ok(Loaded { settings, file })
+    }
+
+    /// Relative paths are read against the settings file's folder, so a file can be moved
+    /// together with its data.
+    fn resolve_paths(&mut self, base: &Path) {
+        for path in [
+            &mut self.store.path,
+            &mut self.secrets.key_file,
+            &mut self.daemon.trigger_dir,
+        ] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// Checks every value a deserializer cannot: ranges, cron syntax, time zone names.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let ac = &self.activecampaign;
+        if ac.requests_per_second == 0 || ac.requests_per_second > 1000 {
+            return Err(SettingsError::Key {
+                key: "activecampaign.requests_per_second",
+                message: format!(
+                    "must be between 1 and 1000, got {} (ActiveCampaign allows {})",
+                    ac.requests_per_second, AC_REQUESTS_PER_SECOND
+                ),
+            });
+        }
+        if ac.bulk_imports_per_minute == 0 || ac.bulk_imports_per_minute > 60_000 {
+            return Err(SettingsError::Key {
+                key: "activecampaign.bulk_imports_per_minute",
+                message: format!(
+                    "must be between 1 and 60000, got {} (ActiveCampaign allows {})",
+                    ac.bulk_imports_per_minute, AC_BULK_IMPORTS_PER_MINUTE
+                ),
+            });
+        }
+        if ac.timeout_secs == 0 || ac.timeout_secs > 3600 {
+            return Err(SettingsError::Key {
+                key: "activecampaign.timeout_secs",
+                message: format!(
+                    "must be between 1 and 3600 seconds, got {}",
+                    ac.timeout_secs
+                ),
+            });
+        }
+        if self.export.max_profiles == 0 {
+            return Err(SettingsError::Key {
+                key: "export.max_profiles",
+                message: "must be at least 1".to_owned(),
+            });
+        }
+        if self.daemon.workers == 0 || self.daemon.workers > 64 {
+            return Err(SettingsError::Key {
+                key: "daemon.workers",
+                message: format!("must be between 1 and 64, got {}", self.daemon.workers),
+            });
+        }
+        let tz = crate::scheduler::Schedule::parse_tz(&self.schedule.timezone).map_err(|e| {
+            SettingsError::Key {
+                key: "schedule.timezone",
+                message: e.to_string(),
+            }
+        })?;
+        if let Some(expr) = &self.schedule.refresh {
+            crate::scheduler::Schedule::parse(expr, tz).map_err(|e| SettingsError::Key {
+                key: "schedule.refresh",
+                message: e.to_string(),
+            })?;
+        }
+        for (key, path) in [
+            ("store.path", &self.store.path),
+            ("secrets.key_file", &self.secrets.key_file),
+            ("daemon.trigger_dir", &self.daemon.trigger_dir),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(SettingsError::Key {
+                    key,
+                    message: "must not be empty".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The time zone crons are read in (validated at load).
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        crate::scheduler::Schedule::parse_tz(&self.schedule.timezone).unwrap_or(chrono_tz::UTC)
+    }
+
+    /// The secrets key file in force: under systemd, `LoadCredential=acexport-secrets-key:...`
+    /// wins over `secrets.key_file`, because credentials are readable by this unit only.
+    pub fn secrets_key_path(&self) -> PathBuf {
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+            let candidate = PathBuf::from(dir).join(SECRETS_CREDENTIAL);
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+        self.secrets.key_file.clone()
+    }
+
+    /// `section.key = value` lines for `check-config`. Settings hold no secret values (only the
+    /// key file's path), so nothing needs redacting beyond what is shown.
+    pub fn to_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(sections) = value.as_object() {
+            for (section, keys) in sections {
+                if let Some(keys) = keys.as_object() {
+                    for (key, v) in keys {
+                        let shown = match v {
+                            serde_json::Value::Null => "(not set)".to_owned(),
+                            other => other.to_string(),
+                        };
+                        lines.push(format!("{section}.{key} = {shown}"));
+                    }
+                }
+            }
+        }
+        lines
+    }
+}
+
+/// Turns the `config` crate's errors into messages that name the file and the key.
+fn describe_config_error(err: config::ConfigError, file: Option<&Path>) -> SettingsError {
+    let message = err.to_string();
+    match file {
+        Some(path) => SettingsError::File {
+            path: path.to_path_buf(),
+            message,
+        },
+        None => SettingsError::Invalid(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("acexport.toml");
+        std::fs::write(&path, text).expect("write settings");
+        path
+    }
+
+    #[test]
+    fn defaults_follow_activecampaign_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "");
+        let loaded = Settings::load_from(Some(&file), &env(&[])).expect("load");
+        assert_eq!(loaded.settings.activecampaign.requests_per_second, 5);
+        assert_eq!(loaded.settings.activecampaign.bulk_imports_per_minute, 100);
+        assert_eq!(loaded.settings.export.max_profiles, 1_000_000);
+        assert_eq!(loaded.settings.schedule.timezone, "UTC");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[activecampaign]\nrequests_per_second = 4\n");
+        let loaded = Settings::load_from(
+            Some(&file),
+            &env(&[("ACEXPORT_ACTIVECAMPAIGN__REQUESTS_PER_SECOND", "2")]),
+        )
+        .expect("load");
+        assert_eq!(loaded.settings.activecampaign.requests_per_second, 2);
+    }
+
+    #[test]
+    fn unrelated_acexport_variables_are_not_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "");
+        let vars = env(&[
+            ("ACEXPORT_CONFIG", "x"),
+            ("ACEXPORT_TEST_POSTGRES_URL", "y"),
+        ]);
+        assert!(Settings::load_from(Some(&file), &vars).is_ok());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[store]\npath = \"data/x.db\"\n");
+        let loaded = Settings::load_from(Some(&file), &env(&[])).expect("load");
+        assert_eq!(loaded.settings.store.path, dir.path().join("data/x.db"));
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[activecampaign]\nrequests_per_secnd = 4\n");
+        let err = Settings::load_from(Some(&file), &env(&[])).expect_err("must refuse");
+        assert!(err.to_string().contains("requests_per_secnd"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_rate_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[activecampaign]\nrequests_per_second = 0\n");
+        let err = Settings::load_from(Some(&file), &env(&[])).expect_err("must refuse");
+        assert!(
+            err.to_string()
+                .contains("activecampaign.requests_per_second"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_time_zone_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[schedule]\ntimezone = \"Mars/Olympus\"\n");
+        let err = Settings::load_from(Some(&file), &env(&[])).expect_err("must refuse");
+        assert!(err.to_string().contains("schedule.timezone"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_refresh_cron_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[schedule]\nrefresh = \"every day\"\n");
+        let err = Settings::load_from(Some(&file), &env(&[])).expect_err("must refuse");
+        assert!(err.to_string().contains("schedule.refresh"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent/acexport.toml")), &env(&[]))
+            .expect_err("must refuse");
+        assert!(matches!(err, SettingsError::MissingFile { .. }));
+    }
+}
