@@ -1,1 +1,328 @@
-//! store (to be written).
+//! The SQLite store: definitions (connections, segments, exports), per-export delivery state,
+//! run history and the daemon's queue. One file per table family.
+//!
+//! Durability choices (see `../shared/reference/reliability.md` §3): WAL, `synchronous=FULL`
+//! (a saved definition or confirmed batch must survive power loss), a busy timeout, foreign
+//! keys, and `BEGIN IMMEDIATE` for every write transaction so concurrent writers (CLI and
+//! daemon) wait for each other instead of failing with SQLITE_BUSY_SNAPSHOT.
+
+pub mod connections;
+pub mod delivery;
+pub mod exports;
+pub mod queue;
+pub mod runs;
+pub mod segments;
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
+
+pub use connections::ConnectionDef;
+pub use exports::ExportDef;
+pub use runs::{RunCounts, RunRecord, RunStatus};
+pub use segments::SegmentDef;
+
+/// Migrations embedded at build time (build.rs re-runs on change).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long a writer waits for another writer before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {path}: {source}")]
+    Connect { path: PathBuf, source: sqlx::Error },
+    #[error(
+        "the database {path} was written by a newer acexport (schema version {found}; this \
+         build knows up to {known}). Upgrade acexport, or restore a backup made by this version. \
+         The database was not modified."
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot migrate the database {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error while {doing}: {source}")]
+    Query {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+}
+
+/// Adds what was being done to a sqlx error.
+pub trait Doing<T> {
+    fn doing(self, doing: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Doing<T> for Result<T, sqlx::Error> {
+    fn doing(self, doing: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Query { doing, source })
+    }
+}
+
+/// The open store. Cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating it 0600 if missing) and migrates the database at `path`. A database
+    /// written by a newer acexport is refused before anything is written to it.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::secrets::create_private_dir(dir).map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        if !path.exists() {
+            // Create the file ourselves so it is owner-only from the first byte; SQLite gives
+            // the -wal and -shm files the same mode.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        } else {
+            refuse_newer_schema(path).await?;
+        }
+        let options = Self::options(path);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn options(path: &Path) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .pragma("temp_store", "file")
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`).
+    pub async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting a write transaction")
+    }
+
+    /// A connection of its own, outside the pool, for a run's private temporary tables.
+    pub async fn dedicated_connection(&self) -> Result<SqliteConnection, StoreError> {
+        Self::options(&self.path)
+            .connect()
+            .await
+            .doing("opening a connection for a run")
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Reads the applied schema version without writing anything and refuses a newer one.
+async fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let mut conn = options
+        .connect()
+        .await
+        .map_err(|source| StoreError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let has_table: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(&mut conn)
+    .await
+    .doing("reading the schema version")?;
+    if has_table.is_some() {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&mut conn)
+                .await
+                .doing("reading the schema version")?;
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        if let Some(found) = found.filter(|f| *f > known) {
+            let _ = conn.close().await;
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Current time as stored: RFC 3339, UTC, millisecond precision.
+pub fn now_text() -> String {
+    to_text(Utc::now())
+}
+
+pub fn to_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn from_text(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::<chrono::FixedOffset>::from_str(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The operating-system user running this process, for consent and audit records.
+pub fn os_user() -> String {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(user) = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+    {
+        if !user.is_empty() {
+            return user;
+        }
+    }
+    match std::fs::metadata("/proc/self") {
+        Ok(meta) => format!("uid {}", meta.uid()),
+        Err(_) => "unknown".to_owned(),
+    }
+}
+
+/// Appends a PII-free entry to the audit log inside the caller's transaction.
+pub async fn audit(
+    tx: &mut Transaction<'static, Sqlite>,
+    action: &str,
+    subject: &str,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(now_text())
+    .bind(os_user())
+    .bind(action)
+    .bind(subject)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await
+    .doing("writing the audit log")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn a_new_database_is_owner_only_and_in_wal_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state/acexport.db");
+        let store = Store::open(&path).await.expect("open");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(store.pool())
+            .await
+            .expect("q");
+        assert_eq!(journal, "wal");
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(store.pool())
+            .await
+            .expect("q");
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(store.pool())
+            .await
+            .expect("q");
+        assert_eq!(fk, 1);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_version_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("acexport.db");
+        let store = Store::open(&path).await.expect("open");
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, installed_on, success, \
+             checksum, execution_time) VALUES (999999, 'future', datetime('now'), 1, x'00', 0)",
+        )
+        .execute(store.pool())
+        .await
+        .expect("insert");
+        store.close().await;
+        let before = std::fs::read(&path).expect("read");
+        let err = Store::open(&path).await.expect_err("refused");
+        assert!(err.to_string().contains("newer acexport"), "{err}");
+        assert_eq!(
+            before,
+            std::fs::read(&path).expect("read"),
+            "file unchanged"
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_an_existing_database_keeps_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("acexport.db");
+        Store::open(&path).await.expect("open").close().await;
+        assert!(Store::open(&path).await.is_ok());
+    }
+}

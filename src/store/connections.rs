@@ -1,0 +1,184 @@
+//! Connections to ActiveCampaign accounts.
+
+use sqlx::Row;
+
+use super::{Doing, Store, StoreError, now_text};
+
+/// A sealed secret as stored. Its `Debug` never shows the bytes.
+#[derive(Clone, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct Sealed(pub Vec<u8>);
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealed(..)")
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConnectionDef {
+    pub id: i64,
+    pub name: String,
+    /// `https://HOST` (or `http://` for loopback hosts), without `/api/3`.
+    pub base_url: String,
+    pub api_key_sealed: Sealed,
+    /// Last characters of the key, the only part ever shown.
+    pub api_key_hint: String,
+    pub allow_contributors: bool,
+    pub consent_at: String,
+    pub consent_by: String,
+    pub ac_user: Option<String>,
+    /// verified | rejected | unreachable
+    pub status: String,
+    pub status_detail: Option<String>,
+    pub checked_at: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What `connection add` stores once the key was verified.
+#[derive(Debug)]
+pub struct NewConnection<'a> {
+    pub name: &'a str,
+    pub base_url: &'a str,
+    pub api_key_sealed: Sealed,
+    pub api_key_hint: &'a str,
+    pub allow_contributors: bool,
+    pub consent_by: &'a str,
+    pub ac_user: &'a str,
+}
+
+impl Store {
+    pub async fn connection(&self, name: &str) -> Result<Option<ConnectionDef>, StoreError> {
+        sqlx::query_as("SELECT * FROM connections WHERE name = ?")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+            .doing("reading a connection")
+    }
+
+    pub async fn connection_by_id(&self, id: i64) -> Result<Option<ConnectionDef>, StoreError> {
+        sqlx::query_as("SELECT * FROM connections WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .doing("reading a connection")
+    }
+
+    pub async fn connections(&self) -> Result<Vec<ConnectionDef>, StoreError> {
+        sqlx::query_as("SELECT * FROM connections ORDER BY name")
+            .fetch_all(self.pool())
+            .await
+            .doing("listing connections")
+    }
+
+    /// Inserts a verified connection; `None` if the name is taken.
+    pub async fn insert_connection(&self, c: NewConnection<'_>) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.write().await?;
+        let now = now_text();
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO connections (name, base_url, api_key_sealed, api_key_hint, \
+             allow_contributors, consent_at, consent_by, ac_user, status, checked_at, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'verified', ?, ?, ?) \
+             ON CONFLICT(name) DO NOTHING RETURNING id",
+        )
+        .bind(c.name)
+        .bind(c.base_url)
+        .bind(c.api_key_sealed)
+        .bind(c.api_key_hint)
+        .bind(c.allow_contributors)
+        .bind(&now)
+        .bind(c.consent_by)
+        .bind(c.ac_user)
+        .bind(&now)
+        .bind(&now)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await
+        .doing("saving a connection")?;
+        if id.is_some() {
+            super::audit(&mut tx, "connection.add", c.name, Some(c.base_url)).await?;
+        }
+        tx.commit().await.doing("saving a connection")?;
+        Ok(id)
+    }
+
+    /// Replaces host, key and sharing of a connection after re-verification.
+    pub async fn update_connection(&self, c: &ConnectionDef) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE connections SET base_url = ?, api_key_sealed = ?, api_key_hint = ?, \
+             allow_contributors = ?, ac_user = ?, status = ?, status_detail = ?, checked_at = ?, \
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(&c.base_url)
+        .bind(&c.api_key_sealed)
+        .bind(&c.api_key_hint)
+        .bind(c.allow_contributors)
+        .bind(&c.ac_user)
+        .bind(&c.status)
+        .bind(&c.status_detail)
+        .bind(&c.checked_at)
+        .bind(now_text())
+        .bind(c.id)
+        .execute(&mut *tx)
+        .await
+        .doing("updating a connection")?;
+        super::audit(&mut tx, "connection.update", &c.name, Some(&c.base_url)).await?;
+        tx.commit().await.doing("updating a connection")?;
+        Ok(())
+    }
+
+    /// Records the outcome of a check (`connection test`, a run's preflight).
+    pub async fn record_connection_check(
+        &self,
+        id: i64,
+        status: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE connections SET status = ?, status_detail = ?, checked_at = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(detail)
+        .bind(now_text())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .doing("recording a connection check")?;
+        tx.commit().await.doing("recording a connection check")?;
+        Ok(())
+    }
+
+    /// Names of the exports that use a connection.
+    pub async fn exports_using_connection(&self, id: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name FROM exports WHERE connection_id = ? ORDER BY name")
+            .bind(id)
+            .fetch_all(self.pool())
+            .await
+            .doing("listing exports of a connection")?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// Removes a connection, its sealed key and, with them, the given exports and every
+    /// delivery state and history row they own (cascades), in one transaction.
+    pub async fn remove_connection(&self, id: i64, name: &str) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let removed_exports = sqlx::query("DELETE FROM exports WHERE connection_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .doing("removing the exports of a connection")?
+            .rows_affected();
+        sqlx::query("DELETE FROM connections WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .doing("removing a connection")?;
+        let detail = format!("{removed_exports} export(s) removed with it");
+        super::audit(&mut tx, "connection.remove", name, Some(&detail)).await?;
+        tx.commit().await.doing("removing a connection")?;
+        Ok(removed_exports)
+    }
+}

@@ -1,0 +1,333 @@
+//! Export definitions: which segments go to which list of which connection, with the data
+//! matching (segment column for each ActiveCampaign field).
+
+use serde::Serialize;
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{Doing, Store, StoreError, now_text};
+
+/// What happens to list members who left every segment of the export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeave {
+    /// Leave them on the list and forget them (Customer Insights' behaviour).
+    Keep,
+    /// Unsubscribe them from the list.
+    Unsubscribe,
+}
+
+impl OnLeave {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnLeave::Keep => "keep",
+            OnLeave::Unsubscribe => "unsubscribe",
+        }
+    }
+    pub fn parse(s: &str) -> Option<OnLeave> {
+        match s {
+            "keep" => Some(OnLeave::Keep),
+            "unsubscribe" => Some(OnLeave::Unsubscribe),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentRef {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldMapping {
+    pub field_id: i64,
+    pub column: String,
+}
+
+/// An export with everything it refers to.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportDef {
+    pub id: i64,
+    pub name: String,
+    pub connection_id: i64,
+    pub connection: String,
+    pub list_id: i64,
+    pub list_name: String,
+    pub email_column: String,
+    pub first_name_column: Option<String>,
+    pub last_name_column: Option<String>,
+    pub phone_column: Option<String>,
+    pub fields: Vec<FieldMapping>,
+    pub tags: Vec<String>,
+    pub segments: Vec<SegmentRef>,
+    pub on_leave: OnLeave,
+    pub schedule: Option<String>,
+    pub enabled: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A definition to save (add or update); ids are already resolved and checked.
+#[derive(Debug, Clone)]
+pub struct ExportSpec {
+    pub name: String,
+    pub connection_id: i64,
+    pub list_id: i64,
+    pub list_name: String,
+    pub email_column: String,
+    pub first_name_column: Option<String>,
+    pub last_name_column: Option<String>,
+    pub phone_column: Option<String>,
+    pub fields: Vec<FieldMapping>,
+    pub tags: Vec<String>,
+    pub segment_ids: Vec<i64>,
+    pub on_leave: OnLeave,
+    pub schedule: Option<String>,
+    pub enabled: bool,
+}
+
+const SELECT_EXPORT: &str = "SELECT e.*, c.name AS connection FROM exports e \
+     JOIN connections c ON c.id = e.connection_id";
+
+impl Store {
+    pub async fn export(&self, name: &str) -> Result<Option<ExportDef>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_EXPORT} WHERE e.name = ?"
+        )))
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await
+        .doing("reading an export")?;
+        match row {
+            Some(row) => Ok(Some(self.complete_export(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn export_by_id(&self, id: i64) -> Result<Option<ExportDef>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_EXPORT} WHERE e.id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .doing("reading an export")?;
+        match row {
+            Some(row) => Ok(Some(self.complete_export(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn exports(&self) -> Result<Vec<ExportDef>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_EXPORT} ORDER BY e.name"
+        )))
+        .fetch_all(self.pool())
+        .await
+        .doing("listing exports")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.complete_export(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn complete_export(&self, row: sqlx::sqlite::SqliteRow) -> Result<ExportDef, StoreError> {
+        let id: i64 = row.get("id");
+        let segments = sqlx::query(
+            "SELECT s.id, s.name FROM export_segments es JOIN segments s ON s.id = es.segment_id \
+             WHERE es.export_id = ? ORDER BY es.position",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .doing("reading an export's segments")?
+        .iter()
+        .map(|r| SegmentRef {
+            id: r.get(0),
+            name: r.get(1),
+        })
+        .collect();
+        let fields = sqlx::query(
+            "SELECT field_id, column FROM export_fields WHERE export_id = ? ORDER BY field_id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .doing("reading an export's fields")?
+        .iter()
+        .map(|r| FieldMapping {
+            field_id: r.get(0),
+            column: r.get(1),
+        })
+        .collect();
+        let tags =
+            sqlx::query_scalar("SELECT tag FROM export_tags WHERE export_id = ? ORDER BY tag")
+                .bind(id)
+                .fetch_all(self.pool())
+                .await
+                .doing("reading an export's tags")?;
+        let on_leave: String = row.get("on_leave");
+        Ok(ExportDef {
+            id,
+            name: row.get("name"),
+            connection_id: row.get("connection_id"),
+            connection: row.get("connection"),
+            list_id: row.get("list_id"),
+            list_name: row.get("list_name"),
+            email_column: row.get("email_column"),
+            first_name_column: row.get("first_name_column"),
+            last_name_column: row.get("last_name_column"),
+            phone_column: row.get("phone_column"),
+            fields,
+            tags,
+            segments,
+            on_leave: OnLeave::parse(&on_leave).unwrap_or(OnLeave::Keep),
+            schedule: row.get("schedule"),
+            enabled: row.get("enabled"),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+        })
+    }
+
+    /// Saves a new export with all its parts in one transaction; `None` if the name is taken.
+    pub async fn insert_export(&self, spec: &ExportSpec) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.write().await?;
+        let now = now_text();
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO exports (name, connection_id, list_id, list_name, email_column, \
+             first_name_column, last_name_column, phone_column, on_leave, schedule, enabled, \
+             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(name) DO NOTHING RETURNING id",
+        )
+        .bind(&spec.name)
+        .bind(spec.connection_id)
+        .bind(spec.list_id)
+        .bind(&spec.list_name)
+        .bind(&spec.email_column)
+        .bind(&spec.first_name_column)
+        .bind(&spec.last_name_column)
+        .bind(&spec.phone_column)
+        .bind(spec.on_leave.as_str())
+        .bind(&spec.schedule)
+        .bind(spec.enabled)
+        .bind(&now)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await
+        .doing("saving an export")?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        write_export_parts(&mut tx, id, spec).await?;
+        super::audit(&mut tx, "export.add", &spec.name, None).await?;
+        tx.commit().await.doing("saving an export")?;
+        Ok(Some(id))
+    }
+
+    /// Replaces an export's definition (same id, delivery state kept).
+    pub async fn update_export(&self, id: i64, spec: &ExportSpec) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE exports SET connection_id = ?, list_id = ?, list_name = ?, email_column = ?, \
+             first_name_column = ?, last_name_column = ?, phone_column = ?, on_leave = ?, \
+             schedule = ?, enabled = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(spec.connection_id)
+        .bind(spec.list_id)
+        .bind(&spec.list_name)
+        .bind(&spec.email_column)
+        .bind(&spec.first_name_column)
+        .bind(&spec.last_name_column)
+        .bind(&spec.phone_column)
+        .bind(spec.on_leave.as_str())
+        .bind(&spec.schedule)
+        .bind(spec.enabled)
+        .bind(now_text())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .doing("updating an export")?;
+        for table in ["export_segments", "export_fields", "export_tags"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE export_id = ?"
+            )))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .doing("updating an export")?;
+        }
+        write_export_parts(&mut tx, id, spec).await?;
+        super::audit(&mut tx, "export.update", &spec.name, None).await?;
+        tx.commit().await.doing("updating an export")?;
+        Ok(())
+    }
+
+    pub async fn set_export_enabled(&self, id: i64, enabled: bool) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE exports SET enabled = ?, updated_at = ? WHERE id = ?")
+            .bind(enabled)
+            .bind(now_text())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .doing("enabling or disabling an export")?;
+        tx.commit().await.doing("enabling or disabling an export")?;
+        Ok(())
+    }
+
+    /// Removes an export with its delivery state, history and queue entries (cascades).
+    pub async fn remove_export(&self, id: i64, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM exports WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .doing("removing an export")?;
+        super::audit(
+            &mut tx,
+            "export.remove",
+            name,
+            Some("delivery state purged"),
+        )
+        .await?;
+        tx.commit().await.doing("removing an export")?;
+        Ok(())
+    }
+}
+
+async fn write_export_parts(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: i64,
+    spec: &ExportSpec,
+) -> Result<(), StoreError> {
+    for (position, segment_id) in spec.segment_ids.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO export_segments (export_id, position, segment_id) VALUES (?, ?, ?)",
+        )
+        .bind(id)
+        .bind(position as i64)
+        .bind(segment_id)
+        .execute(&mut **tx)
+        .await
+        .doing("saving an export's segments")?;
+    }
+    for field in &spec.fields {
+        sqlx::query("INSERT INTO export_fields (export_id, field_id, column) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(field.field_id)
+            .bind(&field.column)
+            .execute(&mut **tx)
+            .await
+            .doing("saving an export's fields")?;
+    }
+    for tag in &spec.tags {
+        sqlx::query("INSERT OR IGNORE INTO export_tags (export_id, tag) VALUES (?, ?)")
+            .bind(id)
+            .bind(tag)
+            .execute(&mut **tx)
+            .await
+            .doing("saving an export's tags")?;
+    }
+    Ok(())
+}

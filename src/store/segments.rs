@@ -1,0 +1,116 @@
+//! Segments: where an export's profiles come from.
+
+use super::connections::Sealed;
+use super::{Doing, Store, StoreError, now_text};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SegmentDef {
+    pub id: i64,
+    pub name: String,
+    /// csv | jsonl | sql
+    pub kind: String,
+    pub path: Option<String>,
+    pub delimiter: Option<i64>,
+    pub query: Option<String>,
+    pub database_sealed: Option<Sealed>,
+    pub database_env: Option<String>,
+    /// The database URL with its password masked, for display.
+    pub database_shown: Option<String>,
+    pub columns_json: String,
+    pub row_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl SegmentDef {
+    pub fn columns(&self) -> Vec<String> {
+        serde_json::from_str(&self.columns_json).unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+pub struct NewSegment<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub path: Option<&'a str>,
+    pub delimiter: Option<u8>,
+    pub query: Option<&'a str>,
+    pub database_sealed: Option<Sealed>,
+    pub database_env: Option<&'a str>,
+    pub database_shown: Option<&'a str>,
+    pub columns: &'a [String],
+    pub row_count: u64,
+}
+
+impl Store {
+    pub async fn segment(&self, name: &str) -> Result<Option<SegmentDef>, StoreError> {
+        sqlx::query_as("SELECT * FROM segments WHERE name = ?")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+            .doing("reading a segment")
+    }
+
+    pub async fn segments(&self) -> Result<Vec<SegmentDef>, StoreError> {
+        sqlx::query_as("SELECT * FROM segments ORDER BY name")
+            .fetch_all(self.pool())
+            .await
+            .doing("listing segments")
+    }
+
+    /// Inserts a segment; `None` if the name is taken.
+    pub async fn insert_segment(&self, s: NewSegment<'_>) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.write().await?;
+        let now = now_text();
+        let columns = serde_json::to_string(s.columns).unwrap_or_else(|_| "[]".to_owned());
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO segments (name, kind, path, delimiter, query, database_sealed, \
+             database_env, database_shown, columns_json, row_count, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING RETURNING id",
+        )
+        .bind(s.name)
+        .bind(s.kind)
+        .bind(s.path)
+        .bind(s.delimiter.map(i64::from))
+        .bind(s.query)
+        .bind(s.database_sealed)
+        .bind(s.database_env)
+        .bind(s.database_shown)
+        .bind(columns)
+        .bind(s.row_count as i64)
+        .bind(&now)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await
+        .doing("saving a segment")?;
+        if id.is_some() {
+            super::audit(&mut tx, "segment.add", s.name, Some(s.kind)).await?;
+        }
+        tx.commit().await.doing("saving a segment")?;
+        Ok(id)
+    }
+
+    /// Names of the exports that read a segment.
+    pub async fn exports_using_segment(&self, id: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT e.name FROM exports e JOIN export_segments s ON s.export_id = e.id \
+             WHERE s.segment_id = ? ORDER BY e.name",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .doing("listing exports of a segment")
+    }
+
+    pub async fn remove_segment(&self, id: i64, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM segments WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .doing("removing a segment")?;
+        super::audit(&mut tx, "segment.remove", name, None).await?;
+        tx.commit().await.doing("removing a segment")?;
+        Ok(())
+    }
+}
