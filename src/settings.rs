@@ -57,6 +57,10 @@ pub struct ActiveCampaignSettings {
     pub bulk_imports_per_minute: u32,
     /// Total timeout of one HTTP request.
     pub timeout_secs: u64,
+    /// Attempts for a request that fails transiently (5xx, timeout, dropped connection).
+    pub max_attempts: u32,
+    /// First backoff wait between attempts; it doubles up to 30 s, with jitter.
+    pub retry_base_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,6 +143,8 @@ impl Default for ActiveCampaignSettings {
             requests_per_second: AC_REQUESTS_PER_SECOND,
             bulk_imports_per_minute: AC_BULK_IMPORTS_PER_MINUTE,
             timeout_secs: 30,
+            max_attempts: 6,
+            retry_base_ms: 500,
         }
     }
 }
@@ -315,6 +321,12 @@ impl Settings {
                     "must be between 1 and 3600 seconds, got {}",
                     ac.timeout_secs
                 ),
+            });
+        }
+        if ac.max_attempts == 0 || ac.max_attempts > 100 {
+            return Err(SettingsError::Key {
+                key: "activecampaign.max_attempts",
+                message: format!("must be between 1 and 100, got {}", ac.max_attempts),
             });
         }
         if self.export.max_profiles == 0 {

@@ -1,0 +1,492 @@
+//! The HTTP client for one ActiveCampaign account: every call takes a budget permit per
+//! attempt, is classified by [`retry::classify`], and retried with bounded, jittered backoff.
+//! Errors never carry the API key, and URLs (which may hold an email in a query) are stripped
+//! from transport errors.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+
+use super::budget::{AccountBudget, RequestKind, budget_for};
+use super::host::BaseUrl;
+use super::retry::{Attempt, Verdict, backoff, classify};
+use super::wire;
+use crate::settings::ActiveCampaignSettings;
+
+/// ActiveCampaign's largest page (`limit` max, AC pagination docs).
+const MAX_PAGE: usize = 100;
+/// Connect timeout: an unreachable host should fail fast.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcError {
+    #[error("ActiveCampaign rejected the API key for {host} (HTTP 403{detail})")]
+    Rejected { host: String, detail: String },
+    #[error("{what} not found in ActiveCampaign at {host}")]
+    NotFound { host: String, what: String },
+    #[error("ActiveCampaign at {host} refused the request (HTTP {status}): {message}")]
+    Refused {
+        host: String,
+        status: u16,
+        message: String,
+    },
+    #[error("ActiveCampaign at {host} answered HTTP {status} {attempts} times in a row; giving up")]
+    Server {
+        host: String,
+        status: u16,
+        attempts: u32,
+    },
+    #[error("ActiveCampaign at {host} kept throttling for more than {waited_secs} s; giving up")]
+    Throttled { host: String, waited_secs: u64 },
+    #[error("cannot reach ActiveCampaign at {host}: {detail}")]
+    Unreachable { host: String, detail: String },
+    #[error("secure connection to {host} failed (TLS): {detail}")]
+    Tls { host: String, detail: String },
+    #[error("ActiveCampaign at {host} did not answer within {secs} s ({attempts} attempts)")]
+    Timeout {
+        host: String,
+        secs: u64,
+        attempts: u32,
+    },
+    #[error("unexpected answer from ActiveCampaign at {host}: {detail}")]
+    Decode { host: String, detail: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl AcError {
+    /// The key is invalid or lacks permission: the connection must be marked rejected.
+    pub fn is_rejected_key(&self) -> bool {
+        matches!(self, AcError::Rejected { .. })
+    }
+}
+
+/// Retry and timeout behaviour. Defaults follow the settings; tests shorten the backoff.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub timeout: Duration,
+    pub requests_per_second: u32,
+    pub bulk_imports_per_minute: u32,
+    /// Attempts for transient failures (5xx, timeouts, dropped connections).
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// Longest total wait on throttling before a call gives up.
+    pub max_throttle_wait: Duration,
+}
+
+impl ClientOptions {
+    pub fn from_settings(s: &ActiveCampaignSettings) -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(s.timeout_secs),
+            requests_per_second: s.requests_per_second,
+            bulk_imports_per_minute: s.bulk_imports_per_minute,
+            max_attempts: s.max_attempts,
+            retry_base: Duration::from_millis(s.retry_base_ms),
+            retry_cap: Duration::from_secs(30),
+            max_throttle_wait: Duration::from_secs(900),
+        }
+    }
+}
+
+/// A response that passed classification.
+struct Answer {
+    body: bytes::Bytes,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: BaseUrl,
+    key: SecretString,
+    budget: Arc<AccountBudget>,
+    options: ClientOptions,
+    /// Requests sent, retries included (reported in run counts).
+    requests: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(
+        base: BaseUrl,
+        key: SecretString,
+        options: ClientOptions,
+        cancel: CancellationToken,
+    ) -> Result<Client, AcError> {
+        let mut token =
+            HeaderValue::from_str(key.expose_secret()).map_err(|_| AcError::Refused {
+                host: base.host().to_owned(),
+                status: 0,
+                message: "the API key contains characters that cannot be sent in a header"
+                    .to_owned(),
+            })?;
+        token.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert("Api-Token", token);
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("acexport/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .connect_timeout(CONNECT_TIMEOUT.min(options.timeout))
+            .timeout(options.timeout)
+            .build()
+            .map_err(|e| AcError::Unreachable {
+                host: base.host().to_owned(),
+                detail: error_chain(&e.without_url()),
+            })?;
+        let budget = budget_for(
+            base.host(),
+            options.requests_per_second,
+            options.bulk_imports_per_minute,
+        );
+        Ok(Client {
+            http,
+            base,
+            key,
+            budget,
+            options,
+            requests: AtomicU64::new(0),
+            cancel,
+        })
+    }
+
+    pub fn base(&self) -> &BaseUrl {
+        &self.base
+    }
+
+    pub fn host(&self) -> &str {
+        self.base.host()
+    }
+
+    /// Requests sent so far, retries included.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The key is kept only to build the header; this keeps the field honest for audits.
+    #[allow(dead_code)]
+    fn key(&self) -> &SecretString {
+        &self.key
+    }
+
+    /// "Connect": checks the key and returns the ActiveCampaign user it belongs to.
+    pub async fn users_me(&self) -> Result<wire::User, AcError> {
+        let answer = self
+            .call(Method::GET, "users/me", &[], None, RequestKind::Plain)
+            .await?;
+        let parsed: wire::UserEnvelope = self.decode(&answer.body, "users/me")?;
+        Ok(parsed.user)
+    }
+
+    pub async fn list(&self, id: i64) -> Result<wire::List, AcError> {
+        let path = format!("lists/{id}");
+        match self
+            .call(Method::GET, &path, &[], None, RequestKind::Plain)
+            .await
+        {
+            Ok(answer) => {
+                let parsed: wire::ListEnvelope = self.decode(&answer.body, "lists")?;
+                Ok(parsed.list)
+            }
+            Err(AcError::Refused { status: 404, .. }) => Err(AcError::NotFound {
+                host: self.host().to_owned(),
+                what: format!("list {id}"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every custom field, across pages (several tools missed fields past the first 20).
+    pub async fn fields(&self) -> Result<Vec<wire::Field>, AcError> {
+        let mut all = Vec::new();
+        loop {
+            let offset = all.len().to_string();
+            let limit = MAX_PAGE.to_string();
+            let query = [("limit", limit.as_str()), ("offset", offset.as_str())];
+            let answer = self
+                .call(Method::GET, "fields", &query, None, RequestKind::Plain)
+                .await?;
+            let page: wire::FieldsPage = self.decode(&answer.body, "fields")?;
+            let got = page.fields.len();
+            all.extend(page.fields);
+            let total = page.meta.and_then(|m| m.total()).unwrap_or(0);
+            if got == 0 || all.len() >= total {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Queues a bulk import. `body` is the serialised request (measured by the caller).
+    pub async fn bulk_import(
+        &self,
+        body: Vec<u8>,
+        contacts: usize,
+    ) -> Result<wire::BulkOutcome, AcError> {
+        // Every bulk import counts against the bulk budget, single-contact ones included
+        // (ActiveCampaign limits those even more strictly).
+        let _ = contacts;
+        let answer = self
+            .call(
+                Method::POST,
+                "import/bulk_import",
+                &[],
+                Some(body),
+                RequestKind::BulkImport,
+            )
+            .await;
+        match answer {
+            Ok(answer) => {
+                let parsed: wire::BulkAccepted = self.decode(&answer.body, "import/bulk_import")?;
+                match parsed.batch_id {
+                    Some(batch_id) => Ok(wire::BulkOutcome::Queued { batch_id }),
+                    None => Err(AcError::Decode {
+                        host: self.host().to_owned(),
+                        detail: "bulk import accepted without a batchId".to_owned(),
+                    }),
+                }
+            }
+            Err(AcError::Refused {
+                status: 400,
+                message,
+                ..
+            }) => match wire::parse_bulk_rejection(message.as_bytes()) {
+                Some(rejected) => Ok(wire::BulkOutcome::Rejected(rejected)),
+                None => Err(AcError::Refused {
+                    host: self.host().to_owned(),
+                    status: 400,
+                    message: wire::summarise_error(message.as_bytes()),
+                }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn import_info(&self, batch_id: &str) -> Result<wire::ImportInfo, AcError> {
+        let query = [("batchId", batch_id)];
+        let answer = self
+            .call(Method::GET, "import/info", &query, None, RequestKind::Plain)
+            .await?;
+        self.decode(&answer.body, "import/info")
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        body: &[u8],
+        what: &str,
+    ) -> Result<T, AcError> {
+        serde_json::from_slice(body).map_err(|e| AcError::Decode {
+            host: self.host().to_owned(),
+            detail: format!("{what}: {e}"),
+        })
+    }
+
+    /// One logical call: permit, send, classify, and retry or fail.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        kind: RequestKind,
+    ) -> Result<Answer, AcError> {
+        let url = self.base.api(path);
+        let body = body.map(bytes::Bytes::from);
+        let mut failures = 0u32;
+        let mut throttled = Duration::ZERO;
+        let host = self.host().to_owned();
+        loop {
+            self.wait_or_cancel(self.budget.acquire(kind)).await?;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut request = self.http.request(method.clone(), &url).query(query);
+            if let Some(body) = &body {
+                request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let result = self.wait_or_cancel(send(request)).await?;
+            let (verdict, last) = match &result {
+                Ok((status, retry_after, bytes)) => (
+                    classify(Attempt::Response {
+                        status: *status,
+                        retry_after: retry_after.as_deref(),
+                        body: bytes,
+                    }),
+                    LastProblem::Status(*status),
+                ),
+                Err(e) => {
+                    let attempt = if e.is_timeout() {
+                        Attempt::Timeout
+                    } else if is_tls(e) {
+                        Attempt::Tls
+                    } else {
+                        Attempt::Connection
+                    };
+                    (
+                        classify(attempt),
+                        LastProblem::Transport(attempt, error_chain(e)),
+                    )
+                }
+            };
+            match verdict {
+                Verdict::Success => {
+                    let (_, _, body) = result.map_err(|_| AcError::Cancelled)?;
+                    return Ok(Answer { body });
+                }
+                Verdict::Throttled(wait) => {
+                    throttled += wait;
+                    if throttled > self.options.max_throttle_wait {
+                        return Err(AcError::Throttled {
+                            host,
+                            waited_secs: throttled.as_secs(),
+                        });
+                    }
+                    tracing::warn!(host = %host, wait_ms = wait.as_millis() as u64, "ActiveCampaign throttled a request; pausing the account");
+                    self.budget.pause_for(wait);
+                }
+                Verdict::Transient => {
+                    failures += 1;
+                    if failures >= self.options.max_attempts {
+                        return Err(last.into_error(host, failures, self.options.timeout));
+                    }
+                    let wait = backoff(
+                        failures - 1,
+                        self.options.retry_base,
+                        self.options.retry_cap,
+                    );
+                    tracing::warn!(host = %host, attempt = failures, wait_ms = wait.as_millis() as u64, problem = %last, "Request failed; retrying");
+                    self.wait_or_cancel(tokio::time::sleep(wait)).await?;
+                }
+                Verdict::Permanent => {
+                    return Err(match result {
+                        Ok((status, _, bytes)) => self.permanent_error(status, &bytes),
+                        Err(e) => AcError::Tls {
+                            host,
+                            detail: error_chain(&e),
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    fn permanent_error(&self, status: StatusCode, body: &[u8]) -> AcError {
+        let host = self.host().to_owned();
+        if status == StatusCode::FORBIDDEN {
+            let detail = wire::summarise_error(body);
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            };
+            return AcError::Rejected { host, detail };
+        }
+        // The raw body is kept for 400s so bulk-import rejections can be parsed by the caller.
+        let message = if status == StatusCode::BAD_REQUEST {
+            String::from_utf8_lossy(body).into_owned()
+        } else {
+            wire::summarise_error(body)
+        };
+        AcError::Refused {
+            host,
+            status: status.as_u16(),
+            message,
+        }
+    }
+
+    async fn wait_or_cancel<T>(&self, fut: impl Future<Output = T>) -> Result<T, AcError> {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(AcError::Cancelled),
+            out = fut => Ok(out),
+        }
+    }
+}
+
+type Sent = Result<(StatusCode, Option<String>, bytes::Bytes), reqwest::Error>;
+
+async fn send(request: reqwest::RequestBuilder) -> Sent {
+    let response = request.send().await.map_err(reqwest::Error::without_url)?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response
+        .bytes()
+        .await
+        .map_err(reqwest::Error::without_url)?;
+    Ok((status, retry_after, body))
+}
+
+enum LastProblem {
+    Status(StatusCode),
+    Transport(Attempt<'static>, String),
+}
+
+impl std::fmt::Display for LastProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LastProblem::Status(s) => write!(f, "HTTP {}", s.as_u16()),
+            LastProblem::Transport(_, detail) => f.write_str(detail),
+        }
+    }
+}
+
+impl LastProblem {
+    fn into_error(self, host: String, attempts: u32, timeout: Duration) -> AcError {
+        match self {
+            LastProblem::Status(status) => AcError::Server {
+                host,
+                status: status.as_u16(),
+                attempts,
+            },
+            LastProblem::Transport(Attempt::Timeout, _) => AcError::Timeout {
+                host,
+                secs: timeout.as_secs(),
+                attempts,
+            },
+            LastProblem::Transport(_, detail) => AcError::Unreachable { host, detail },
+        }
+    }
+}
+
+/// The error and its causes on one line ("error sending request: connection refused").
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn is_tls(e: &reqwest::Error) -> bool {
+    let chain = error_chain(e).to_ascii_lowercase();
+    [
+        "certificate",
+        "tls handshake",
+        "invalid peer",
+        "unknownissuer",
+        "handshake failure",
+    ]
+    .iter()
+    .any(|needle| chain.contains(needle))
+}
