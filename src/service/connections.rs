@@ -1,0 +1,193 @@
+//! Connections (Customer Insights: Admin > Connections): verified against ActiveCampaign
+//! ("Connect") before anything is saved; the key is sealed; only its last characters are shown.
+
+use secrecy::SecretString;
+use serde::Serialize;
+
+use super::{Context, ServiceError, check_name};
+use crate::activecampaign::BaseUrl;
+use crate::secrets::{Purpose, hint};
+use crate::store::connections::{NewConnection, Sealed};
+use crate::store::{ConnectionDef, now_text, os_user};
+
+/// Shown when an admin adds a connection without accepting the data transfer.
+pub const PRIVACY_NOTICE: &str = "\
+Data privacy notice: exports through this connection send personal data (email addresses and \
+the mapped names, phone numbers and fields) out of this system to ActiveCampaign. You are \
+responsible for ActiveCampaign meeting your organisation's privacy and security obligations \
+(lawful basis, data processing agreement, transfers outside your region). Re-run the command \
+with --accept-data-transfer to confirm.";
+
+#[derive(Debug)]
+pub struct AddConnection {
+    pub name: String,
+    pub host: String,
+    pub api_key: SecretString,
+    pub allow_contributors: bool,
+    pub accept_data_transfer: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct UpdateConnection {
+    pub host: Option<String>,
+    pub api_key: Option<SecretString>,
+    pub allow_contributors: Option<bool>,
+}
+
+/// A connection as shown to users: never the key, only its last characters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    pub name: String,
+    pub host: String,
+    pub api_key: String,
+    pub allowed_users: &'static str,
+    pub export_user: Option<String>,
+    pub status: String,
+    pub status_detail: Option<String>,
+    pub checked_at: String,
+    pub consent_at: String,
+    pub consent_by: String,
+    pub exports: Vec<String>,
+}
+
+impl Context {
+    async fn connection_view(&self, c: ConnectionDef) -> Result<ConnectionView, ServiceError> {
+        let exports = self.store.exports_using_connection(c.id).await?;
+        Ok(ConnectionView {
+            host: BaseUrl::parse(&c.base_url).map(|b| b.host().to_owned()).unwrap_or(c.base_url),
+            name: c.name,
+            api_key: c.api_key_hint,
+            allowed_users: if c.allow_contributors { "admins and contributors" } else { "admins" },
+            export_user: c.ac_user,
+            status: c.status,
+            status_detail: c.status_detail,
+            checked_at: c.checked_at,
+            consent_at: c.consent_at,
+            consent_by: c.consent_by,
+            exports,
+        })
+    }
+
+    pub async fn find_connection(&self, name: &str) -> Result<ConnectionDef, ServiceError> {
+        self.store
+            .connection(name)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("connection", name))
+    }
+
+    /// Verifies the key against ActiveCampaign, then saves the connection.
+    pub async fn add_connection(&self, req: AddConnection) -> Result<ConnectionView, ServiceError> {
+        check_name("connection", &req.name)?;
+        if !req.accept_data_transfer {
+            return Err(ServiceError::ConsentRequired(PRIVACY_NOTICE.to_owned()));
+        }
+        let base = BaseUrl::parse(&req.host)?;
+        if self.store.connection(&req.name).await?.is_some() {
+            return Err(ServiceError::Duplicate { kind: "connection", name: req.name });
+        }
+        let user = self.client_for(base.clone(), req.api_key.clone())?.users_me().await?;
+        let sealed = self.secret_key()?.seal(Purpose::ApiKey, &req.api_key);
+        let consent_by = os_user();
+        let inserted = self
+            .store
+            .insert_connection(NewConnection {
+                name: &req.name,
+                base_url: base.as_str(),
+                api_key_sealed: Sealed(sealed),
+                api_key_hint: &hint(&req.api_key),
+                allow_contributors: req.allow_contributors,
+                consent_by: &consent_by,
+                ac_user: &user.display(),
+            })
+            .await?;
+        if inserted.is_none() {
+            return Err(ServiceError::Duplicate { kind: "connection", name: req.name });
+        }
+        tracing::info!(connection = %req.name, host = %base, "Connection verified and saved");
+        self.show_connection(&req.name).await
+    }
+
+    pub async fn list_connections(&self) -> Result<Vec<ConnectionView>, ServiceError> {
+        let mut out = Vec::new();
+        for c in self.store.connections().await? {
+            out.push(self.connection_view(c).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn show_connection(&self, name: &str) -> Result<ConnectionView, ServiceError> {
+        let c = self.find_connection(name).await?;
+        self.connection_view(c).await
+    }
+
+    /// Re-verifies a stored connection and records the result.
+    pub async fn test_connection(&self, name: &str) -> Result<ConnectionView, ServiceError> {
+        let c = self.find_connection(name).await?;
+        let result = self.client(&c)?.users_me().await;
+        match &result {
+            Ok(_) => self.store.record_connection_check(c.id, "verified", None).await?,
+            Err(e) => {
+                let status = if e.is_rejected_key() { "rejected" } else { "unreachable" };
+                self.store.record_connection_check(c.id, status, Some(&e.to_string())).await?;
+            }
+        }
+        result?;
+        self.show_connection(name).await
+    }
+
+    /// Changes host, key or sharing; re-verifies before saving.
+    pub async fn update_connection(
+        &self,
+        name: &str,
+        req: UpdateConnection,
+    ) -> Result<ConnectionView, ServiceError> {
+        let mut c = self.find_connection(name).await?;
+        let base = match &req.host {
+            Some(host) => BaseUrl::parse(host)?,
+            None => BaseUrl::parse(&c.base_url)?,
+        };
+        let key = match &req.api_key {
+            Some(key) => key.clone(),
+            None => self.secret_key()?.open(Purpose::ApiKey, &c.api_key_sealed.0)?,
+        };
+        if req.host.is_some() || req.api_key.is_some() {
+            let user = self.client_for(base.clone(), key.clone())?.users_me().await?;
+            c.ac_user = Some(user.display());
+            c.status = "verified".to_owned();
+            c.status_detail = None;
+            c.checked_at = now_text();
+        }
+        if let Some(api_key) = &req.api_key {
+            c.api_key_sealed = Sealed(self.secret_key()?.seal(Purpose::ApiKey, api_key));
+            c.api_key_hint = hint(api_key);
+        }
+        c.base_url = base.as_str().to_owned();
+        if let Some(allow) = req.allow_contributors {
+            c.allow_contributors = allow;
+        }
+        self.store.update_connection(&c).await?;
+        self.show_connection(name).await
+    }
+
+    /// Removes a connection and its sealed key. Refused while exports use it, unless `force`,
+    /// which removes those exports (and their delivery state) too. Returns the removed exports.
+    pub async fn remove_connection(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<String>, ServiceError> {
+        let c = self.find_connection(name).await?;
+        let users = self.store.exports_using_connection(c.id).await?;
+        if !users.is_empty() && !force {
+            return Err(ServiceError::InUse {
+                kind: "connection",
+                name: name.to_owned(),
+                users: users.join(", "),
+                advice: "remove them first, or pass --force to remove them with the connection",
+            });
+        }
+        self.store.remove_connection(c.id, name).await?;
+        tracing::info!(connection = %name, exports_removed = users.len(), "Connection removed");
+        Ok(users)
+    }
+}

@@ -1,0 +1,265 @@
+//! Exports (Customer Insights: Data > Exports). Before saving, the definition is checked
+//! against ActiveCampaign (the list and custom fields exist) and against its segments (every
+//! mapped column exists). Only those reads reach ActiveCampaign; saving runs nothing.
+
+use serde::Serialize;
+
+use super::{Context, ServiceError, check_name};
+use crate::scheduler::Schedule;
+use crate::store::exports::{ExportSpec, FieldMapping, OnLeave};
+use crate::store::{ExportDef, RunRecord};
+
+/// An export as the user describes it (names, not ids).
+#[derive(Debug, Clone)]
+pub struct ExportInput {
+    pub name: String,
+    pub connection: String,
+    pub list_id: i64,
+    pub segments: Vec<String>,
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone: Option<String>,
+    /// (ActiveCampaign custom field id, segment column)
+    pub fields: Vec<(i64, String)>,
+    pub tags: Vec<String>,
+    pub schedule: Option<String>,
+    pub on_leave: OnLeave,
+    pub enabled: bool,
+}
+
+/// Changes to an export; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct ExportPatch {
+    pub connection: Option<String>,
+    pub list_id: Option<i64>,
+    pub segments: Option<Vec<String>>,
+    pub email: Option<String>,
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub phone: Option<Option<String>>,
+    pub fields: Option<Vec<(i64, String)>>,
+    pub tags: Option<Vec<String>>,
+    pub schedule: Option<Option<String>>,
+    pub on_leave: Option<OnLeave>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportView {
+    #[serde(flatten)]
+    pub def: ExportDef,
+    pub last_run: Option<RunRecord>,
+}
+
+/// Parses `--field 12=loyalty_tier`.
+pub fn parse_field_mapping(text: &str) -> Result<(i64, String), ServiceError> {
+    let bad = || {
+        ServiceError::Invalid(format!(
+            "--field {text:?} must look like AC_FIELD_ID=COLUMN, e.g. 12=loyalty_tier"
+        ))
+    };
+    let (id, column) = text.split_once('=').ok_or_else(bad)?;
+    let id: i64 = id.trim().parse().map_err(|_| bad())?;
+    let column = column.trim();
+    if id <= 0 || column.is_empty() {
+        return Err(bad());
+    }
+    Ok((id, column.to_owned()))
+}
+
+impl Context {
+    pub async fn find_export(&self, name: &str) -> Result<ExportDef, ServiceError> {
+        self.store.export(name).await?.ok_or_else(|| ServiceError::not_found("export", name))
+    }
+
+    /// Checks a definition against the store and ActiveCampaign and resolves its ids.
+    async fn check_export(&self, input: &ExportInput) -> Result<ExportSpec, ServiceError> {
+        check_name("export", &input.name)?;
+        if input.email.trim().is_empty() {
+            return Err(ServiceError::Invalid("--email COLUMN is required".to_owned()));
+        }
+        if input.segments.is_empty() {
+            return Err(ServiceError::Invalid("at least one --segment is required".to_owned()));
+        }
+        if input.list_id <= 0 {
+            return Err(ServiceError::Invalid(format!(
+                "--list {} is not an ActiveCampaign list ID (a positive number)",
+                input.list_id
+            )));
+        }
+        let schedule = match &input.schedule {
+            Some(expr) => {
+                Schedule::parse(expr, self.settings.timezone())
+                    .map_err(|e| ServiceError::Invalid(format!("--schedule: {e}")))?;
+                Some(expr.trim().to_owned())
+            }
+            None => None,
+        };
+        // Segments exist and carry every mapped column.
+        let mut mapped: Vec<(&str, &str)> = vec![("--email", input.email.as_str())];
+        for (flag, column) in [
+            ("--first-name", &input.first_name),
+            ("--last-name", &input.last_name),
+            ("--phone", &input.phone),
+        ] {
+            if let Some(column) = column {
+                mapped.push((flag, column.as_str()));
+            }
+        }
+        for (_, column) in &input.fields {
+            mapped.push(("--field", column.as_str()));
+        }
+        let mut segment_ids = Vec::new();
+        for name in &input.segments {
+            if input.segments.iter().filter(|s| *s == name).count() > 1 {
+                return Err(ServiceError::Invalid(format!("segment {name:?} is given twice")));
+            }
+            let segment = self.find_segment(name).await?;
+            let columns = segment.columns();
+            for (flag, column) in &mapped {
+                if !columns.iter().any(|c| c == column) {
+                    return Err(ServiceError::Invalid(format!(
+                        "segment {name:?} has no column {column:?} (mapped by {flag}); its \
+                         columns are: {}",
+                        columns.join(", ")
+                    )));
+                }
+            }
+            segment_ids.push(segment.id);
+        }
+        // The connection is usable, the list and fields exist in ActiveCampaign.
+        let connection = self.find_connection(&input.connection).await?;
+        if connection.status == "rejected" {
+            return Err(ServiceError::Invalid(format!(
+                "connection {:?} was rejected by ActiveCampaign ({}); fix it with `acexport \
+                 connection update` first",
+                connection.name,
+                connection.status_detail.clone().unwrap_or_default()
+            )));
+        }
+        let client = self.client(&connection)?;
+        let list = client.list(input.list_id).await?;
+        if !input.fields.is_empty() {
+            let known = client.fields().await?;
+            for (id, _) in &input.fields {
+                if !known.iter().any(|f| f.id == id.to_string()) {
+                    return Err(ServiceError::Invalid(format!(
+                        "custom field {id} not found in ActiveCampaign at {} ({} fields exist; \
+                         see Contacts > Fields there for their IDs)",
+                        client.host(),
+                        known.len()
+                    )));
+                }
+            }
+        }
+        let mut fields: Vec<FieldMapping> = Vec::new();
+        for (id, column) in &input.fields {
+            if fields.iter().any(|f| f.field_id == *id) {
+                return Err(ServiceError::Invalid(format!("custom field {id} is mapped twice")));
+            }
+            fields.push(FieldMapping { field_id: *id, column: column.clone() });
+        }
+        let tags: Vec<String> =
+            input.tags.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+        Ok(ExportSpec {
+            name: input.name.clone(),
+            connection_id: connection.id,
+            list_id: input.list_id,
+            list_name: list.name,
+            email_column: input.email.clone(),
+            first_name_column: input.first_name.clone(),
+            last_name_column: input.last_name.clone(),
+            phone_column: input.phone.clone(),
+            fields,
+            tags,
+            segment_ids,
+            on_leave: input.on_leave,
+            schedule,
+            enabled: input.enabled,
+        })
+    }
+
+    pub async fn add_export(&self, input: ExportInput) -> Result<ExportView, ServiceError> {
+        check_name("export", &input.name)?;
+        if self.store.export(&input.name).await?.is_some() {
+            return Err(ServiceError::Duplicate { kind: "export", name: input.name });
+        }
+        let spec = self.check_export(&input).await?;
+        if self.store.insert_export(&spec).await?.is_none() {
+            return Err(ServiceError::Duplicate { kind: "export", name: input.name });
+        }
+        tracing::info!(export = %input.name, "Export saved");
+        self.show_export(&input.name).await
+    }
+
+    pub async fn update_export(
+        &self,
+        name: &str,
+        patch: ExportPatch,
+    ) -> Result<ExportView, ServiceError> {
+        let current = self.find_export(name).await?;
+        let input = ExportInput {
+            name: current.name.clone(),
+            connection: patch.connection.unwrap_or(current.connection),
+            list_id: patch.list_id.unwrap_or(current.list_id),
+            segments: patch
+                .segments
+                .unwrap_or_else(|| current.segments.iter().map(|s| s.name.clone()).collect()),
+            email: patch.email.unwrap_or(current.email_column),
+            first_name: patch.first_name.unwrap_or(current.first_name_column),
+            last_name: patch.last_name.unwrap_or(current.last_name_column),
+            phone: patch.phone.unwrap_or(current.phone_column),
+            fields: patch.fields.unwrap_or_else(|| {
+                current.fields.iter().map(|f| (f.field_id, f.column.clone())).collect()
+            }),
+            tags: patch.tags.unwrap_or(current.tags),
+            schedule: patch.schedule.unwrap_or(current.schedule),
+            on_leave: patch.on_leave.unwrap_or(current.on_leave),
+            enabled: current.enabled,
+        };
+        let spec = self.check_export(&input).await?;
+        self.store.update_export(current.id, &spec).await?;
+        self.show_export(name).await
+    }
+
+    pub async fn set_export_enabled(&self, name: &str, enabled: bool) -> Result<(), ServiceError> {
+        let export = self.find_export(name).await?;
+        self.store.set_export_enabled(export.id, enabled).await?;
+        Ok(())
+    }
+
+    /// Removes an export and purges its delivery state.
+    pub async fn remove_export(&self, name: &str) -> Result<(), ServiceError> {
+        let export = self.find_export(name).await?;
+        self.store.remove_export(export.id, name).await?;
+        Ok(())
+    }
+
+    pub async fn list_exports(&self) -> Result<Vec<ExportView>, ServiceError> {
+        let mut out = Vec::new();
+        for def in self.store.exports().await? {
+            let last_run = self.store.last_run(def.id).await?;
+            out.push(ExportView { def, last_run });
+        }
+        Ok(out)
+    }
+
+    pub async fn show_export(&self, name: &str) -> Result<ExportView, ServiceError> {
+        let def = self.find_export(name).await?;
+        let last_run = self.store.last_run(def.id).await?;
+        Ok(ExportView { def, last_run })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_mappings_need_a_numeric_id_and_a_column() {
+        assert_eq!(parse_field_mapping("12=tier").expect("ok"), (12, "tier".to_owned()));
+        for bad in ["12", "x=tier", "12=", "=tier", "-1=tier"] {
+            assert!(parse_field_mapping(bad).is_err(), "{bad}");
+        }
+    }
+}
