@@ -4,5 +4,10 @@
 //! decides what to do with a slot or a request, and no export work happens in this module.
 
 mod schedule;
+mod triggers;
 
 pub use schedule::{Schedule, ScheduleError};
+pub use triggers::{
+    Claimed, Rejection, TriggerError, TriggerFile, TriggerRequest, TriggerWatcher, claim_all,
+    write_trigger,
+};
