@@ -273,6 +273,16 @@ mod tests {
         assert_gap_job_runs_once_right_after_the_jump(Berlin, BERLIN_SPRING);
     }
 
+    #[test]
+    fn a_listed_hour_inside_the_spring_forward_gap_is_skipped_as_croner_treats_lists_as_intervals()
+    {
+        // Pins the documented croner rule (lists are interval jobs) so an upgrade that
+        // changes it is noticed: 02:30 does not exist that day, 14:30 still runs.
+        let s = schedule("30 2,14 * * *", Berlin);
+        let day = date(BERLIN_SPRING);
+        assert_eq!(slots_on(&s, Berlin, day), [local(Berlin, day, 14, 30)]);
+    }
+
     fn assert_repeated_hour_job_runs_once_at_first_occurrence(
         tz: Tz,
         transition: (i32, u32, u32),
