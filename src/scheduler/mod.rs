@@ -1,40 +1,13 @@
-//! Schedules (cron in an IANA time zone) and on-demand trigger files. Placeholder until the
-//! scheduler branch lands: parsing only.
+//! When exports run: cron schedules read in an IANA time zone ([`Schedule`]) and on-demand
+//! requests dropped as signal files into the trigger directory ([`claim_all`],
+//! [`TriggerWatcher`]). Everything here is pure computation or file handling; the daemon loop
+//! decides what to do with a slot or a request, and no export work happens in this module.
 
-use std::str::FromStr;
+mod schedule;
+mod triggers;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
-    #[error("cron expression {expr:?} is invalid: {message}")]
-    Cron { expr: String, message: String },
-    #[error("time zone {zone:?} is not an IANA time zone name (e.g. Europe/Berlin, UTC)")]
-    TimeZone { zone: String },
-}
-
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    expr: String,
-    #[allow(dead_code)]
-    tz: chrono_tz::Tz,
-}
-
-impl Schedule {
-    pub fn parse(expr: &str, tz: chrono_tz::Tz) -> Result<Schedule, ScheduleError> {
-        croner::Cron::from_str(expr).map_err(|e| ScheduleError::Cron {
-            expr: expr.to_owned(),
-            message: e.to_string(),
-        })?;
-        Ok(Schedule {
-            expr: expr.to_owned(),
-            tz,
-        })
-    }
-    pub fn parse_tz(tz: &str) -> Result<chrono_tz::Tz, ScheduleError> {
-        chrono_tz::Tz::from_str(tz).map_err(|_| ScheduleError::TimeZone {
-            zone: tz.to_owned(),
-        })
-    }
-    pub fn expression(&self) -> &str {
-        &self.expr
-    }
-}
+pub use schedule::{Schedule, ScheduleError};
+pub use triggers::{
+    Claimed, Rejection, TriggerError, TriggerFile, TriggerRequest, TriggerWatcher, claim_all,
+    write_trigger,
+};

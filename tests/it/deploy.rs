@@ -1,0 +1,168 @@
+//! The systemd deployment files in `deploy/`: the unit is valid for systemd, its hardening stays
+//! within the project's exposure target, and the example settings file is one the daemon accepts.
+//! Tests that need `systemd-analyze` say so and pass when it is missing (e.g. macOS, containers
+//! without systemd), so that they gate only where they can run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use acexport::settings::Settings;
+
+/// Highest acceptable overall exposure of `systemd-analyze security` (0 best, 10 worst);
+/// the project's hardening target (reliability notes §1.4, checklist item 6).
+const MAX_EXPOSURE: f64 = 2.0;
+/// Executable paths as the shipped unit names them.
+const UNIT_BINARY: &str = "/usr/bin/acexport";
+const UNIT_KILL: &str = "/bin/kill";
+
+fn deploy_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(name)
+}
+
+/// Runs `systemd-analyze` with `args`, or returns `None` after printing why the test is skipped.
+fn systemd_analyze(args: &[&str]) -> Option<Output> {
+    match Command::new("systemd-analyze").args(args).output() {
+        Ok(output) => Some(output),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("skipped: systemd-analyze not available");
+            None
+        }
+        Err(e) => panic!("cannot run systemd-analyze {args:?}: {e}"),
+    }
+}
+
+/// The system's `kill`, wherever this distribution keeps it.
+fn system_kill() -> PathBuf {
+    ["/bin/kill", "/usr/bin/kill"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("a kill executable in /bin or /usr/bin")
+}
+
+/// A copy of the shipped unit, under its own name in `dir`, whose commands point at the
+/// freshly built binary and the system `kill`, so that `verify` can check they exist.
+fn unit_with_local_paths(dir: &Path) -> PathBuf {
+    let shipped = std::fs::read_to_string(deploy_file("acexport.service")).expect("read unit");
+    assert!(
+        shipped.contains(UNIT_BINARY) && shipped.contains(UNIT_KILL),
+        "the unit no longer names {UNIT_BINARY} and {UNIT_KILL}; update this test"
+    );
+    let local = shipped
+        .replace(UNIT_BINARY, env!("CARGO_BIN_EXE_acexport"))
+        .replace(UNIT_KILL, &system_kill().to_string_lossy());
+    let path = dir.join("acexport.service");
+    std::fs::write(&path, local).expect("write unit copy");
+    path
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify_without_warnings_about_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = unit_with_local_paths(dir.path());
+    let unit_arg = unit.to_string_lossy();
+
+    let Some(output) = systemd_analyze(&["verify", "--man=no", &unit_arg]) else {
+        return;
+    };
+
+    // verify exits 0 on unknown keys and bad values too, and only warns; other units on the
+    // host may warn as well, so only lines about this unit count.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let about_unit: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("acexport.service"))
+        .collect();
+    assert!(
+        output.status.success() && about_unit.is_empty(),
+        "systemd-analyze verify {unit_arg} failed ({}):\n{stderr}",
+        output.status
+    );
+}
+
+#[test]
+fn the_unit_hardening_exposure_is_at_most_two() {
+    let unit = deploy_file("acexport.service");
+    let unit_arg = unit.to_string_lossy();
+
+    let Some(output) = systemd_analyze(&["security", "--offline=yes", "--no-pager", &unit_arg])
+    else {
+        return;
+    };
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("unrecognized option") {
+        // --offline arrived in systemd 250.
+        println!("skipped: systemd-analyze too old for --offline: {stderr}");
+        return;
+    }
+    // "→ Overall exposure level for acexport.service: 1.2 OK 🙂"
+    let exposure: f64 = stdout
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for "))
+        .and_then(|(_, rest)| rest.split_once(": "))
+        .and_then(|(_, score)| score.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("no overall exposure in systemd-analyze security output:\n{stdout}\n{stderr}")
+        });
+    assert!(
+        exposure <= MAX_EXPOSURE,
+        "exposure {exposure} is above {MAX_EXPOSURE}:\n{stdout}"
+    );
+}
+
+#[test]
+fn the_example_settings_file_loads_with_the_daemon_loader() {
+    let file = deploy_file("acexport.toml");
+
+    // An empty environment: only the file counts, not ACEXPORT_* variables of the test host.
+    let loaded = Settings::load_from(Some(&file), &BTreeMap::new());
+
+    let settings = match loaded {
+        Ok(loaded) => loaded.settings,
+        Err(e) => panic!("deploy/acexport.toml is refused: {e}"),
+    };
+    assert_eq!(
+        settings.store.path,
+        Path::new("/var/lib/acexport/acexport.db")
+    );
+    assert_eq!(
+        settings.daemon.trigger_dir,
+        Path::new("/var/lib/acexport/triggers")
+    );
+    assert_eq!(
+        settings.secrets.key_file,
+        Path::new("/etc/acexport/secrets.key")
+    );
+}
+
+#[test]
+fn the_example_settings_file_sets_exactly_the_keys_the_daemon_knows() {
+    let text = std::fs::read_to_string(deploy_file("acexport.toml")).expect("read example");
+    let mut section = String::new();
+    let mut in_example = BTreeSet::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if let Some((key, _)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            in_example.insert(format!("{section}.{}", key.trim()));
+        }
+    }
+
+    // `to_lines` lists every setting ("section.key = value"), set or not.
+    let known: BTreeSet<String> = Settings::default()
+        .to_lines()
+        .iter()
+        .filter_map(|l| l.split_once(" = ").map(|(key, _)| key.to_owned()))
+        .collect();
+
+    assert_eq!(
+        in_example, known,
+        "deploy/acexport.toml should set each known setting once, with a comment"
+    );
+}
