@@ -22,7 +22,7 @@ pub const AC_BULK_IMPORTS_PER_MINUTE: u32 = 100;
 /// Customer Insights' documented ceiling per export, our default guard.
 pub const DEFAULT_MAX_PROFILES: u64 = 1_000_000;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub store: StoreSettings,
@@ -178,20 +178,6 @@ impl Default for LogSettings {
         }
     }
 }
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            store: StoreSettings::default(),
-            secrets: SecretsSettings::default(),
-            activecampaign: ActiveCampaignSettings::default(),
-            export: ExportSettings::default(),
-            daemon: DaemonSettings::default(),
-            schedule: ScheduleSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
-}
-
 /// Why settings were refused. The message always names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
