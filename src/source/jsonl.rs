@@ -1,0 +1,511 @@
+//! JSONL segments: one JSON object per line, blank lines skipped. Top-level values become text
+//! (numbers and booleans as written by `serde_json`, nested arrays and objects as their JSON
+//! text); null and a missing key are `None`. Lines are parsed straight into the projected
+//! columns: other keys are skipped without building values for them.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::error::Category;
+
+use super::{
+    ChunkSender, Description, Row, RowError, RowStream, SourceError, project, run_blocking,
+    spawn_blocking_reader,
+};
+
+/// Lines read when opening to learn the columns: a column is known if one of the first this
+/// many lines has it as a top-level key (the segment contract; a full scan is `describe`'s job).
+const KNOWN_COLUMNS_SCAN_LINES: u64 = 1000;
+/// Read buffer for the line reader; large so that big files take fewer read calls.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Scans the whole file: the union of top-level keys in first-seen order and the number of
+/// rows. Fails on the first line that is not a JSON object, naming it.
+pub(super) async fn describe(path: &Path) -> Result<Description, SourceError> {
+    let source_name = path.display().to_string();
+    let path = path.to_owned();
+    run_blocking(|| source_name, move || describe_blocking(&path)).await
+}
+
+fn describe_blocking(path: &Path) -> Result<Description, SourceError> {
+    let mut lines = Lines::open(path)?;
+    let mut keys = KeySet::default();
+    let mut rows = 0;
+    while let Some((line, bytes)) = lines.next_line()? {
+        collect_keys(bytes, &mut keys).map_err(|reason| SourceError::InvalidRow {
+            source_name: path.display().to_string(),
+            line,
+            reason,
+        })?;
+        rows += 1;
+    }
+    Ok(Description {
+        columns: keys.names,
+        rows,
+    })
+}
+
+/// Learns the columns from the first lines, then starts streaming rows projected onto
+/// `columns` (`None`: every known column). Returns the known columns too.
+pub(super) async fn open(
+    path: &Path,
+    columns: Option<&[String]>,
+) -> Result<(Vec<String>, RowStream), SourceError> {
+    let source_name = path.display().to_string();
+    let owned = path.to_owned();
+    let (lines, known) = run_blocking(
+        || source_name.clone(),
+        move || {
+            let known = scan_known_columns(&owned)?;
+            Ok((Lines::open(&owned)?, known))
+        },
+    )
+    .await?;
+    let projection = project(&known, columns, || source_name.clone())?;
+    let wanted: Vec<String> = projection.iter().map(|&i| known[i].clone()).collect();
+    let stream = spawn_blocking_reader(source_name, move |sender| {
+        read_rows(lines, &wanted, sender);
+    });
+    Ok((known, stream))
+}
+
+/// Top-level keys of the first [`KNOWN_COLUMNS_SCAN_LINES`] lines; invalid lines are left to
+/// the row stream to report.
+fn scan_known_columns(path: &Path) -> Result<Vec<String>, SourceError> {
+    let mut lines = Lines::open(path)?;
+    let mut keys = KeySet::default();
+    while let Some((line, bytes)) = lines.next_line()? {
+        if line > KNOWN_COLUMNS_SCAN_LINES {
+            break;
+        }
+        let _ = collect_keys(bytes, &mut keys);
+    }
+    Ok(keys.names)
+}
+
+/// The reader task: one row (or row error) per non-blank line.
+fn read_rows(mut lines: Lines, columns: &[String], mut sender: ChunkSender) {
+    loop {
+        let item = match lines.next_line() {
+            Ok(Some((line, bytes))) => to_row(line, bytes, columns),
+            Ok(None) => return sender.finish_blocking(None),
+            Err(e) => return sender.finish_blocking(Some(e)),
+        };
+        if sender.push_blocking(item).is_err() {
+            return;
+        }
+    }
+}
+
+fn to_row(line: u64, bytes: &[u8], columns: &[String]) -> Result<Row, RowError> {
+    let mut values = vec![None; columns.len()];
+    object_text(bytes)
+        .and_then(|text| {
+            parse(
+                text,
+                Projected {
+                    columns,
+                    values: &mut values,
+                },
+            )
+        })
+        .map_err(|reason| RowError {
+            number: line,
+            reason,
+        })?;
+    Ok(Row {
+        number: line,
+        values,
+    })
+}
+
+fn collect_keys(bytes: &[u8], keys: &mut KeySet) -> Result<(), String> {
+    object_text(bytes).and_then(|text| parse(text, KeyCollector(keys)))
+}
+
+/// The line as text if it is UTF-8 and starts like an object; otherwise why it is no row.
+fn object_text(bytes: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "the line is not valid UTF-8; save the file as UTF-8".to_owned())?;
+    let kind = match text.trim_start().as_bytes().first() {
+        Some(b'{') => return Ok(text),
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    };
+    // Check it parses before calling it a non-object value rather than invalid JSON.
+    let mut de = serde_json::Deserializer::from_str(text);
+    IgnoredAny::deserialize(&mut de)
+        .and_then(|_| de.end())
+        .map_err(|e| json_error_reason(&e))?;
+    Err(format!(
+        "the line is {kind}, not a JSON object; each line must be one object"
+    ))
+}
+
+/// Parses one line with `seed`, refusing anything after the object.
+fn parse<'de>(text: &'de str, seed: impl DeserializeSeed<'de, Value = ()>) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    seed.deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| json_error_reason(&e))
+}
+
+/// A reason without the line's content: syntax messages are fixed phrases, while data errors
+/// could quote a value, so those get a generic phrase.
+fn json_error_reason(error: &serde_json::Error) -> String {
+    match error.classify() {
+        Category::Syntax | Category::Eof => {
+            let message = error.to_string();
+            let phrase = message.split(" at line ").next().unwrap_or(&message);
+            format!(
+                "the line is not valid JSON: {phrase} (column {})",
+                error.column()
+            )
+        }
+        Category::Data | Category::Io => format!(
+            "the line is not a valid JSON object (column {})",
+            error.column()
+        ),
+    }
+}
+
+/// Text of a top-level value: `None` for null, strings as they are, the rest as JSON text.
+fn render(value: Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        nested => Some(nested.to_string()),
+    }
+}
+
+/// Non-blank lines of a file with their 1-based line numbers, reusing one buffer.
+struct Lines {
+    reader: BufReader<File>,
+    buf: Vec<u8>,
+    line: u64,
+    path: PathBuf,
+}
+
+impl Lines {
+    fn open(path: &Path) -> Result<Self, SourceError> {
+        let file = File::open(path).map_err(|source| SourceError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Lines {
+            reader: BufReader::with_capacity(READ_BUFFER_BYTES, file),
+            buf: Vec::new(),
+            line: 0,
+            path: path.to_owned(),
+        })
+    }
+
+    fn next_line(&mut self) -> Result<Option<(u64, &[u8])>, SourceError> {
+        loop {
+            self.buf.clear();
+            let read = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| SourceError::Read {
+                    path: self.path.clone(),
+                    line: self.line + 1,
+                    source,
+                })?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.line += 1;
+            if !self.buf.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Some((self.line, &self.buf)));
+            }
+        }
+    }
+}
+
+/// Column names in first-seen order.
+#[derive(Default)]
+struct KeySet {
+    names: Vec<String>,
+    seen: HashSet<String>,
+}
+
+/// An object key, borrowed from the line unless it had escapes.
+enum Key<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(v))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Fills `values` from an object's keys that are in `columns`; skips the others.
+struct Projected<'a> {
+    columns: &'a [String],
+    values: &'a mut [Option<String>],
+}
+
+impl<'de> DeserializeSeed<'de> for Projected<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Projected<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Projected { columns, values } = self;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            // A handful of columns: a linear scan beats hashing.
+            let mut slots = columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.as_str() == key.as_str())
+                .map(|(i, _)| i);
+            let Some(first) = slots.next() else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let text = render(map.next_value::<Value>()?);
+            // The same column requested twice gets the value twice.
+            for other in slots {
+                values[other].clone_from(&text);
+            }
+            values[first] = text;
+        }
+        Ok(())
+    }
+}
+
+/// Records an object's keys in a [`KeySet`]; skips the values.
+struct KeyCollector<'a>(&'a mut KeySet);
+
+impl<'de> DeserializeSeed<'de> for KeyCollector<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyCollector<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let keys = self.0;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if !keys.seen.contains(key.as_str()) {
+                let name = key.as_str().to_owned();
+                keys.seen.insert(name.clone());
+                keys.names.push(name);
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tempfile::NamedTempFile;
+
+    use super::super::{SourceDef, describe, open};
+    use super::*;
+
+    fn jsonl_file(contents: &[u8]) -> NamedTempFile {
+        let mut file = NamedTempFile::new().expect("temp file");
+        file.write_all(contents).expect("write temp file");
+        file
+    }
+
+    fn def(file: &NamedTempFile) -> SourceDef {
+        SourceDef::Jsonl {
+            path: file.path().to_owned(),
+        }
+    }
+
+    fn names(columns: &[&str]) -> Vec<String> {
+        columns.iter().map(|c| c.to_string()).collect()
+    }
+
+    fn values(row: &Row) -> Vec<Option<&str>> {
+        row.values.iter().map(|v| v.as_deref()).collect()
+    }
+
+    async fn read_all(def: &SourceDef, columns: &[&str]) -> Vec<Result<Row, RowError>> {
+        let mut stream = open(def, &names(columns)).await.expect("open");
+        let mut items = Vec::new();
+        while let Some(chunk) = stream.next_chunk(100).await.expect("chunk") {
+            items.extend(chunk);
+        }
+        items
+    }
+
+    #[tokio::test]
+    async fn renders_numbers_booleans_and_nested_values_as_text() {
+        let file = jsonl_file(
+            br#"{"n": 42, "f": 1.5, "b": true, "list": [1, "x"], "obj": {"k": null}, "s": "hi"}
+"#,
+        );
+
+        let items = read_all(&def(&file), &["n", "f", "b", "list", "obj", "s"]).await;
+
+        assert_eq!(
+            values(items[0].as_ref().expect("row")),
+            [
+                Some("42"),
+                Some("1.5"),
+                Some("true"),
+                Some(r#"[1,"x"]"#),
+                Some(r#"{"k":null}"#),
+                Some("hi")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_or_null_is_none_and_an_empty_string_stays_empty() {
+        let file =
+            jsonl_file(b"{\"email\": \"a@example.com\", \"name\": \"\"}\n{\"email\": null}\n");
+
+        let items = read_all(&def(&file), &["email", "name"]).await;
+
+        assert_eq!(
+            values(items[0].as_ref().expect("row")),
+            [Some("a@example.com"), Some("")]
+        );
+        assert_eq!(values(items[1].as_ref().expect("row")), [None, None]);
+    }
+
+    #[tokio::test]
+    async fn reads_keys_written_with_escapes() {
+        let file = jsonl_file(b"{\"e\\u006dail\": \"a@example.com\"}\n");
+
+        let items = read_all(&def(&file), &["email"]).await;
+
+        assert_eq!(
+            values(items[0].as_ref().expect("row")),
+            [Some("a@example.com")]
+        );
+    }
+
+    #[tokio::test]
+    async fn describe_lists_the_union_of_keys_in_first_seen_order_and_skips_blank_lines() {
+        let file = jsonl_file(b"{\"z\": 1, \"a\": 2}\n\n   \n{\"m\": 3, \"z\": 4}\n");
+
+        let description = describe(&def(&file)).await.expect("describe");
+
+        assert_eq!(
+            description,
+            Description {
+                columns: names(&["z", "a", "m"]),
+                rows: 2
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn describe_refuses_invalid_json_naming_its_line() {
+        let file = jsonl_file(b"{\"a\": 1}\n\n{\"a\": \"secret-value\n");
+
+        let error = describe(&def(&file)).await.expect_err("invalid json");
+
+        assert!(
+            matches!(error, SourceError::InvalidRow { line: 3, .. }),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("secret-value"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn describe_refuses_a_line_that_is_not_an_object() {
+        let file = jsonl_file(b"{\"a\": 1}\n[\"a@example.com\"]\n");
+
+        let error = describe(&def(&file)).await.expect_err("array line");
+
+        assert!(error.to_string().contains("line 2"), "{error}");
+        assert!(error.to_string().contains("an array"), "{error}");
+        assert!(!error.to_string().contains("a@example.com"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn open_yields_a_bad_line_as_a_row_error_and_goes_on() {
+        let file = jsonl_file(b"{\"a\": 1}\nnot json\n\n{\"a\": 2}\n");
+
+        let items = read_all(&def(&file), &["a"]).await;
+
+        assert_eq!(items.len(), 3);
+        let error = items[1].as_ref().expect_err("bad line");
+        assert_eq!(error.number, 2);
+        assert!(error.reason.contains("not valid JSON"), "{}", error.reason);
+        let last = items[2].as_ref().expect("row");
+        assert_eq!((last.number, values(last)), (4, vec![Some("2")]));
+    }
+
+    #[tokio::test]
+    async fn a_column_only_seen_after_the_first_thousand_lines_is_unknown() {
+        let mut contents = "{\"email\": \"x\"}\n".repeat(1000);
+        contents.push_str("{\"email\": \"y\", \"late\": 1}\n");
+        let file = jsonl_file(contents.as_bytes());
+
+        let error = open(&def(&file), &names(&["late"]))
+            .await
+            .err()
+            .expect("unknown column");
+
+        match error {
+            SourceError::UnknownColumn {
+                column, available, ..
+            } => {
+                assert_eq!(column, "late");
+                assert_eq!(available, names(&["email"]));
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+    }
+}
