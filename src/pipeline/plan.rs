@@ -225,8 +225,11 @@ impl Planner<'_> {
         self.totals.leaving = leaving as u64;
         if on_leave == OnLeave::Unsubscribe && leaving > 0 {
             // The payload needs only the email and the list; build it in SQL to stay streaming.
-            let list = self.matching.unsubscribe_payload("\u{1}");
-            let (before, after) = list.split_once("\"\u{1}\"").unwrap_or(("", ""));
+            const SLOT: &str = "acexport-email-slot";
+            let template = self.matching.unsubscribe_payload(SLOT);
+            let (before, after) = template
+                .split_once(&format!("\"{SLOT}\""))
+                .ok_or_else(|| PipelineError::Internal("unsubscribe template".to_owned()))?;
             sqlx::query(
                 "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT d.email, d.hash, \
                  'leave', ? || json_quote(d.email) || ? FROM delivery_state d \
