@@ -139,16 +139,23 @@ CREATE TABLE run_issues (
 );
 CREATE INDEX run_issues_by_run ON run_issues(run_id);
 
--- Runs waiting for the daemon. Signal files are keyed so a file is consumed exactly once.
+-- Runs waiting for the daemon: at most one per export, so triggers that arrive while it waits
+-- or runs are coalesced into one follow-up run.
 CREATE TABLE run_queue (
     id           INTEGER PRIMARY KEY,
-    export_id    INTEGER NOT NULL REFERENCES exports(id) ON DELETE CASCADE,
+    export_id    INTEGER NOT NULL UNIQUE REFERENCES exports(id) ON DELETE CASCADE,
     trigger      TEXT NOT NULL,
     full         INTEGER NOT NULL DEFAULT 0,
-    trigger_key  TEXT UNIQUE,
     requested_at TEXT NOT NULL,
     requested_by TEXT
 );
+
+-- Signal files already consumed (by their claim key), so a file is acted on exactly once even
+-- when the daemon stops between queueing its run and deleting it.
+CREATE TABLE consumed_triggers (
+    key         TEXT PRIMARY KEY,
+    consumed_at TEXT NOT NULL
+) WITHOUT ROWID;
 
 -- When each schedule last fired, so a restart neither repeats nor silently skips a slot.
 CREATE TABLE schedule_marks (

@@ -1,1 +1,471 @@
-//! daemon (to be written).
+//! The long-running service: runs every enabled export on its schedule (or the system refresh
+//! schedule), runs exports on demand from signal files, and tells systemd and `acexport
+//! status` what it is doing.
+//!
+//! Scheduling is a small loop of our own over croner + chrono-tz rather than
+//! tokio-cron-scheduler, which keeps a fixed UTC offset across daylight-saving changes, lets a
+//! slow job overlap itself and persists only to PostgreSQL or NATS. Slots fired are recorded in
+//! SQLite, so a restart neither repeats a slot nor skips one silently (a slot missed while down
+//! runs once at start, like systemd's `Persistent=`). Queue, schedule marks and run state all
+//! live in the database: nothing queued is lost by a restart, and runs left `running` by a
+//! crash are resumed.
+
+pub mod status;
+pub mod systemd;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::pipeline::{Progress, RunOptions, run_export};
+use crate::scheduler::{Schedule, TriggerRequest, TriggerWatcher, claim_all};
+use crate::service::{Context, ServiceError};
+use crate::settings::{Loaded, Settings};
+use crate::store::{RunCounts, StoreError};
+
+/// Fallback rescan of the trigger folder when inotify events are lost.
+const TRIGGER_RESCAN: Duration = Duration::from_secs(5);
+/// How often the scheduling loop wakes (slots are whole seconds at the finest).
+const TICK: Duration = Duration::from_millis(500);
+/// How often the heartbeat and STATUS are refreshed.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Longest wait for running exports to reach a batch boundary at shutdown; below systemd's
+/// TimeoutStopSec (90 s in deploy/acexport.service).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "another acexport daemon (pid {0}) is running on this database; stop it first or use \
+         `acexport trigger` to run exports through it"
+    )]
+    AlreadyRunning(i64),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot watch the trigger folder: {0}")]
+    Triggers(#[from] crate::scheduler::TriggerError),
+}
+
+/// Live progress of running exports, for STATUS= and logs.
+type Board = Arc<Mutex<HashMap<String, (String, RunCounts)>>>;
+
+struct BoardProgress {
+    export: String,
+    board: Board,
+}
+
+impl Progress for BoardProgress {
+    fn report(&self, phase: &str, counts: &RunCounts) {
+        let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        board.insert(self.export.clone(), (phase.to_owned(), *counts));
+    }
+}
+
+pub struct Daemon {
+    /// The settings file, re-read on SIGHUP.
+    file: Option<PathBuf>,
+    ctx: Arc<Context>,
+    board: Board,
+}
+
+impl Daemon {
+    /// Opens the store (migrating it), claims the daemon role and recovers interrupted runs.
+    pub async fn build(loaded: Loaded, ctx: Context) -> Result<Daemon, DaemonError> {
+        if let Err(pid) = ctx.store.claim_daemon().await? {
+            return Err(DaemonError::AlreadyRunning(pid));
+        }
+        // Fail at start, not at the first run, when the secrets key is unusable.
+        ctx.secret_key()?;
+        Ok(Daemon {
+            file: loaded.file,
+            ctx: Arc::new(ctx),
+            board: Board::default(),
+        })
+    }
+
+    /// Runs until `shutdown` resolves; `reload` receives a message per SIGHUP.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        mut reload: mpsc::Receiver<()>,
+    ) -> Result<(), DaemonError> {
+        let store = self.ctx.store.clone();
+        for run_id in store.recover_stale_runs().await? {
+            tracing::warn!(
+                run_id,
+                "Run was interrupted by a crash or kill; it will be resumed"
+            );
+        }
+        for export_id in store.interrupted_exports().await? {
+            store
+                .enqueue_run(export_id, "resume", false, None, Some("daemon start"))
+                .await?;
+        }
+        let mut trigger_dir = self.ctx.settings.daemon.trigger_dir.clone();
+        let (mut _watcher, mut wake) = TriggerWatcher::start(&trigger_dir, TRIGGER_RESCAN)?;
+        let tracker = TaskTracker::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
+        let mut running: HashMap<i64, String> = HashMap::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_beat = tokio::time::Instant::now() - HEARTBEAT;
+        let watchdog = systemd::watchdog_interval();
+        let mut last_watchdog = tokio::time::Instant::now();
+        tokio::pin!(shutdown);
+
+        self.check_schedules().await;
+        systemd::ready();
+        tracing::info!(
+            workers = self.ctx.settings.daemon.workers,
+            trigger_dir = %trigger_dir.display(),
+            refresh = self.ctx.settings.schedule.refresh.as_deref().unwrap_or("none"),
+            timezone = %self.ctx.settings.schedule.timezone,
+            "Daemon ready"
+        );
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(()) = reload.recv() => {
+                    if let Some(dir) = self.reload() {
+                        if dir != trigger_dir {
+                            match TriggerWatcher::start(&dir, TRIGGER_RESCAN) {
+                                Ok((w, r)) => { _watcher = w; wake = r; trigger_dir = dir; }
+                                Err(e) => tracing::error!(error = %e, "Cannot watch the new trigger folder; keeping the old one"),
+                            }
+                        }
+                    }
+                }
+                Some(export_id) = done_rx.recv() => { running.remove(&export_id); }
+                Some(()) = wake.recv() => self.consume_triggers(&trigger_dir).await,
+                _ = tick.tick() => {
+                    self.check_schedules().await;
+                    if let Some(interval) = watchdog {
+                        // Pinged from this loop, after a database round trip, so a stuck loop
+                        // or database is noticed, not just a live runtime.
+                        if last_watchdog.elapsed() >= interval && store.daemon_state().await.is_ok() {
+                            systemd::watchdog();
+                            last_watchdog = tokio::time::Instant::now();
+                        }
+                    }
+                    if last_beat.elapsed() >= HEARTBEAT {
+                        let status = self.status_line(&running).await;
+                        systemd::status(&status);
+                        if let Err(e) = store.beat(&status).await {
+                            tracing::warn!(error = %e, "Cannot record the heartbeat");
+                        }
+                        last_beat = tokio::time::Instant::now();
+                    }
+                }
+            }
+            self.dispatch(&mut running, &tracker, &done_tx).await;
+        }
+
+        systemd::stopping();
+        tracing::info!(
+            running = running.len(),
+            "Shutting down: running exports stop at their next batch boundary"
+        );
+        self.ctx.cancel.cancel();
+        tracker.close();
+        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "Running exports did not stop within the drain deadline; they resume at next start"
+            );
+        }
+        let _ = store.release_daemon().await;
+        store.close().await;
+        tracing::info!("Daemon stopped");
+        Ok(())
+    }
+
+    /// Starts queued runs while workers are free; one run per export at a time.
+    async fn dispatch(
+        &self,
+        running: &mut HashMap<i64, String>,
+        tracker: &TaskTracker,
+        done: &mpsc::UnboundedSender<i64>,
+    ) {
+        let workers = self.ctx.settings.daemon.workers as usize;
+        while running.len() < workers && !self.ctx.cancel.is_cancelled() {
+            let busy: Vec<i64> = running.keys().copied().collect();
+            let queued = match self.ctx.store.take_queued(&busy).await {
+                Ok(Some(q)) => q,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot read the run queue");
+                    return;
+                }
+            };
+            let export = match self.ctx.store.export_by_id(queued.export_id).await {
+                Ok(Some(e)) if e.enabled => e,
+                Ok(Some(e)) => {
+                    tracing::info!(export = %e.name, trigger = %queued.trigger, "Export is disabled; queued run dropped");
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot read an export");
+                    return;
+                }
+            };
+            running.insert(export.id, export.name.clone());
+            let ctx = Arc::clone(&self.ctx);
+            let done = done.clone();
+            let board = Arc::clone(&self.board);
+            let options = RunOptions {
+                trigger: queued.trigger.clone(),
+                full: queued.full,
+                dry_run: false,
+            };
+            tracker.spawn(async move {
+                let progress = Arc::new(BoardProgress {
+                    export: export.name.clone(),
+                    board: Arc::clone(&board),
+                });
+                if let Err(e) = run_export(&ctx, &export.name, options, progress).await {
+                    tracing::error!(export = %export.name, error = %e, "Run could not be recorded");
+                }
+                board
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&export.name);
+                let _ = done.send(export.id);
+            });
+        }
+    }
+
+    /// Queues every export whose schedule has a slot due. A new or changed schedule starts
+    /// counting from now; a slot missed while the daemon was down runs once.
+    async fn check_schedules(&self) {
+        let settings = &self.ctx.settings;
+        let tz = settings.timezone();
+        let exports = match self.ctx.store.exports().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read exports");
+                return;
+            }
+        };
+        let now = Utc::now();
+        for export in exports.iter().filter(|e| e.enabled) {
+            let Some(expr) = export
+                .schedule
+                .as_deref()
+                .or(settings.schedule.refresh.as_deref())
+            else {
+                continue;
+            };
+            let schedule = match Schedule::parse(expr, tz) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(export = %export.name, error = %e, "Schedule cannot be used");
+                    continue;
+                }
+            };
+            let key = format!("{expr} @ {}", settings.schedule.timezone);
+            let result = match self.ctx.store.schedule_mark(export.id).await {
+                Ok(Some((marked, last))) if marked == key => match schedule.due(last, now) {
+                    Some(slot) => {
+                        tracing::info!(export = %export.name, slot = %slot, "Scheduled slot due; run queued");
+                        self.ctx
+                            .store
+                            .mark_schedule(export.id, &key, slot, Some("schedule"))
+                            .await
+                    }
+                    None => Ok(()),
+                },
+                Ok(_) => {
+                    self.ctx
+                        .store
+                        .mark_schedule(export.id, &key, now, None)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::error!(export = %export.name, error = %e, "Cannot record a schedule slot");
+            }
+        }
+    }
+
+    /// Takes every signal file in the trigger folder exactly once.
+    async fn consume_triggers(&self, dir: &std::path::Path) {
+        let claimed = match claim_all(dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read the trigger folder");
+                return;
+            }
+        };
+        for r in claimed.rejected {
+            tracing::warn!(file = %r.name, reason = %r.reason, "Signal file rejected; moved to rejected/");
+        }
+        let store = &self.ctx.store;
+        for file in claimed.requests {
+            let by = file.requested_by.clone();
+            let outcome: Result<Option<String>, StoreError> = match &file.request {
+                TriggerRequest::Run { export, full } => match store.export(export).await {
+                    Ok(None) => Ok(Some(format!("unknown export {export:?}"))),
+                    Ok(Some(e)) if !e.enabled => Ok(Some(format!("export {export:?} is disabled"))),
+                    Ok(Some(e)) => store
+                        .enqueue_run(e.id, "signal-file", *full, Some(&file.key), by.as_deref())
+                        .await
+                        .map(|fresh| {
+                            if fresh {
+                                tracing::info!(export = %e.name, file = %file.name, full, "Signal file: run queued");
+                            }
+                            None
+                        }),
+                    Err(e) => Err(e),
+                },
+                TriggerRequest::RunAll { full } => match store.exports().await {
+                    Ok(exports) => {
+                        let mut result = Ok(None);
+                        for e in exports.iter().filter(|e| e.enabled) {
+                            let key = format!("{}#{}", file.key, e.id);
+                            if let Err(err) = store.enqueue_run(e.id, "signal-file", *full, Some(&key), by.as_deref()).await {
+                                result = Err(err);
+                                break;
+                            }
+                        }
+                        tracing::info!(file = %file.name, "Signal file: every enabled export queued");
+                        result
+                    }
+                    Err(e) => Err(e),
+                },
+                TriggerRequest::Cancel { export } => match store.export(export).await {
+                    Ok(None) => Ok(Some(format!("unknown export {export:?}"))),
+                    Ok(Some(e)) => {
+                        let _ = store.consume_trigger_key(&file.key).await;
+                        match store.request_cancel(e.id).await {
+                            Ok(Some(run_id)) => {
+                                tracing::info!(export = %e.name, run_id, "Cancel requested");
+                                Ok(None)
+                            }
+                            Ok(None) => Ok(Some(format!("export {export:?} is not running"))),
+                            Err(err) => Err(err),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match outcome {
+                Ok(None) => {
+                    if let Err(e) = file.finish() {
+                        tracing::warn!(error = %e, "Cannot remove a consumed signal file");
+                    }
+                }
+                Ok(Some(reason)) => match file.reject(&reason) {
+                    Ok(r) => {
+                        tracing::warn!(file = %r.name, reason = %r.reason, "Signal file rejected; moved to rejected/")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Cannot move a rejected signal file"),
+                },
+                // Left in processing/: retried at the next wake with the same key.
+                Err(e) => {
+                    tracing::error!(error = %e, file = %file.name, "Cannot queue a signal file's run; will retry")
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: re-reads settings; an invalid file is refused and the old settings stay.
+    /// Returns the trigger folder in force afterwards.
+    fn reload(&mut self) -> Option<PathBuf> {
+        systemd::reloading();
+        let result = Settings::load(self.file.as_deref());
+        let outcome = match result {
+            Err(e) => {
+                tracing::error!(error = %e, "Settings reload refused; the settings in force stay");
+                None
+            }
+            Ok(loaded) => {
+                if loaded.settings.store.path != self.ctx.settings.store.path {
+                    tracing::warn!("store.path changed; the new database is used after a restart");
+                }
+                let ctx = self.ctx.with_settings(loaded.settings);
+                let dir = ctx.settings.daemon.trigger_dir.clone();
+                self.ctx = Arc::new(ctx);
+                tracing::info!("Settings reloaded");
+                Some(dir)
+            }
+        };
+        systemd::ready();
+        outcome
+    }
+
+    async fn status_line(&self, running: &HashMap<i64, String>) -> String {
+        let board = self.board.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let queued = self
+            .ctx
+            .store
+            .queued_runs()
+            .await
+            .map(|q| q.len())
+            .unwrap_or(0);
+        if running.is_empty() {
+            return format!("idle; {queued} queued");
+        }
+        let mut parts: Vec<String> = running
+            .values()
+            .map(|name| match board.get(name) {
+                Some((phase, c)) => format!(
+                    "{name}: {phase}, read {}, sent {}/{}",
+                    c.rows_read,
+                    c.upserted + c.unsubscribed + c.failed,
+                    c.planned
+                ),
+                None => format!("{name}: starting"),
+            })
+            .collect();
+        parts.sort();
+        format!("running {}; {queued} queued", parts.join("; "))
+    }
+}
+
+/// Runs the daemon with the process signals: SIGTERM/SIGINT stop it, SIGHUP reloads.
+pub async fn run_with_signals(loaded: Loaded) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let ctx = Context::open(
+        loaded.settings.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    let daemon = Daemon::build(loaded, ctx).await?;
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| {
+        DaemonError::Service(ServiceError::Invalid(format!(
+            "cannot install the SIGHUP handler: {e}"
+        )))
+    })?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = reload_tx.try_send(());
+        }
+    });
+    let shutdown = async {
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    daemon.run(shutdown, reload_rx).await
+}

@@ -88,6 +88,16 @@ impl Context {
         })
     }
 
+    /// The same store and cancellation with other settings (a reload).
+    pub fn with_settings(&self, settings: Settings) -> Context {
+        Context {
+            settings,
+            store: self.store.clone(),
+            key: OnceLock::new(),
+            cancel: self.cancel.clone(),
+        }
+    }
+
     /// The secrets key; created on first use unless it comes from a systemd credential.
     pub fn secret_key(&self) -> Result<&SecretKey, ServiceError> {
         if let Some(key) = self.key.get() {

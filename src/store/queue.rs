@@ -1,1 +1,264 @@
-//! queue
+//! The daemon's run queue, its schedule marks and its heartbeat. The queue lives in the
+//! database so nothing queued is lost by a restart; one entry per export coalesces triggers.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Doing, Store, StoreError, from_text, now_text, to_text};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QueuedRun {
+    pub id: i64,
+    pub export_id: i64,
+    pub trigger: String,
+    pub full: bool,
+    pub requested_at: String,
+    pub requested_by: Option<String>,
+}
+
+/// The daemon's row: who runs, since when, last heartbeat and what it is doing.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DaemonState {
+    pub pid: i64,
+    pub started_at: String,
+    pub heartbeat: String,
+    pub status: String,
+}
+
+/// A heartbeat older than this means the daemon is gone (it beats every few seconds).
+pub const HEARTBEAT_STALE_SECS: i64 = 30;
+
+impl DaemonState {
+    /// The daemon process is alive and beating.
+    pub fn is_live(&self) -> bool {
+        let fresh = from_text(&self.heartbeat)
+            .is_some_and(|t| (Utc::now() - t).num_seconds() < HEARTBEAT_STALE_SECS);
+        fresh && super::runs::pid_alive(self.pid)
+    }
+}
+
+impl Store {
+    /// Queues a run of an export. An export already queued keeps one entry (a `full` request
+    /// upgrades it). With `key` (a signal file's claim key) the request is taken at most once.
+    /// Returns false when the key was already consumed.
+    pub async fn enqueue_run(
+        &self,
+        export_id: i64,
+        trigger: &str,
+        full: bool,
+        key: Option<&str>,
+        requested_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        if let Some(key) = key {
+            let fresh = sqlx::query(
+                "INSERT INTO consumed_triggers (key, consumed_at) VALUES (?, ?) \
+                 ON CONFLICT(key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(now_text())
+            .execute(&mut *tx)
+            .await
+            .doing("recording a signal file")?
+            .rows_affected();
+            if fresh == 0 {
+                return Ok(false);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO run_queue (export_id, trigger, full, requested_at, requested_by) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT(export_id) DO UPDATE SET full = full OR excluded.full",
+        )
+        .bind(export_id)
+        .bind(trigger)
+        .bind(full)
+        .bind(now_text())
+        .bind(requested_by)
+        .execute(&mut *tx)
+        .await
+        .doing("queueing a run")?;
+        tx.commit().await.doing("queueing a run")?;
+        Ok(true)
+    }
+
+    /// Marks a signal-file key consumed without queueing (cancel requests, refusals).
+    pub async fn consume_trigger_key(&self, key: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO consumed_triggers (key, consumed_at) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(now_text())
+        .execute(&mut *tx)
+        .await
+        .doing("recording a signal file")?
+        .rows_affected();
+        tx.commit().await.doing("recording a signal file")?;
+        Ok(fresh > 0)
+    }
+
+    /// Takes the oldest queued run whose export is not in `busy`.
+    pub async fn take_queued(&self, busy: &[i64]) -> Result<Option<QueuedRun>, StoreError> {
+        let mut tx = self.write().await?;
+        let busy_json = serde_json::to_string(busy).unwrap_or_else(|_| "[]".to_owned());
+        let next: Option<QueuedRun> = sqlx::query_as(
+            "SELECT * FROM run_queue WHERE export_id NOT IN (SELECT value FROM json_each(?)) \
+             ORDER BY id LIMIT 1",
+        )
+        .bind(busy_json)
+        .fetch_optional(&mut *tx)
+        .await
+        .doing("reading the run queue")?;
+        if let Some(q) = &next {
+            sqlx::query("DELETE FROM run_queue WHERE id = ?")
+                .bind(q.id)
+                .execute(&mut *tx)
+                .await
+                .doing("reading the run queue")?;
+        }
+        tx.commit().await.doing("reading the run queue")?;
+        Ok(next)
+    }
+
+    pub async fn queued_runs(&self) -> Result<Vec<(QueuedRun, String)>, StoreError> {
+        let rows: Vec<(i64, i64, String, bool, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT q.id, q.export_id, q.trigger, q.full, q.requested_at, q.requested_by, e.name \
+             FROM run_queue q JOIN exports e ON e.id = q.export_id ORDER BY q.id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .doing("reading the run queue")?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, export_id, trigger, full, requested_at, requested_by, name)| {
+                    (
+                        QueuedRun {
+                            id,
+                            export_id,
+                            trigger,
+                            full,
+                            requested_at,
+                            requested_by,
+                        },
+                        name,
+                    )
+                },
+            )
+            .collect())
+    }
+
+    /// When an export's schedule last fired, and for which expression.
+    pub async fn schedule_mark(
+        &self,
+        export_id: i64,
+    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT schedule, last_slot FROM schedule_marks WHERE export_id = ?")
+                .bind(export_id)
+                .fetch_optional(self.pool())
+                .await
+                .doing("reading a schedule mark")?;
+        Ok(row.and_then(|(schedule, slot)| from_text(&slot).map(|t| (schedule, t))))
+    }
+
+    /// Records that `slot` of `schedule` fired (or, for a new schedule, the time from which
+    /// slots count) and, when `queue` is given, queues the run in the same transaction so a
+    /// crash can neither lose nor repeat the slot.
+    pub async fn mark_schedule(
+        &self,
+        export_id: i64,
+        schedule: &str,
+        slot: DateTime<Utc>,
+        queue: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO schedule_marks (export_id, schedule, last_slot) VALUES (?, ?, ?) \
+             ON CONFLICT(export_id) DO UPDATE SET schedule = excluded.schedule, \
+             last_slot = excluded.last_slot",
+        )
+        .bind(export_id)
+        .bind(schedule)
+        .bind(to_text(slot))
+        .execute(&mut *tx)
+        .await
+        .doing("recording a schedule slot")?;
+        if let Some(trigger) = queue {
+            sqlx::query(
+                "INSERT INTO run_queue (export_id, trigger, full, requested_at) VALUES (?, ?, 0, ?) \
+                 ON CONFLICT(export_id) DO NOTHING",
+            )
+            .bind(export_id)
+            .bind(trigger)
+            .bind(now_text())
+            .execute(&mut *tx)
+            .await
+            .doing("queueing a scheduled run")?;
+        }
+        tx.commit().await.doing("recording a schedule slot")?;
+        Ok(())
+    }
+
+    pub async fn daemon_state(&self) -> Result<Option<DaemonState>, StoreError> {
+        sqlx::query_as("SELECT pid, started_at, heartbeat, status FROM daemon_state WHERE id = 1")
+            .fetch_optional(self.pool())
+            .await
+            .doing("reading the daemon state")
+    }
+
+    /// Claims the daemon role for this process; refused (returns the other pid) while another
+    /// live daemon holds it.
+    pub async fn claim_daemon(&self) -> Result<Result<(), i64>, StoreError> {
+        let mut tx = self.write().await?;
+        let current: Option<DaemonState> = sqlx::query_as(
+            "SELECT pid, started_at, heartbeat, status FROM daemon_state WHERE id = 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .doing("reading the daemon state")?;
+        if let Some(other) = current {
+            if other.pid != i64::from(std::process::id()) && other.is_live() {
+                return Ok(Err(other.pid));
+            }
+        }
+        let now = now_text();
+        sqlx::query(
+            "INSERT INTO daemon_state (id, pid, started_at, heartbeat, status) \
+             VALUES (1, ?, ?, ?, 'starting') ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, \
+             started_at = excluded.started_at, heartbeat = excluded.heartbeat, status = 'starting'",
+        )
+        .bind(i64::from(std::process::id()))
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .doing("claiming the daemon role")?;
+        tx.commit().await.doing("claiming the daemon role")?;
+        Ok(Ok(()))
+    }
+
+    pub async fn beat(&self, status: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE daemon_state SET heartbeat = ?, status = ? WHERE id = 1 AND pid = ?")
+            .bind(now_text())
+            .bind(status)
+            .bind(i64::from(std::process::id()))
+            .execute(&mut *tx)
+            .await
+            .doing("recording the daemon heartbeat")?;
+        tx.commit().await.doing("recording the daemon heartbeat")?;
+        Ok(())
+    }
+
+    pub async fn release_daemon(&self) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM daemon_state WHERE id = 1 AND pid = ?")
+            .bind(i64::from(std::process::id()))
+            .execute(&mut *tx)
+            .await
+            .doing("releasing the daemon role")?;
+        tx.commit().await.doing("releasing the daemon role")?;
+        Ok(())
+    }
+}

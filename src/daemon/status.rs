@@ -1,0 +1,93 @@
+//! `acexport status`: whether the daemon is up, what runs, what waits, and per export the
+//! next scheduled time and the last result. Read from the database, so it works from any
+//! process that can read it.
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::scheduler::Schedule;
+use crate::service::{Context, ServiceError};
+use crate::store::queue::DaemonState;
+use crate::store::{RunRecord, to_text};
+
+#[derive(Debug, Serialize)]
+pub struct DaemonInfo {
+    pub up: bool,
+    #[serde(flatten)]
+    pub state: Option<DaemonState>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueuedInfo {
+    pub export: String,
+    pub trigger: String,
+    pub full: bool,
+    pub requested_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportStatus {
+    pub name: String,
+    pub enabled: bool,
+    /// The schedule in force: the export's own, else the system refresh.
+    pub schedule: Option<String>,
+    pub next_run: Option<String>,
+    pub last_run: Option<RunRecord>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub daemon: DaemonInfo,
+    pub running: Vec<RunRecord>,
+    pub queued: Vec<QueuedInfo>,
+    pub exports: Vec<ExportStatus>,
+}
+
+pub async fn status_report(ctx: &Context) -> Result<StatusReport, ServiceError> {
+    let state = ctx.store.daemon_state().await?;
+    let up = state.as_ref().is_some_and(DaemonState::is_live);
+    let tz = ctx.settings.timezone();
+    let now = Utc::now();
+    let mut running = Vec::new();
+    let mut exports = Vec::new();
+    for export in ctx.store.exports().await? {
+        if let Some(run) = ctx.store.running_run(export.id).await? {
+            running.push(run);
+        }
+        let schedule = export
+            .schedule
+            .clone()
+            .or_else(|| ctx.settings.schedule.refresh.clone());
+        let next_run = schedule
+            .as_deref()
+            .filter(|_| export.enabled)
+            .and_then(|expr| Schedule::parse(expr, tz).ok())
+            .and_then(|s| s.next_after(now))
+            .map(to_text);
+        exports.push(ExportStatus {
+            name: export.name.clone(),
+            enabled: export.enabled,
+            schedule,
+            next_run,
+            last_run: ctx.store.last_run(export.id).await?,
+        });
+    }
+    let queued = ctx
+        .store
+        .queued_runs()
+        .await?
+        .into_iter()
+        .map(|(q, name)| QueuedInfo {
+            export: name,
+            trigger: q.trigger,
+            full: q.full,
+            requested_at: q.requested_at,
+        })
+        .collect();
+    Ok(StatusReport {
+        daemon: DaemonInfo { up, state },
+        running,
+        queued,
+        exports,
+    })
+}
