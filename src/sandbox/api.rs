@@ -18,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,7 @@ const MAX_PAGE_LIMIT: usize = 100;
 const FORBIDDEN_EMAIL_CHARS: &[char] =
     &['"', '(', ')', ',', ':', ';', '<', '>', '@', '[', '\\', ']'];
 
+const BULK_IMPORT_PATH: &str = "/api/3/import/bulk_import";
 const API_TOKEN: HeaderName = HeaderName::from_static("api-token");
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -65,6 +67,9 @@ pub(crate) struct Shared {
     general_limit: Option<Mutex<SlidingWindow>>,
     bulk_limit: Option<Mutex<SlidingWindow>>,
     imports: mpsc::UnboundedSender<PendingImport>,
+    /// Cancelled when the server shuts down: stops the import worker and cuts injected delays
+    /// short (the connection is then dropped), so shutdown never waits on them.
+    pub(crate) closing: CancellationToken,
 }
 
 /// A bulk import waiting for the worker.
@@ -93,17 +98,19 @@ impl Shared {
             lists: opts.lists,
             fields: opts.fields,
             imports,
+            closing: CancellationToken::new(),
         };
         (Arc::new(shared), queue)
     }
 }
 
-/// Applies queued bulk imports in arrival order once their delay has passed, until `stop`.
+/// Applies queued bulk imports in arrival order once their delay has passed, until the server
+/// closes.
 pub(crate) async fn process_imports(
     shared: Arc<Shared>,
     mut queue: mpsc::UnboundedReceiver<PendingImport>,
-    stop: CancellationToken,
 ) {
+    let stop = shared.closing.clone();
     loop {
         let pending = tokio::select! {
             () = stop.cancelled() => return,
@@ -132,7 +139,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/3/contacts", get(contacts))
         .route("/api/3/contact/sync", post(contact_sync))
         .route("/api/3/contactLists", post(contact_lists))
-        .route("/api/3/import/bulk_import", post(bulk_import))
+        .route(BULK_IMPORT_PATH, post(bulk_import))
         .route("/api/3/import/info", get(import_info))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(unknown_endpoint)
@@ -284,6 +291,10 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     let at = Instant::now();
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
+    let conn = request
+        .extensions()
+        .get::<ConnectInfo<ConnHandle>>()
+        .map(|info| info.0.clone());
     let fault = {
         let mut state = lock(&shared.state);
         let fault = state.faults.take(&path);
@@ -292,44 +303,88 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
         }
         fault
     };
-    let response = match fault {
-        None => Some(admit(&shared, request, next).await),
+    // `None` as the answer means the connection is dropped.
+    let (answer, faulted_contacts) = match fault {
+        None => (Some(admit(&shared, request, next).await), None),
         Some(FaultAction::Delay(delay)) => {
-            tokio::time::sleep(delay).await;
-            Some(admit(&shared, request, next).await)
+            if pause(&shared, delay).await {
+                (Some(admit(&shared, request, next).await), None)
+            } else {
+                (None, None)
+            }
         }
         Some(FaultAction::Status {
             status,
             retry_after,
             body,
-        }) => Some(fault_response(status, retry_after, body)),
-        Some(FaultAction::Drop) => {
-            if let Some(ConnectInfo(conn)) = request.extensions().get::<ConnectInfo<ConnHandle>>() {
-                conn.kill();
-            }
-            None
+        }) => {
+            let contacts = bulk_contacts_in(&path, request).await;
+            (
+                Some(fault_response(status, retry_after, body)),
+                Some(contacts),
+            )
         }
+        Some(FaultAction::Drop) => (None, Some(bulk_contacts_in(&path, request).await)),
     };
-    if response.is_some() && !shared.latency.is_zero() {
-        tokio::time::sleep(shared.latency).await;
-    }
+    let latency_cut_short = answer.is_some() && !pause(&shared, shared.latency).await;
+    let answer = if latency_cut_short { None } else { answer };
     let record = RequestRecord {
         at,
         method,
         path,
-        status: response.as_ref().map_or(0, |r| r.status().as_u16()),
-        contacts: response
-            .as_ref()
-            .and_then(|r| r.extensions().get::<BulkContacts>())
-            .map_or(0, |count| count.0),
+        status: answer.as_ref().map_or(0, |r| r.status().as_u16()),
+        contacts: faulted_contacts
+            .or_else(|| {
+                let answer = answer.as_ref()?;
+                answer.extensions().get::<BulkContacts>().map(|c| c.0)
+            })
+            .unwrap_or(0),
     };
     {
         let mut state = lock(&shared.state);
         state.stats.requests += 1;
         state.requests.push(record);
     }
-    // A dropped connection never writes this answer: the killed stream fails the write.
-    response.unwrap_or_else(|| StatusCode::SERVICE_UNAVAILABLE.into_response())
+    answer.unwrap_or_else(|| {
+        if let Some(conn) = conn {
+            conn.kill();
+        }
+        // Never written: the killed stream fails the write and hyper closes the connection.
+        StatusCode::SERVICE_UNAVAILABLE.into_response()
+    })
+}
+
+/// Waits `duration` unless the server is closing; returns whether the wait ran to the end.
+async fn pause(shared: &Shared, duration: Duration) -> bool {
+    if duration.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(duration) => true,
+        () = shared.closing.cancelled() => false,
+    }
+}
+
+/// Number of contacts in the body of a bulk import answered by a fault (0 for other paths), so
+/// the request log shows what the client tried to send.
+async fn bulk_contacts_in(path: &str, request: Request) -> usize {
+    if path != BULK_IMPORT_PATH {
+        return 0;
+    }
+    match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(body) => count_bulk_contacts(&body),
+        Err(_) => 0,
+    }
+}
+
+/// Number of entries in a bulk body's `contacts[]`, without keeping them; 0 if unreadable.
+fn count_bulk_contacts(body: &[u8]) -> usize {
+    #[derive(Deserialize)]
+    struct Count {
+        #[serde(default)]
+        contacts: Vec<IgnoredAny>,
+    }
+    serde_json::from_slice::<Count>(body).map_or(0, |count| count.contacts.len())
 }
 
 /// Token check and per-second limit, then the handler; successful answers carry the
@@ -712,7 +767,8 @@ async fn bulk_import(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
 fn accept_bulk(shared: &Shared, body: &[u8]) -> (usize, Result<Response, ApiError>) {
     if body.len() >= MAX_BULK_PAYLOAD_BYTES {
         let bytes = body.len();
-        return (0, Err(ApiError::BulkPayloadTooLarge { bytes }));
+        let count = count_bulk_contacts(body);
+        return (count, Err(ApiError::BulkPayloadTooLarge { bytes }));
     }
     let contacts = match serde_json::from_slice::<BulkBody>(body) {
         Ok(BulkBody {

@@ -264,17 +264,18 @@ async fn run(
     queue: mpsc::UnboundedReceiver<PendingImport>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let worker_stop = CancellationToken::new();
-    let worker = tokio::spawn(api::process_imports(
-        Arc::clone(&shared),
-        queue,
-        worker_stop.clone(),
-    ));
+    let closing = shared.closing.clone();
+    let worker = tokio::spawn(api::process_imports(Arc::clone(&shared), queue));
     let app = api::router(shared).into_make_service_with_connect_info::<ConnHandle>();
+    let on_shutdown = closing.clone();
     let result = axum::serve(KillableListener::new(listener), app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Cuts injected delays and latency short so shutdown never waits on them.
+            on_shutdown.cancel();
+        })
         .await;
-    worker_stop.cancel();
+    closing.cancel();
     if let Err(error) = worker.await {
         tracing::warn!(%error, "Sandbox import worker failed");
     }

@@ -683,6 +683,58 @@ async fn a_delay_fault_makes_a_client_time_out() {
     assert!(result.is_err_and(|error| error.is_timeout()));
 }
 
+#[tokio::test]
+async fn a_faulted_bulk_import_is_logged_with_its_contact_count() {
+    let (sandbox, client) = start(options()).await;
+    sandbox.inject(Fault {
+        path_prefix: "/import/bulk_import".to_owned(),
+        times: 1,
+        action: FaultAction::Status {
+            status: 500,
+            retry_after: None,
+            body: "{}".to_owned(),
+        },
+    });
+    let pair = json!({"contacts": [contact("a@example.com"), contact("b@example.com")]});
+
+    client.post("/import/bulk_import", &pair).await;
+
+    let record = &sandbox.requests()[0];
+    assert_eq!((record.status, record.contacts), (500, 2));
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_delayed_response() {
+    let (sandbox, client) = start(options()).await;
+    sandbox.inject(Fault {
+        path_prefix: "/users".to_owned(),
+        times: 1,
+        action: FaultAction::Delay(Duration::from_secs(30)),
+    });
+    let pending = tokio::spawn(async move {
+        client
+            .http
+            .get(format!("{}/users/me", client.base))
+            .header("Api-Token", TOKEN)
+            .send()
+            .await
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while sandbox.stats().faults_applied == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the delayed request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let stopped = tokio::time::timeout(PATIENCE, sandbox.shutdown()).await;
+
+    assert!(stopped.is_ok(), "shutdown waited for the delay");
+    let answer = pending.await.expect("request task");
+    assert!(answer.is_err(), "expected a dropped connection: {answer:?}");
+}
+
 // --- contacts, contact/sync, contactLists ---
 
 #[tokio::test]

@@ -192,8 +192,11 @@ fn render(value: Value) -> Option<String> {
 /// Non-blank lines of a file with their 1-based line numbers, reusing one buffer.
 struct Lines {
     reader: BufReader<File>,
+    /// The current line; reused so reading allocates only when a line is longer than before.
     buf: Vec<u8>,
+    /// Physical lines read so far, blank ones included, so numbers match an editor's.
     line: u64,
+    /// Names the file in I/O errors.
     path: PathBuf,
 }
 
@@ -236,7 +239,9 @@ impl Lines {
 /// Column names in first-seen order.
 #[derive(Default)]
 struct KeySet {
+    /// The columns, in the order the file first uses them.
     names: Vec<String>,
+    /// The same names, for a cheap membership test on every key of every line.
     seen: HashSet<String>,
 }
 
@@ -279,7 +284,9 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// Fills `values` from an object's keys that are in `columns`; skips the others.
 struct Projected<'a> {
+    /// The requested columns, in output order.
     columns: &'a [String],
+    /// The row being built, one slot per requested column, `None` until its key is seen.
     values: &'a mut [Option<String>],
 }
 

@@ -365,7 +365,9 @@ impl Drop for RowStream {
 /// Every send reports whether the consumer is still there, so a reader stops once the
 /// [`RowStream`] is dropped.
 struct ChunkSender {
+    /// Bounded, so a reader ahead of its consumer waits instead of filling memory.
     tx: mpsc::Sender<Chunk>,
+    /// The chunk being filled.
     buf: Vec<Item>,
 }
 

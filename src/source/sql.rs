@@ -234,12 +234,15 @@ pub(super) async fn open(
 
 /// What the query task needs besides its connection.
 struct Job {
+    /// The segment's query, run as written.
     query: String,
     /// Requested columns; `None` for all.
     wanted: Option<Vec<String>>,
+    /// Names the database in errors and scrubs driver messages.
     database: Database,
     /// Tells `open` the result columns (or the setup error) before any row is read.
     ready: oneshot::Sender<Ready>,
+    /// Where rows go once the query is prepared.
     sender: ChunkSender,
 }
 
@@ -292,9 +295,13 @@ impl Job {
 
 /// The task's state once the query is prepared and rows are about to flow.
 struct Streaming {
+    /// The segment's query, run as written.
     query: String,
+    /// All result columns, to name the column of a value that cannot be read as text.
     columns: Vec<String>,
+    /// Names the database in errors and scrubs driver messages.
     database: Database,
+    /// Where rows go.
     sender: ChunkSender,
 }
 
