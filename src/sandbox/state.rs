@@ -1,0 +1,690 @@
+//! In-memory data model of the sandbox: contacts and their list memberships, the exclusion list,
+//! bulk import batches, the request log and counters. Everything sits behind one `Mutex` owned by
+//! the server; every method here is synchronous and short so the lock is never held for long
+//! (and never across an `.await`).
+//!
+//! With `store_contacts: false` no per-contact data is kept, only counters, so a million-contact
+//! benchmark runs in flat memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::time::Instant;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::faults::FaultQueue;
+
+/// A contact as the sandbox stores it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SandboxContact {
+    /// Numeric id, as returned (as a string) by the API.
+    pub id: u64,
+    /// The email as first received; lookups ignore case.
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone: Option<String>,
+    /// Custom field values by field id.
+    pub fields: BTreeMap<u64, String>,
+    /// Tag names.
+    pub tags: BTreeSet<String>,
+}
+
+// Profile data stays out of Debug output (and so out of logs and panic messages).
+impl fmt::Debug for SandboxContact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxContact")
+            .field("id", &self.id)
+            .field("email", &"<redacted>")
+            .field("fields", &self.fields.len())
+            .field("tags", &self.tags.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A contact's status on one list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum ListStatus {
+    Active,
+    Unsubscribed,
+}
+
+/// One request the sandbox received (`/_sandbox` views excluded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When the request arrived (before any injected delay or latency).
+    pub at: Instant,
+    pub method: String,
+    /// Path without the query string, e.g. `/api/3/import/bulk_import`.
+    pub path: String,
+    /// Status sent back; 0 when a fault dropped the connection.
+    pub status: u16,
+    /// Number of contacts in a bulk import body (0 for every other request).
+    pub contacts: usize,
+}
+
+/// Counters over the sandbox's lifetime.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SandboxStats {
+    /// API requests received (the `/_sandbox` views are not counted).
+    pub requests: u64,
+    /// Requests answered 403 for a wrong or missing token.
+    pub forbidden: u64,
+    /// Requests answered 429 by the per-second limit.
+    pub too_many_requests: u64,
+    /// Bulk imports answered 400 "Rate limit exceeded." by the per-minute limit.
+    pub bulk_rate_limited: u64,
+    /// Bulk imports rejected as a whole (size, count, malformed JSON or invalid emails).
+    pub bulk_rejected: u64,
+    /// Bulk imports accepted (queued).
+    pub bulk_imports: u64,
+    /// Contacts in accepted bulk imports.
+    pub contacts_queued: u64,
+    /// Contacts a processed bulk import created or updated.
+    pub contacts_imported: u64,
+    /// Contacts a processed bulk import put in `failure`.
+    pub contacts_failed: u64,
+    /// Requests answered by an injected fault.
+    pub faults_applied: u64,
+    /// Distinct contacts stored (always 0 with `store_contacts: false`).
+    pub contacts_stored: u64,
+    /// Accepted bulk imports not processed yet.
+    pub pending_imports: u64,
+}
+
+/// A numeric id that clients send either as a JSON number or as a string (`"listid": 1` in the
+/// examples, a string in the schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Id(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a positive integer id, as a number or a string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Id, E> {
+                u64::try_from(v)
+                    .map(Id)
+                    .map_err(|_| E::custom("an id cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Id, E> {
+                v.trim()
+                    .parse()
+                    .map(Id)
+                    .map_err(|_| E::custom("an id must be a positive integer"))
+            }
+        }
+        deserializer.deserialize_any(IdVisitor)
+    }
+}
+
+/// One entry of a bulk import's `contacts[]` (snake_case, as ActiveCampaign's bulk API).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ImportContact {
+    #[serde(default)]
+    pub(crate) email: Option<String>,
+    #[serde(default)]
+    pub(crate) first_name: Option<String>,
+    #[serde(default)]
+    pub(crate) last_name: Option<String>,
+    #[serde(default)]
+    pub(crate) phone: Option<String>,
+    #[serde(default)]
+    pub(crate) tags: Vec<String>,
+    #[serde(default)]
+    pub(crate) fields: Vec<ImportField>,
+    #[serde(default)]
+    pub(crate) subscribe: Vec<ImportList>,
+    #[serde(default)]
+    pub(crate) unsubscribe: Vec<ImportList>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ImportField {
+    pub(crate) id: Id,
+    pub(crate) value: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ImportList {
+    pub(crate) listid: Id,
+}
+
+/// What a processed batch reports through `import/info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BatchOutcome {
+    /// Ids of contacts the batch created (empty with `store_contacts: false`).
+    pub(crate) success: Vec<u64>,
+    /// Emails of contacts that could not be imported, as sent.
+    pub(crate) failure: Vec<String>,
+}
+
+/// One accepted bulk import.
+#[derive(Debug)]
+struct Batch {
+    /// Until then the import is queued (`import/info` answers `status: false`).
+    ready_at: Instant,
+    /// From then on, once processed, the import is `completed`; in between it is `active`.
+    completes_at: Instant,
+    /// Set by the import worker when the contacts were applied.
+    outcome: Option<BatchOutcome>,
+}
+
+/// Where a batch stands, as `import/info` reports it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BatchStatus<'a> {
+    Queued,
+    Active,
+    Completed(&'a BatchOutcome),
+}
+
+/// A stored contact with its list memberships.
+#[derive(Debug)]
+struct StoredContact {
+    contact: SandboxContact,
+    lists: BTreeMap<u64, ListStatus>,
+}
+
+/// Per-list counters used when contacts are not stored: subscribe and unsubscribe operations
+/// applied, not distinct contacts.
+#[derive(Debug, Default, Clone, Copy)]
+struct ListCounts {
+    active: usize,
+    unsubscribed: usize,
+}
+
+/// Contact fields a `contact/sync` call sets; `None` leaves the stored value untouched.
+#[derive(Debug, Default)]
+pub(crate) struct ContactUpdate {
+    pub(crate) first_name: Option<String>,
+    pub(crate) last_name: Option<String>,
+    pub(crate) phone: Option<String>,
+    pub(crate) fields: Vec<(u64, String)>,
+}
+
+/// A `contactLists` call named a contact the sandbox does not know.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct UnknownContact;
+
+/// All mutable sandbox state.
+#[derive(Debug)]
+pub(crate) struct State {
+    store_contacts: bool,
+    /// Stored contacts; a contact's id is its index + 1.
+    contacts: Vec<StoredContact>,
+    /// Lower-cased email → index in `contacts`.
+    by_email: HashMap<String, usize>,
+    /// Ids handed out when contacts are not stored.
+    issued_ids: u64,
+    /// Lower-cased emails on the exclusion list.
+    excluded: HashSet<String>,
+    /// `(lower-cased email, list)` pairs marked unsubscribed by `Sandbox::unsubscribe` when
+    /// contacts are not stored (few, set by tests).
+    unsubscribed_marks: HashSet<(String, u64)>,
+    list_counts: HashMap<u64, ListCounts>,
+    batches: HashMap<String, Batch>,
+    pub(crate) requests: Vec<RequestRecord>,
+    pub(crate) stats: SandboxStats,
+    pub(crate) faults: FaultQueue,
+    /// Flips on every accepted bulk import: AC documents both `"Success"` and `"success"`.
+    capital_success_next: bool,
+}
+
+impl State {
+    pub(crate) fn new(store_contacts: bool) -> Self {
+        Self {
+            store_contacts,
+            contacts: Vec::new(),
+            by_email: HashMap::new(),
+            issued_ids: 0,
+            excluded: HashSet::new(),
+            unsubscribed_marks: HashSet::new(),
+            list_counts: HashMap::new(),
+            batches: HashMap::new(),
+            requests: Vec::new(),
+            stats: SandboxStats::default(),
+            faults: FaultQueue::default(),
+            capital_success_next: true,
+        }
+    }
+
+    /// The key spelling for the next bulk import answer: `"Success"`, then `"success"`, ...
+    pub(crate) fn next_success_key(&mut self) -> &'static str {
+        let capital = self.capital_success_next;
+        self.capital_success_next = !capital;
+        if capital { "Success" } else { "success" }
+    }
+
+    pub(crate) fn stats(&self) -> SandboxStats {
+        let pending = self
+            .batches
+            .values()
+            .filter(|b| b.outcome.is_none())
+            .count();
+        SandboxStats {
+            contacts_stored: self.contacts.len() as u64,
+            pending_imports: pending as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    pub(crate) fn contact(&self, email: &str) -> Option<SandboxContact> {
+        self.stored(email).map(|stored| stored.contact.clone())
+    }
+
+    pub(crate) fn contacts(&self) -> Vec<SandboxContact> {
+        self.contacts.iter().map(|s| s.contact.clone()).collect()
+    }
+
+    /// Contacts with a status on `list_id` (all contacts when `None`), with that status.
+    pub(crate) fn contacts_on_list(
+        &self,
+        list_id: Option<u64>,
+    ) -> Vec<(SandboxContact, Option<ListStatus>)> {
+        self.contacts
+            .iter()
+            .filter_map(|stored| match list_id {
+                None => Some((stored.contact.clone(), None)),
+                Some(list) => stored
+                    .lists
+                    .get(&list)
+                    .map(|status| (stored.contact.clone(), Some(*status))),
+            })
+            .collect()
+    }
+
+    /// A page of stored contacts, and the total count.
+    pub(crate) fn contact_page(&self, offset: usize, limit: usize) -> (Vec<SandboxContact>, usize) {
+        let page = self
+            .contacts
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|s| s.contact.clone())
+            .collect();
+        (page, self.contacts.len())
+    }
+
+    pub(crate) fn list_status(&self, email: &str, list_id: u64) -> Option<ListStatus> {
+        if !self.store_contacts {
+            let marked = self
+                .unsubscribed_marks
+                .contains(&(email.to_lowercase(), list_id));
+            return marked.then_some(ListStatus::Unsubscribed);
+        }
+        self.stored(email)?.lists.get(&list_id).copied()
+    }
+
+    pub(crate) fn members(&self, list_id: u64, status: ListStatus) -> usize {
+        if !self.store_contacts {
+            let counts = self.list_counts.get(&list_id).copied().unwrap_or_default();
+            return match status {
+                ListStatus::Active => counts.active,
+                ListStatus::Unsubscribed => counts.unsubscribed,
+            };
+        }
+        self.contacts
+            .iter()
+            .filter(|stored| stored.lists.get(&list_id) == Some(&status))
+            .count()
+    }
+
+    pub(crate) fn exclude(&mut self, email: &str) {
+        self.excluded.insert(email.to_lowercase());
+    }
+
+    /// As if the person unsubscribed from `list_id`; creates the contact if missing.
+    pub(crate) fn unsubscribe(&mut self, email: &str, list_id: u64) {
+        if !self.store_contacts {
+            self.unsubscribed_marks
+                .insert((email.to_lowercase(), list_id));
+            return;
+        }
+        let (index, _) = self.upsert(email);
+        self.contacts[index]
+            .lists
+            .insert(list_id, ListStatus::Unsubscribed);
+    }
+
+    /// Upserts a contact from `contact/sync`; returns it and whether it was created.
+    pub(crate) fn sync_contact(
+        &mut self,
+        email: &str,
+        update: ContactUpdate,
+    ) -> (SandboxContact, bool) {
+        if !self.store_contacts {
+            self.issued_ids += 1;
+            let contact = SandboxContact {
+                id: self.issued_ids,
+                email: email.to_owned(),
+                first_name: update.first_name,
+                last_name: update.last_name,
+                phone: update.phone,
+                fields: update.fields.into_iter().collect(),
+                tags: BTreeSet::new(),
+            };
+            return (contact, true);
+        }
+        let (index, created) = self.upsert(email);
+        let contact = &mut self.contacts[index].contact;
+        if update.first_name.is_some() {
+            contact.first_name = update.first_name;
+        }
+        if update.last_name.is_some() {
+            contact.last_name = update.last_name;
+        }
+        if update.phone.is_some() {
+            contact.phone = update.phone;
+        }
+        contact.fields.extend(update.fields);
+        (contact.clone(), created)
+    }
+
+    /// Sets a contact's status on a list (`contactLists`); this re-subscribes an unsubscribed
+    /// contact, as ActiveCampaign warns it does.
+    pub(crate) fn set_list_status(
+        &mut self,
+        contact_id: u64,
+        list_id: u64,
+        status: ListStatus,
+    ) -> Result<Option<SandboxContact>, UnknownContact> {
+        if !self.store_contacts {
+            if contact_id == 0 || contact_id > self.issued_ids {
+                return Err(UnknownContact);
+            }
+            self.count_list_change(list_id, status);
+            return Ok(None);
+        }
+        let index = usize::try_from(contact_id)
+            .ok()
+            .and_then(|id| id.checked_sub(1))
+            .filter(|&index| index < self.contacts.len())
+            .ok_or(UnknownContact)?;
+        let stored = &mut self.contacts[index];
+        stored.lists.insert(list_id, status);
+        Ok(Some(stored.contact.clone()))
+    }
+
+    /// Registers an accepted bulk import; it stays queued until `ready_at` and reports
+    /// `completed` from `completes_at` on (once processed).
+    pub(crate) fn queue_batch(
+        &mut self,
+        batch_id: String,
+        contacts: usize,
+        ready_at: Instant,
+        completes_at: Instant,
+    ) {
+        self.stats.bulk_imports += 1;
+        self.stats.contacts_queued += contacts as u64;
+        let batch = Batch {
+            ready_at,
+            completes_at,
+            outcome: None,
+        };
+        self.batches.insert(batch_id, batch);
+    }
+
+    pub(crate) fn batch_status(&self, batch_id: &str, now: Instant) -> Option<BatchStatus<'_>> {
+        let batch = self.batches.get(batch_id)?;
+        let status = match &batch.outcome {
+            _ if now < batch.ready_at => BatchStatus::Queued,
+            Some(outcome) if now >= batch.completes_at => BatchStatus::Completed(outcome),
+            _ => BatchStatus::Active,
+        };
+        Some(status)
+    }
+
+    /// Applies a queued bulk import, following ActiveCampaign's rules: excluded emails and
+    /// subscriptions to lists the contact unsubscribed from (or to unknown lists) fail the
+    /// contact; everything else is an upsert by email where absent values are left untouched.
+    pub(crate) fn apply_batch(
+        &mut self,
+        batch_id: &str,
+        contacts: Vec<ImportContact>,
+        known_lists: &HashSet<u64>,
+    ) {
+        let mut outcome = BatchOutcome::default();
+        for mut contact in contacts {
+            // Emails were validated before the batch was queued; a missing one cannot get here.
+            let Some(email) = contact.email.take() else {
+                continue;
+            };
+            let email = email.as_str();
+            if self.import_fails(email, &contact, known_lists) {
+                self.stats.contacts_failed += 1;
+                outcome.failure.push(email.to_owned());
+                continue;
+            }
+            self.stats.contacts_imported += 1;
+            if self.store_contacts {
+                if let Some(created_id) = self.import_stored(email, contact) {
+                    outcome.success.push(created_id);
+                }
+            } else {
+                self.issued_ids += 1;
+                for list in &contact.subscribe {
+                    self.count_list_change(list.listid.0, ListStatus::Active);
+                }
+                for list in &contact.unsubscribe {
+                    self.count_list_change(list.listid.0, ListStatus::Unsubscribed);
+                }
+            }
+        }
+        if let Some(batch) = self.batches.get_mut(batch_id) {
+            batch.outcome = Some(outcome);
+        }
+    }
+
+    fn import_fails(
+        &self,
+        email: &str,
+        contact: &ImportContact,
+        known_lists: &HashSet<u64>,
+    ) -> bool {
+        let key = email.to_lowercase();
+        if self.excluded.contains(&key) {
+            return true;
+        }
+        let all_lists = contact.subscribe.iter().chain(&contact.unsubscribe);
+        if all_lists
+            .clone()
+            .any(|l| !known_lists.contains(&l.listid.0))
+        {
+            return true;
+        }
+        // "Contacts may not be subscribed to lists which they have previously unsubscribed
+        // from" (ActiveCampaign bulk import docs).
+        contact.subscribe.iter().any(|list| {
+            if self.store_contacts {
+                self.by_email.get(&key).is_some_and(|&index| {
+                    self.contacts[index].lists.get(&list.listid.0)
+                        == Some(&ListStatus::Unsubscribed)
+                })
+            } else {
+                self.unsubscribed_marks
+                    .contains(&(key.clone(), list.listid.0))
+            }
+        })
+    }
+
+    /// Upserts one bulk contact; returns its id when it was created.
+    fn import_stored(&mut self, email: &str, import: ImportContact) -> Option<u64> {
+        let (index, created) = self.upsert(email);
+        let stored = &mut self.contacts[index];
+        let contact = &mut stored.contact;
+        if import.first_name.is_some() {
+            contact.first_name = import.first_name;
+        }
+        if import.last_name.is_some() {
+            contact.last_name = import.last_name;
+        }
+        if import.phone.is_some() {
+            contact.phone = import.phone;
+        }
+        for field in import.fields {
+            contact.fields.insert(field.id.0, field.value);
+        }
+        contact.tags.extend(import.tags);
+        for list in import.subscribe {
+            stored.lists.insert(list.listid.0, ListStatus::Active);
+        }
+        for list in import.unsubscribe {
+            stored.lists.insert(list.listid.0, ListStatus::Unsubscribed);
+        }
+        created.then_some(stored.contact.id)
+    }
+
+    fn count_list_change(&mut self, list_id: u64, status: ListStatus) {
+        let counts = self.list_counts.entry(list_id).or_default();
+        match status {
+            ListStatus::Active => counts.active += 1,
+            ListStatus::Unsubscribed => counts.unsubscribed += 1,
+        }
+    }
+
+    fn stored(&self, email: &str) -> Option<&StoredContact> {
+        let index = *self.by_email.get(&email.to_lowercase())?;
+        self.contacts.get(index)
+    }
+
+    /// Index of the contact with this email, created (with only the email) if missing.
+    fn upsert(&mut self, email: &str) -> (usize, bool) {
+        let key = email.to_lowercase();
+        if let Some(&index) = self.by_email.get(&key) {
+            return (index, false);
+        }
+        let index = self.contacts.len();
+        self.contacts.push(StoredContact {
+            contact: SandboxContact {
+                id: index as u64 + 1,
+                email: email.to_owned(),
+                first_name: None,
+                last_name: None,
+                phone: None,
+                fields: BTreeMap::new(),
+                tags: BTreeSet::new(),
+            },
+            lists: BTreeMap::new(),
+        });
+        self.by_email.insert(key, index);
+        (index, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn import(json: &str) -> Vec<ImportContact> {
+        serde_json::from_str(json).expect("test JSON is valid")
+    }
+
+    fn lists() -> HashSet<u64> {
+        HashSet::from([1, 2])
+    }
+
+    fn apply(state: &mut State, json: &str) -> BatchOutcome {
+        let now = Instant::now();
+        state.queue_batch("b".to_owned(), 1, now, now);
+        state.apply_batch("b", import(json), &lists());
+        match state.batch_status("b", now) {
+            Some(BatchStatus::Completed(outcome)) => outcome.clone(),
+            other => panic!("batch not completed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_are_accepted_as_numbers_or_strings() {
+        let parsed: Vec<ImportList> =
+            serde_json::from_str(r#"[{"listid":1},{"listid":"2"}]"#).expect("valid");
+        assert_eq!(parsed[0].listid, Id(1));
+        assert_eq!(parsed[1].listid, Id(2));
+    }
+
+    #[test]
+    fn an_absent_value_leaves_the_stored_one_untouched() {
+        let mut state = State::new(true);
+        apply(
+            &mut state,
+            r#"[{"email":"a@example.com","first_name":"Ada","fields":[{"id":1,"value":"x"}]}]"#,
+        );
+        apply(
+            &mut state,
+            r#"[{"email":"A@Example.com","last_name":"Lovelace","fields":[{"id":2,"value":"y"}]}]"#,
+        );
+
+        let contact = state.contact("a@example.com").expect("stored");
+        assert_eq!(contact.first_name.as_deref(), Some("Ada"));
+        assert_eq!(contact.last_name.as_deref(), Some("Lovelace"));
+        assert_eq!(contact.fields.len(), 2);
+    }
+
+    #[test]
+    fn only_newly_created_contacts_are_reported_in_success() {
+        let mut state = State::new(true);
+        apply(&mut state, r#"[{"email":"a@example.com"}]"#);
+
+        let outcome = apply(
+            &mut state,
+            r#"[{"email":"a@example.com"},{"email":"b@example.com"}]"#,
+        );
+
+        assert_eq!(outcome.success, vec![2]);
+    }
+
+    #[test]
+    fn subscribing_to_an_unknown_list_fails_the_contact() {
+        let mut state = State::new(true);
+
+        let outcome = apply(
+            &mut state,
+            r#"[{"email":"a@example.com","subscribe":[{"listid":9}]}]"#,
+        );
+
+        assert_eq!(outcome.failure, vec!["a@example.com".to_owned()]);
+        assert_eq!(state.contact("a@example.com"), None);
+    }
+
+    #[test]
+    fn without_stored_contacts_members_count_subscriptions() {
+        let mut state = State::new(false);
+
+        apply(
+            &mut state,
+            r#"[{"email":"a@example.com","subscribe":[{"listid":1}]},
+                {"email":"b@example.com","subscribe":[{"listid":1}]}]"#,
+        );
+
+        assert_eq!(state.members(1, ListStatus::Active), 2);
+        assert_eq!(state.contacts(), Vec::new());
+    }
+
+    #[test]
+    fn without_stored_contacts_a_marked_unsubscribe_still_blocks_resubscribing() {
+        let mut state = State::new(false);
+        state.unsubscribe("a@example.com", 1);
+
+        let outcome = apply(
+            &mut state,
+            r#"[{"email":"A@example.com","subscribe":[{"listid":1}]}]"#,
+        );
+
+        assert_eq!(outcome.failure, vec!["A@example.com".to_owned()]);
+    }
+
+    #[test]
+    fn debug_output_of_a_contact_hides_its_email() {
+        let mut state = State::new(true);
+        state.unsubscribe("secret@example.com", 1);
+
+        let debug = format!("{:?}", state.contact("secret@example.com"));
+
+        assert!(!debug.contains("secret"), "{debug}");
+    }
+}
