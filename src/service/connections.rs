@@ -54,10 +54,16 @@ impl Context {
     async fn connection_view(&self, c: ConnectionDef) -> Result<ConnectionView, ServiceError> {
         let exports = self.store.exports_using_connection(c.id).await?;
         Ok(ConnectionView {
-            host: BaseUrl::parse(&c.base_url).map(|b| b.host().to_owned()).unwrap_or(c.base_url),
+            host: BaseUrl::parse(&c.base_url)
+                .map(|b| b.host().to_owned())
+                .unwrap_or(c.base_url),
             name: c.name,
             api_key: c.api_key_hint,
-            allowed_users: if c.allow_contributors { "admins and contributors" } else { "admins" },
+            allowed_users: if c.allow_contributors {
+                "admins and contributors"
+            } else {
+                "admins"
+            },
             export_user: c.ac_user,
             status: c.status,
             status_detail: c.status_detail,
@@ -83,9 +89,15 @@ impl Context {
         }
         let base = BaseUrl::parse(&req.host)?;
         if self.store.connection(&req.name).await?.is_some() {
-            return Err(ServiceError::Duplicate { kind: "connection", name: req.name });
+            return Err(ServiceError::Duplicate {
+                kind: "connection",
+                name: req.name,
+            });
         }
-        let user = self.client_for(base.clone(), req.api_key.clone())?.users_me().await?;
+        let user = self
+            .client_for(base.clone(), req.api_key.clone())?
+            .users_me()
+            .await?;
         let sealed = self.secret_key()?.seal(Purpose::ApiKey, &req.api_key);
         let consent_by = os_user();
         let inserted = self
@@ -101,7 +113,10 @@ impl Context {
             })
             .await?;
         if inserted.is_none() {
-            return Err(ServiceError::Duplicate { kind: "connection", name: req.name });
+            return Err(ServiceError::Duplicate {
+                kind: "connection",
+                name: req.name,
+            });
         }
         tracing::info!(connection = %req.name, host = %base, "Connection verified and saved");
         self.show_connection(&req.name).await
@@ -125,10 +140,20 @@ impl Context {
         let c = self.find_connection(name).await?;
         let result = self.client(&c)?.users_me().await;
         match &result {
-            Ok(_) => self.store.record_connection_check(c.id, "verified", None).await?,
+            Ok(_) => {
+                self.store
+                    .record_connection_check(c.id, "verified", None)
+                    .await?
+            }
             Err(e) => {
-                let status = if e.is_rejected_key() { "rejected" } else { "unreachable" };
-                self.store.record_connection_check(c.id, status, Some(&e.to_string())).await?;
+                let status = if e.is_rejected_key() {
+                    "rejected"
+                } else {
+                    "unreachable"
+                };
+                self.store
+                    .record_connection_check(c.id, status, Some(&e.to_string()))
+                    .await?;
             }
         }
         result?;
@@ -148,10 +173,15 @@ impl Context {
         };
         let key = match &req.api_key {
             Some(key) => key.clone(),
-            None => self.secret_key()?.open(Purpose::ApiKey, &c.api_key_sealed.0)?,
+            None => self
+                .secret_key()?
+                .open(Purpose::ApiKey, &c.api_key_sealed.0)?,
         };
         if req.host.is_some() || req.api_key.is_some() {
-            let user = self.client_for(base.clone(), key.clone())?.users_me().await?;
+            let user = self
+                .client_for(base.clone(), key.clone())?
+                .users_me()
+                .await?;
             c.ac_user = Some(user.display());
             c.status = "verified".to_owned();
             c.status_detail = None;

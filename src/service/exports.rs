@@ -69,17 +69,24 @@ pub fn parse_field_mapping(text: &str) -> Result<(i64, String), ServiceError> {
 
 impl Context {
     pub async fn find_export(&self, name: &str) -> Result<ExportDef, ServiceError> {
-        self.store.export(name).await?.ok_or_else(|| ServiceError::not_found("export", name))
+        self.store
+            .export(name)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("export", name))
     }
 
     /// Checks a definition against the store and ActiveCampaign and resolves its ids.
     async fn check_export(&self, input: &ExportInput) -> Result<ExportSpec, ServiceError> {
         check_name("export", &input.name)?;
         if input.email.trim().is_empty() {
-            return Err(ServiceError::Invalid("--email COLUMN is required".to_owned()));
+            return Err(ServiceError::Invalid(
+                "--email COLUMN is required".to_owned(),
+            ));
         }
         if input.segments.is_empty() {
-            return Err(ServiceError::Invalid("at least one --segment is required".to_owned()));
+            return Err(ServiceError::Invalid(
+                "at least one --segment is required".to_owned(),
+            ));
         }
         if input.list_id <= 0 {
             return Err(ServiceError::Invalid(format!(
@@ -112,7 +119,9 @@ impl Context {
         let mut segment_ids = Vec::new();
         for name in &input.segments {
             if input.segments.iter().filter(|s| *s == name).count() > 1 {
-                return Err(ServiceError::Invalid(format!("segment {name:?} is given twice")));
+                return Err(ServiceError::Invalid(format!(
+                    "segment {name:?} is given twice"
+                )));
             }
             let segment = self.find_segment(name).await?;
             let columns = segment.columns();
@@ -155,12 +164,21 @@ impl Context {
         let mut fields: Vec<FieldMapping> = Vec::new();
         for (id, column) in &input.fields {
             if fields.iter().any(|f| f.field_id == *id) {
-                return Err(ServiceError::Invalid(format!("custom field {id} is mapped twice")));
+                return Err(ServiceError::Invalid(format!(
+                    "custom field {id} is mapped twice"
+                )));
             }
-            fields.push(FieldMapping { field_id: *id, column: column.clone() });
+            fields.push(FieldMapping {
+                field_id: *id,
+                column: column.clone(),
+            });
         }
-        let tags: Vec<String> =
-            input.tags.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+        let tags: Vec<String> = input
+            .tags
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
         Ok(ExportSpec {
             name: input.name.clone(),
             connection_id: connection.id,
@@ -182,11 +200,17 @@ impl Context {
     pub async fn add_export(&self, input: ExportInput) -> Result<ExportView, ServiceError> {
         check_name("export", &input.name)?;
         if self.store.export(&input.name).await?.is_some() {
-            return Err(ServiceError::Duplicate { kind: "export", name: input.name });
+            return Err(ServiceError::Duplicate {
+                kind: "export",
+                name: input.name,
+            });
         }
         let spec = self.check_export(&input).await?;
         if self.store.insert_export(&spec).await?.is_none() {
-            return Err(ServiceError::Duplicate { kind: "export", name: input.name });
+            return Err(ServiceError::Duplicate {
+                kind: "export",
+                name: input.name,
+            });
         }
         tracing::info!(export = %input.name, "Export saved");
         self.show_export(&input.name).await
@@ -210,7 +234,11 @@ impl Context {
             last_name: patch.last_name.unwrap_or(current.last_name_column),
             phone: patch.phone.unwrap_or(current.phone_column),
             fields: patch.fields.unwrap_or_else(|| {
-                current.fields.iter().map(|f| (f.field_id, f.column.clone())).collect()
+                current
+                    .fields
+                    .iter()
+                    .map(|f| (f.field_id, f.column.clone()))
+                    .collect()
             }),
             tags: patch.tags.unwrap_or(current.tags),
             schedule: patch.schedule.unwrap_or(current.schedule),
@@ -257,7 +285,10 @@ mod tests {
 
     #[test]
     fn field_mappings_need_a_numeric_id_and_a_column() {
-        assert_eq!(parse_field_mapping("12=tier").expect("ok"), (12, "tier".to_owned()));
+        assert_eq!(
+            parse_field_mapping("12=tier").expect("ok"),
+            (12, "tier".to_owned())
+        );
         for bad in ["12", "x=tier", "12=", "=tier", "-1=tier"] {
             assert!(parse_field_mapping(bad).is_err(), "{bad}");
         }

@@ -24,11 +24,20 @@ const MAX_NAME_LEN: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{kind} {name:?} does not exist{hint}")]
-    NotFound { kind: &'static str, name: String, hint: String },
+    NotFound {
+        kind: &'static str,
+        name: String,
+        hint: String,
+    },
     #[error("{kind} {name:?} already exists; choose another name or update it")]
     Duplicate { kind: &'static str, name: String },
     #[error("{kind} {name:?} is used by export(s) {users}; {advice}")]
-    InUse { kind: &'static str, name: String, users: String, advice: &'static str },
+    InUse {
+        kind: &'static str,
+        name: String,
+        users: String,
+        advice: &'static str,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -47,7 +56,11 @@ pub enum ServiceError {
 
 impl ServiceError {
     fn not_found(kind: &'static str, name: &str) -> ServiceError {
-        ServiceError::NotFound { kind, name: name.to_owned(), hint: String::new() }
+        ServiceError::NotFound {
+            kind,
+            name: name.to_owned(),
+            hint: String::new(),
+        }
     }
 }
 
@@ -62,9 +75,17 @@ pub struct Context {
 }
 
 impl Context {
-    pub async fn open(settings: Settings, cancel: CancellationToken) -> Result<Context, ServiceError> {
+    pub async fn open(
+        settings: Settings,
+        cancel: CancellationToken,
+    ) -> Result<Context, ServiceError> {
         let store = Store::open(&settings.store.path).await?;
-        Ok(Context { settings, store, key: OnceLock::new(), cancel })
+        Ok(Context {
+            settings,
+            store,
+            key: OnceLock::new(),
+            cancel,
+        })
     }
 
     /// The secrets key; created on first use unless it comes from a systemd credential.
@@ -80,7 +101,9 @@ impl Context {
 
     /// A client for a stored connection.
     pub fn client(&self, connection: &ConnectionDef) -> Result<Client, ServiceError> {
-        let key = self.secret_key()?.open(Purpose::ApiKey, &connection.api_key_sealed.0)?;
+        let key = self
+            .secret_key()?
+            .open(Purpose::ApiKey, &connection.api_key_sealed.0)?;
         let base = BaseUrl::parse(&connection.base_url)?;
         self.client_for(base, key)
     }
@@ -95,7 +118,9 @@ impl Context {
 pub fn check_name(kind: &str, name: &str) -> Result<(), ServiceError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !name.starts_with('.');
     if ok {
         Ok(())

@@ -17,10 +17,19 @@ use crate::store::segments::NewSegment;
 /// Where a new segment's profiles come from, as the user gave it.
 #[derive(Debug)]
 pub enum SegmentInput {
-    Csv { path: PathBuf, delimiter: u8 },
-    Jsonl { path: PathBuf },
+    Csv {
+        path: PathBuf,
+        delimiter: u8,
+    },
+    Jsonl {
+        path: PathBuf,
+    },
     /// `database_url` sealed in the store; or `database_env` read at each run.
-    Sql { query: String, database_url: Option<SecretString>, database_env: Option<String> },
+    Sql {
+        query: String,
+        database_url: Option<SecretString>,
+        database_env: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +45,10 @@ pub struct SegmentView {
 
 impl Context {
     pub async fn find_segment(&self, name: &str) -> Result<SegmentDef, ServiceError> {
-        self.store.segment(name).await?.ok_or_else(|| ServiceError::not_found("segment", name))
+        self.store
+            .segment(name)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("segment", name))
     }
 
     /// How to read a stored segment.
@@ -44,12 +56,19 @@ impl Context {
         match s.kind.as_str() {
             "csv" => Ok(SourceDef::Csv {
                 path: PathBuf::from(s.path.clone().unwrap_or_default()),
-                delimiter: s.delimiter.and_then(|d| u8::try_from(d).ok()).unwrap_or(b','),
+                delimiter: s
+                    .delimiter
+                    .and_then(|d| u8::try_from(d).ok())
+                    .unwrap_or(b','),
             }),
-            "jsonl" => Ok(SourceDef::Jsonl { path: PathBuf::from(s.path.clone().unwrap_or_default()) }),
+            "jsonl" => Ok(SourceDef::Jsonl {
+                path: PathBuf::from(s.path.clone().unwrap_or_default()),
+            }),
             _ => {
                 let url = match (&s.database_sealed, &s.database_env) {
-                    (Some(sealed), _) => self.secret_key()?.open(Purpose::DatabaseUrl, &sealed.0)?,
+                    (Some(sealed), _) => {
+                        self.secret_key()?.open(Purpose::DatabaseUrl, &sealed.0)?
+                    }
                     (None, Some(var)) => match std::env::var(var) {
                         Ok(v) if !v.is_empty() => SecretString::from(v),
                         _ => {
@@ -67,7 +86,10 @@ impl Context {
                         )));
                     }
                 };
-                Ok(SourceDef::Sql { query: s.query.clone().unwrap_or_default(), database_url: url })
+                Ok(SourceDef::Sql {
+                    query: s.query.clone().unwrap_or_default(),
+                    database_url: url,
+                })
             }
         }
     }
@@ -103,20 +125,45 @@ impl Context {
     ) -> Result<SegmentView, ServiceError> {
         check_name("segment", name)?;
         if self.store.segment(name).await?.is_some() {
-            return Err(ServiceError::Duplicate { kind: "segment", name: name.to_owned() });
+            return Err(ServiceError::Duplicate {
+                kind: "segment",
+                name: name.to_owned(),
+            });
         }
         let (def, kind, path, delimiter, query, sealed, env, shown) = match input {
             SegmentInput::Csv { path, delimiter } => {
                 let path = absolute(path)?;
                 let shown = path.display().to_string();
-                (SourceDef::Csv { path, delimiter }, "csv", Some(shown), Some(delimiter), None, None, None, None)
+                (
+                    SourceDef::Csv { path, delimiter },
+                    "csv",
+                    Some(shown),
+                    Some(delimiter),
+                    None,
+                    None,
+                    None,
+                    None,
+                )
             }
             SegmentInput::Jsonl { path } => {
                 let path = absolute(path)?;
                 let shown = path.display().to_string();
-                (SourceDef::Jsonl { path }, "jsonl", Some(shown), None, None, None, None, None)
+                (
+                    SourceDef::Jsonl { path },
+                    "jsonl",
+                    Some(shown),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
             }
-            SegmentInput::Sql { query, database_url, database_env } => {
+            SegmentInput::Sql {
+                query,
+                database_url,
+                database_env,
+            } => {
                 let (url, sealed, env) = match (database_url, database_env) {
                     (Some(url), _) => {
                         let sealed = self.secret_key()?.seal(Purpose::DatabaseUrl, &url);
@@ -138,7 +185,10 @@ impl Context {
                 };
                 let shown = source::redact_url(url.expose_secret());
                 (
-                    SourceDef::Sql { query: query.clone(), database_url: url },
+                    SourceDef::Sql {
+                        query: query.clone(),
+                        database_url: url,
+                    },
                     "sql",
                     None,
                     None,
@@ -166,7 +216,10 @@ impl Context {
             })
             .await?;
         if inserted.is_none() {
-            return Err(ServiceError::Duplicate { kind: "segment", name: name.to_owned() });
+            return Err(ServiceError::Duplicate {
+                kind: "segment",
+                name: name.to_owned(),
+            });
         }
         tracing::info!(segment = %name, kind, rows = description.rows, "Segment saved");
         self.show_segment(name).await

@@ -409,7 +409,6 @@ impl ChunkSender {
     }
 
     /// For readers on the async runtime.
-    #[allow(dead_code)] // TEMP: used by the SQL reader
     async fn push(&mut self, item: Item) -> Result<(), Closed> {
         self.buf.push(item);
         if self.buf.len() >= CHUNK_ROWS {
@@ -420,7 +419,6 @@ impl ChunkSender {
     }
 
     /// Async counterpart of [`ChunkSender::finish_blocking`].
-    #[allow(dead_code)] // TEMP: used by the SQL reader
     async fn finish(mut self, error: Option<SourceError>) {
         if !self.buf.is_empty() {
             let chunk = self.take_chunk();

@@ -27,7 +27,7 @@ use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 
 pub use connections::ConnectionDef;
 pub use exports::ExportDef;
-pub use runs::{RunCounts, RunRecord, RunStatus};
+pub use runs::{RunCounts, RunIssue, RunRecord, RunStatus};
 pub use segments::SegmentDef;
 
 /// Migrations embedded at build time (build.rs re-runs on change).

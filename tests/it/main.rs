@@ -2,3 +2,4 @@
 //! and the built-in ActiveCampaign sandbox over loopback.
 
 mod deploy;
+mod engine;

@@ -1,0 +1,484 @@
+//! Deliver: the outbox is cut into bulk imports of at most 250 contacts and under 400,000
+//! bytes (measured on the serialised body), sent with the account's shared budget, and each
+//! accepted import is confirmed with `import/info` before the delivery state changes. Several
+//! imports are in flight at once; confirmed ones are committed together (group commit), with
+//! the run's counts, in one transaction.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use tokio::task::JoinSet;
+
+use super::{PipelineError, Sink, StopReason, Stopper};
+use crate::activecampaign::wire::{BulkOutcome, ImportState};
+use crate::activecampaign::{AcError, Client, MAX_BULK_IMPORT_BYTES, MAX_CONTACTS_PER_BULK_IMPORT};
+use crate::store::{Doing, RunCounts, Store};
+
+/// Imports sent and awaiting confirmation at once. The budget, not this, paces real accounts.
+const MAX_IN_FLIGHT: usize = 32;
+/// Outbox rows read per query.
+const PAGE: i64 = 2_000;
+/// Consecutive imports failing as a whole (not per contact) before the run gives up.
+const MAX_FAILED_BATCHES_IN_A_ROW: u32 = 3;
+/// Longest wait for ActiveCampaign to finish one import.
+const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(20 * 60);
+/// Bounds of the wait between `import/info` polls.
+const MIN_POLL: Duration = Duration::from_millis(20);
+const MAX_POLL: Duration = Duration::from_secs(10);
+/// `{"contacts":[` ... `]}`
+const BODY_OVERHEAD: usize = r#"{"contacts":[]}"#.len();
+/// Why ActiveCampaign lists a contact in `failure` (its docs give these causes).
+const NOT_IMPORTED: &str = "ActiveCampaign did not import this contact (excluded, bounced, \
+     unsubscribed from the list earlier, or over the account's contact limit)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    New,
+    Changed,
+    Leave,
+}
+
+#[derive(Debug)]
+pub struct Item {
+    pub email: String,
+    pub hash: Vec<u8>,
+    pub kind: Kind,
+    pub payload: String,
+}
+
+/// What became of one batch.
+#[derive(Debug, Default)]
+struct BatchResult {
+    delivered: Vec<Item>,
+    failed: Vec<(Item, String)>,
+    /// Contacts in accepted imports.
+    sent: u64,
+    /// The batch as a whole failed with this error (its contacts are in `failed`).
+    batch_error: Option<String>,
+    /// A key rejection: the run must stop.
+    fatal: Option<AcError>,
+    /// Cancelled by shutdown before confirmation: not committed, resent on resume.
+    abandoned: bool,
+}
+
+pub struct Delivery<'a> {
+    pub conn: &'a mut SqliteConnection,
+    pub store: &'a Store,
+    pub client: Arc<Client>,
+    pub export_id: i64,
+    pub run_id: i64,
+    pub counts: &'a mut RunCounts,
+    pub stopper: &'a Stopper,
+}
+
+impl Delivery<'_> {
+    /// Sends the whole outbox; returns why it stopped early, if it did.
+    pub async fn run(&mut self, sink: &mut Sink) -> Result<Option<StopReason>, PipelineError> {
+        let poll = Arc::new(AtomicU64::new(200_000)); // µs; adapts to observed import time
+        let mut in_flight: JoinSet<BatchResult> = JoinSet::new();
+        let mut last_seq = 0i64;
+        let mut page: std::collections::VecDeque<Item> = Default::default();
+        let mut exhausted = false;
+        let mut failed_in_a_row = 0u32;
+        let mut stop: Option<StopReason> = None;
+        loop {
+            if stop.is_none() {
+                stop = self.stopper.reason();
+            }
+            while stop.is_none() && in_flight.len() < MAX_IN_FLIGHT {
+                if page.len() < MAX_CONTACTS_PER_BULK_IMPORT && !exhausted {
+                    let rows = self.next_page(last_seq).await?;
+                    exhausted = rows.len() < PAGE as usize;
+                    if let Some((seq, _)) = rows.last() {
+                        last_seq = *seq;
+                    }
+                    page.extend(rows.into_iter().map(|(_, item)| item));
+                }
+                let (batch, oversized) = take_batch(&mut page);
+                for item in oversized {
+                    self.counts.failed += 1;
+                    let reason =
+                        "contact is larger than ActiveCampaign's 400,000-byte import limit";
+                    sink.failed(&item.email, reason).await?;
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                let client = Arc::clone(&self.client);
+                in_flight.spawn(deliver_batch(client, batch, Arc::clone(&poll)));
+            }
+            let Some(first) = in_flight.join_next().await else {
+                break;
+            };
+            let mut results = vec![first.map_err(|e| PipelineError::Internal(e.to_string()))?];
+            while let Some(more) = in_flight.try_join_next() {
+                results.push(more.map_err(|e| PipelineError::Internal(e.to_string()))?);
+            }
+            let mut fatal = None;
+            for r in &results {
+                if r.batch_error.is_some() {
+                    failed_in_a_row += 1;
+                } else if !r.abandoned {
+                    failed_in_a_row = 0;
+                }
+            }
+            for r in &mut results {
+                if let Some(e) = r.fatal.take() {
+                    fatal = Some(e);
+                }
+            }
+            self.commit(results, sink).await?;
+            self.counts.requests = self.client.requests_sent();
+            sink.progress(self.counts).await;
+            if let Some(e) = fatal {
+                in_flight.abort_all();
+                return Err(PipelineError::ActiveCampaign(e));
+            }
+            if failed_in_a_row >= MAX_FAILED_BATCHES_IN_A_ROW && stop.is_none() {
+                stop = Some(StopReason::Failing(format!(
+                    "{failed_in_a_row} imports in a row failed as a whole; the rest is left for \
+                     the next run"
+                )));
+            }
+        }
+        Ok(stop)
+    }
+
+    async fn next_page(&mut self, after: i64) -> Result<Vec<(i64, Item)>, PipelineError> {
+        let rows = sqlx::query(
+            "SELECT seq, email, hash, kind, payload FROM temp.outbox WHERE seq > ? ORDER BY seq \
+             LIMIT ?",
+        )
+        .bind(after)
+        .bind(PAGE)
+        .fetch_all(&mut *self.conn)
+        .await
+        .doing("reading the outbox")?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let kind = match r.get::<&str, _>(3) {
+                    "new" => Kind::New,
+                    "leave" => Kind::Leave,
+                    _ => Kind::Changed,
+                };
+                (
+                    r.get(0),
+                    Item {
+                        email: r.get(1),
+                        hash: r.get(2),
+                        kind,
+                        payload: r.get(4),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Records confirmed batches: delivery state, failures and counts in one transaction.
+    async fn commit(
+        &mut self,
+        results: Vec<BatchResult>,
+        sink: &mut Sink,
+    ) -> Result<(), PipelineError> {
+        let mut delivered: Vec<&Item> = Vec::new();
+        let mut left: Vec<&Item> = Vec::new();
+        let mut failed: Vec<&Item> = Vec::new();
+        let mut issues = Vec::new();
+        for r in &results {
+            self.counts.sent += r.sent;
+            for item in &r.delivered {
+                if item.kind == Kind::Leave {
+                    self.counts.unsubscribed += 1;
+                    left.push(item);
+                } else {
+                    self.counts.upserted += 1;
+                    delivered.push(item);
+                }
+            }
+            for (item, reason) in &r.failed {
+                self.counts.failed += 1;
+                if item.kind != Kind::Leave {
+                    failed.push(item);
+                }
+                if let Some(issue) = sink.failure_issue(&item.email, reason) {
+                    issues.push(issue);
+                }
+            }
+            if let Some(e) = &r.batch_error {
+                tracing::error!(error = %e, contacts = r.failed.len(), "Import failed; its contacts are retried next run");
+            }
+        }
+        let mut tx = self.store.write().await?;
+        upsert_state(
+            &mut tx,
+            self.export_id,
+            self.run_id,
+            &delivered,
+            "delivered",
+        )
+        .await?;
+        upsert_state(&mut tx, self.export_id, self.run_id, &failed, "failed").await?;
+        for chunk in left.chunks(500) {
+            let sql = format!(
+                "DELETE FROM delivery_state WHERE export_id = ? AND email IN ({})",
+                vec!["?"; chunk.len()].join(",")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(self.export_id);
+            for item in chunk {
+                q = q.bind(item.email.as_str());
+            }
+            q.execute(&mut *tx).await.doing("recording unsubscribes")?;
+        }
+        Store::record_issues(&mut tx, self.run_id, &issues).await?;
+        Store::write_run_counts(&mut tx, self.run_id, self.counts).await?;
+        tx.commit().await.doing("recording a confirmed import")?;
+        Ok(())
+    }
+}
+
+async fn upsert_state(
+    tx: &mut SqliteConnection,
+    export_id: i64,
+    run_id: i64,
+    items: &[&Item],
+    status: &str,
+) -> Result<(), PipelineError> {
+    for chunk in items.chunks(200) {
+        let sql = format!(
+            "INSERT INTO delivery_state (export_id, email, hash, status, run_id) VALUES {} \
+             ON CONFLICT(export_id, email) DO UPDATE SET hash = excluded.hash, \
+             status = excluded.status, run_id = excluded.run_id",
+            vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(",")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for item in chunk {
+            q = q
+                .bind(export_id)
+                .bind(item.email.as_str())
+                .bind(&item.hash[..])
+                .bind(status)
+                .bind(run_id);
+        }
+        q.execute(&mut *tx)
+            .await
+            .doing("recording delivery state")?;
+    }
+    Ok(())
+}
+
+/// Takes the next batch off the page: up to 250 contacts whose body stays under 400,000 bytes.
+/// Contacts too large to send at all are returned separately.
+fn take_batch(page: &mut std::collections::VecDeque<Item>) -> (Vec<Item>, Vec<Item>) {
+    let mut batch = Vec::new();
+    let mut oversized = Vec::new();
+    let mut bytes = BODY_OVERHEAD;
+    while let Some(item) = page.front() {
+        let extra = item.payload.len() + usize::from(!batch.is_empty());
+        if BODY_OVERHEAD + item.payload.len() >= MAX_BULK_IMPORT_BYTES {
+            oversized.extend(page.pop_front());
+            continue;
+        }
+        if batch.len() == MAX_CONTACTS_PER_BULK_IMPORT || bytes + extra >= MAX_BULK_IMPORT_BYTES {
+            break;
+        }
+        bytes += extra;
+        batch.extend(page.pop_front());
+    }
+    (batch, oversized)
+}
+
+fn body(items: &[Item]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        BODY_OVERHEAD + items.iter().map(|i| i.payload.len() + 1).sum::<usize>(),
+    );
+    out.extend_from_slice(br#"{"contacts":["#);
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item.payload.as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Sends one batch and waits for ActiveCampaign's verdict. A batch refused for some of its
+/// contacts is sent again without them.
+async fn deliver_batch(
+    client: Arc<Client>,
+    mut items: Vec<Item>,
+    poll: Arc<AtomicU64>,
+) -> BatchResult {
+    let mut result = BatchResult::default();
+    while !items.is_empty() {
+        let payload = body(&items);
+        debug_assert!(payload.len() < MAX_BULK_IMPORT_BYTES);
+        match client.bulk_import(payload, items.len()).await {
+            Ok(BulkOutcome::Queued { batch_id }) => {
+                result.sent += items.len() as u64;
+                confirm(&client, &batch_id, items, &poll, &mut result).await;
+                return result;
+            }
+            Ok(BulkOutcome::Rejected(reasons)) => {
+                // ActiveCampaign names contacts by their position in `contacts[]`.
+                let mut positions: Vec<(usize, String)> = reasons
+                    .into_iter()
+                    .filter(|(i, _)| *i < items.len())
+                    .collect();
+                if positions.is_empty() {
+                    let reason = "ActiveCampaign refused the import without naming a contact";
+                    result
+                        .failed
+                        .extend(items.drain(..).map(|i| (i, reason.to_owned())));
+                    result.batch_error = Some(reason.to_owned());
+                    return result;
+                }
+                positions.sort_by(|a, b| b.0.cmp(&a.0));
+                positions.dedup_by_key(|p| p.0);
+                for (index, reason) in positions {
+                    let item = items.remove(index);
+                    result
+                        .failed
+                        .push((item, format!("ActiveCampaign: {reason}")));
+                }
+            }
+            Err(AcError::Cancelled) => {
+                result.abandoned = true;
+                return result;
+            }
+            Err(e) if e.is_rejected_key() => {
+                result.fatal = Some(e);
+                result.abandoned = true;
+                return result;
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                result
+                    .failed
+                    .extend(items.drain(..).map(|i| (i, reason.clone())));
+                result.batch_error = Some(reason);
+                return result;
+            }
+        }
+    }
+    result
+}
+
+/// Polls `import/info` until the import is final; the first poll comes after the time recent
+/// imports took, so a fast server is not kept waiting and a slow one is not flooded.
+async fn confirm(
+    client: &Client,
+    batch_id: &str,
+    items: Vec<Item>,
+    poll: &AtomicU64,
+    result: &mut BatchResult,
+) {
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_micros(poll.load(Ordering::Relaxed)).clamp(MIN_POLL, MAX_POLL);
+    loop {
+        tokio::time::sleep(wait).await;
+        match client.import_info(batch_id).await {
+            Ok(info) => match info.state() {
+                ImportState::Completed => {
+                    let elapsed = started.elapsed().as_micros() as u64;
+                    let previous = poll.load(Ordering::Relaxed);
+                    poll.store((previous * 3 + elapsed) / 4, Ordering::Relaxed);
+                    let failures: HashSet<String> = info.failed_emails().collect();
+                    for item in items {
+                        if failures.contains(&item.email) {
+                            result.failed.push((item, NOT_IMPORTED.to_owned()));
+                        } else {
+                            result.delivered.push(item);
+                        }
+                    }
+                    return;
+                }
+                ImportState::Failed => {
+                    let reason = format!(
+                        "ActiveCampaign reported import {batch_id} as {}",
+                        info.status.as_str().unwrap_or("failed")
+                    );
+                    result
+                        .failed
+                        .extend(items.into_iter().map(|i| (i, reason.clone())));
+                    result.batch_error = Some(reason);
+                    return;
+                }
+                ImportState::Pending => {}
+            },
+            Err(AcError::Cancelled) => {
+                result.abandoned = true;
+                return;
+            }
+            Err(e) if e.is_rejected_key() => {
+                result.fatal = Some(e);
+                result.abandoned = true;
+                return;
+            }
+            Err(e) => {
+                let reason = format!("import {batch_id} could not be confirmed: {e}");
+                result
+                    .failed
+                    .extend(items.into_iter().map(|i| (i, reason.clone())));
+                result.batch_error = Some(reason);
+                return;
+            }
+        }
+        if started.elapsed() > MAX_CONFIRM_WAIT {
+            let reason = format!(
+                "ActiveCampaign did not finish import {batch_id} within {} minutes",
+                MAX_CONFIRM_WAIT.as_secs() / 60
+            );
+            result
+                .failed
+                .extend(items.into_iter().map(|i| (i, reason.clone())));
+            result.batch_error = Some(reason);
+            return;
+        }
+        wait = (wait * 3 / 2).clamp(MIN_POLL, MAX_POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(len: usize) -> Item {
+        Item {
+            email: "a@example.com".into(),
+            hash: vec![],
+            kind: Kind::New,
+            payload: "x".repeat(len),
+        }
+    }
+
+    #[test]
+    fn batches_hold_at_most_250_contacts() {
+        let mut page: std::collections::VecDeque<Item> = (0..600).map(|_| item(10)).collect();
+        let (first, _) = take_batch(&mut page);
+        assert_eq!(first.len(), 250);
+        assert_eq!(page.len(), 350);
+    }
+
+    #[test]
+    fn batches_stay_under_400000_bytes_measured_on_the_body() {
+        let mut page: std::collections::VecDeque<Item> = (0..250).map(|_| item(3_000)).collect();
+        let (batch, _) = take_batch(&mut page);
+        assert!(body(&batch).len() < MAX_BULK_IMPORT_BYTES);
+        assert!(batch.len() < 250 && batch.len() >= 132, "{}", batch.len());
+        let mut one_more: Vec<Item> = batch;
+        one_more.push(item(3_000));
+        assert!(body(&one_more).len() >= MAX_BULK_IMPORT_BYTES - 3_001);
+    }
+
+    #[test]
+    fn a_contact_too_large_for_any_import_is_set_aside() {
+        let mut page: std::collections::VecDeque<Item> = vec![item(400_000), item(5)].into();
+        let (batch, oversized) = take_batch(&mut page);
+        assert_eq!((batch.len(), oversized.len()), (1, 1));
+    }
+}

@@ -1,0 +1,282 @@
+//! Read and plan: every segment is streamed through the data matching; members are
+//! de-duplicated and compared with the export's delivery state in SQLite temporary tables on
+//! the run's own connection, so memory stays flat whatever the segment size. The result is an
+//! outbox of new, changed and leaving members, and exact counts.
+//!
+//! Temporary tables vanish with the connection (and with the process on a crash), so the
+//! profile values they hold live no longer than the run. A resumed run plans again from the
+//! sources; what was confirmed before the crash is then unchanged and is not sent twice.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+
+use super::matching::{Matching, Member};
+use super::{PipelineError, Sink};
+use crate::secrets::ProfileHasher;
+use crate::source::{self, SourceDef};
+use crate::store::exports::OnLeave;
+use crate::store::{Doing, RunCounts};
+
+/// Rows read from a source per chunk; also the number of members looked up per statement.
+pub const CHUNK: usize = 500;
+
+/// What the plan found besides the counts.
+#[derive(Debug, Default, Clone)]
+pub struct PlanTotals {
+    pub new: u64,
+    pub changed: u64,
+    pub leaving: u64,
+    /// Unique valid members across all segments.
+    pub members: u64,
+}
+
+/// A segment to read, with its name for rejection records.
+pub struct SegmentSource {
+    pub name: String,
+    pub def: SourceDef,
+}
+
+pub struct Planner<'a> {
+    pub conn: &'a mut SqliteConnection,
+    pub export_id: i64,
+    /// With `--full`: state written by runs before this id counts as not yet sent.
+    pub full_floor: Option<i64>,
+    pub matching: &'a Matching,
+    pub hasher: &'a ProfileHasher,
+    pub counts: &'a mut RunCounts,
+    pub totals: PlanTotals,
+}
+
+pub async fn create_temp_tables(conn: &mut SqliteConnection) -> Result<(), PipelineError> {
+    for sql in [
+        "DROP TABLE IF EXISTS temp.seen",
+        "DROP TABLE IF EXISTS temp.outbox",
+        "CREATE TEMP TABLE seen (email TEXT PRIMARY KEY) WITHOUT ROWID",
+        "CREATE TEMP TABLE outbox (seq INTEGER PRIMARY KEY, email TEXT NOT NULL, \
+         hash BLOB NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL)",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .doing("preparing a run's work tables")?;
+    }
+    Ok(())
+}
+
+fn placeholders(groups: usize, per_group: usize) -> String {
+    let group = format!("({})", vec!["?"; per_group].join(","));
+    vec![group; groups].join(",")
+}
+
+impl Planner<'_> {
+    /// Streams one segment through matching and planning.
+    pub async fn read_segment(
+        &mut self,
+        segment: &SegmentSource,
+        sink: &mut Sink,
+    ) -> Result<(), PipelineError> {
+        let mut rows = source::open(&segment.def, self.matching.columns())
+            .await
+            .map_err(|e| PipelineError::Source {
+                segment: segment.name.clone(),
+                source: e,
+            })?;
+        loop {
+            let chunk = rows
+                .next_chunk(CHUNK)
+                .await
+                .map_err(|e| PipelineError::Source {
+                    segment: segment.name.clone(),
+                    source: e,
+                })?;
+            let Some(chunk) = chunk else {
+                return Ok(());
+            };
+            let mut members = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                self.counts.rows_read += 1;
+                match item {
+                    Ok(row) => match self.matching.map(&row.values, self.hasher) {
+                        Ok(member) => members.push(member),
+                        Err(reason) => {
+                            self.counts.rejected += 1;
+                            let raw = row.values.first().and_then(|v| v.as_deref());
+                            sink.rejected(&segment.name, row.number, raw, reason)
+                                .await?;
+                        }
+                    },
+                    Err(e) => {
+                        self.counts.rejected += 1;
+                        sink.rejected(&segment.name, e.number, None, &e.reason)
+                            .await?;
+                    }
+                }
+            }
+            self.plan_members(members).await?;
+            sink.progress(self.counts).await;
+        }
+    }
+
+    /// De-duplicates a chunk (first occurrence wins) and sorts it into new, changed, unchanged.
+    async fn plan_members(&mut self, members: Vec<Member>) -> Result<(), PipelineError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut in_chunk = HashSet::with_capacity(members.len());
+        let mut candidates = Vec::with_capacity(members.len());
+        for member in members {
+            if in_chunk.insert(member.key.clone()) {
+                candidates.push(member);
+            } else {
+                self.counts.duplicates += 1;
+            }
+        }
+        // Members seen in earlier chunks or segments are duplicates too.
+        let sql = format!(
+            "INSERT INTO temp.seen (email) VALUES {} ON CONFLICT DO NOTHING RETURNING email",
+            placeholders(candidates.len(), 1)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for m in &candidates {
+            query = query.bind(m.key.as_str());
+        }
+        let fresh: HashSet<String> = query
+            .fetch_all(&mut *self.conn)
+            .await
+            .doing("de-duplicating members")?
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+        let before = candidates.len();
+        candidates.retain(|m| fresh.contains(&m.key));
+        self.counts.duplicates += (before - candidates.len()) as u64;
+        self.totals.members += candidates.len() as u64;
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT email, hash, status, run_id FROM delivery_state WHERE export_id = ? AND email \
+             IN ({})",
+            vec!["?"; candidates.len()].join(",")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(self.export_id);
+        for m in &candidates {
+            query = query.bind(m.key.as_str());
+        }
+        let state: HashMap<String, (Vec<u8>, String, i64)> = query
+            .fetch_all(&mut *self.conn)
+            .await
+            .doing("reading delivery state")?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+            .collect();
+        let mut outbox: Vec<(&Member, &'static str)> = Vec::new();
+        for m in &candidates {
+            match state.get(&m.key) {
+                None => {
+                    self.totals.new += 1;
+                    outbox.push((m, "new"));
+                }
+                Some((hash, status, run_id)) => {
+                    let resend_all = self.full_floor.is_some_and(|floor| *run_id < floor);
+                    if resend_all || status != "delivered" || hash.as_slice() != m.fingerprint {
+                        self.totals.changed += 1;
+                        outbox.push((m, "changed"));
+                    } else {
+                        self.counts.unchanged += 1;
+                    }
+                }
+            }
+        }
+        self.counts.planned += outbox.len() as u64;
+        if !outbox.is_empty() {
+            let sql = format!(
+                "INSERT INTO temp.outbox (email, hash, kind, payload) VALUES {}",
+                placeholders(outbox.len(), 4)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (m, kind) in outbox {
+                query = query
+                    .bind(m.key.as_str())
+                    .bind(&m.fingerprint[..])
+                    .bind(kind)
+                    .bind(m.payload.as_str());
+            }
+            query
+                .execute(&mut *self.conn)
+                .await
+                .doing("planning deliveries")?;
+        }
+        Ok(())
+    }
+
+    /// Members delivered earlier who are in no segment now. With `unsubscribe` they join the
+    /// outbox; with `keep` they are only counted (and forgotten when the run finishes).
+    pub async fn plan_leavers(&mut self, on_leave: OnLeave) -> Result<(), PipelineError> {
+        let leaving: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM delivery_state d WHERE d.export_id = ? AND NOT EXISTS \
+             (SELECT 1 FROM temp.seen s WHERE s.email = d.email)",
+        )
+        .bind(self.export_id)
+        .fetch_one(&mut *self.conn)
+        .await
+        .doing("finding members who left")?;
+        self.totals.leaving = leaving as u64;
+        if on_leave == OnLeave::Unsubscribe && leaving > 0 {
+            // The payload needs only the email and the list; build it in SQL to stay streaming.
+            const SLOT: &str = "acexport-email-slot";
+            let template = self.matching.unsubscribe_payload(SLOT);
+            let (before, after) = template
+                .split_once(&format!("\"{SLOT}\""))
+                .ok_or_else(|| PipelineError::Internal("unsubscribe template".to_owned()))?;
+            sqlx::query(
+                "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT d.email, d.hash, \
+                 'leave', ? || json_quote(d.email) || ? FROM delivery_state d \
+                 WHERE d.export_id = ? AND d.status = 'delivered' AND NOT EXISTS \
+                 (SELECT 1 FROM temp.seen s WHERE s.email = d.email) ORDER BY d.email",
+            )
+            .bind(before.to_owned())
+            .bind(after.to_owned())
+            .bind(self.export_id)
+            .execute(&mut *self.conn)
+            .await
+            .doing("planning unsubscribes")?;
+        }
+        Ok(())
+    }
+}
+
+/// Forgets members who left (on-leave `keep`, and failed leavers under `unsubscribe`).
+pub async fn forget_leavers(
+    conn: &mut SqliteConnection,
+    export_id: i64,
+    only_undelivered: bool,
+) -> Result<u64, PipelineError> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .doing("forgetting members who left")?;
+    let result = sqlx::query(
+        "DELETE FROM delivery_state WHERE export_id = ? AND (? = 0 OR status != 'delivered') \
+         AND NOT EXISTS (SELECT 1 FROM temp.seen s WHERE s.email = delivery_state.email)",
+    )
+    .bind(export_id)
+    .bind(only_undelivered)
+    .execute(&mut *conn)
+    .await
+    .doing("forgetting members who left");
+    match result {
+        Ok(done) => {
+            sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .doing("forgetting members who left")?;
+            Ok(done.rows_affected())
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! The export engine against the sandbox over loopback, with a real SQLite store: what
+//! `acexport export run` promises, one behaviour per test.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use acexport::pipeline::{RunOptions, RunOutcome, Silent, run_export};
+use acexport::sandbox::{Fault, FaultAction, ListStatus, Sandbox, SandboxOptions};
+use acexport::service::Context;
+use acexport::service::connections::AddConnection;
+use acexport::service::exports::ExportInput;
+use acexport::service::segments::SegmentInput;
+use acexport::settings::Settings;
+use acexport::store::RunStatus;
+use acexport::store::exports::OnLeave;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "engine-test-token-0001";
+
+struct Harness {
+    dir: tempfile::TempDir,
+    ctx: Context,
+    sandbox: Sandbox,
+}
+
+fn fast_sandbox() -> SandboxOptions {
+    SandboxOptions {
+        token: TOKEN.to_owned(),
+        requests_per_second: None,
+        bulk_imports_per_minute: None,
+        import_delay: Duration::from_millis(5),
+        ..SandboxOptions::default()
+    }
+}
+
+fn settings_in(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
+    s.store.path = dir.join("acexport.db");
+    s.secrets.key_file = dir.join("secrets.key");
+    s.daemon.trigger_dir = dir.join("triggers");
+    s.activecampaign.requests_per_second = 1000;
+    s.activecampaign.bulk_imports_per_minute = 60_000;
+    s.activecampaign.retry_base_ms = 10;
+    s.activecampaign.max_attempts = 4;
+    s.activecampaign.timeout_secs = 5;
+    s
+}
+
+/// `n` profiles: email, first, last, phone, tier.
+fn csv_rows(n: usize) -> String {
+    let mut out = String::from("email,first,last,phone,tier\n");
+    for i in 0..n {
+        out.push_str(&format!(
+            "user{i}@example.com,First{i},Last{i},555-{i:04},gold\n"
+        ));
+    }
+    out
+}
+
+impl Harness {
+    async fn new(sandbox: SandboxOptions, tweak: impl FnOnce(&mut Settings)) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = Sandbox::start(sandbox).await.expect("sandbox");
+        let mut settings = settings_in(dir.path());
+        tweak(&mut settings);
+        let ctx = Context::open(settings, CancellationToken::new())
+            .await
+            .expect("context");
+        ctx.add_connection(AddConnection {
+            name: "ac".into(),
+            host: sandbox.host(),
+            api_key: SecretString::from(TOKEN),
+            allow_contributors: false,
+            accept_data_transfer: true,
+        })
+        .await
+        .expect("connection");
+        Harness { dir, ctx, sandbox }
+    }
+
+    fn csv(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write csv");
+        path
+    }
+
+    async fn segment(&self, name: &str, text: &str) {
+        let path = self.csv(&format!("{name}.csv"), text);
+        self.ctx
+            .add_segment(
+                name,
+                SegmentInput::Csv {
+                    path,
+                    delimiter: b',',
+                },
+            )
+            .await
+            .expect("segment");
+    }
+
+    async fn export(&self, segments: &[&str], on_leave: OnLeave) {
+        self.ctx
+            .add_export(ExportInput {
+                name: "weekly".into(),
+                connection: "ac".into(),
+                list_id: 1,
+                segments: segments.iter().map(|s| s.to_string()).collect(),
+                email: "email".into(),
+                first_name: Some("first".into()),
+                last_name: Some("last".into()),
+                phone: Some("phone".into()),
+                fields: vec![(3, "tier".into())],
+                tags: vec!["acexport".into()],
+                schedule: None,
+                on_leave,
+                enabled: true,
+            })
+            .await
+            .expect("export");
+    }
+
+    async fn run(&self) -> RunOutcome {
+        self.run_with(false, false).await
+    }
+
+    async fn run_with(&self, full: bool, dry_run: bool) -> RunOutcome {
+        let options = RunOptions {
+            trigger: "manual".into(),
+            full,
+            dry_run,
+        };
+        run_export(&self.ctx, "weekly", options, Arc::new(Silent))
+            .await
+            .expect("run recorded")
+    }
+
+    fn bulk_requests(&self) -> usize {
+        self.sandbox
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("bulk_import"))
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_member_arrives_with_all_mapped_fields() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(600)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!(
+        (outcome.counts.rows_read, outcome.counts.upserted),
+        (600, 600)
+    );
+    assert_eq!(
+        h.bulk_requests(),
+        3,
+        "600 contacts need three imports of at most 250"
+    );
+    let c = h
+        .sandbox
+        .contact("USER7@example.com")
+        .expect("contact arrived");
+    assert_eq!(c.first_name.as_deref(), Some("First7"));
+    assert_eq!(c.last_name.as_deref(), Some("Last7"));
+    assert_eq!(c.phone.as_deref(), Some("555-0007"));
+    assert_eq!(c.fields.get(&3).map(String::as_str), Some("gold"));
+    assert!(c.tags.contains("acexport"));
+    assert_eq!(h.sandbox.members(1, ListStatus::Active), 600);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_and_duplicate_rows_are_counted_and_explained() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    let text = "email,first,last,phone,tier\n\
+                a@example.com,A,,,\n\
+                not-an-email,B,,,\n\
+                A@EXAMPLE.COM,Dup,,,\n\
+                c@example,C,,,\n\
+                ,D,,,\n\
+                e@example.com,E,,,\n";
+    h.segment("members", text).await;
+    h.segment(
+        "others",
+        "email,first,last,phone,tier\ne@example.com,E2,,,\nf@example.com,F,,,\n",
+    )
+    .await;
+    h.export(&["members", "others"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    let c = outcome.counts;
+    assert_eq!(
+        (c.rows_read, c.rejected, c.duplicates, c.upserted),
+        (8, 3, 2, 3)
+    );
+    assert_eq!(
+        h.sandbox
+            .contact("a@example.com")
+            .and_then(|c| c.first_name)
+            .as_deref(),
+        Some("A"),
+        "first occurrence wins"
+    );
+    assert_eq!(
+        h.sandbox
+            .contact("e@example.com")
+            .and_then(|c| c.first_name)
+            .as_deref(),
+        Some("E"),
+        "segment order wins"
+    );
+    let issues = h
+        .ctx
+        .store
+        .run_issues(outcome.run_id.expect("id"), 100)
+        .await
+        .expect("issues");
+    let rows: Vec<(String, Option<i64>)> =
+        issues.iter().map(|i| (i.source.clone(), i.row)).collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("members".into(), Some(3)),
+            ("members".into(), Some(5)),
+            ("members".into(), Some(6))
+        ]
+    );
+    assert_eq!(issues[1].email.as_deref(), Some("c***@example"));
+    assert!(
+        issues.iter().all(|i| !i.reason.contains("example")),
+        "reasons never quote values"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_of_an_unchanged_segment_sends_nothing() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(300)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    h.run().await;
+    let before = h.bulk_requests();
+
+    let second = h.run().await;
+
+    assert_eq!(second.status, RunStatus::Succeeded);
+    assert_eq!(
+        (
+            second.counts.unchanged,
+            second.counts.upserted,
+            second.counts.sent
+        ),
+        (300, 0, 0)
+    );
+    assert_eq!(
+        h.bulk_requests(),
+        before,
+        "no import for an unchanged segment"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_changed_rows_are_sent_again_and_full_resends_all() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(50)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    h.run().await;
+    let changed = csv_rows(50)
+        .replace("First3,", "Firsty,")
+        .replace("555-0010", "555-9999");
+    h.csv("members.csv", &changed);
+
+    let second = h.run().await;
+    assert_eq!((second.counts.upserted, second.counts.unchanged), (2, 48));
+    assert_eq!(
+        h.sandbox
+            .contact("user3@example.com")
+            .and_then(|c| c.first_name)
+            .as_deref(),
+        Some("Firsty")
+    );
+
+    let full = h.run_with(true, false).await;
+    assert_eq!(full.counts.upserted, 50);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_who_left_are_unsubscribed_when_asked() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(10)).await;
+    h.export(&["members"], OnLeave::Unsubscribe).await;
+    h.run().await;
+    let fewer: String = csv_rows(10)
+        .lines()
+        .filter(|l| !l.starts_with("user2@") && !l.starts_with("user5@"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    h.csv("members.csv", &fewer);
+
+    let second = h.run().await;
+
+    assert_eq!(second.status, RunStatus::Succeeded, "{:?}", second.error);
+    assert_eq!(
+        (second.counts.unsubscribed, second.counts.unchanged),
+        (2, 8)
+    );
+    assert_eq!(
+        h.sandbox.list_status("user2@example.com", 1),
+        Some(ListStatus::Unsubscribed)
+    );
+    assert_eq!(
+        h.sandbox.list_status("user1@example.com", 1),
+        Some(ListStatus::Active)
+    );
+    let third = h.run().await;
+    assert_eq!(
+        (third.counts.unsubscribed, third.counts.sent),
+        (0, 0),
+        "leavers are forgotten once done"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_who_left_are_kept_on_the_list_by_default() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(5)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    h.run().await;
+    h.csv("members.csv", &csv_rows(3));
+
+    let second = h.run().await;
+
+    assert_eq!((second.counts.unsubscribed, second.counts.sent), (0, 0));
+    assert_eq!(
+        h.sandbox.list_status("user4@example.com", 1),
+        Some(ListStatus::Active)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_excluded_address_is_reported_failed_and_retried_next_run() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.sandbox.exclude("user1@example.com");
+    h.segment("members", &csv_rows(5)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Partial);
+    assert_eq!((outcome.counts.upserted, outcome.counts.failed), (4, 1));
+    let issues = h
+        .ctx
+        .store
+        .run_issues(outcome.run_id.expect("id"), 10)
+        .await
+        .expect("issues");
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0].email.as_deref(), Some("u***@example.com"));
+    let again = h.run().await;
+    assert_eq!(
+        (again.counts.sent, again.counts.failed),
+        (1, 1),
+        "failed members are retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_refused_for_one_contact_is_resent_without_it() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.sandbox.inject(Fault {
+        path_prefix: "/api/3/import/bulk_import".into(),
+        times: 1,
+        action: FaultAction::Status {
+            status: 400,
+            retry_after: None,
+            body: r#"{"success":0,"message":"JSON payload did not pass validation.","failureReasons":[{"contact":2,"failureReason":"Field 'email' incorrect format"}]}"#.into(),
+        },
+    });
+    h.segment("members", &csv_rows(5)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Partial);
+    assert_eq!((outcome.counts.upserted, outcome.counts.failed), (4, 1));
+    assert!(h.sandbox.contact("user2@example.com").is_none());
+    let issues = h
+        .ctx
+        .store
+        .run_issues(outcome.run_id.expect("id"), 10)
+        .await
+        .expect("issues");
+    assert!(
+        issues[0].reason.contains("incorrect format"),
+        "{:?}",
+        issues[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_with_retry_after_is_waited_out() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.sandbox.inject(Fault {
+        path_prefix: "/api/3/import/bulk_import".into(),
+        times: 3,
+        action: FaultAction::Status {
+            status: 429,
+            retry_after: Some(1),
+            body: "{}".into(),
+        },
+    });
+    h.segment("members", &csv_rows(20)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    let started = std::time::Instant::now();
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!(outcome.counts.upserted, 20);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_dropped_connections_and_timeouts_are_retried() {
+    let h = Harness::new(fast_sandbox(), |s| s.activecampaign.timeout_secs = 1).await;
+    for action in [
+        FaultAction::Status {
+            status: 503,
+            retry_after: None,
+            body: String::new(),
+        },
+        FaultAction::Drop,
+        FaultAction::Delay(Duration::from_millis(1500)),
+    ] {
+        h.sandbox.inject(Fault {
+            path_prefix: "/api/3/import/bulk_import".into(),
+            times: 1,
+            action,
+        });
+    }
+    h.segment("members", &csv_rows(20)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!(outcome.counts.upserted, 20);
+    assert!(outcome.counts.requests >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_keeps_failing_fails_the_batch_with_the_last_error() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.sandbox.inject(Fault {
+        path_prefix: "/api/3/import/bulk_import".into(),
+        times: 100,
+        action: FaultAction::Status {
+            status: 500,
+            retry_after: None,
+            body: String::new(),
+        },
+    });
+    h.segment("members", &csv_rows(5)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Partial);
+    assert_eq!(outcome.counts.failed, 5);
+    let issues = h
+        .ctx
+        .store
+        .run_issues(outcome.run_id.expect("id"), 10)
+        .await
+        .expect("issues");
+    assert!(
+        issues[0].reason.contains("HTTP 500"),
+        "{}",
+        issues[0].reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_profiles_than_the_limit_fail_the_run_before_sending() {
+    let h = Harness::new(fast_sandbox(), |s| s.export.max_profiles = 10).await;
+    h.segment("members", &csv_rows(11)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.contains("11 valid profiles") && error.contains("export.max_profiles"),
+        "{error}"
+    );
+    assert_eq!(h.bulk_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_key_fails_the_run_and_marks_the_connection() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(5)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    h.sandbox.inject(Fault {
+        path_prefix: "/api/3/users/me".into(),
+        times: 1,
+        action: FaultAction::Status {
+            status: 403,
+            retry_after: None,
+            body: r#"{"message":"Forbidden"}"#.into(),
+        },
+    });
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert!(
+        outcome
+            .error
+            .unwrap_or_default()
+            .contains("rejected the API key")
+    );
+    assert_eq!(h.bulk_requests(), 0);
+    let connection = h
+        .ctx
+        .store
+        .connection("ac")
+        .await
+        .expect("q")
+        .expect("exists");
+    assert_eq!(connection.status, "rejected");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_sends_nothing_and_changes_nothing() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(30)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let plan = h.run_with(false, true).await;
+
+    assert_eq!(plan.run_id, None);
+    assert_eq!(plan.plan.as_ref().map(|p| p.adds), Some(30));
+    assert_eq!(h.bulk_requests(), 0);
+    let real = h.run().await;
+    assert_eq!(real.counts.upserted, 30, "the dry run left no state behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches() {
+    let mut sandbox = fast_sandbox();
+    sandbox.latency = Duration::from_millis(20);
+    let h = Harness::new(sandbox, |s| s.activecampaign.requests_per_second = 40).await;
+    h.segment("members", &csv_rows(3000)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    let ctx_cancel = h.ctx.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        ctx_cancel.cancel();
+    });
+
+    let first = h.run().await;
+    assert_eq!(first.status, RunStatus::Interrupted, "{:?}", first.error);
+    assert!(first.counts.upserted < 3000);
+
+    // A new process (fresh context) resumes the export.
+    let ctx = Context::open(settings_in(h.dir.path()), CancellationToken::new())
+        .await
+        .expect("ctx");
+    let options = RunOptions {
+        trigger: "manual".into(),
+        full: false,
+        dry_run: false,
+    };
+    let second = run_export(&ctx, "weekly", options, Arc::new(Silent))
+        .await
+        .expect("run");
+
+    assert_eq!(second.status, RunStatus::Succeeded, "{:?}", second.error);
+    assert_eq!(
+        first.counts.upserted + second.counts.upserted + second.counts.unchanged
+            - first.counts.upserted,
+        3000
+    );
+    assert_eq!(
+        second.counts.unchanged, first.counts.upserted,
+        "confirmed batches are not sent again"
+    );
+    assert_eq!(h.sandbox.members(1, ListStatus::Active), 3000);
+    let run = ctx
+        .store
+        .run(second.run_id.expect("id"))
+        .await
+        .expect("q")
+        .expect("run");
+    assert_eq!(run.resumes_run_id, first.run_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_rate_never_exceeds_the_budget_and_provokes_no_429() {
+    let sandbox = SandboxOptions {
+        requests_per_second: Some(20),
+        bulk_imports_per_minute: Some(240),
+        ..fast_sandbox()
+    };
+    let h = Harness::new(sandbox, |s| {
+        s.activecampaign.requests_per_second = 20;
+        s.activecampaign.bulk_imports_per_minute = 240;
+    })
+    .await;
+    h.segment("members", &csv_rows(2500)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    let stats = h.sandbox.stats();
+    assert_eq!((stats.too_many_requests, stats.bulk_rate_limited), (0, 0));
+    assert!(
+        h.sandbox
+            .max_requests_in_window(Duration::from_secs(1), None)
+            <= 20
+    );
+    assert!(
+        h.sandbox
+            .max_requests_in_window(Duration::from_secs(60), Some("/api/3/import/bulk_import"))
+            <= 240
+    );
+}
