@@ -1,1 +1,29 @@
-fn main() {}
+//! The `acexport` binary: parse the command line, load the settings, start logging, run the
+//! command and turn its outcome into an exit status. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use acexport::cli::{self, Cli, CliError};
+use acexport::telemetry;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match cli::load_settings(&cli) {
+        Ok(loaded) => loaded,
+        Err(error) => return fail(&error),
+    };
+    telemetry::init(loaded.settings.log.format);
+    match cli::run(cli, loaded).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is_closed_pipe() => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &CliError) -> ExitCode {
+    eprintln!("acexport: {}", cli::error_chain(error));
+    ExitCode::from(error.exit_code())
+}

@@ -1,1 +1,286 @@
-//! cli (to be written).
+//! The command line: clap definitions and dispatch. A thin layer: every command parses its
+//! options, calls the service layer (`crate::service`) and prints the result; all checking and
+//! saving happens there, so a later control socket behaves the same.
+//!
+//! Secrets never travel as option values (they would land in shell history and `ps`): API keys
+//! and database URLs with passwords come from a file, an environment variable or stdin.
+
+pub mod connection;
+pub mod daemon;
+pub mod export;
+pub mod output;
+pub mod run;
+pub mod runs;
+pub mod segment;
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{Context, ServiceError};
+use crate::settings::{Loaded, Settings, SettingsError};
+use crate::store::StoreError;
+
+/// Exit status for invalid settings (`EX_CONFIG` from sysexits.h); systemd's unit does not
+/// restart on it, since restarting cannot fix a bad file.
+pub const EXIT_INVALID_SETTINGS: u8 = 78;
+/// Exit status for every other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Export customer segments into ActiveCampaign lists.
+#[derive(Debug, Parser)]
+#[command(name = "acexport", version, propagate_version = true)]
+pub struct Cli {
+    /// Settings file [default: $ACEXPORT_CONFIG, else /etc/acexport/acexport.toml if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the settings and print the values in force
+    CheckConfig,
+    /// Connections to ActiveCampaign accounts
+    #[command(subcommand)]
+    Connection(connection::ConnectionCommand),
+    /// Segments: the CSV, JSONL or SQL sources of profiles
+    #[command(subcommand)]
+    Segment(segment::SegmentCommand),
+    /// Exports: which segments go to which ActiveCampaign list
+    #[command(subcommand)]
+    Export(export::ExportCommand),
+    /// Run history
+    Runs(runs::RunsArgs),
+    /// Try acexport end to end against a built-in sandbox
+    Demo,
+    /// Run the scheduler and workers (the systemd service)
+    Daemon,
+    /// Ask the daemon to run an export (or all enabled exports) now
+    Trigger(run::TriggerArgs),
+    /// Ask the daemon to stop an export's current run at its next batch
+    Cancel(run::CancelArgs),
+    /// What the daemon is doing: running exports, queue, next schedules
+    Status(run::StatusArgs),
+    /// Serve an ActiveCampaign-compatible sandbox API on loopback
+    Sandbox(daemon::SandboxArgs),
+}
+
+/// Why a command failed. Each message says what to fix and names the thing at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An option value that cannot be used, or a secret that cannot be read.
+    #[error("{0}")]
+    Input(String),
+    #[error("run {id} does not exist; `acexport runs` lists the recent runs")]
+    RunNotFound { id: i64 },
+    #[error("`acexport {command}` is not implemented yet")]
+    NotImplemented { command: &'static str },
+    #[error("the sandbox stopped: {0}")]
+    Sandbox(std::io::Error),
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Settings(_) => EXIT_INVALID_SETTINGS,
+            _ => EXIT_FAILURE,
+        }
+    }
+
+    /// Stdout was closed by the reader (`acexport runs | head`): nothing left to say.
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// The error and its causes on one line, each cause added only when the message above does not
+/// already say it (most of our errors include their source).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// Loads the settings every command runs with (`--config`, else `$ACEXPORT_CONFIG`, else the
+/// system file), exactly as the daemon does.
+pub fn load_settings(cli: &Cli) -> Result<Loaded, CliError> {
+    Ok(Settings::load(cli.config.as_deref())?)
+}
+
+/// Runs one parsed command with loaded settings.
+pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
+    match cli.command {
+        Command::CheckConfig => check_config(&loaded),
+        Command::Connection(cmd) => {
+            with_context(loaded, async |ctx| connection::run(ctx, cmd).await).await
+        }
+        Command::Segment(cmd) => {
+            with_context(loaded, async |ctx| segment::run(ctx, cmd).await).await
+        }
+        Command::Export(export::ExportCommand::Run(args)) => {
+            with_context(loaded, async |ctx| run::export_run(ctx, args).await).await
+        }
+        Command::Export(cmd) => with_context(loaded, async |ctx| export::run(ctx, cmd).await).await,
+        Command::Runs(args) => with_context(loaded, async |ctx| runs::run(ctx, args).await).await,
+        Command::Trigger(args) => {
+            with_context(loaded, async |ctx| run::trigger(ctx, args).await).await
+        }
+        Command::Cancel(args) => {
+            with_context(loaded, async |ctx| run::cancel(ctx, args).await).await
+        }
+        Command::Status(args) => {
+            with_context(loaded, async |ctx| run::status(ctx, args).await).await
+        }
+        Command::Demo => daemon::demo(loaded).await,
+        Command::Daemon => daemon::daemon(loaded).await,
+        Command::Sandbox(args) => daemon::sandbox(args).await,
+    }
+}
+
+/// Opens the store, runs `f`, and closes the store so its WAL is checkpointed on exit.
+async fn with_context<F>(loaded: Loaded, f: F) -> Result<(), CliError>
+where
+    F: AsyncFnOnce(&Context) -> Result<(), CliError>,
+{
+    let ctx = Context::open(loaded.settings, CancellationToken::new()).await?;
+    let result = f(&ctx).await;
+    ctx.store.close().await;
+    result
+}
+
+fn check_config(loaded: &Loaded) -> Result<(), CliError> {
+    let file = match &loaded.file {
+        Some(path) => path.display().to_string(),
+        None => "none, built-in defaults".to_owned(),
+    };
+    let mut text = format!("settings file: {file}\n");
+    for line in loaded.settings.to_lines() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    output::emit(&text)
+}
+
+/// Reads a secret (API key, database URL) from a file. The value is never echoed; only the
+/// path appears in errors.
+pub fn secret_from_file(what: &str, path: &Path) -> Result<SecretString, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Input(format!(
+            "cannot read the {what} file {}: {e}",
+            path.display()
+        ))
+    })?;
+    one_secret(what, &text, &format!("the {what} file {}", path.display()))
+}
+
+/// Reads a secret from an environment variable.
+pub fn secret_from_env(what: &str, option: &str, var: &str) -> Result<SecretString, CliError> {
+    match std::env::var(var) {
+        Ok(text) => one_secret(
+            what,
+            &text,
+            &format!("environment variable {var} ({option})"),
+        ),
+        Err(std::env::VarError::NotPresent) => Err(CliError::Input(format!(
+            "environment variable {var} ({option}) is not set; export it with the {what}"
+        ))),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::Input(format!(
+            "environment variable {var} ({option}) is not valid UTF-8"
+        ))),
+    }
+}
+
+/// Reads a secret from stdin: a prompt and one line on a terminal, else everything piped in.
+pub fn secret_from_stdin(what: &str) -> Result<SecretString, CliError> {
+    let stdin = std::io::stdin();
+    let mut text = String::new();
+    let read = if stdin.is_terminal() {
+        eprint!("Paste the {what} and press Enter: ");
+        stdin.read_line(&mut text)
+    } else {
+        stdin.lock().read_to_string(&mut text)
+    };
+    read.map_err(|e| CliError::Input(format!("cannot read the {what} from standard input: {e}")))?;
+    one_secret(what, &text, "standard input")
+}
+
+/// A secret is one token: surrounding whitespace (the newline of `echo`) is dropped, inner
+/// whitespace means the wrong thing was given.
+fn one_secret(what: &str, text: &str, origin: &str) -> Result<SecretString, CliError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(CliError::Input(format!(
+            "no {what} in {origin}: it is empty"
+        )));
+    }
+    if trimmed.chars().any(char::is_whitespace) {
+        return Err(CliError::Input(format!(
+            "{origin} holds more than the {what} (it contains spaces or several lines); it \
+             must hold only the {what}"
+        )));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_secret_with_a_trailing_newline_is_trimmed() {
+        let secret = one_secret("API key", "abc123\n", "stdin").expect("one token");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&secret), "abc123");
+    }
+
+    #[test]
+    fn a_secret_spanning_two_lines_is_refused_without_quoting_it() {
+        let err = one_secret("API key", "abc123\nxyz789\n", "stdin").expect_err("two tokens");
+        let text = err.to_string();
+        assert!(text.contains("more than the API key"), "{text}");
+        assert!(!text.contains("abc123"), "{text}");
+    }
+
+    #[test]
+    fn invalid_settings_exit_with_78_and_other_failures_with_1() {
+        let settings = CliError::Settings(SettingsError::Invalid("x".to_owned()));
+        assert_eq!(settings.exit_code(), 78);
+        assert_eq!(CliError::Input("x".to_owned()).exit_code(), 1);
+    }
+
+    #[test]
+    fn the_error_chain_skips_causes_the_message_already_states() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let inner = std::io::Error::other("disk full");
+        assert_eq!(error_chain(&Outer(inner)), "outer: disk full");
+    }
+}

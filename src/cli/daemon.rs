@@ -1,0 +1,70 @@
+//! Long-running commands: `daemon`, `demo` and `sandbox`. They stop on SIGINT or SIGTERM
+//! (systemd's stop), finishing the work in hand.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use clap::Args;
+
+use super::CliError;
+use crate::sandbox::{self, SandboxOptions};
+use crate::settings::Loaded;
+
+/// Where `acexport sandbox` listens unless told otherwise: loopback only, so the sandbox is
+/// never reachable from the network.
+const SANDBOX_DEFAULT_PORT: u16 = 8085;
+/// The sandbox's default `Api-Token`; it guards nothing real.
+const SANDBOX_DEFAULT_TOKEN: &str = "sandbox-token";
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Loopback port to listen on
+    #[arg(long, value_name = "P", default_value_t = SANDBOX_DEFAULT_PORT)]
+    pub port: u16,
+    /// API token the sandbox expects
+    #[arg(long, value_name = "T", default_value = SANDBOX_DEFAULT_TOKEN)]
+    pub token: String,
+}
+
+/// `acexport daemon`.
+pub async fn daemon(_loaded: Loaded) -> Result<(), CliError> {
+    Err(CliError::NotImplemented { command: "daemon" })
+}
+
+/// `acexport demo`.
+pub async fn demo(_loaded: Loaded) -> Result<(), CliError> {
+    Err(CliError::NotImplemented { command: "demo" })
+}
+
+/// `acexport sandbox`: serves until SIGINT or SIGTERM.
+pub async fn sandbox(args: SandboxArgs) -> Result<(), CliError> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
+    let opts = SandboxOptions {
+        token: args.token,
+        ..SandboxOptions::default()
+    };
+    super::output::emit(&format!(
+        "Sandbox API on http://{addr} until Ctrl-C. Try it with:\n  acexport connection add \
+         sandbox --host http://{addr} --api-key-stdin --accept-data-transfer"
+    ))?;
+    sandbox::serve(addr, opts, shutdown_signal())
+        .await
+        .map_err(CliError::Sandbox)
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM (systemd stop).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        // Without a SIGTERM handler, Ctrl-C still works; SIGTERM keeps its default (exit).
+        Err(error) => {
+            tracing::warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

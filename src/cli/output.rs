@@ -1,0 +1,153 @@
+//! How commands print: aligned plain-text tables and `key: value` blocks for people, pretty JSON
+//! for scripts. Everything goes to stdout (logs and errors go to stderr), written in one piece
+//! so that a closed pipe (`acexport runs | head`) is an error we can recognise, not a panic.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::CliError;
+
+/// Space between table columns.
+const COLUMN_GAP: &str = "  ";
+
+/// Shown for an absent value in tables and blocks.
+pub const NONE: &str = "-";
+
+/// Writes `text` to stdout, adding a final newline when missing.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).map_err(CliError::Output)?;
+    if !text.ends_with('\n') {
+        out.write_all(b"\n").map_err(CliError::Output)?;
+    }
+    out.flush().map_err(CliError::Output)
+}
+
+/// Prints `value` as pretty JSON.
+pub fn emit_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.into()))?;
+    emit(&text)
+}
+
+/// A table whose columns are padded to their widest cell.
+#[derive(Debug, Clone)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<I, S>(headers: I) -> Table
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Table {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells are blank, extra cells are dropped.
+    pub fn row(&mut self, cells: Vec<String>) {
+        let mut cells: Vec<String> = cells.into_iter().map(|c| one_line(&c)).collect();
+        cells.resize(self.headers.len(), String::new());
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(width(cell));
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str(COLUMN_GAP);
+                }
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', w - width(cell)));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A `key: value` block with the values aligned.
+pub fn fields(pairs: &[(&str, String)]) -> String {
+    let key_width = pairs.iter().map(|(k, _)| width(k)).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in pairs {
+        out.push_str(key);
+        out.push(':');
+        out.extend(std::iter::repeat_n(' ', key_width - width(key) + 1));
+        out.push_str(&one_line(value));
+        out.push('\n');
+    }
+    out
+}
+
+/// Joins names for a cell, or [`NONE`] when there are none.
+pub fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        NONE.to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The value, or [`NONE`].
+pub fn or_none(value: Option<&str>) -> String {
+    value.filter(|v| !v.is_empty()).unwrap_or(NONE).to_owned()
+}
+
+/// Control characters (a newline inside a CSV cell, say) would break the alignment.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn width(text: &str) -> usize {
+    text.chars().count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_are_padded_to_the_widest_cell_without_trailing_spaces() {
+        let mut table = Table::new(["NAME", "ROWS"]);
+        table.row(vec!["newsletter".to_owned(), "3".to_owned()]);
+        table.row(vec!["vip".to_owned(), "12".to_owned()]);
+        assert_eq!(
+            table.render(),
+            "NAME        ROWS\nnewsletter  3\nvip         12\n"
+        );
+    }
+
+    #[test]
+    fn a_newline_inside_a_cell_does_not_break_the_row() {
+        let mut table = Table::new(["A", "B"]);
+        table.row(vec!["x\ny".to_owned(), "z".to_owned()]);
+        assert_eq!(table.render().lines().count(), 2);
+    }
+
+    #[test]
+    fn field_values_start_in_one_column() {
+        let text = fields(&[("name", "a".to_owned()), ("api key", "…1234".to_owned())]);
+        assert_eq!(text, "name:    a\napi key: …1234\n");
+    }
+}
