@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
     match cli::run(cli, loaded).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.is_closed_pipe() => ExitCode::SUCCESS,
+        Err(CliError::Quiet(code)) => ExitCode::from(code),
         Err(error) => fail(&error),
     }
 }

@@ -25,14 +25,16 @@ pub struct SandboxArgs {
     pub token: String,
 }
 
-/// `acexport daemon`.
-pub async fn daemon(_loaded: Loaded) -> Result<(), CliError> {
-    Err(CliError::NotImplemented { command: "daemon" })
+/// `acexport daemon`: runs until SIGTERM or SIGINT; SIGHUP reloads the settings.
+pub async fn daemon(loaded: Loaded) -> Result<(), CliError> {
+    crate::daemon::run_with_signals(loaded)
+        .await
+        .map_err(|e| CliError::Input(e.to_string()))
 }
 
 /// `acexport demo`.
-pub async fn demo(_loaded: Loaded) -> Result<(), CliError> {
-    Err(CliError::NotImplemented { command: "demo" })
+pub async fn demo(loaded: Loaded) -> Result<(), CliError> {
+    super::demo::run(loaded).await
 }
 
 /// `acexport sandbox`: serves until SIGINT or SIGTERM.

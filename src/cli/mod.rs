@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod daemon;
+pub mod demo;
 pub mod export;
 pub mod output;
 pub mod run;
@@ -90,6 +91,10 @@ pub enum CliError {
     Sandbox(std::io::Error),
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
+    /// The outcome was already printed (a run that finished `partial` or `failed`); exit with
+    /// this status and say nothing more.
+    #[error("")]
+    Quiet(u8),
 }
 
 impl CliError {
@@ -97,6 +102,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Settings(_) => EXIT_INVALID_SETTINGS,
+            CliError::Quiet(code) => *code,
             _ => EXIT_FAILURE,
         }
     }

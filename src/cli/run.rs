@@ -1,11 +1,29 @@
 //! Commands that run exports or talk to the running daemon: `export run`, `trigger`, `cancel`
-//! and `status`. Declared here with their options; the implementations come with the pipeline
-//! and the daemon.
+//! and `status`.
+//!
+//! One process owns each ActiveCampaign account's budget: while the daemon runs, `export run`
+//! hands the run to it (as a signal file) and follows the run in the database instead of
+//! running beside it with a budget of its own.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Args};
+use serde_json::json;
 
 use super::CliError;
+use super::output::{self, Table};
+use crate::daemon::status::status_report;
+use crate::pipeline::{Progress, RunOptions, RunOutcome, run_export};
+use crate::scheduler::{TriggerRequest, write_trigger};
 use crate::service::Context;
+use crate::store::{RunCounts, RunRecord, RunStatus, os_user};
+
+/// Exit status of a run that finished `partial` (some contacts failed).
+pub const EXIT_PARTIAL: u8 = 2;
+/// How long `export run` waits for the daemon to pick up its request.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub struct ExportRunArgs {
@@ -48,24 +66,426 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// `acexport export run NAME`.
-pub async fn export_run(_ctx: &Context, _args: ExportRunArgs) -> Result<(), CliError> {
-    Err(CliError::NotImplemented {
-        command: "export run",
-    })
+/// A one-line progress display on stderr, redrawn at most ten times a second.
+pub struct TerminalProgress {
+    last: Mutex<Option<Instant>>,
 }
 
-/// `acexport trigger NAME|--all`.
-pub async fn trigger(_ctx: &Context, _args: TriggerArgs) -> Result<(), CliError> {
-    Err(CliError::NotImplemented { command: "trigger" })
+impl TerminalProgress {
+    /// A display when stderr is a terminal, else nothing.
+    pub fn for_stderr() -> Arc<dyn Progress> {
+        if std::io::stderr().is_terminal() {
+            Arc::new(TerminalProgress {
+                last: Mutex::new(None),
+            })
+        } else {
+            Arc::new(crate::pipeline::Silent)
+        }
+    }
+
+    pub fn finish() {
+        if std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn report(&self, phase: &str, c: &RunCounts) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        eprint!("\r\x1b[2K{}", progress_line(phase, c));
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// `[sending ████████░░░░ 66%] read 3,000 · planned 2,940 · sent 2,000 · confirmed 1,940`
+pub fn progress_line(phase: &str, c: &RunCounts) -> String {
+    let confirmed = c.upserted + c.unsubscribed + c.failed;
+    let bar = if c.planned > 0 && phase != "reading" {
+        let done = (confirmed as f64 / c.planned as f64).min(1.0);
+        let filled = (done * 20.0).round() as usize;
+        format!(
+            " {}{} {:>3.0}%",
+            "█".repeat(filled),
+            "░".repeat(20 - filled),
+            done * 100.0
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "[{phase}{bar}] read {} · planned {} · sent {} · confirmed {}",
+        thousands(c.rows_read),
+        thousands(c.planned),
+        thousands(c.sent),
+        thousands(confirmed)
+    )
+}
+
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// The JSON object `export run --json` prints.
+pub fn outcome_json(o: &RunOutcome) -> serde_json::Value {
+    let c = &o.counts;
+    let mut value = json!({
+        "run_id": o.run_id,
+        "export": o.export,
+        "status": o.status,
+        "counts": {
+            "rows_read": c.rows_read, "rejected": c.rejected, "duplicates": c.duplicates,
+            "unchanged": c.unchanged, "upserted": c.upserted, "unsubscribed": c.unsubscribed,
+            "failed": c.failed,
+        },
+        "error": o.error,
+    });
+    if let Some(plan) = &o.plan {
+        value["plan"] = json!(plan);
+    }
+    value
+}
+
+/// The human summary of a run.
+pub fn outcome_text(o: &RunOutcome) -> String {
+    let c = &o.counts;
+    let mut out = match o.run_id {
+        Some(id) => format!(
+            "Run {id} of {}: {} in {:.1} s\n",
+            o.export, o.status, o.seconds
+        ),
+        None => format!("Dry run of {}: nothing was sent\n", o.export),
+    };
+    if let Some(plan) = &o.plan {
+        out.push_str(&format!(
+            "  would add {}, update {}, leave {} unchanged, unsubscribe {}, forget {} who left\n  \
+             rejected {}, duplicates {}\n",
+            thousands(plan.adds),
+            thousands(plan.updates),
+            thousands(plan.unchanged),
+            thousands(plan.unsubscribes),
+            thousands(plan.forgotten),
+            thousands(plan.rejected),
+            thousands(plan.duplicates)
+        ));
+        if !plan.sample_rejects.is_empty() {
+            let mut table = Table::new(["SOURCE", "ROW", "EMAIL", "REASON"]);
+            for r in &plan.sample_rejects {
+                table.row(vec![
+                    r.source.clone(),
+                    r.row.map(|n| n.to_string()).unwrap_or_default(),
+                    r.email.clone().unwrap_or_else(|| output::NONE.to_owned()),
+                    r.reason.clone(),
+                ]);
+            }
+            out.push_str("  rejected rows (first ones):\n");
+            for line in table.render().lines() {
+                out.push_str("    ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    } else {
+        out.push_str(&format!(
+            "  read {} · rejected {} · duplicates {} · unchanged {} · upserted {} · unsubscribed \
+             {} · failed {} · requests {}\n",
+            thousands(c.rows_read),
+            thousands(c.rejected),
+            thousands(c.duplicates),
+            thousands(c.unchanged),
+            thousands(c.upserted),
+            thousands(c.unsubscribed),
+            thousands(c.failed),
+            thousands(c.requests)
+        ));
+    }
+    if let Some(error) = &o.error {
+        out.push_str(&format!("  error: {error}\n"));
+    }
+    if let Some(id) = o.run_id.filter(|_| c.rejected + c.failed > 0) {
+        out.push_str(&format!(
+            "  The rejected and failed profiles, with reasons: acexport runs show {id}\n"
+        ));
+    }
+    out
+}
+
+fn exit_for(status: RunStatus) -> Result<(), CliError> {
+    match status {
+        RunStatus::Succeeded => Ok(()),
+        RunStatus::Partial => Err(CliError::Quiet(EXIT_PARTIAL)),
+        _ => Err(CliError::Quiet(super::EXIT_FAILURE)),
+    }
+}
+
+fn print_outcome(o: &RunOutcome, as_json: bool) -> Result<(), CliError> {
+    if as_json {
+        output::emit_json(&outcome_json(o))
+    } else {
+        output::emit(&outcome_text(o))
+    }
+}
+
+/// `acexport export run NAME`: in the foreground, or through the daemon when it runs.
+pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliError> {
+    let export = ctx.find_export(&args.name).await?;
+    let daemon_up = ctx.store.daemon_state().await?.is_some_and(|d| d.is_live());
+    if daemon_up && !args.dry_run {
+        return follow_daemon_run(ctx, &export.name, export.id, args).await;
+    }
+    // Ctrl-C or SIGTERM stops at the next batch boundary; the run is resumable.
+    let cancel = ctx.cancel.clone();
+    let signals = tokio::spawn(async move {
+        super::daemon::shutdown_signal().await;
+        cancel.cancel();
+    });
+    let options = RunOptions {
+        trigger: "manual".to_owned(),
+        full: args.full,
+        dry_run: args.dry_run,
+    };
+    let result = run_export(ctx, &export.name, options, TerminalProgress::for_stderr()).await;
+    signals.abort();
+    TerminalProgress::finish();
+    let outcome = result.map_err(|e| CliError::Input(e.to_string()))?;
+    print_outcome(&outcome, args.json)?;
+    exit_for(outcome.status)
+}
+
+/// Hands the run to the daemon and follows it until it finishes.
+async fn follow_daemon_run(
+    ctx: &Context,
+    name: &str,
+    export_id: i64,
+    args: ExportRunArgs,
+) -> Result<(), CliError> {
+    let before = ctx
+        .store
+        .runs(Some(export_id), 1)
+        .await?
+        .first()
+        .map_or(0, |r| r.id);
+    let request = TriggerRequest::Run {
+        export: name.to_owned(),
+        full: args.full,
+    };
+    let by = format!("acexport export run ({})", os_user());
+    write_trigger(&ctx.settings.daemon.trigger_dir, &request, Some(&by))
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    if !args.json {
+        eprintln!("The daemon is running; the run of {name} was handed to it. Following it here.");
+    }
+    let progress = TerminalProgress::for_stderr();
+    let asked = Instant::now();
+    let run: RunRecord = loop {
+        if let Some(run) = ctx.store.runs(Some(export_id), 1).await?.into_iter().next() {
+            if run.id > before {
+                if run.status != RunStatus::Running {
+                    break run;
+                }
+                progress.report(&run.phase, &run.counts);
+            }
+        }
+        if asked.elapsed() > HANDOVER_WAIT
+            && ctx
+                .store
+                .runs(Some(export_id), 1)
+                .await?
+                .first()
+                .is_none_or(|r| r.id <= before)
+            && !ctx
+                .store
+                .queued_runs()
+                .await?
+                .iter()
+                .any(|(q, _)| q.export_id == export_id)
+        {
+            TerminalProgress::finish();
+            return Err(CliError::Input(format!(
+                "the daemon did not pick up the run of {name} within {} s; check `acexport \
+                 status` and its log",
+                HANDOVER_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    TerminalProgress::finish();
+    let seconds = match (
+        crate::store::from_text(&run.started_at),
+        run.finished_at.as_deref().and_then(crate::store::from_text),
+    ) {
+        (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1000.0,
+        _ => 0.0,
+    };
+    let outcome = RunOutcome {
+        run_id: Some(run.id),
+        export: run.export,
+        status: run.status,
+        counts: run.counts,
+        error: run.error,
+        plan: None,
+        seconds,
+    };
+    print_outcome(&outcome, args.json)?;
+    exit_for(outcome.status)
+}
+
+/// `acexport trigger NAME|--all`: drops a signal file for the daemon.
+pub async fn trigger(ctx: &Context, args: TriggerArgs) -> Result<(), CliError> {
+    let request = match &args.name {
+        Some(name) => {
+            let export = ctx.find_export(name).await?;
+            if !export.enabled {
+                return Err(CliError::Input(format!(
+                    "export {name:?} is disabled; `acexport export enable {name}` first"
+                )));
+            }
+            TriggerRequest::Run {
+                export: export.name,
+                full: args.full,
+            }
+        }
+        None => TriggerRequest::RunAll { full: args.full },
+    };
+    let path = write_trigger(&ctx.settings.daemon.trigger_dir, &request, Some(&os_user()))
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let daemon_up = ctx.store.daemon_state().await?.is_some_and(|d| d.is_live());
+    let mut text = format!("Signal file written: {}\n", path.display());
+    if daemon_up {
+        text.push_str(
+            "The daemon picks it up within a second; follow it with `acexport status`.\n",
+        );
+    } else {
+        text.push_str(
+            "No daemon is running on this database: the request waits until it starts.\n",
+        );
+    }
+    output::emit(&text)
 }
 
 /// `acexport cancel NAME`.
-pub async fn cancel(_ctx: &Context, _args: CancelArgs) -> Result<(), CliError> {
-    Err(CliError::NotImplemented { command: "cancel" })
+pub async fn cancel(ctx: &Context, args: CancelArgs) -> Result<(), CliError> {
+    let export = ctx.find_export(&args.name).await?;
+    match ctx.store.request_cancel(export.id).await? {
+        Some(run_id) => output::emit(&format!(
+            "Cancel requested: run {run_id} of {} stops at its next batch boundary.",
+            export.name
+        )),
+        None => Err(CliError::Input(format!(
+            "export {:?} is not running",
+            export.name
+        ))),
+    }
 }
 
 /// `acexport status`.
-pub async fn status(_ctx: &Context, _args: StatusArgs) -> Result<(), CliError> {
-    Err(CliError::NotImplemented { command: "status" })
+pub async fn status(ctx: &Context, args: StatusArgs) -> Result<(), CliError> {
+    let report = status_report(ctx).await?;
+    if args.json {
+        return output::emit_json(&report);
+    }
+    let mut out = String::new();
+    match &report.daemon.state {
+        Some(state) if report.daemon.up => out.push_str(&format!(
+            "Daemon: up (pid {}, since {}); {}\n",
+            state.pid, state.started_at, state.status
+        )),
+        _ => out.push_str("Daemon: not running\n"),
+    }
+    if report.running.is_empty() {
+        out.push_str("Running: none\n");
+    } else {
+        out.push_str("Running:\n");
+        for run in &report.running {
+            out.push_str(&format!(
+                "  {} (run {}, {}): {}\n",
+                run.export,
+                run.id,
+                run.trigger,
+                progress_line(&run.phase, &run.counts)
+            ));
+        }
+    }
+    if report.queued.is_empty() {
+        out.push_str("Queued: none\n");
+    } else {
+        out.push_str("Queued:\n");
+        for q in &report.queued {
+            out.push_str(&format!(
+                "  {} ({}, since {})\n",
+                q.export, q.trigger, q.requested_at
+            ));
+        }
+    }
+    let mut table = Table::new(["EXPORT", "ENABLED", "SCHEDULE", "NEXT RUN", "LAST RUN"]);
+    for e in &report.exports {
+        let last = e.last_run.as_ref().map_or_else(
+            || output::NONE.to_owned(),
+            |r| {
+                format!(
+                    "{} {} ({})",
+                    r.id,
+                    r.status,
+                    r.finished_at.as_deref().unwrap_or(&r.started_at)
+                )
+            },
+        );
+        table.row(vec![
+            e.name.clone(),
+            if e.enabled { "yes" } else { "no" }.to_owned(),
+            e.schedule.clone().unwrap_or_else(|| "on demand".to_owned()),
+            e.next_run
+                .clone()
+                .unwrap_or_else(|| output::NONE.to_owned()),
+            last,
+        ]);
+    }
+    out.push_str(&table.render());
+    output::emit(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn the_json_outcome_has_exactly_the_documented_counts() {
+        let o = RunOutcome {
+            run_id: Some(3),
+            export: "e".into(),
+            status: RunStatus::Partial,
+            counts: RunCounts {
+                rows_read: 5,
+                failed: 1,
+                ..RunCounts::default()
+            },
+            error: None,
+            plan: None,
+            seconds: 1.0,
+        };
+        let v = outcome_json(&o);
+        let keys: Vec<&String> = v["counts"].as_object().expect("object").keys().collect();
+        assert_eq!(keys.len(), 7);
+        assert_eq!(v["status"], "partial");
+        assert_eq!(v["run_id"], 3);
+    }
 }
