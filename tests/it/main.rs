@@ -3,3 +3,4 @@
 
 mod deploy;
 mod engine;
+mod daemon;
