@@ -292,3 +292,72 @@ async fn runs_show_of_an_unknown_run_names_it() {
 
     out.assert_fails_with(1, "run 42 does not exist");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_lists_a_finished_run_with_its_counts() {
+    let env = TestEnv::new().await;
+    env.add_export().await;
+    let outcome = env.run_export_in_process("weekly").await;
+
+    let out = env.run(&["runs"]).await;
+
+    out.assert_ok();
+    let stdout = out.stdout_text();
+    let cells: Vec<&str> = stdout
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let id = outcome.run_id.expect("a run id").to_string();
+    assert_eq!(
+        cells[..4],
+        [id.as_str(), "weekly", "manual", "succeeded"],
+        "{stdout}"
+    );
+    let json = env.run(&["runs", "--export", "weekly", "--json"]).await;
+    json.assert_ok();
+    let runs: serde_json::Value = serde_json::from_str(&json.stdout_text()).expect("JSON");
+    assert_eq!(runs[0]["counts"]["upserted"], 2, "{runs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_show_lists_rejected_and_failed_profiles_with_masked_emails() {
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    let csv = env.write(
+        "members.csv",
+        "email,first_name\nada@example.com,Ada\nnot-an-email,Bad\nalan@example.com,Alan\n",
+    );
+    env.run(&["segment", "add", "members", "--csv", &csv])
+        .await
+        .assert_ok();
+    env.run(&add_args(&[])).await.assert_ok();
+    env.sandbox.exclude("alan@example.com");
+    let run_id = env
+        .run_export_in_process("weekly")
+        .await
+        .run_id
+        .expect("a run id");
+
+    let out = env.run(&["runs", "show", &run_id.to_string()]).await;
+
+    out.assert_ok();
+    let stdout = out.stdout_text();
+    let rejected = stdout
+        .lines()
+        .find(|l| l.starts_with("rejected "))
+        .unwrap_or_default();
+    assert!(
+        rejected.contains("members") && rejected.contains(" 3 "),
+        "{stdout}"
+    );
+    assert!(rejected.contains("n***"), "{stdout}");
+    let failed = stdout
+        .lines()
+        .find(|l| l.starts_with("failed "))
+        .unwrap_or_default();
+    assert!(failed.contains("a***@example.com"), "{stdout}");
+    assert!(!stdout.contains("alan@example.com"), "{stdout}");
+    assert!(!stdout.contains("not-an-email"), "{stdout}");
+}

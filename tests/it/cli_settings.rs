@@ -117,3 +117,26 @@ async fn two_api_key_sources_at_once_are_a_usage_error() {
 
     assert_eq!(out.code(), Some(2), "{}", out.stderr_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_log_format_writes_one_object_per_line_to_stderr_only() {
+    let env = TestEnv::with_settings("[log]\nformat = \"json\"\n").await;
+    let csv = env.write("members.csv", "email\nada@example.com\n");
+
+    let out = env.run(&["segment", "add", "members", "--csv", &csv]).await;
+
+    out.assert_ok();
+    let stderr = out.stderr_text();
+    let line = stderr
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no log line:\n{stderr}"));
+    let event: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(event["fields"]["message"], "Segment saved", "{line}");
+    assert_eq!(event["level"], "INFO", "{line}");
+    assert!(
+        out.stdout_text().starts_with("Segment \"members\" saved."),
+        "{}",
+        out.stdout_text()
+    );
+}

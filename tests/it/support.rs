@@ -5,13 +5,19 @@
 //! Every command run through [`TestEnv`] is checked for the API key in its stdout and stderr,
 //! so each test also checks that no command prints the key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use acexport::pipeline::{RunOptions, RunOutcome, Silent, run_export};
 use acexport::sandbox::{Sandbox, SandboxOptions};
+use acexport::service::Context;
+use acexport::settings::Settings;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 /// The sandbox's API key: long and distinctive, so finding it anywhere means it leaked.
 pub const API_KEY: &str = "sbx-9f2c4e7a1b3d5f60a8c2e4f6b1d3";
@@ -19,6 +25,8 @@ pub const API_KEY: &str = "sbx-9f2c4e7a1b3d5f60a8c2e4f6b1d3";
 pub const WRONG_KEY: &str = "wrong-1234567890abcdef1234567";
 /// A command that takes longer than this is stuck (waiting on stdin, say), not slow.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the sandbox keeps a bulk import queued: short, so runs finish quickly.
+const IMPORT_DELAY: Duration = Duration::from_millis(5);
 /// Variables of the test runner that would point the binary at other state.
 const FOREIGN_VARIABLES: &[&str] = &[
     "STATE_DIRECTORY",
@@ -58,6 +66,7 @@ impl TestEnv {
             // Limits are the sandbox's own tests' business; here they would only slow things.
             requests_per_second: None,
             bulk_imports_per_minute: None,
+            import_delay: IMPORT_DELAY,
             ..SandboxOptions::default()
         })
         .await
@@ -210,6 +219,25 @@ impl TestEnv {
         ])
         .await
         .assert_ok();
+    }
+
+    /// Runs export `name` through the library with this test's settings, as `export run`
+    /// will, so the history commands have runs to show.
+    pub async fn run_export_in_process(&self, name: &str) -> RunOutcome {
+        let loaded = Settings::load_from(Some(&self.config), &BTreeMap::new()).expect("settings");
+        let ctx = Context::open(loaded.settings, CancellationToken::new())
+            .await
+            .expect("open the store");
+        let options = RunOptions {
+            trigger: "manual".to_owned(),
+            full: false,
+            dry_run: false,
+        };
+        let outcome = run_export(&ctx, name, options, Arc::new(Silent))
+            .await
+            .expect("run");
+        ctx.store.close().await;
+        outcome
     }
 
     /// `... list --json` parsed.
