@@ -333,3 +333,14 @@ async fn an_unused_segment_is_removed() {
     out.assert_ok();
     assert!(env.list_json("segment").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sql_segment_without_a_database_names_the_three_ways_to_give_one() {
+    let env = TestEnv::new().await;
+
+    let out = env
+        .run(&["segment", "add", "active", "--sql", "SELECT 1"])
+        .await;
+
+    out.assert_fails_with(1, "--database URL, --database-env VAR or --database-stdin");
+}
