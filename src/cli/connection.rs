@@ -99,6 +99,7 @@ pub struct AddArgs {
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
+    /// Name of the connection
     pub name: String,
     /// New REST endpoint of the account
     #[arg(long, value_name = "HOST")]

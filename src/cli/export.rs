@@ -100,20 +100,27 @@ pub struct AddArgs {
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
+    /// Name of the export
     pub name: String,
+    /// Connection to the ActiveCampaign account
     #[arg(long, value_name = "NAME")]
     pub connection: Option<String>,
+    /// ActiveCampaign list ID
     #[arg(long = "list", value_name = "LIST_ID")]
     pub list_id: Option<i64>,
     /// Replaces the segments; repeat for several
     #[arg(long = "segment", value_name = "NAME")]
     pub segments: Option<Vec<String>>,
+    /// Column holding the email address
     #[arg(long, value_name = "COLUMN")]
     pub email: Option<String>,
+    /// Column for the first name
     #[arg(long, value_name = "COLUMN", conflicts_with = "no_first_name")]
     pub first_name: Option<String>,
+    /// Column for the last name
     #[arg(long, value_name = "COLUMN", conflicts_with = "no_last_name")]
     pub last_name: Option<String>,
+    /// Column for the phone number
     #[arg(long, value_name = "COLUMN", conflicts_with = "no_phone")]
     pub phone: Option<String>,
     /// Replaces the custom field mappings; repeat for several
@@ -122,8 +129,10 @@ pub struct UpdateArgs {
     /// Replaces the tags; repeat for several
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Option<Vec<String>>,
+    /// Own cron schedule
     #[arg(long, value_name = "CRON", conflicts_with = "no_schedule")]
     pub schedule: Option<String>,
+    /// What happens to members who left every segment
     #[arg(long, value_enum, value_name = "keep|unsubscribe")]
     pub on_leave: Option<OnLeaveArg>,
     /// Drop the own schedule (run with the refresh schedule)

@@ -64,7 +64,7 @@ pub struct AddArgs {
     #[arg(long, value_name = "PATH")]
     pub jsonl: Option<PathBuf>,
     /// An SQL query, run read-only against --database / --database-env / --database-stdin
-    #[arg(long, value_name = "QUERY", requires = "database_source")]
+    #[arg(long, value_name = "QUERY")]
     pub sql: Option<String>,
     /// Database URL without a password (sqlite:PATH, postgres://USER@HOST/DB)
     #[arg(long, value_name = "URL", requires = "sql")]

@@ -1,6 +1,11 @@
 //! Integration tests: one binary, one module per area. They run the real `acexport` binary
 //! and the built-in ActiveCampaign sandbox over loopback.
 
+mod cli_connection;
+mod cli_export;
+mod cli_segment;
+mod cli_settings;
+mod daemon;
 mod deploy;
 mod engine;
-mod daemon;
+mod support;
