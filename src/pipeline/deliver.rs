@@ -337,7 +337,7 @@ async fn deliver_batch(
                     result.batch_error = Some(reason.to_owned());
                     return result;
                 }
-                positions.sort_by(|a, b| b.0.cmp(&a.0));
+                positions.sort_by_key(|p| std::cmp::Reverse(p.0));
                 positions.dedup_by_key(|p| p.0);
                 for (index, reason) in positions {
                     let item = items.remove(index);

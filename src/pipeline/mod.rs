@@ -287,10 +287,10 @@ pub async fn run_export(
             Err(PipelineError::ActiveCampaign(AcError::Cancelled)) => (RunStatus::Interrupted, Some("stopped by shutdown; resumes at next start".to_owned())),
             Err(e) => (RunStatus::Failed, Some(e.to_string())),
         };
-        if let Err(PipelineError::ActiveCampaign(e)) = &result {
-            if e.is_rejected_key() {
-                let _ = ctx.store.record_connection_check(export.connection_id, "rejected", Some(&e.to_string())).await;
-            }
+        if let Err(PipelineError::ActiveCampaign(e)) = &result
+            && e.is_rejected_key()
+        {
+            let _ = ctx.store.record_connection_check(export.connection_id, "rejected", Some(&e.to_string())).await;
         }
         ctx.store.finish_run(run.id, status, &counts, error.as_deref()).await?;
         let seconds = started.elapsed().as_secs_f64();

@@ -1,1 +1,699 @@
-fn main() {}
+//! The export benchmark: `cargo bench --bench export`.
+//!
+//! Generates synthetic segments (CSV files and SQLite databases of 4 mapped columns: email,
+//! first, last, phone) in a temporary folder and exports them, in this process, to the built-in
+//! sandbox with its limits off, so that what is measured is acexport's own work: reading,
+//! matching, planning in SQLite, batching, HTTP and recording. Three phases per size and
+//! source: the initial run (every profile new), an unchanged re-run (nothing to send) and a
+//! run after 1% of the profiles changed and 1% left the segment (on-leave unsubscribe).
+//!
+//! `-- --budget` instead runs against the sandbox enforcing ActiveCampaign's real limits scaled
+//! up 60x and reports how much of the bulk-import budget the client achieves, and whether it
+//! provoked any 429 or "Rate limit exceeded" answer.
+//!
+//! Options: `--sizes 100000,1000000`, `--sources csv,sqlite`, `--budget`. Run without cargo
+//! bench's `--bench` flag (as `cargo test --all-targets` does) it is a seconds-long smoke run
+//! on 2,000 profiles, so the code stays exercised without slowing the test suite.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use acexport::pipeline::{RunOptions, RunOutcome, Silent, run_export};
+use acexport::sandbox::{Sandbox, SandboxOptions, SandboxStats};
+use acexport::service::Context;
+use acexport::service::connections::AddConnection;
+use acexport::service::exports::ExportInput;
+use acexport::service::segments::SegmentInput;
+use acexport::settings::Settings;
+use acexport::store::RunStatus;
+use acexport::store::exports::OnLeave;
+use secrecy::SecretString;
+use sqlx::{Connection, SqliteConnection};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "benchmark-token-0001";
+/// Sizes and sources of a plain `cargo bench --bench export`.
+const DEFAULT_SIZES: &[usize] = &[100_000, 1_000_000];
+/// Profiles of the `--budget` run: 800 imports, about 8 s at the scaled bulk limit.
+const DEFAULT_BUDGET_SIZE: usize = 200_000;
+/// Profiles of the smoke run (no `--bench` flag).
+const SMOKE_SIZE: usize = 2_000;
+/// ActiveCampaign's limits (5 requests/s, 100 bulk imports/min) scaled up 60x.
+const SCALED_REQUESTS_PER_SECOND: u32 = 5 * 60;
+const SCALED_BULK_IMPORTS_PER_MINUTE: u32 = 100 * 60;
+/// Client budget with the sandbox's limits off: high enough that it never binds, so the run
+/// measures acexport rather than the pacing.
+const UNBOUND_REQUESTS_PER_SECOND: u32 = 1_000;
+const UNBOUND_BULK_IMPORTS_PER_MINUTE: u32 = 60_000;
+/// Rows inserted per statement when generating an SQLite source.
+const INSERT_ROWS: usize = 500;
+/// One profile in this many changes, and one in this many leaves, in the third phase.
+const CHANGE_EVERY: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    Csv,
+    Sqlite,
+}
+
+impl SourceKind {
+    fn name(self) -> &'static str {
+        match self {
+            SourceKind::Csv => "csv",
+            SourceKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+struct Options {
+    sizes: Vec<usize>,
+    sources: Vec<SourceKind>,
+    budget: bool,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut args = std::env::args().skip(1);
+    let mut sizes = None;
+    let mut sources = vec![SourceKind::Csv, SourceKind::Sqlite];
+    let mut budget = false;
+    let mut bench = false;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            // Passed by `cargo bench`; its absence means a smoke run under `cargo test`.
+            "--bench" => bench = true,
+            "--budget" => budget = true,
+            "--sizes" => {
+                let list = args
+                    .next()
+                    .ok_or("--sizes needs a list, e.g. 100000,1000000")?;
+                let parsed = list
+                    .split(',')
+                    .map(|s| s.trim().replace('_', "").parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| format!("--sizes {list}: give whole numbers, e.g. 100000"))?;
+                if parsed.contains(&0) {
+                    return Err("--sizes: a size must be at least 1".to_owned());
+                }
+                sizes = Some(parsed);
+            }
+            "--sources" => {
+                let list = args
+                    .next()
+                    .ok_or("--sources needs a list, e.g. csv,sqlite")?;
+                sources = list
+                    .split(',')
+                    .map(|s| match s.trim() {
+                        "csv" => Ok(SourceKind::Csv),
+                        "sqlite" => Ok(SourceKind::Sqlite),
+                        other => Err(format!("--sources: unknown source {other:?} (csv, sqlite)")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            // cargo passes filters and harness flags through; none of them apply here.
+            _ => {}
+        }
+    }
+    let sizes = match (sizes, bench, budget) {
+        (Some(sizes), true, _) => sizes,
+        (None, true, false) => DEFAULT_SIZES.to_vec(),
+        (None, true, true) => vec![DEFAULT_BUDGET_SIZE],
+        (_, false, _) => vec![SMOKE_SIZE],
+    };
+    Ok(Options {
+        sizes,
+        sources,
+        budget,
+    })
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("export bench: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("export bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if options.budget {
+        runtime.block_on(run_budget(&options))
+    } else {
+        runtime.block_on(run_throughput(&options))
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("export bench: some runs did not do exactly what was expected (see table)");
+            ExitCode::FAILURE
+        }
+        Err(message) => {
+            eprintln!("export bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One measured run.
+struct Measurement {
+    profiles: usize,
+    source: SourceKind,
+    phase: &'static str,
+    seconds: f64,
+    rows_read: u64,
+    peak_rss_mb: f64,
+    /// Requests the client sent, as counted by the run.
+    requests: u64,
+    /// Requests the sandbox received during the run (the same, unless something is off).
+    sandbox_requests: u64,
+    /// Contacts in accepted bulk imports.
+    contacts_sent: u64,
+    /// Whether the run did exactly what the phase expects.
+    check: Result<(), String>,
+}
+
+/// What one phase should have sent.
+struct Expected {
+    upserted: u64,
+    unsubscribed: u64,
+}
+
+async fn run_throughput(options: &Options) -> Result<bool, String> {
+    println!(
+        "export benchmark: sandbox limits off, release build, {} cores; load before: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+    let mut all = Vec::new();
+    for &size in &options.sizes {
+        for &source in &options.sources {
+            let measured = bench_one(size, source).await?;
+            for m in &measured {
+                print_row(m);
+            }
+            all.extend(measured);
+        }
+    }
+    println!();
+    println!("{}", table(&all));
+    println!("load after: {}", load_average());
+    Ok(all.iter().all(|m| m.check.is_ok()))
+}
+
+/// A fresh store, sandbox and segment of `size` profiles, exported three times.
+async fn bench_one(size: usize, source: SourceKind) -> Result<Vec<Measurement>, String> {
+    let sandbox = Sandbox::start(SandboxOptions {
+        token: TOKEN.to_owned(),
+        requests_per_second: None,
+        bulk_imports_per_minute: None,
+        import_delay: Duration::ZERO,
+        store_contacts: false,
+        ..SandboxOptions::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+    let bench = Bench::new(
+        &sandbox,
+        UNBOUND_REQUESTS_PER_SECOND,
+        UNBOUND_BULK_IMPORTS_PER_MINUTE,
+    )
+    .await?;
+    bench.write_source(source, size, false).await?;
+    bench.add_segment_and_export(source).await?;
+
+    let steady = (size / CHANGE_EVERY) as u64;
+    let phases: [(&'static str, Expected); 3] = [
+        (
+            "initial",
+            Expected {
+                upserted: size as u64,
+                unsubscribed: 0,
+            },
+        ),
+        (
+            "unchanged",
+            Expected {
+                upserted: 0,
+                unsubscribed: 0,
+            },
+        ),
+        (
+            "1% changed + 1% left",
+            Expected {
+                upserted: steady,
+                unsubscribed: steady,
+            },
+        ),
+    ];
+    let mut measured = Vec::new();
+    for (phase, expected) in phases {
+        if expected.unsubscribed > 0 {
+            bench.write_source(source, size, true).await?;
+        }
+        let before = sandbox.stats();
+        reset_peak_rss();
+        let started = Instant::now();
+        let outcome = bench.run().await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let peak_rss_mb = peak_rss_mb();
+        let after = sandbox.stats();
+        measured.push(Measurement {
+            profiles: size,
+            source,
+            phase,
+            seconds,
+            rows_read: outcome.counts.rows_read,
+            peak_rss_mb,
+            requests: outcome.counts.requests,
+            sandbox_requests: after.requests - before.requests,
+            contacts_sent: outcome.counts.sent,
+            check: check(&outcome, &expected, &before, &after),
+        });
+    }
+    bench.ctx.store.close().await;
+    sandbox.shutdown().await;
+    Ok(measured)
+}
+
+/// Exactly the expected contacts were sent and confirmed, and nothing failed.
+fn check(
+    outcome: &RunOutcome,
+    expected: &Expected,
+    before: &SandboxStats,
+    after: &SandboxStats,
+) -> Result<(), String> {
+    let c = &outcome.counts;
+    if outcome.status != RunStatus::Succeeded {
+        return Err(format!(
+            "run {}: {}",
+            outcome.status,
+            outcome.error.as_deref().unwrap_or("")
+        ));
+    }
+    let wanted = expected.upserted + expected.unsubscribed;
+    let queued = after.contacts_queued - before.contacts_queued;
+    if (
+        c.upserted,
+        c.unsubscribed,
+        c.sent,
+        queued,
+        c.failed,
+        c.rejected,
+    ) != (
+        expected.upserted,
+        expected.unsubscribed,
+        wanted,
+        wanted,
+        0,
+        0,
+    ) {
+        return Err(format!(
+            "expected {} upserted and {} unsubscribed; got upserted {}, unsubscribed {}, sent \
+             {}, sandbox queued {queued}, failed {}, rejected {}",
+            expected.upserted,
+            expected.unsubscribed,
+            c.upserted,
+            c.unsubscribed,
+            c.sent,
+            c.failed,
+            c.rejected
+        ));
+    }
+    Ok(())
+}
+
+/// A store and a connection to the sandbox, in a temporary folder.
+struct Bench {
+    dir: tempfile::TempDir,
+    ctx: Context,
+}
+
+impl Bench {
+    async fn new(sandbox: &Sandbox, requests_per_second: u32, bulk: u32) -> Result<Bench, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
+        let mut settings = Settings::default();
+        settings.store.path = dir.path().join("acexport.db");
+        settings.secrets.key_file = dir.path().join("secrets.key");
+        settings.daemon.trigger_dir = dir.path().join("triggers");
+        settings.activecampaign.requests_per_second = requests_per_second;
+        settings.activecampaign.bulk_imports_per_minute = bulk;
+        settings.export.max_profiles = 100_000_000;
+        settings
+            .validate()
+            .map_err(|e| format!("benchmark settings refused: {e}"))?;
+        let ctx = Context::open(settings, CancellationToken::new())
+            .await
+            .map_err(|e| format!("cannot open the store: {e}"))?;
+        ctx.add_connection(AddConnection {
+            name: "ac".into(),
+            host: sandbox.host(),
+            api_key: SecretString::from(TOKEN),
+            allow_contributors: false,
+            accept_data_transfer: true,
+        })
+        .await
+        .map_err(|e| format!("cannot add the connection: {e}"))?;
+        Ok(Bench { dir, ctx })
+    }
+
+    fn csv_path(&self) -> PathBuf {
+        self.dir.path().join("profiles.csv")
+    }
+
+    fn sqlite_path(&self) -> PathBuf {
+        self.dir.path().join("profiles.db")
+    }
+
+    /// Writes the segment: `size` profiles, or with `churned` 1% changed and 1% gone.
+    async fn write_source(
+        &self,
+        source: SourceKind,
+        size: usize,
+        churned: bool,
+    ) -> Result<(), String> {
+        match source {
+            SourceKind::Csv => write_csv(&self.csv_path(), size, churned),
+            SourceKind::Sqlite if churned => churn_sqlite(&self.sqlite_path()).await,
+            SourceKind::Sqlite => write_sqlite(&self.sqlite_path(), size).await,
+        }
+    }
+
+    async fn add_segment_and_export(&self, source: SourceKind) -> Result<(), String> {
+        let input = match source {
+            SourceKind::Csv => SegmentInput::Csv {
+                path: self.csv_path(),
+                delimiter: b',',
+            },
+            SourceKind::Sqlite => SegmentInput::Sql {
+                query: "SELECT email, first, last, phone FROM profiles".to_owned(),
+                database_url: Some(SecretString::from(format!(
+                    "sqlite:{}",
+                    self.sqlite_path().display()
+                ))),
+                database_env: None,
+            },
+        };
+        self.ctx
+            .add_segment("profiles", input)
+            .await
+            .map_err(|e| format!("cannot add the segment: {e}"))?;
+        self.ctx
+            .add_export(ExportInput {
+                name: "bench".into(),
+                connection: "ac".into(),
+                list_id: 1,
+                segments: vec!["profiles".into()],
+                email: "email".into(),
+                first_name: Some("first".into()),
+                last_name: Some("last".into()),
+                phone: Some("phone".into()),
+                fields: vec![],
+                tags: vec![],
+                schedule: None,
+                on_leave: OnLeave::Unsubscribe,
+                enabled: true,
+            })
+            .await
+            .map_err(|e| format!("cannot add the export: {e}"))?;
+        Ok(())
+    }
+
+    async fn run(&self) -> Result<RunOutcome, String> {
+        let options = RunOptions {
+            trigger: "manual".into(),
+            full: false,
+            dry_run: false,
+        };
+        run_export(&self.ctx, "bench", options, Arc::new(Silent))
+            .await
+            .map_err(|e| format!("the run could not be recorded: {e}"))
+    }
+}
+
+/// Whether profile `i` left the segment in the churned version.
+fn leaves(i: usize) -> bool {
+    i.is_multiple_of(CHANGE_EVERY)
+}
+
+/// Whether profile `i` changed in the churned version.
+fn changes(i: usize) -> bool {
+    i % CHANGE_EVERY == 1
+}
+
+fn write_csv(path: &Path, size: usize, churned: bool) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let file = std::fs::File::create(path).map_err(fail)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    out.write_all(b"email,first,last,phone\n").map_err(fail)?;
+    for i in 0..size {
+        if churned && leaves(i) {
+            continue;
+        }
+        let first = if churned && changes(i) {
+            "Changed"
+        } else {
+            "First"
+        };
+        writeln!(
+            out,
+            "user{i}@example.com,{first}{i},Last{i},+1555{:07}",
+            i % 10_000_000
+        )
+        .map_err(fail)?;
+    }
+    out.flush().map_err(fail)
+}
+
+async fn sqlite_connection(path: &Path, create: bool) -> Result<SqliteConnection, String> {
+    let url = format!(
+        "sqlite:{}{}",
+        path.display(),
+        if create { "?mode=rwc" } else { "" }
+    );
+    SqliteConnection::connect(&url)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+async fn write_sqlite(path: &Path, size: usize) -> Result<(), String> {
+    let fail = |e: sqlx::Error| format!("cannot write {}: {e}", path.display());
+    let mut conn = sqlite_connection(path, true).await?;
+    sqlx::raw_sql(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; \
+         CREATE TABLE profiles (id INTEGER PRIMARY KEY, email TEXT NOT NULL, first TEXT, \
+         last TEXT, phone TEXT);",
+    )
+    .execute(&mut conn)
+    .await
+    .map_err(fail)?;
+    let mut tx = conn.begin().await.map_err(fail)?;
+    let mut start = 0;
+    while start < size {
+        let end = (start + INSERT_ROWS).min(size);
+        let mut sql = String::from("INSERT INTO profiles (id, email, first, last, phone) VALUES ");
+        for i in start..end {
+            if i > start {
+                sql.push(',');
+            }
+            // Generated values hold no quotes, so they can be inlined.
+            let _ = write!(
+                sql,
+                "({i},'user{i}@example.com','First{i}','Last{i}','+1555{:07}')",
+                i % 10_000_000
+            );
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        start = end;
+    }
+    tx.commit().await.map_err(fail)?;
+    conn.close().await.map_err(fail)
+}
+
+/// The SQLite counterpart of a churned CSV: the same rows change and leave.
+async fn churn_sqlite(path: &Path) -> Result<(), String> {
+    let fail = |e: sqlx::Error| format!("cannot change {}: {e}", path.display());
+    let mut conn = sqlite_connection(path, false).await?;
+    let sql = format!(
+        "UPDATE profiles SET first = 'Changed' || id WHERE id % {CHANGE_EVERY} = 1; \
+         DELETE FROM profiles WHERE id % {CHANGE_EVERY} = 0;"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .map_err(fail)?;
+    conn.close().await.map_err(fail)
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS (Linux 4.0+).
+fn reset_peak_rss() {
+    // Without it (another OS, or no permission) the peak covers the whole process so far.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak RSS since the last reset, in MB; 0 where /proc is not available.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn print_row(m: &Measurement) {
+    println!(
+        "  {} {} {}: {:.2} s, {} requests, {} contacts sent, peak RSS {:.0} MB, load {}{}",
+        m.profiles,
+        m.source.name(),
+        m.phase,
+        m.seconds,
+        m.requests,
+        m.contacts_sent,
+        m.peak_rss_mb,
+        load_average(),
+        match &m.check {
+            Ok(()) => String::new(),
+            Err(why) => format!(" -- UNEXPECTED: {why}"),
+        }
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// The results as a Markdown table.
+fn table(all: &[Measurement]) -> String {
+    let mut out = String::from(
+        "| profiles | source | phase | wall s | profiles/s | peak RSS MB | requests | contacts \
+         sent | as expected |\n|---:|---|---|---:|---:|---:|---:|---:|---|\n",
+    );
+    for m in all {
+        let requests = if m.requests == m.sandbox_requests {
+            m.requests.to_string()
+        } else {
+            format!("{} (sandbox saw {})", m.requests, m.sandbox_requests)
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {} | {} | {} |",
+            m.profiles,
+            m.source.name(),
+            m.phase,
+            m.seconds,
+            m.rows_read as f64 / m.seconds,
+            m.peak_rss_mb,
+            requests,
+            m.contacts_sent,
+            if m.check.is_ok() { "yes" } else { "NO" }
+        );
+    }
+    out
+}
+
+/// The `--budget` mode: real limits scaled up 60x on the sandbox and in the client.
+async fn run_budget(options: &Options) -> Result<bool, String> {
+    let mut ok = true;
+    for &size in &options.sizes {
+        let sandbox = Sandbox::start(SandboxOptions {
+            token: TOKEN.to_owned(),
+            requests_per_second: Some(SCALED_REQUESTS_PER_SECOND),
+            bulk_imports_per_minute: Some(SCALED_BULK_IMPORTS_PER_MINUTE),
+            // Real imports take seconds to minutes; scaled down too.
+            import_delay: Duration::from_millis(100),
+            store_contacts: false,
+            ..SandboxOptions::default()
+        })
+        .await
+        .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+        let bench = Bench::new(
+            &sandbox,
+            SCALED_REQUESTS_PER_SECOND,
+            SCALED_BULK_IMPORTS_PER_MINUTE,
+        )
+        .await?;
+        bench.write_source(SourceKind::Csv, size, false).await?;
+        bench.add_segment_and_export(SourceKind::Csv).await?;
+        let load = load_average();
+        let started = Instant::now();
+        let outcome = bench.run().await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let stats = sandbox.stats();
+        let bulk_times: Vec<Instant> = sandbox
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/import/bulk_import") && r.status == 200)
+            .map(|r| r.at)
+            .collect();
+        let allowed_per_minute = f64::from(SCALED_BULK_IMPORTS_PER_MINUTE);
+        // Over the span from the first import to the last: the pace while sending.
+        let achieved_per_minute = match (bulk_times.first(), bulk_times.last()) {
+            (Some(first), Some(last)) if bulk_times.len() > 1 => {
+                (bulk_times.len() - 1) as f64 / last.duration_since(*first).as_secs_f64() * 60.0
+            }
+            _ => 0.0,
+        };
+        let share = achieved_per_minute / allowed_per_minute * 100.0;
+        let densest_second = sandbox.max_requests_in_window(Duration::from_secs(1), None);
+        let expected = Expected {
+            upserted: size as u64,
+            unsubscribed: 0,
+        };
+        let checked = check(&outcome, &expected, &SandboxStats::default(), &stats);
+        println!(
+            "budget run: {size} profiles from CSV, limits {SCALED_REQUESTS_PER_SECOND} \
+             requests/s and {SCALED_BULK_IMPORTS_PER_MINUTE} bulk imports/min (ActiveCampaign's \
+             x60); load before {load}"
+        );
+        println!("| measure | value |\n|---|---:|");
+        println!("| wall s | {seconds:.2} |");
+        println!("| bulk imports accepted | {} |", stats.bulk_imports);
+        println!("| bulk imports/min achieved (first to last import) | {achieved_per_minute:.0} |");
+        println!("| share of the bulk-import budget | {share:.1}% |");
+        println!(
+            "| requests sent (densest second) | {} ({densest_second}, limit {SCALED_REQUESTS_PER_SECOND}) |",
+            outcome.counts.requests
+        );
+        println!("| 429 answers | {} |", stats.too_many_requests);
+        println!(
+            "| bulk \"Rate limit exceeded\" answers | {} |",
+            stats.bulk_rate_limited
+        );
+        println!(
+            "| as expected | {} |",
+            match &checked {
+                Ok(()) => "yes".to_owned(),
+                Err(why) => format!("NO: {why}"),
+            }
+        );
+        println!("load after: {}", load_average());
+        ok &= checked.is_ok() && stats.too_many_requests == 0 && stats.bulk_rate_limited == 0;
+        bench.ctx.store.close().await;
+        sandbox.shutdown().await;
+    }
+    Ok(ok)
+}
