@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(error) => return fail(&error),
     };
-    telemetry::init(loaded.settings.log.format);
+    telemetry::init(loaded.settings.log.format, cli.command.reports_itself());
     match cli::run(cli, loaded).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.is_closed_pipe() => ExitCode::SUCCESS,

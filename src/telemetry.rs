@@ -13,11 +13,16 @@ use crate::settings::LogFormat;
 /// Levels when `RUST_LOG` is unset: our own info lines, only warnings from chatty libraries.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,notify=warn,hyper=warn,reqwest=warn";
 
+/// Levels for commands that report their own progress and summary (`export run`, `demo`):
+/// only warnings and errors, so the terminal shows the summary, not a log.
+pub const QUIET_FILTER: &str = "warn";
+
 /// Installs the global subscriber. Calling it again (tests, or a command that re-initialises)
-/// keeps the first subscriber rather than failing.
-pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+/// keeps the first subscriber rather than failing. `quiet` picks [`QUIET_FILTER`] as the
+/// default; `RUST_LOG` always wins.
+pub fn init(format: LogFormat, quiet: bool) {
+    let default = if quiet { QUIET_FILTER } else { DEFAULT_FILTER };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

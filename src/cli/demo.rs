@@ -161,14 +161,24 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
             output::emit("5. Second run of the unchanged segment: nothing is sent again.")?;
         }
     }
-    let issues = ctx.store.runs(None, 2).await?;
-    if let Some(first) = issues.last() {
+    if let Some(first) = ctx.store.runs(None, 2).await?.last() {
+        let mut table = output::Table::new(["SOURCE", "ROW", "EMAIL", "REASON"]);
+        for issue in ctx.store.run_issues(first.id, 5).await? {
+            table.row(vec![
+                issue.source,
+                issue.row.map(|r| r.to_string()).unwrap_or_default(),
+                issue.email.unwrap_or_else(|| output::NONE.to_owned()),
+                issue.reason,
+            ]);
+        }
         output::emit(&format!(
-            "\nThe sandbox now holds {} contacts on list 1. Rejected rows of the first run, with \
-             masked emails and reasons: see `acexport runs show` in a real setup (here run {}).\n\
+            "\nThe first rejected rows of run {} (`acexport runs show {}` lists them all; emails \
+             are masked in the history):\n{}\nThe sandbox now holds {} contacts on list 1. \
              Next: the README's quickstart connects a real account.",
+            first.id,
+            first.id,
+            table.render(),
             sandbox.members(1, crate::sandbox::ListStatus::Active),
-            first.id
         ))?;
     }
     signals.abort();

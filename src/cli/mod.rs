@@ -71,6 +71,16 @@ pub enum Command {
     Sandbox(daemon::SandboxArgs),
 }
 
+impl Command {
+    /// Commands that print their own progress and summary; their logs default to warnings.
+    pub fn reports_itself(&self) -> bool {
+        matches!(
+            self,
+            Command::Demo | Command::Export(export::ExportCommand::Run(_))
+        )
+    }
+}
+
 /// Why a command failed. Each message says what to fix and names the thing at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

@@ -130,7 +130,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -290,13 +290,13 @@ async fn follow_daemon_run(
     let progress = TerminalProgress::for_stderr();
     let asked = Instant::now();
     let run: RunRecord = loop {
-        if let Some(run) = ctx.store.runs(Some(export_id), 1).await?.into_iter().next() {
-            if run.id > before {
-                if run.status != RunStatus::Running {
-                    break run;
-                }
-                progress.report(&run.phase, &run.counts);
+        if let Some(run) = ctx.store.runs(Some(export_id), 1).await?.into_iter().next()
+            && run.id > before
+        {
+            if run.status != RunStatus::Running {
+                break run;
             }
+            progress.report(&run.phase, &run.counts);
         }
         if asked.elapsed() > HANDOVER_WAIT
             && ctx

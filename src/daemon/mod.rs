@@ -134,12 +134,10 @@ impl Daemon {
                 biased;
                 () = &mut shutdown => break,
                 Some(()) = reload.recv() => {
-                    if let Some(dir) = self.reload() {
-                        if dir != trigger_dir {
-                            match TriggerWatcher::start(&dir, TRIGGER_RESCAN) {
-                                Ok((w, r)) => { _watcher = w; wake = r; trigger_dir = dir; }
-                                Err(e) => tracing::error!(error = %e, "Cannot watch the new trigger folder; keeping the old one"),
-                            }
+                    if let Some(dir) = self.reload().filter(|d| *d != trigger_dir) {
+                        match TriggerWatcher::start(&dir, TRIGGER_RESCAN) {
+                            Ok((w, r)) => { _watcher = w; wake = r; trigger_dir = dir; }
+                            Err(e) => tracing::error!(error = %e, "Cannot watch the new trigger folder; keeping the old one"),
                         }
                     }
                 }

@@ -233,11 +233,9 @@ pub fn os_user() -> String {
     use std::os::unix::fs::MetadataExt;
     if let Some(user) = ["USER", "LOGNAME"]
         .iter()
-        .find_map(|v| std::env::var(v).ok())
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
     {
-        if !user.is_empty() {
-            return user;
-        }
+        return user;
     }
     match std::fs::metadata("/proc/self") {
         Ok(meta) => format!("uid {}", meta.uid()),

@@ -120,32 +120,22 @@ impl Store {
         Ok(next)
     }
 
+    /// Queued runs with their export's name, oldest first.
     pub async fn queued_runs(&self) -> Result<Vec<(QueuedRun, String)>, StoreError> {
-        let rows: Vec<(i64, i64, String, bool, String, Option<String>, String)> = sqlx::query_as(
-            "SELECT q.id, q.export_id, q.trigger, q.full, q.requested_at, q.requested_by, e.name \
-             FROM run_queue q JOIN exports e ON e.id = q.export_id ORDER BY q.id",
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            queued: QueuedRun,
+            name: String,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT q.*, e.name FROM run_queue q JOIN exports e ON e.id = q.export_id \
+             ORDER BY q.id",
         )
         .fetch_all(self.pool())
         .await
         .doing("reading the run queue")?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, export_id, trigger, full, requested_at, requested_by, name)| {
-                    (
-                        QueuedRun {
-                            id,
-                            export_id,
-                            trigger,
-                            full,
-                            requested_at,
-                            requested_by,
-                        },
-                        name,
-                    )
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(|r| (r.queued, r.name)).collect())
     }
 
     /// When an export's schedule last fired, and for which expression.
@@ -217,10 +207,11 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .doing("reading the daemon state")?;
-        if let Some(other) = current {
-            if other.pid != i64::from(std::process::id()) && other.is_live() {
-                return Ok(Err(other.pid));
-            }
+        if let Some(other) = current
+            && other.pid != i64::from(std::process::id())
+            && other.is_live()
+        {
+            return Ok(Err(other.pid));
         }
         let now = now_text();
         sqlx::query(

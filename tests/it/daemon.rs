@@ -53,7 +53,9 @@ fn settings_text(dir: &Path, extra: &str) -> String {
 fn csv(n: usize) -> String {
     let mut out = String::from("email,first,last,phone\n");
     for i in 0..n {
-        out.push_str(&format!("person{i}@example.com,Given{i},Family{i},555-{i:05}\n"));
+        out.push_str(&format!(
+            "person{i}@example.com,Given{i},Family{i},555-{i:05}\n"
+        ));
     }
     out
 }
@@ -71,12 +73,16 @@ impl Env {
     ) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("acexport.toml");
-        let text = settings_text(dir.path(), "")
-            .replace("requests_per_second = 1000", &format!("requests_per_second = {requests_per_second}"));
+        let text = settings_text(dir.path(), "").replace(
+            "requests_per_second = 1000",
+            &format!("requests_per_second = {requests_per_second}"),
+        );
         std::fs::write(&config, text).expect("settings");
         let sandbox = Sandbox::start(sandbox).await.expect("sandbox");
         let settings = Settings::load(Some(&config)).expect("settings").settings;
-        let ctx = Context::open(settings, CancellationToken::new()).await.expect("ctx");
+        let ctx = Context::open(settings, CancellationToken::new())
+            .await
+            .expect("ctx");
         ctx.add_connection(AddConnection {
             name: "ac".into(),
             host: sandbox.host(),
@@ -88,7 +94,15 @@ impl Env {
         .expect("connection");
         let path = dir.path().join("people.csv");
         std::fs::write(&path, csv(profiles)).expect("csv");
-        ctx.add_segment("people", SegmentInput::Csv { path, delimiter: b',' }).await.expect("segment");
+        ctx.add_segment(
+            "people",
+            SegmentInput::Csv {
+                path,
+                delimiter: b',',
+            },
+        )
+        .await
+        .expect("segment");
         ctx.add_export(ExportInput {
             name: "people-list".into(),
             connection: "ac".into(),
@@ -106,7 +120,12 @@ impl Env {
         })
         .await
         .expect("export");
-        Env { dir, config, sandbox, ctx }
+        Env {
+            dir,
+            config,
+            sandbox,
+            ctx,
+        }
     }
 
     fn trigger_dir(&self) -> PathBuf {
@@ -125,7 +144,10 @@ impl Env {
             .expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_acexport"));
         cmd.arg("--config").arg(&self.config).arg("daemon");
-        cmd.env("RUST_LOG", "debug,sqlx=warn,hyper=warn,reqwest=warn,notify=warn,hyper_util=warn");
+        cmd.env(
+            "RUST_LOG",
+            "debug,sqlx=warn,hyper=warn,reqwest=warn,notify=warn,hyper_util=warn",
+        );
         cmd.env_remove("NOTIFY_SOCKET");
         if let Some(socket) = notify {
             cmd.env("NOTIFY_SOCKET", socket);
@@ -155,7 +177,11 @@ impl Env {
             if check(&runs) {
                 return runs;
             }
-            assert!(start.elapsed() < timeout, "timed out waiting for {what}; runs: {runs:#?}\nlog:\n{}", self.log());
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; runs: {runs:#?}\nlog:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -163,14 +189,22 @@ impl Env {
     async fn wait_ready(&self) {
         let start = Instant::now();
         while !self.log().contains("Daemon ready") {
-            assert!(start.elapsed() < Duration::from_secs(20), "daemon not ready; log:\n{}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon not ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().expect("kill");
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
     assert!(status.success());
 }
 
@@ -180,7 +214,10 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(start.elapsed() < timeout, "daemon did not exit within {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "daemon did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -195,24 +232,55 @@ async fn a_signal_file_runs_an_export() {
     let mut daemon = env.start(None);
     env.wait_ready().await;
 
-    write_trigger(&env.trigger_dir(), &TriggerRequest::Run { export: "people-list".into(), full: false }, Some("test")).expect("trigger");
+    write_trigger(
+        &env.trigger_dir(),
+        &TriggerRequest::Run {
+            export: "people-list".into(),
+            full: false,
+        },
+        Some("test"),
+    )
+    .expect("trigger");
 
-    let runs = env.wait_for("a signal-file run", Duration::from_secs(20), |r| r.iter().any(|r| r.trigger == "signal-file" && finished(r))).await;
+    let runs = env
+        .wait_for("a signal-file run", Duration::from_secs(20), |r| {
+            r.iter().any(|r| r.trigger == "signal-file" && finished(r))
+        })
+        .await;
     assert_eq!(runs[0].status, RunStatus::Succeeded);
     assert_eq!(env.sandbox.members(1, ListStatus::Active), 40);
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
-    assert_eq!(std::fs::read_dir(env.trigger_dir()).expect("dir").filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file())).count(), 0, "consumed");
+    assert_eq!(
+        std::fs::read_dir(env.trigger_dir())
+            .expect("dir")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+            .count(),
+        0,
+        "consumed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_dropped_while_the_daemon_was_down_runs_at_start() {
     let env = Env::new(sandbox_options(0), 10, None).await;
-    write_trigger(&env.trigger_dir(), &TriggerRequest::Run { export: "people-list".into(), full: false }, None).expect("trigger");
+    write_trigger(
+        &env.trigger_dir(),
+        &TriggerRequest::Run {
+            export: "people-list".into(),
+            full: false,
+        },
+        None,
+    )
+    .expect("trigger");
 
     let mut daemon = env.start(None);
 
-    let runs = env.wait_for("the run", Duration::from_secs(20), |r| r.iter().any(finished)).await;
+    let runs = env
+        .wait_for("the run", Duration::from_secs(20), |r| {
+            r.iter().any(finished)
+        })
+        .await;
     assert_eq!((runs.len(), runs[0].trigger.as_str()), (1, "signal-file"));
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
@@ -225,23 +293,47 @@ async fn malformed_and_unknown_signal_files_are_moved_aside_with_a_warning() {
     env.wait_ready().await;
 
     std::fs::write(env.trigger_dir().join("broken.trigger"), b"{not json").expect("write");
-    write_trigger(&env.trigger_dir(), &TriggerRequest::Run { export: "no-such-export".into(), full: false }, None).expect("trigger");
+    write_trigger(
+        &env.trigger_dir(),
+        &TriggerRequest::Run {
+            export: "no-such-export".into(),
+            full: false,
+        },
+        None,
+    )
+    .expect("trigger");
 
     let start = Instant::now();
     let rejected = env.trigger_dir().join("rejected");
     loop {
         let reasons: Vec<String> = std::fs::read_dir(&rejected)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "reason")).map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "reason"))
+                    .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                    .collect()
+            })
             .unwrap_or_default();
         if reasons.len() == 2 {
-            assert!(reasons.iter().any(|r| r.contains("no-such-export")), "{reasons:?}");
+            assert!(
+                reasons.iter().any(|r| r.contains("no-such-export")),
+                "{reasons:?}"
+            );
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "not moved aside; log:\n{}", env.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not moved aside; log:\n{}",
+            env.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = env.log();
-    assert!(log.contains("broken.trigger") && log.contains("unknown export"), "{log}");
+    assert!(
+        log.contains("broken.trigger") && log.contains("unknown export"),
+        "{log}"
+    );
     assert!(daemon.try_wait().expect("wait").is_none(), "still running");
     assert!(env.runs().await.is_empty());
     signal(&daemon, "TERM");
@@ -254,24 +346,48 @@ async fn a_six_field_cron_fires_repeatedly_without_overlapping_runs() {
     let env = Env::new(sandbox_options(150), 30, Some("* * * * * *")).await;
     let mut daemon = env.start(None);
 
-    let runs = env.wait_for("three scheduled runs", Duration::from_secs(30), |r| r.iter().filter(|r| r.trigger == "schedule" && finished(r)).count() >= 3).await;
+    let runs = env
+        .wait_for("three scheduled runs", Duration::from_secs(30), |r| {
+            r.iter()
+                .filter(|r| r.trigger == "schedule" && finished(r))
+                .count()
+                >= 3
+        })
+        .await;
 
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(15)).success());
     let done: Vec<&RunRecord> = runs.iter().filter(|r| finished(r)).collect();
     for pair in done.windows(2) {
         let end = pair[0].finished_at.as_deref().expect("finished");
-        assert!(end <= pair[1].started_at.as_str(), "runs {} and {} overlap", pair[0].id, pair[1].id);
+        assert!(
+            end <= pair[1].started_at.as_str(),
+            "runs {} and {} overlap",
+            pair[0].id,
+            pair[1].id
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mid_run_exits_zero_quickly_and_the_next_start_resumes() {
-    let env = Env::new(sandbox_options(60), 6000, None).await;
+    // A paced client (40 requests/s) so the run is still sending when SIGTERM arrives.
+    let env = Env::with_settings(sandbox_options(20), 12_000, None, 40).await;
     let mut daemon = env.start(None);
     env.wait_ready().await;
-    write_trigger(&env.trigger_dir(), &TriggerRequest::Run { export: "people-list".into(), full: false }, None).expect("trigger");
-    env.wait_for("progress", Duration::from_secs(20), |r| r.first().is_some_and(|r| r.counts.upserted > 0)).await;
+    write_trigger(
+        &env.trigger_dir(),
+        &TriggerRequest::Run {
+            export: "people-list".into(),
+            full: false,
+        },
+        None,
+    )
+    .expect("trigger");
+    env.wait_for("progress", Duration::from_secs(20), |r| {
+        r.first().is_some_and(|r| r.counts.upserted >= 500)
+    })
+    .await;
 
     let asked = Instant::now();
     signal(&daemon, "TERM");
@@ -280,13 +396,25 @@ async fn sigterm_mid_run_exits_zero_quickly_and_the_next_start_resumes() {
     assert!(asked.elapsed() < Duration::from_secs(10));
     let runs = env.runs().await;
     assert_eq!(runs[0].status, RunStatus::Interrupted);
-    assert!(runs[0].counts.upserted < 6000);
+    assert!(runs[0].counts.upserted < 12_000);
 
     let mut daemon = env.start(None);
-    let runs = env.wait_for("the resumed run", Duration::from_secs(60), |r| r.len() == 2 && finished(&r[1])).await;
-    assert_eq!((runs[1].trigger.as_str(), runs[1].status), ("resume", RunStatus::Succeeded), "{:?}", runs[1].error);
-    assert_eq!(runs[1].counts.unchanged, runs[0].counts.upserted, "confirmed batches are not sent again");
-    assert_eq!(env.sandbox.members(1, ListStatus::Active), 6000);
+    let runs = env
+        .wait_for("the resumed run", Duration::from_secs(60), |r| {
+            r.len() == 2 && finished(&r[1])
+        })
+        .await;
+    assert_eq!(
+        (runs[1].trigger.as_str(), runs[1].status),
+        ("resume", RunStatus::Succeeded),
+        "{:?}",
+        runs[1].error
+    );
+    assert_eq!(
+        runs[1].counts.unchanged, runs[0].counts.upserted,
+        "confirmed batches are not sent again"
+    );
+    assert_eq!(env.sandbox.members(1, ListStatus::Active), 12_000);
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
 }
@@ -297,23 +425,48 @@ async fn kill_9_mid_run_and_restart_delivers_everyone_resending_only_unconfirmed
     let env = Env::with_settings(sandbox_options(20), 12_000, None, 40).await;
     let mut daemon = env.start(None);
     env.wait_ready().await;
-    write_trigger(&env.trigger_dir(), &TriggerRequest::Run { export: "people-list".into(), full: false }, None).expect("trigger");
-    env.wait_for("progress", Duration::from_secs(30), |r| r.first().is_some_and(|r| r.counts.upserted >= 1000)).await;
+    write_trigger(
+        &env.trigger_dir(),
+        &TriggerRequest::Run {
+            export: "people-list".into(),
+            full: false,
+        },
+        None,
+    )
+    .expect("trigger");
+    env.wait_for("progress", Duration::from_secs(30), |r| {
+        r.first().is_some_and(|r| r.counts.upserted >= 1000)
+    })
+    .await;
 
     signal(&daemon, "KILL");
     wait_exit(&mut daemon, Duration::from_secs(5));
     let sent_before_kill = env.sandbox.stats().contacts_queued;
     let mut daemon = env.start(None);
 
-    let runs = env.wait_for("the resumed run", Duration::from_secs(90), |r| r.len() == 2 && finished(&r[1])).await;
+    let runs = env
+        .wait_for("the resumed run", Duration::from_secs(90), |r| {
+            r.len() == 2 && finished(&r[1])
+        })
+        .await;
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
     assert_eq!(runs[0].status, RunStatus::Interrupted);
     assert_eq!(runs[1].status, RunStatus::Succeeded, "{:?}", runs[1].error);
-    assert_eq!(env.sandbox.members(1, ListStatus::Active), 12_000, "every member arrived");
+    assert_eq!(
+        env.sandbox.members(1, ListStatus::Active),
+        12_000,
+        "every member arrived"
+    );
     let confirmed_before_kill = runs[1].counts.unchanged;
-    assert!(confirmed_before_kill >= 1000, "the resumed run skipped what was confirmed");
-    assert!(sent_before_kill < 12_000, "killed mid-run ({sent_before_kill} sent)");
+    assert!(
+        confirmed_before_kill >= 1000,
+        "the resumed run skipped what was confirmed"
+    );
+    assert!(
+        sent_before_kill < 12_000,
+        "killed mid-run ({sent_before_kill} sent)"
+    );
     let resent = env.sandbox.stats().contacts_queued - 12_000;
     // Only batches sent but not yet confirmed at the kill went out twice.
     assert_eq!(resent, sent_before_kill - confirmed_before_kill);
@@ -326,18 +479,37 @@ async fn sighup_with_an_invalid_settings_file_keeps_the_old_settings() {
     let mut daemon = env.start(None);
     env.wait_ready().await;
 
-    std::fs::write(&env.config, "[activecampaign]\nrequests_per_second = 0\n").expect("break settings");
+    std::fs::write(&env.config, "[activecampaign]\nrequests_per_second = 0\n")
+        .expect("break settings");
     signal(&daemon, "HUP");
     let start = Instant::now();
     while !env.log().contains("Settings reload refused") {
-        assert!(start.elapsed() < Duration::from_secs(10), "no refusal logged:\n{}", env.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no refusal logged:\n{}",
+            env.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(env.log().contains("activecampaign.requests_per_second"));
 
     // Still working with the settings it had.
-    write_trigger(&env.trigger_dir(), &TriggerRequest::Run { export: "people-list".into(), full: false }, None).expect("trigger");
-    let runs = env.wait_for("a run after the refused reload", Duration::from_secs(20), |r| r.iter().any(finished)).await;
+    write_trigger(
+        &env.trigger_dir(),
+        &TriggerRequest::Run {
+            export: "people-list".into(),
+            full: false,
+        },
+        None,
+    )
+    .expect("trigger");
+    let runs = env
+        .wait_for(
+            "a run after the refused reload",
+            Duration::from_secs(20),
+            |r| r.iter().any(finished),
+        )
+        .await;
     assert_eq!(runs[0].status, RunStatus::Succeeded);
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
@@ -348,7 +520,9 @@ async fn ready_and_status_reach_the_notify_socket() {
     let env = Env::new(sandbox_options(0), 5, None).await;
     let socket_path = env.dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind");
-    socket.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
     let mut daemon = env.start(Some(&socket_path));
 
     let mut seen = String::new();
@@ -372,7 +546,12 @@ async fn a_second_daemon_on_the_same_database_is_refused() {
     let mut first = env.start(None);
     env.wait_ready().await;
 
-    let output = Command::new(env!("CARGO_BIN_EXE_acexport")).arg("--config").arg(&env.config).arg("daemon").output().expect("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_acexport"))
+        .arg("--config")
+        .arg(&env.config)
+        .arg("daemon")
+        .output()
+        .expect("run");
 
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("another acexport daemon"));
@@ -387,15 +566,26 @@ async fn export_run_hands_over_to_a_running_daemon_and_follows_it() {
     env.wait_ready().await;
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_acexport"))
-        .arg("--config").arg(&env.config).args(["export", "run", "people-list", "--json"])
-        .output().await.expect("run");
+        .arg("--config")
+        .arg(&env.config)
+        .args(["export", "run", "people-list", "--json"])
+        .output()
+        .await
+        .expect("run");
 
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(json["status"], "succeeded");
     assert_eq!(json["counts"]["upserted"], 300);
     let runs = env.runs().await;
-    assert_eq!(runs[0].trigger, "signal-file", "the daemon ran it, not the CLI");
+    assert_eq!(
+        runs[0].trigger, "signal-file",
+        "the daemon ran it, not the CLI"
+    );
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
 }
@@ -406,15 +596,28 @@ async fn logs_carry_run_ids_but_never_profile_data_or_the_key() {
     env.sandbox.exclude("person3@example.com");
     let mut daemon = env.start(None);
     env.wait_ready().await;
-    write_trigger(&env.trigger_dir(), &TriggerRequest::Run { export: "people-list".into(), full: false }, None).expect("trigger");
-    env.wait_for("the run", Duration::from_secs(20), |r| r.iter().any(finished)).await;
+    write_trigger(
+        &env.trigger_dir(),
+        &TriggerRequest::Run {
+            export: "people-list".into(),
+            full: false,
+        },
+        None,
+    )
+    .expect("trigger");
+    env.wait_for("the run", Duration::from_secs(20), |r| {
+        r.iter().any(finished)
+    })
+    .await;
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
 
     let log = env.log();
-    assert!(log.contains("Run finished") && log.contains("run_id"), "{log}");
+    assert!(
+        log.contains("Run finished") && log.contains("run_id"),
+        "{log}"
+    );
     for secret in ["person3", "example.com", "Given", "Family", "555-", TOKEN] {
         assert!(!log.contains(secret), "log contains {secret:?}:\n{log}");
     }
 }
-
