@@ -621,3 +621,157 @@ async fn logs_carry_run_ids_but_never_profile_data_or_the_key() {
         assert!(!log.contains(secret), "log contains {secret:?}:\n{log}");
     }
 }
+
+fn cli(env: &Env, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_acexport"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .output()
+        .expect("acexport runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_missed_while_the_daemon_was_down_runs_once_at_start() {
+    let env = Env::new(sandbox_options(0), 10, Some("0 0 * * * *")).await;
+    let export_id = env.ctx.find_export("people-list").await.expect("export").id;
+    // The daemon last fired this hourly schedule three hours ago, then was down.
+    let three_hours_ago = chrono::Utc::now() - chrono::Duration::hours(3);
+    env.ctx
+        .store
+        .mark_schedule(export_id, "0 0 * * * * @ UTC", three_hours_ago, None)
+        .await
+        .expect("mark");
+
+    let mut daemon = env.start(None);
+    let runs = env
+        .wait_for("the catch-up run", Duration::from_secs(20), |r| {
+            r.iter().any(finished)
+        })
+        .await;
+    env.wait_ready().await;
+    // Give the loop a few more ticks: the missed slots must not produce more runs.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
+    assert_eq!(runs[0].trigger, "schedule");
+    assert_eq!(env.runs().await.len(), 1, "three missed slots, one run");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_all_status_and_cancel_work_through_the_command_line() {
+    let env = Env::with_settings(sandbox_options(20), 12_000, None, 40).await;
+    let mut daemon = env.start(None);
+    env.wait_ready().await;
+
+    let out = cli(&env, &["trigger", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.wait_for("progress", Duration::from_secs(20), |r| {
+        r.first().is_some_and(|r| r.counts.upserted > 0)
+    })
+    .await;
+
+    let out = cli(&env, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["daemon"]["up"], true);
+    assert_eq!(status["running"][0]["export"], "people-list");
+
+    let out = cli(&env, &["cancel", "people-list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = env
+        .wait_for("the cancelled run", Duration::from_secs(20), |r| {
+            r.first().is_some_and(finished)
+        })
+        .await;
+    assert_eq!(runs[0].status, RunStatus::Cancelled);
+    assert!(runs[0].counts.upserted < 12_000);
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watchdog_is_fed_when_systemd_asks_for_it() {
+    let env = Env::new(sandbox_options(0), 5, None).await;
+    let socket_path = env.dir.path().join("watchdog.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let log = std::fs::File::create(env.log_path()).expect("log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_acexport"))
+        .arg("--config")
+        .arg(&env.config)
+        .arg("daemon")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("daemon");
+
+    let mut pings = 0;
+    let mut buf = [0u8; 4096];
+    while pings < 2 {
+        let n = socket.recv(&mut buf).expect("a notification");
+        if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreground_run_killed_with_sigkill_is_resumed_by_the_next_export_run() {
+    let env = Env::with_settings(sandbox_options(20), 12_000, None, 40).await;
+    let mut run = Command::new(env!("CARGO_BIN_EXE_acexport"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["export", "run", "people-list"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("export run");
+    env.wait_for("progress", Duration::from_secs(20), |r| {
+        r.first().is_some_and(|r| r.counts.upserted >= 500)
+    })
+    .await;
+
+    signal(&run, "KILL");
+    wait_exit(&mut run, Duration::from_secs(5));
+    let out = cli(&env, &["export", "run", "people-list", "--json"]);
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["status"], "succeeded");
+    let runs = env.runs().await;
+    assert_eq!(
+        runs[0].status,
+        RunStatus::Interrupted,
+        "the killed run is recorded as interrupted"
+    );
+    assert_eq!(runs[1].resumes_run_id, Some(runs[0].id));
+    assert_eq!(
+        json["counts"]["unchanged"].as_u64(),
+        Some(runs[0].counts.upserted)
+    );
+    assert_eq!(env.sandbox.members(1, ListStatus::Active), 12_000);
+}

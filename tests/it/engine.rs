@@ -638,3 +638,112 @@ async fn the_request_rate_never_exceeds_the_budget_and_provokes_no_429() {
             <= 240
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn someone_who_unsubscribed_is_never_resubscribed_and_is_reported() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.sandbox.unsubscribe("user2@example.com", 1);
+    h.segment("members", &csv_rows(4)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Partial);
+    assert_eq!((outcome.counts.upserted, outcome.counts.failed), (3, 1));
+    assert_eq!(
+        h.sandbox.list_status("user2@example.com", 1),
+        Some(ListStatus::Unsubscribed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_rate_limit_answer_is_waited_out_and_retried() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.sandbox.inject(Fault {
+        path_prefix: "/api/3/import/bulk_import".into(),
+        times: 1,
+        action: FaultAction::Status {
+            status: 400,
+            retry_after: Some(1),
+            body: r#"{"success":0,"message":"Rate limit exceeded.","failureReasons":["Up to 100 imports may be requested per minute."]}"#.into(),
+        },
+    });
+    h.segment("members", &csv_rows(10)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!((outcome.counts.upserted, outcome.counts.failed), (10, 0));
+    assert_eq!(h.bulk_requests(), 2, "the refused import was sent again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_request_stops_the_run_at_a_batch_boundary() {
+    let mut sandbox = fast_sandbox();
+    sandbox.latency = Duration::from_millis(20);
+    let h = Harness::new(sandbox, |s| s.activecampaign.requests_per_second = 30).await;
+    h.segment("members", &csv_rows(10_000)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    let export_id = h.ctx.find_export("weekly").await.expect("export").id;
+    let store = h.ctx.store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(run)) = store.running_run(export_id).await
+                && run.counts.upserted > 0
+            {
+                store.request_cancel(export_id).await.expect("cancel");
+                return;
+            }
+        }
+    });
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Cancelled, "{:?}", outcome.error);
+    assert!(outcome.counts.upserted > 0 && outcome.counts.upserted < 10_000);
+    let next = h.run().await;
+    assert_eq!(
+        next.counts.unchanged, outcome.counts.upserted,
+        "what was confirmed is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_connection_purges_its_exports_delivery_state_and_history() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(20)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    h.run().await;
+    let count = |table: &'static str| {
+        let pool = h.ctx.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+        }
+    };
+    assert_eq!(count("delivery_state").await, 20);
+
+    let removed = h.ctx.remove_connection("ac", true).await.expect("removed");
+
+    assert_eq!(removed, vec!["weekly".to_owned()]);
+    for table in [
+        "delivery_state",
+        "runs",
+        "run_issues",
+        "exports",
+        "connections",
+    ] {
+        assert_eq!(count(table).await, 0, "{table} purged");
+    }
+    let audit: String = sqlx::query_scalar("SELECT group_concat(action) FROM audit_log")
+        .fetch_one(h.ctx.store.pool())
+        .await
+        .expect("audit");
+    assert!(audit.contains("connection.remove"), "{audit}");
+}
