@@ -166,3 +166,36 @@ fn the_example_settings_file_sets_exactly_the_keys_the_daemon_knows() {
         "deploy/acexport.toml should set each known setting once, with a comment"
     );
 }
+
+#[test]
+fn the_documented_settings_file_loads_and_documents_every_key_with_its_default() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/acexport.toml");
+    let loaded = Settings::load_from(Some(&file), &BTreeMap::new())
+        .unwrap_or_else(|e| panic!("config/acexport.toml is refused: {e}"));
+    let text = std::fs::read_to_string(&file).expect("read");
+    let mut section = String::new();
+    let mut documented = BTreeSet::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if let Some((key, _)) = line.trim_start_matches("# ").split_once(" = ") {
+            documented.insert(format!("{section}.{}", key.trim()));
+        }
+    }
+    let known: BTreeSet<String> = Settings::default()
+        .to_lines()
+        .iter()
+        .filter_map(|l| l.split_once(" = ").map(|(key, _)| key.to_owned()))
+        .collect();
+    assert_eq!(
+        documented, known,
+        "config/acexport.toml documents each setting"
+    );
+    // The values shown are the built-in defaults (paths aside, which resolve per host).
+    let defaults = Settings::default();
+    assert_eq!(loaded.settings.activecampaign, defaults.activecampaign);
+    assert_eq!(loaded.settings.export, defaults.export);
+    assert_eq!(loaded.settings.schedule, defaults.schedule);
+    assert_eq!(loaded.settings.log, defaults.log);
+    assert_eq!(loaded.settings.daemon.workers, defaults.daemon.workers);
+}
