@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::{PipelineError, Sink, StopReason, Stopper};
 use crate::activecampaign::wire::{BulkOutcome, ImportState};
@@ -108,7 +109,11 @@ impl Delivery<'_> {
                     break;
                 }
                 let client = Arc::clone(&self.client);
-                in_flight.spawn(deliver_batch(client, batch, Arc::clone(&poll)));
+                // Spawned tasks do not inherit the run's span; carry it so every line names the run.
+                in_flight.spawn(
+                    deliver_batch(client, batch, Arc::clone(&poll))
+                        .instrument(tracing::Span::current()),
+                );
             }
             let Some(first) = in_flight.join_next().await else {
                 break;

@@ -594,6 +594,15 @@ async fn export_run_hands_over_to_a_running_daemon_and_follows_it() {
 async fn logs_carry_run_ids_but_never_profile_data_or_the_key() {
     let env = Env::new(sandbox_options(0), 50, None).await;
     env.sandbox.exclude("person3@example.com");
+    env.sandbox.inject(acexport::sandbox::Fault {
+        path_prefix: "/api/3/import/bulk_import".into(),
+        times: 1,
+        action: acexport::sandbox::FaultAction::Status {
+            status: 503,
+            retry_after: None,
+            body: String::new(),
+        },
+    });
     let mut daemon = env.start(None);
     env.wait_ready().await;
     write_trigger(
