@@ -241,6 +241,13 @@ fn print_outcome(o: &RunOutcome, as_json: bool) -> Result<(), CliError> {
 /// `acexport export run NAME`: in the foreground, or through the daemon when it runs.
 pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliError> {
     let export = ctx.find_export(&args.name).await?;
+    if !export.enabled && !args.dry_run {
+        return Err(CliError::Input(format!(
+            "export {:?} is disabled; `acexport export enable {}` first (a --dry-run works \
+             on a disabled export)",
+            export.name, export.name
+        )));
+    }
     let daemon_up = ctx.store.daemon_state().await?.is_some_and(|d| d.is_live());
     if daemon_up && !args.dry_run {
         return follow_daemon_run(ctx, &export.name, export.id, args).await;

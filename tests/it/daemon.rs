@@ -793,3 +793,29 @@ async fn a_foreground_run_killed_with_sigkill_is_resumed_by_the_next_export_run(
     );
     assert_eq!(env.sandbox.members(1, ListStatus::Active), 12_000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn export_run_refuses_a_disabled_export_but_plans_it_with_dry_run() {
+    let env = Env::new(sandbox_options(0), 5, None).await;
+    env.ctx
+        .set_export_enabled("people-list", false)
+        .await
+        .expect("disable");
+
+    let refused = cli(&env, &["export", "run", "people-list"]);
+    let planned = cli(
+        &env,
+        &["export", "run", "people-list", "--dry-run", "--json"],
+    );
+
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is disabled"));
+    assert!(
+        planned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&planned.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&planned.stdout).expect("json");
+    assert_eq!(json["plan"]["adds"], 5);
+    assert!(env.runs().await.is_empty(), "a dry run records no run");
+}
