@@ -4,7 +4,8 @@
 //! per minute. We assume it counts in any sliding window, so bursts above the rate are not
 //! allowed: permits are spaced evenly (GCRA with a burst of one) at 98% of the configured rate,
 //! which leaves room for network jitter and still uses well over 95% of the budget. A permit is
-//! taken for every attempt, retries included. A 429's `Retry-After` pauses the whole account.
+//! taken for every attempt, retries included. A 429's `Retry-After` pauses the whole account,
+//! including senders already waiting for a permit: they take fresh, spaced permits after it.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -31,20 +32,43 @@ pub enum RequestKind {
     BulkImport,
 }
 
-pub struct AccountBudget {
-    requests: Limiter,
-    bulk: Limiter,
-    /// Set by a 429: nobody sends to this account before then.
-    paused_until: Mutex<Option<Instant>>,
+/// The limiters for one pair of limits; replaced whole when a reload changes the limits.
+struct Limiters {
     requests_per_second: u32,
     bulk_per_minute: u32,
+    requests: Arc<Limiter>,
+    bulk: Arc<Limiter>,
+}
+
+impl Limiters {
+    fn new(requests_per_second: u32, bulk_per_minute: u32) -> Limiters {
+        Limiters {
+            requests_per_second,
+            bulk_per_minute,
+            requests: Arc::new(RateLimiter::direct(spaced_quota(
+                Duration::from_secs(1),
+                requests_per_second,
+            ))),
+            bulk: Arc::new(RateLimiter::direct(spaced_quota(
+                Duration::from_secs(60),
+                bulk_per_minute,
+            ))),
+        }
+    }
+}
+
+pub struct AccountBudget {
+    limiters: Mutex<Limiters>,
+    /// Set by a 429: nobody sends to this account before then.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for AccountBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let limits = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         f.debug_struct("AccountBudget")
-            .field("requests_per_second", &self.requests_per_second)
-            .field("bulk_per_minute", &self.bulk_per_minute)
+            .field("requests_per_second", &limits.requests_per_second)
+            .field("bulk_per_minute", &limits.bulk_per_minute)
             .finish_non_exhaustive()
     }
 }
@@ -59,31 +83,37 @@ fn spaced_quota(per: Duration, count: u32) -> Quota {
 impl AccountBudget {
     pub fn new(requests_per_second: u32, bulk_per_minute: u32) -> AccountBudget {
         AccountBudget {
-            requests: RateLimiter::direct(spaced_quota(
-                Duration::from_secs(1),
-                requests_per_second,
-            )),
-            bulk: RateLimiter::direct(spaced_quota(Duration::from_secs(60), bulk_per_minute)),
+            limiters: Mutex::new(Limiters::new(requests_per_second, bulk_per_minute)),
             paused_until: Mutex::new(None),
-            requests_per_second,
-            bulk_per_minute,
         }
+    }
+
+    fn pause(&self) -> Option<Instant> {
+        let pause = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        pause.filter(|until| *until > Instant::now())
     }
 
     /// Waits until a request of `kind` may be sent. Cancel-safe: dropping the future gives up
     /// the wait without consuming anything further.
     pub async fn acquire(&self, kind: RequestKind) {
         loop {
-            let pause = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-            match pause {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => break,
+            while let Some(until) = self.pause() {
+                tokio::time::sleep_until(until).await;
+            }
+            let (requests, bulk) = {
+                let limits = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+                (Arc::clone(&limits.requests), Arc::clone(&limits.bulk))
+            };
+            if kind == RequestKind::BulkImport {
+                bulk.until_ready().await;
+            }
+            requests.until_ready().await;
+            // A pause that began while we waited: those permits are spent, and sending now
+            // would hit the throttled account. Wait it out and take fresh permits.
+            if self.pause().is_none() {
+                return;
             }
         }
-        if kind == RequestKind::BulkImport {
-            self.bulk.until_ready().await;
-        }
-        self.requests.until_ready().await;
     }
 
     /// ActiveCampaign said "too many requests": pause every sender on this account.
@@ -94,9 +124,20 @@ impl AccountBudget {
             *guard = Some(until);
         }
     }
+
+    /// Applies new limits (a settings reload) to every sender on this account at once.
+    fn set_limits(&self, requests_per_second: u32, bulk_per_minute: u32) {
+        let mut limits = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        if limits.requests_per_second != requests_per_second
+            || limits.bulk_per_minute != bulk_per_minute
+        {
+            *limits = Limiters::new(requests_per_second, bulk_per_minute);
+        }
+    }
 }
 
-/// One budget per account (host) for the whole process.
+/// One budget per account (host) for the whole process. Asking with other limits (after a
+/// reload) changes the limits of the one budget rather than starting a second one.
 pub fn budget_for(
     host: &str,
     requests_per_second: u32,
@@ -105,23 +146,30 @@ pub fn budget_for(
     static BUDGETS: OnceLock<Mutex<HashMap<String, Arc<AccountBudget>>>> = OnceLock::new();
     let map = BUDGETS.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    let existing = map.get(host).filter(|b| {
-        // Settings reloaded with other limits: start a budget with the new ones.
-        b.requests_per_second == requests_per_second && b.bulk_per_minute == bulk_per_minute
-    });
-    match existing {
-        Some(b) => Arc::clone(b),
-        None => {
-            let budget = Arc::new(AccountBudget::new(requests_per_second, bulk_per_minute));
-            map.insert(host.to_owned(), Arc::clone(&budget));
-            budget
-        }
-    }
+    let budget = map
+        .entry(host.to_owned())
+        .or_insert_with(|| Arc::new(AccountBudget::new(requests_per_second, bulk_per_minute)));
+    budget.set_limits(requests_per_second, bulk_per_minute);
+    Arc::clone(budget)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn max_in_one_second(times: &[std::time::Duration]) -> usize {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                times[i..]
+                    .iter()
+                    .filter(|u| **u - *t < Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
 
     #[tokio::test]
     async fn permits_never_exceed_the_rate_in_any_one_second_window() {
@@ -132,13 +180,7 @@ mod tests {
             budget.acquire(RequestKind::Plain).await;
             times.push(start.elapsed());
         }
-        for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..]
-                .iter()
-                .filter(|u| **u - *t < Duration::from_secs(1))
-                .count();
-            assert!(in_window <= 20, "{in_window} permits within one second");
-        }
+        assert!(max_in_one_second(&times) <= 20);
         // And the budget is used: 30 permits at ~19.6/s take about 1.5 s, not much more.
         assert!(
             start.elapsed() < Duration::from_millis(2200),
@@ -148,20 +190,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_same_host_shares_one_budget() {
+    async fn the_same_host_shares_one_budget_also_after_a_limit_change() {
         let a = budget_for("shared.example:1", 5, 100);
         let b = budget_for("shared.example:1", 5, 100);
         assert!(Arc::ptr_eq(&a, &b));
+        let reloaded = budget_for("shared.example:1", 4, 100);
+        assert!(
+            Arc::ptr_eq(&a, &reloaded),
+            "a reload must not split the budget"
+        );
+        assert_eq!(a.limiters.lock().expect("lock").requests_per_second, 4);
         let c = budget_for("other.example:1", 5, 100);
         assert!(!Arc::ptr_eq(&a, &c));
     }
 
     #[tokio::test]
-    async fn a_pause_holds_back_every_sender() {
-        let budget = AccountBudget::new(1000, 60000);
-        budget.pause_for(Duration::from_millis(300));
+    async fn a_pause_holds_back_every_sender_including_those_already_waiting() {
+        let budget = Arc::new(AccountBudget::new(10, 60000));
         let start = std::time::Instant::now();
-        budget.acquire(RequestKind::Plain).await;
-        assert!(start.elapsed() >= Duration::from_millis(290));
+        // Eight senders queue for permits (spaced 100 ms apart); a 429 arrives meanwhile.
+        let mut senders = Vec::new();
+        for _ in 0..8 {
+            let budget = Arc::clone(&budget);
+            senders.push(tokio::spawn(async move {
+                budget.acquire(RequestKind::Plain).await;
+                start.elapsed()
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        budget.pause_for(Duration::from_millis(500));
+        let mut times = Vec::new();
+        for s in senders {
+            times.push(s.await.expect("sender"));
+        }
+        let during_pause = times
+            .iter()
+            .filter(|t| **t > Duration::from_millis(160) && **t < Duration::from_millis(640))
+            .count();
+        assert_eq!(during_pause, 0, "{times:?}");
+        times.sort();
+        assert!(
+            max_in_one_second(&times) <= 10,
+            "no burst after the pause: {times:?}"
+        );
     }
 }

@@ -103,7 +103,6 @@ struct Answer {
 pub struct Client {
     http: reqwest::Client,
     base: BaseUrl,
-    key: SecretString,
     budget: Arc<AccountBudget>,
     options: ClientOptions,
     /// Requests sent, retries included (reported in run counts).
@@ -154,16 +153,11 @@ impl Client {
         Ok(Client {
             http,
             base,
-            key,
             budget,
             options,
             requests: AtomicU64::new(0),
             cancel,
         })
-    }
-
-    pub fn base(&self) -> &BaseUrl {
-        &self.base
     }
 
     pub fn host(&self) -> &str {
@@ -173,12 +167,6 @@ impl Client {
     /// Requests sent so far, retries included.
     pub fn requests_sent(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
-    }
-
-    /// The key is kept only to build the header; this keeps the field honest for audits.
-    #[allow(dead_code)]
-    fn key(&self) -> &SecretString {
-        &self.key
     }
 
     /// "Connect": checks the key and returns the ActiveCampaign user it belongs to.
@@ -229,14 +217,9 @@ impl Client {
     }
 
     /// Queues a bulk import. `body` is the serialised request (measured by the caller).
-    pub async fn bulk_import(
-        &self,
-        body: Vec<u8>,
-        contacts: usize,
-    ) -> Result<wire::BulkOutcome, AcError> {
-        // Every bulk import counts against the bulk budget, single-contact ones included
-        // (ActiveCampaign limits those even more strictly).
-        let _ = contacts;
+    /// Every bulk import counts against the bulk budget, single-contact ones included
+    /// (ActiveCampaign limits those even more strictly).
+    pub async fn bulk_import(&self, body: Vec<u8>) -> Result<wire::BulkOutcome, AcError> {
         let answer = self
             .call(
                 Method::POST,
@@ -370,7 +353,7 @@ impl Client {
                 }
                 Verdict::Permanent => {
                     return Err(match result {
-                        Ok((status, _, bytes)) => self.permanent_error(status, &bytes),
+                        Ok((status, _, bytes)) => self.permanent_error(status, &bytes, kind),
                         Err(e) => AcError::Tls {
                             host,
                             detail: error_chain(&e),
@@ -381,7 +364,7 @@ impl Client {
         }
     }
 
-    fn permanent_error(&self, status: StatusCode, body: &[u8]) -> AcError {
+    fn permanent_error(&self, status: StatusCode, body: &[u8], kind: RequestKind) -> AcError {
         let host = self.host().to_owned();
         if status == StatusCode::FORBIDDEN {
             let detail = wire::summarise_error(body);
@@ -392,8 +375,9 @@ impl Client {
             };
             return AcError::Rejected { host, detail };
         }
-        // The raw body is kept for 400s so bulk-import rejections can be parsed by the caller.
-        let message = if status == StatusCode::BAD_REQUEST {
+        // The raw body is kept for bulk-import 400s only, so their per-contact rejections can
+        // be parsed (and scrubbed) by the caller; every other body is summarised here.
+        let message = if status == StatusCode::BAD_REQUEST && kind == RequestKind::BulkImport {
             String::from_utf8_lossy(body).into_owned()
         } else {
             wire::summarise_error(body)

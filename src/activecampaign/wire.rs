@@ -132,7 +132,7 @@ pub fn parse_bulk_rejection(body: &[u8]) -> Option<Vec<(usize, String)>> {
             let text = reason
                 .failure_reason
                 .unwrap_or_else(|| "rejected".to_owned());
-            out.push((index as usize, text));
+            out.push((index as usize, scrub(&text)));
         }
     }
     (!out.is_empty()).then_some(out)
@@ -175,7 +175,22 @@ impl ImportInfo {
     }
 }
 
-/// A short, PII-free summary of an error body in any of ActiveCampaign's shapes.
+/// Replaces anything that looks like an email address in ActiveCampaign's free text, so a
+/// message that echoes a contact never reaches a log line or the run history.
+pub fn scrub(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            if word.contains('@') {
+                "[address]"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A short summary of an error body in any of ActiveCampaign's shapes, scrubbed of addresses.
 pub fn summarise_error(body: &[u8]) -> String {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return if body.is_empty() {
@@ -185,7 +200,7 @@ pub fn summarise_error(body: &[u8]) -> String {
         };
     };
     if let Some(message) = value.get("message").and_then(|m| m.as_str()) {
-        return message.to_owned();
+        return scrub(message);
     }
     if let Some(errors) = value.get("errors").and_then(|e| e.as_array()) {
         let parts: Vec<String> = errors
@@ -204,7 +219,7 @@ pub fn summarise_error(body: &[u8]) -> String {
                 }
             })
             .collect();
-        return parts.join("; ");
+        return scrub(&parts.join("; "));
     }
     String::new()
 }
@@ -261,6 +276,24 @@ mod tests {
         assert_eq!(
             info.failed_emails().collect::<Vec<_>>(),
             vec!["x@example.com"]
+        );
+    }
+
+    #[test]
+    fn addresses_in_activecampaign_messages_are_scrubbed() {
+        assert_eq!(
+            scrub("Contact jane@example.com is excluded"),
+            "Contact [address] is excluded"
+        );
+        let body =
+            br#"{"success":0,"failureReasons":[{"contact":0,"failureReason":"bad a@b.co"}]}"#;
+        assert_eq!(
+            parse_bulk_rejection(body),
+            Some(vec![(0, "bad [address]".to_owned())])
+        );
+        assert_eq!(
+            summarise_error(br#"{"message":"x@y.com exists"}"#),
+            "[address] exists"
         );
     }
 

@@ -48,25 +48,7 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), CliError> {
         "Sandbox API on http://{addr} until Ctrl-C. Try it with:\n  acexport connection add \
          sandbox --host http://{addr} --api-key-stdin --accept-data-transfer"
     ))?;
-    sandbox::serve(addr, opts, shutdown_signal())
+    sandbox::serve(addr, opts, crate::daemon::termination())
         .await
         .map_err(CliError::Sandbox)
-}
-
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM (systemd stop).
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        // Without a SIGTERM handler, Ctrl-C still works; SIGTERM keeps its default (exit).
-        Err(error) => {
-            tracing::warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops gracefully");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -79,7 +79,7 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
     let ctx = Context::open(settings, CancellationToken::new()).await?;
     let cancel = ctx.cancel.clone();
     let signals = tokio::spawn(async move {
-        super::daemon::shutdown_signal().await;
+        crate::daemon::termination().await;
         cancel.cancel();
     });
 

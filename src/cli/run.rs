@@ -255,7 +255,7 @@ pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliErr
     // Ctrl-C or SIGTERM stops at the next batch boundary; the run is resumable.
     let cancel = ctx.cancel.clone();
     let signals = tokio::spawn(async move {
-        super::daemon::shutdown_signal().await;
+        crate::daemon::termination().await;
         cancel.cancel();
     });
     let options = RunOptions {
@@ -304,6 +304,14 @@ async fn follow_daemon_run(
                 break run;
             }
             progress.report(&run.phase, &run.counts);
+            if !ctx.store.daemon_state().await?.is_some_and(|d| d.is_live()) {
+                TerminalProgress::finish();
+                return Err(CliError::Input(format!(
+                    "the daemon stopped while running {name} (run {}); the run resumes when it \
+                     starts again (see `acexport status`)",
+                    run.id
+                )));
+            }
         }
         if asked.elapsed() > HANDOVER_WAIT
             && ctx
@@ -385,13 +393,14 @@ pub async fn trigger(ctx: &Context, args: TriggerArgs) -> Result<(), CliError> {
 /// `acexport cancel NAME`.
 pub async fn cancel(ctx: &Context, args: CancelArgs) -> Result<(), CliError> {
     let export = ctx.find_export(&args.name).await?;
-    match ctx.store.request_cancel(export.id).await? {
-        Some(run_id) => output::emit(&format!(
+    match ctx.store.cancel_export(export.id).await? {
+        (_, Some(run_id)) => output::emit(&format!(
             "Cancel requested: run {run_id} of {} stops at its next batch boundary.",
             export.name
         )),
-        None => Err(CliError::Input(format!(
-            "export {:?} is not running",
+        (true, None) => output::emit(&format!("The queued run of {} was removed.", export.name)),
+        (false, None) => Err(CliError::Input(format!(
+            "export {:?} is neither queued nor running",
             export.name
         ))),
     }

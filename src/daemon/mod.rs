@@ -22,7 +22,7 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::pipeline::{Progress, RunOptions, run_export};
+use crate::pipeline::{PipelineError, Progress, RunOptions, run_export};
 use crate::scheduler::{Schedule, TriggerRequest, TriggerWatcher, claim_all};
 use crate::service::{Context, ServiceError};
 use crate::settings::{Loaded, Settings};
@@ -53,6 +53,24 @@ pub enum DaemonError {
     Triggers(#[from] crate::scheduler::TriggerError),
 }
 
+/// Tells the loop an export is free again when its task ends, even by a panic.
+struct DoneGuard {
+    export_id: i64,
+    name: String,
+    done: mpsc::UnboundedSender<i64>,
+    board: Board,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.board
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+        let _ = self.done.send(self.export_id);
+    }
+}
+
 /// Live progress of running exports, for STATUS= and logs.
 type Board = Arc<Mutex<HashMap<String, (String, RunCounts)>>>;
 
@@ -71,6 +89,8 @@ impl Progress for BoardProgress {
 pub struct Daemon {
     /// The settings file, re-read on SIGHUP.
     file: Option<PathBuf>,
+    /// Held while the daemon runs: a second daemon on the same database is refused.
+    _lock: crate::store::locks::Lock,
     ctx: Arc<Context>,
     board: Board,
 }
@@ -78,13 +98,15 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store (migrating it), claims the daemon role and recovers interrupted runs.
     pub async fn build(loaded: Loaded, ctx: Context) -> Result<Daemon, DaemonError> {
-        if let Err(pid) = ctx.store.claim_daemon().await? {
-            return Err(DaemonError::AlreadyRunning(pid));
-        }
+        let lock = match ctx.store.claim_daemon().await? {
+            Ok(lock) => lock,
+            Err(pid) => return Err(DaemonError::AlreadyRunning(pid)),
+        };
         // Fail at start, not at the first run, when the secrets key is unusable.
         ctx.secret_key()?;
         Ok(Daemon {
             file: loaded.file,
+            _lock: lock,
             ctx: Arc::new(ctx),
             board: Board::default(),
         })
@@ -226,19 +248,22 @@ impl Daemon {
                 full: queued.full,
                 dry_run: false,
             };
+            let store = self.ctx.store.clone();
             tracker.spawn(async move {
-                let progress = Arc::new(BoardProgress {
-                    export: export.name.clone(),
-                    board: Arc::clone(&board),
-                });
-                if let Err(e) = run_export(&ctx, &export.name, options, progress).await {
-                    tracing::error!(export = %export.name, error = %e, "Run could not be recorded");
+                // Reports the export free again however the task ends, a panic included.
+                let _done = DoneGuard { export_id: export.id, done, board: Arc::clone(&board), name: export.name.clone() };
+                let progress = Arc::new(BoardProgress { export: export.name.clone(), board });
+                match run_export(&ctx, &export.name, options.clone(), progress).await {
+                    Ok(_) => {}
+                    Err(PipelineError::AlreadyRunning { run_id, .. }) => {
+                        // Another process (a foreground `export run`) runs it: run after it.
+                        tracing::warn!(export = %export.name, run_id, "Export runs in another process; queued again");
+                        if let Err(e) = store.enqueue_run(export.id, &options.trigger, options.full, None, None).await {
+                            tracing::error!(export = %export.name, error = %e, "Cannot queue the run again");
+                        }
+                    }
+                    Err(e) => tracing::error!(export = %export.name, error = %e, "Run could not be recorded"),
                 }
-                board
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&export.name);
-                let _ = done.send(export.id);
             });
         }
     }
@@ -344,17 +369,22 @@ impl Daemon {
                 },
                 TriggerRequest::Cancel { export } => match store.export(export).await {
                     Ok(None) => Ok(Some(format!("unknown export {export:?}"))),
-                    Ok(Some(e)) => {
-                        let _ = store.consume_trigger_key(&file.key).await;
-                        match store.request_cancel(e.id).await {
-                            Ok(Some(run_id)) => {
-                                tracing::info!(export = %e.name, run_id, "Cancel requested");
-                                Ok(None)
+                    Ok(Some(e)) => match store.consume_trigger_key(&file.key).await {
+                        // Consumed before a crash: acting again could cancel a newer run.
+                        Ok(false) => Ok(None),
+                        Ok(true) => match store.cancel_export(e.id).await {
+                            Ok((dequeued, running)) => {
+                                tracing::info!(export = %e.name, dequeued, running = ?running, "Cancel requested");
+                                if dequeued || running.is_some() {
+                                    Ok(None)
+                                } else {
+                                    Ok(Some(format!("export {export:?} is neither queued nor running")))
+                                }
                             }
-                            Ok(None) => Ok(Some(format!("export {export:?} is not running"))),
                             Err(err) => Err(err),
-                        }
-                    }
+                        },
+                        Err(err) => Err(err),
+                    },
                     Err(e) => Err(e),
                 },
             };
@@ -452,18 +482,27 @@ pub async fn run_with_signals(loaded: Loaded) -> Result<(), DaemonError> {
             let _ = reload_tx.try_send(());
         }
     });
-    let shutdown = async {
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending::<()>().await,
-        }
-    };
+    let shutdown = termination();
     daemon.run(shutdown, reload_rx).await
+}
+
+/// Completes on the first SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without handlers the signals keep their default action: the process ends.
+        _ => {
+            tracing::warn!("Cannot listen for SIGTERM/SIGINT; stopping will not be graceful");
+            std::future::pending::<()>().await;
+        }
+    }
 }

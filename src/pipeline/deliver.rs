@@ -322,7 +322,7 @@ async fn deliver_batch(
     while !items.is_empty() {
         let payload = body(&items);
         debug_assert!(payload.len() < MAX_BULK_IMPORT_BYTES);
-        match client.bulk_import(payload, items.len()).await {
+        match client.bulk_import(payload).await {
             Ok(BulkOutcome::Queued { batch_id }) => {
                 result.sent += items.len() as u64;
                 confirm(&client, &batch_id, items, &poll, &mut result).await;

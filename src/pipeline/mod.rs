@@ -244,12 +244,12 @@ pub async fn run_export(
     if options.dry_run {
         return dry_run(ctx, &export, progress).await;
     }
-    let run = match ctx
+    let (run, _run_lock) = match ctx
         .store
         .start_run(export.id, &options.trigger, options.full)
         .await?
     {
-        Ok(run) => run,
+        Ok(started) => started,
         Err(StartRefused::AlreadyRunning(run_id)) => {
             return Err(PipelineError::AlreadyRunning {
                 export: export.name.clone(),

@@ -7,8 +7,8 @@
 //! daemon) wait for each other instead of failing with SQLITE_BUSY_SNAPSHOT.
 
 pub mod connections;
-pub mod delivery;
 pub mod exports;
+pub mod locks;
 pub mod queue;
 pub mod runs;
 pub mod segments;
@@ -151,6 +151,22 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the lock files live: a `locks` folder beside the database.
+    fn lock_path(&self, name: &str) -> PathBuf {
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        dir.join("locks").join(name)
+    }
+
+    /// The lock an export holds while it runs.
+    pub fn lock_export(&self, export_id: i64) -> Result<Option<locks::Lock>, StoreError> {
+        locks::try_lock(&self.lock_path(&format!("export-{export_id}.lock")))
+    }
+
+    /// The lock the daemon holds while it runs.
+    pub fn lock_daemon(&self) -> Result<Option<locks::Lock>, StoreError> {
+        locks::try_lock(&self.lock_path("daemon.lock"))
     }
 
     /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`).

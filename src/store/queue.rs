@@ -29,11 +29,11 @@ pub struct DaemonState {
 pub const HEARTBEAT_STALE_SECS: i64 = 30;
 
 impl DaemonState {
-    /// The daemon process is alive and beating.
+    /// The daemon is beating. (A heartbeat, not a process id: other users may not see the
+    /// daemon's process under `ProtectProc=invisible`.)
     pub fn is_live(&self) -> bool {
-        let fresh = from_text(&self.heartbeat)
-            .is_some_and(|t| (Utc::now() - t).num_seconds() < HEARTBEAT_STALE_SECS);
-        fresh && super::runs::pid_alive(self.pid)
+        from_text(&self.heartbeat)
+            .is_some_and(|t| (Utc::now() - t).num_seconds() < HEARTBEAT_STALE_SECS)
     }
 }
 
@@ -50,20 +50,10 @@ impl Store {
         requested_by: Option<&str>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
-        if let Some(key) = key {
-            let fresh = sqlx::query(
-                "INSERT INTO consumed_triggers (key, consumed_at) VALUES (?, ?) \
-                 ON CONFLICT(key) DO NOTHING",
-            )
-            .bind(key)
-            .bind(now_text())
-            .execute(&mut *tx)
-            .await
-            .doing("recording a signal file")?
-            .rows_affected();
-            if fresh == 0 {
-                return Ok(false);
-            }
+        if let Some(key) = key
+            && !consume_key(&mut tx, key).await?
+        {
+            return Ok(false);
         }
         sqlx::query(
             "INSERT INTO run_queue (export_id, trigger, full, requested_at, requested_by) \
@@ -81,20 +71,13 @@ impl Store {
         Ok(true)
     }
 
-    /// Marks a signal-file key consumed without queueing (cancel requests, refusals).
+    /// Marks a signal-file key consumed without queueing (cancel requests, refusals); false
+    /// when it was consumed already.
     pub async fn consume_trigger_key(&self, key: &str) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO consumed_triggers (key, consumed_at) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(now_text())
-        .execute(&mut *tx)
-        .await
-        .doing("recording a signal file")?
-        .rows_affected();
+        let fresh = consume_key(&mut tx, key).await?;
         tx.commit().await.doing("recording a signal file")?;
-        Ok(fresh > 0)
+        Ok(fresh)
     }
 
     /// Takes the oldest queued run whose export is not in `busy`.
@@ -197,22 +180,14 @@ impl Store {
             .doing("reading the daemon state")
     }
 
-    /// Claims the daemon role for this process; refused (returns the other pid) while another
-    /// live daemon holds it.
-    pub async fn claim_daemon(&self) -> Result<Result<(), i64>, StoreError> {
+    /// Claims the daemon role: takes the daemon lock (held until the returned guard drops)
+    /// and records this process. `Err` carries the pid of the daemon already running.
+    pub async fn claim_daemon(&self) -> Result<Result<super::locks::Lock, i64>, StoreError> {
+        let Some(lock) = self.lock_daemon()? else {
+            let pid = self.daemon_state().await?.map_or(0, |d| d.pid);
+            return Ok(Err(pid));
+        };
         let mut tx = self.write().await?;
-        let current: Option<DaemonState> = sqlx::query_as(
-            "SELECT pid, started_at, heartbeat, status FROM daemon_state WHERE id = 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await
-        .doing("reading the daemon state")?;
-        if let Some(other) = current
-            && other.pid != i64::from(std::process::id())
-            && other.is_live()
-        {
-            return Ok(Err(other.pid));
-        }
         let now = now_text();
         sqlx::query(
             "INSERT INTO daemon_state (id, pid, started_at, heartbeat, status) \
@@ -226,7 +201,7 @@ impl Store {
         .await
         .doing("claiming the daemon role")?;
         tx.commit().await.doing("claiming the daemon role")?;
-        Ok(Ok(()))
+        Ok(Ok(lock))
     }
 
     pub async fn beat(&self, status: &str) -> Result<(), StoreError> {
@@ -252,4 +227,18 @@ impl Store {
         tx.commit().await.doing("releasing the daemon role")?;
         Ok(())
     }
+}
+
+/// Records a signal-file key inside the caller's transaction; false when already recorded.
+async fn consume_key(tx: &mut sqlx::SqliteConnection, key: &str) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO consumed_triggers (key, consumed_at) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(now_text())
+    .execute(tx)
+    .await
+    .doing("recording a signal file")?
+    .rows_affected();
+    Ok(inserted > 0)
 }

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use super::locks::Lock;
 use super::{Doing, Store, StoreError, now_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,42 +131,48 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> RunRecord {
 const SELECT_RUN: &str =
     "SELECT r.*, e.name AS export FROM runs r JOIN exports e ON e.id = r.export_id";
 
-/// Whether a process is alive (Linux: its /proc entry exists).
-pub fn pid_alive(pid: i64) -> bool {
-    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// Why a run left `running` without finishing is recorded as `interrupted`.
+const INTERRUPTED: &str = "the process running it stopped (crash, kill or power loss)";
+
+/// Marks a run `interrupted` inside the caller's transaction.
+async fn mark_interrupted(tx: &mut sqlx::SqliteConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? \
+         WHERE id = ? AND status = 'running'",
+    )
+    .bind(now_text())
+    .bind(INTERRUPTED)
+    .bind(id)
+    .execute(tx)
+    .await
+    .doing("recovering an interrupted run")?;
+    Ok(())
 }
 
 impl Store {
-    /// Creates the run row. Before that, a run of this export left `running` by a process that
-    /// no longer exists is marked `interrupted`; the new run resumes the latest interrupted
-    /// run that no later run finished (its `full` flag carries over).
+    /// Creates the run row and returns it with the export's run lock, which the caller holds
+    /// until the run is finished. A run of this export still `running` while the lock is free
+    /// was left by a process that died: it is marked `interrupted`, and the new run resumes the
+    /// latest interrupted run that no later run finished (its `full` flag carries over).
     pub async fn start_run(
         &self,
         export_id: i64,
         trigger: &str,
         full: bool,
-    ) -> Result<Result<RunRecord, StartRefused>, StoreError> {
+    ) -> Result<Result<(RunRecord, Lock), StartRefused>, StoreError> {
+        let Some(lock) = self.lock_export(export_id)? else {
+            let running = self.running_run(export_id).await?.map_or(0, |r| r.id);
+            return Ok(Err(StartRefused::AlreadyRunning(running)));
+        };
         let mut tx = self.write().await?;
-        let running: Option<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT id, owner_pid FROM runs WHERE export_id = ? AND status = 'running'",
-        )
-        .bind(export_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .doing("checking for a running run")?;
-        if let Some((id, pid)) = running {
-            if pid.is_some_and(pid_alive) {
-                return Ok(Err(StartRefused::AlreadyRunning(id)));
-            }
-            sqlx::query(
-                "UPDATE runs SET status = 'interrupted', finished_at = ?, \
-                 error = 'the process running it stopped (crash, kill or power loss)' WHERE id = ?",
-            )
-            .bind(now_text())
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .doing("recovering an interrupted run")?;
+        let stale: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE export_id = ? AND status = 'running'")
+                .bind(export_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .doing("checking for a running run")?;
+        if let Some(id) = stale {
+            mark_interrupted(&mut tx, id).await?;
         }
         let last: Option<(i64, String, bool)> = sqlx::query_as(
             "SELECT id, status, full FROM runs WHERE export_id = ? ORDER BY id DESC LIMIT 1",
@@ -196,7 +203,7 @@ impl Store {
             doing: "reading a new run",
             source: sqlx::Error::RowNotFound,
         })?;
-        Ok(Ok(run))
+        Ok(Ok((run, lock)))
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError> {
@@ -350,8 +357,21 @@ impl Store {
 
     /// Asks the running run of an export to stop at its next batch boundary.
     pub async fn request_cancel(&self, export_id: i64) -> Result<Option<i64>, StoreError> {
+        Ok(self.cancel_export(export_id).await?.1)
+    }
+
+    /// Cancels an export's queued run (removed from the queue) and asks its running run to
+    /// stop at its next batch boundary. Returns (a queued run was removed, the running run).
+    pub async fn cancel_export(&self, export_id: i64) -> Result<(bool, Option<i64>), StoreError> {
         let mut tx = self.write().await?;
-        let id: Option<i64> = sqlx::query_scalar(
+        let dequeued = sqlx::query("DELETE FROM run_queue WHERE export_id = ?")
+            .bind(export_id)
+            .execute(&mut *tx)
+            .await
+            .doing("removing a queued run")?
+            .rows_affected()
+            > 0;
+        let running: Option<i64> = sqlx::query_scalar(
             "UPDATE runs SET cancel_requested = 1 WHERE export_id = ? AND status = 'running' \
              RETURNING id",
         )
@@ -360,7 +380,7 @@ impl Store {
         .await
         .doing("requesting a cancel")?;
         tx.commit().await.doing("requesting a cancel")?;
-        Ok(id)
+        Ok((dequeued, running))
     }
 
     pub async fn cancel_requested(&self, run_id: i64) -> Result<bool, StoreError> {
@@ -371,29 +391,21 @@ impl Store {
             .doing("checking for a cancel request")
     }
 
-    /// At daemon start: every run still `running` whose process is gone becomes `interrupted`.
+    /// At daemon start: every run still `running` whose export lock is free (its process is
+    /// gone) becomes `interrupted`.
     pub async fn recover_stale_runs(&self) -> Result<Vec<i64>, StoreError> {
-        let running: Vec<(i64, Option<i64>)> =
-            sqlx::query_as("SELECT id, owner_pid FROM runs WHERE status = 'running'")
+        let running: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT id, export_id FROM runs WHERE status = 'running'")
                 .fetch_all(self.pool())
                 .await
                 .doing("looking for interrupted runs")?;
         let mut recovered = Vec::new();
-        for (id, pid) in running {
-            if pid.is_some_and(|p| p != i64::from(std::process::id()) && pid_alive(p)) {
-                continue;
-            }
+        for (id, export_id) in running {
+            let Some(_lock) = self.lock_export(export_id)? else {
+                continue; // a live process runs it
+            };
             let mut tx = self.write().await?;
-            sqlx::query(
-                "UPDATE runs SET status = 'interrupted', finished_at = ?, \
-                 error = 'the process running it stopped (crash, kill or power loss)' \
-                 WHERE id = ? AND status = 'running'",
-            )
-            .bind(now_text())
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .doing("recovering an interrupted run")?;
+            mark_interrupted(&mut tx, id).await?;
             tx.commit().await.doing("recovering an interrupted run")?;
             recovered.push(id);
         }
