@@ -463,14 +463,20 @@ fn error_chain(e: &reqwest::Error) -> String {
 }
 
 fn is_tls(e: &reqwest::Error) -> bool {
-    let chain = error_chain(e).to_ascii_lowercase();
-    [
+    // Certificate and handshake failures, in rustls' wording: not transient, never retried.
+    const TLS_FAILURES: &[&str] = &[
         "certificate",
         "tls handshake",
         "invalid peer",
         "unknownissuer",
         "handshake failure",
-    ]
-    .iter()
-    .any(|needle| chain.contains(needle))
+        "corrupt message",
+        "invalidcontenttype",
+        "peer misbehaved",
+        "peer is incompatible",
+        "received fatal alert",
+        "no application protocol",
+    ];
+    let chain = error_chain(e).to_ascii_lowercase();
+    TLS_FAILURES.iter().any(|needle| chain.contains(needle))
 }

@@ -173,5 +173,13 @@ mod tests {
             assert!(wait >= Duration::from_millis(50), "{wait:?}");
         }
         assert!(backoff(0, base, cap) <= base);
+        // The ceiling doubles per attempt: later attempts wait longer on average.
+        let mean = |attempt| {
+            (0..200)
+                .map(|_| backoff(attempt, base, cap).as_millis())
+                .sum::<u128>()
+                / 200
+        };
+        assert!(mean(3) > 2 * mean(0), "{} vs {}", mean(3), mean(0));
     }
 }

@@ -757,7 +757,11 @@ mod tests {
     fn postgres_url(test: &str) -> Option<String> {
         let url = std::env::var("ACEXPORT_TEST_POSTGRES_URL").ok();
         if url.is_none() {
-            println!("skipped {test}: ACEXPORT_TEST_POSTGRES_URL is unset");
+            // Straight to the stderr handle: libtest captures `println!`, and a skip must be seen.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("skipped {test}: ACEXPORT_TEST_POSTGRES_URL is unset\n"),
+            );
         }
         url
     }

@@ -651,13 +651,13 @@ fn cli(env: &Env, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slot_missed_while_the_daemon_was_down_runs_once_at_start() {
-    let env = Env::new(sandbox_options(0), 10, Some("0 0 * * * *")).await;
+    let env = Env::new(sandbox_options(0), 10, Some("0 0 0 1 1 *")).await;
     let export_id = env.ctx.find_export("people-list").await.expect("export").id;
-    // The daemon last fired this hourly schedule three hours ago, then was down.
-    let three_hours_ago = chrono::Utc::now() - chrono::Duration::hours(3);
+    // The daemon last fired this yearly schedule (1 January) three years ago, then was down.
+    let three_years_ago = chrono::Utc::now() - chrono::Duration::days(3 * 366);
     env.ctx
         .store
-        .mark_schedule(export_id, "0 0 * * * * @ UTC", three_hours_ago, None)
+        .mark_schedule(export_id, "0 0 0 1 1 * @ UTC", three_years_ago, None)
         .await
         .expect("mark");
 
@@ -818,4 +818,27 @@ async fn export_run_refuses_a_disabled_export_but_plans_it_with_dry_run() {
     let json: serde_json::Value = serde_json::from_slice(&planned.stdout).expect("json");
     assert_eq!(json["plan"]["adds"], 5);
     assert!(env.runs().await.is_empty(), "a dry run records no run");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_a_valid_settings_file_applies_the_new_refresh_schedule() {
+    let env = Env::new(sandbox_options(0), 5, None).await;
+    let mut daemon = env.start(None);
+    env.wait_ready().await;
+
+    let text = settings_text(env.dir.path(), "[schedule]\nrefresh = \"* * * * * *\"\n");
+    std::fs::write(&env.config, text).expect("new settings");
+    signal(&daemon, "HUP");
+
+    let runs = env
+        .wait_for(
+            "a run on the new refresh schedule",
+            Duration::from_secs(20),
+            |r| r.iter().any(|r| r.trigger == "schedule" && finished(r)),
+        )
+        .await;
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
+    assert!(env.log().contains("Settings reloaded"));
+    assert_eq!(runs[0].status, RunStatus::Succeeded);
 }

@@ -425,7 +425,7 @@ async fn throttling_with_retry_after_is_waited_out() {
     assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
     assert_eq!(outcome.counts.upserted, 20);
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
+        started.elapsed() >= Duration::from_millis(2900),
         "Retry-After was honoured"
     );
 }
@@ -562,17 +562,26 @@ async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches()
     let mut sandbox = fast_sandbox();
     sandbox.latency = Duration::from_millis(20);
     let h = Harness::new(sandbox, |s| s.activecampaign.requests_per_second = 40).await;
-    h.segment("members", &csv_rows(3000)).await;
+    h.segment("members", &csv_rows(10_000)).await;
     h.export(&["members"], OnLeave::Keep).await;
-    let ctx_cancel = h.ctx.cancel.clone();
+    let export_id = h.ctx.find_export("weekly").await.expect("export").id;
+    let (ctx_cancel, store) = (h.ctx.cancel.clone(), h.ctx.store.clone());
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        ctx_cancel.cancel();
+        // Shut down once the first batches are confirmed.
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(Some(run)) = store.running_run(export_id).await
+                && run.counts.upserted > 0
+            {
+                ctx_cancel.cancel();
+                return;
+            }
+        }
     });
 
     let first = h.run().await;
     assert_eq!(first.status, RunStatus::Interrupted, "{:?}", first.error);
-    assert!(first.counts.upserted < 3000);
+    assert!(first.counts.upserted > 0 && first.counts.upserted < 10_000);
 
     // A new process (fresh context) resumes the export.
     let ctx = Context::open(settings_in(h.dir.path()), CancellationToken::new())
@@ -589,15 +598,11 @@ async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches()
 
     assert_eq!(second.status, RunStatus::Succeeded, "{:?}", second.error);
     assert_eq!(
-        first.counts.upserted + second.counts.upserted + second.counts.unchanged
-            - first.counts.upserted,
-        3000
-    );
-    assert_eq!(
         second.counts.unchanged, first.counts.upserted,
         "confirmed batches are not sent again"
     );
-    assert_eq!(h.sandbox.members(1, ListStatus::Active), 3000);
+    assert_eq!(second.counts.upserted, 10_000 - first.counts.upserted);
+    assert_eq!(h.sandbox.members(1, ListStatus::Active), 10_000);
     let run = ctx
         .store
         .run(second.run_id.expect("id"))
@@ -746,4 +751,37 @@ async fn removing_a_connection_purges_its_exports_delivery_state_and_history() {
         .await
         .expect("audit");
     assert!(audit.contains("connection.remove"), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_failure_is_reported_as_such_at_once_and_nothing_is_saved() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    // https to a server that speaks plain HTTP: the handshake cannot succeed.
+    let host = format!("https://{}", h.sandbox.addr());
+    let before = h.sandbox.stats().requests;
+
+    let err = h
+        .ctx
+        .add_connection(AddConnection {
+            name: "tls".into(),
+            host,
+            api_key: SecretString::from(TOKEN),
+            allow_contributors: false,
+            accept_data_transfer: true,
+        })
+        .await
+        .expect_err("refused");
+
+    let text = err.to_string();
+    assert!(
+        text.contains("TLS") && text.contains(&h.sandbox.addr().to_string()),
+        "{text}"
+    );
+    assert!(!text.contains(TOKEN));
+    assert_eq!(
+        h.sandbox.stats().requests,
+        before,
+        "no HTTP request was understood"
+    );
+    assert!(h.ctx.store.connection("tls").await.expect("q").is_none());
 }
