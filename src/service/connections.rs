@@ -195,7 +195,9 @@ impl Context {
         if let Some(allow) = req.allow_contributors {
             c.allow_contributors = allow;
         }
-        self.store.update_connection(&c).await?;
+        if self.store.update_connection(&c).await? {
+            tracing::info!(connection = %name, "Host changed: delivery state of its exports reset; their next runs send every member");
+        }
         self.show_connection(name).await
     }
 

@@ -246,7 +246,9 @@ impl Context {
             enabled: current.enabled,
         };
         let spec = self.check_export(&input).await?;
-        self.store.update_export(current.id, &spec).await?;
+        if self.store.update_export(current.id, &spec).await? {
+            tracing::info!(export = %name, "Destination changed: delivery state reset; the next run sends every member");
+        }
         self.show_export(name).await
     }
 

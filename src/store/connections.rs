@@ -103,9 +103,27 @@ impl Store {
         Ok(id)
     }
 
-    /// Replaces host, key and sharing of a connection after re-verification.
-    pub async fn update_connection(&self, c: &ConnectionDef) -> Result<(), StoreError> {
+    /// Replaces host, key and sharing of a connection after re-verification. A new host may be
+    /// another account: the delivery state of its exports is purged so the next runs send
+    /// every member there. Returns whether it was purged.
+    pub async fn update_connection(&self, c: &ConnectionDef) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
+        let old_base: String = sqlx::query_scalar("SELECT base_url FROM connections WHERE id = ?")
+            .bind(c.id)
+            .fetch_one(&mut *tx)
+            .await
+            .doing("updating a connection")?;
+        let moved = old_base != c.base_url;
+        if moved {
+            sqlx::query(
+                "DELETE FROM delivery_state WHERE export_id IN \
+                 (SELECT id FROM exports WHERE connection_id = ?)",
+            )
+            .bind(c.id)
+            .execute(&mut *tx)
+            .await
+            .doing("resetting delivery state")?;
+        }
         sqlx::query(
             "UPDATE connections SET base_url = ?, api_key_sealed = ?, api_key_hint = ?, \
              allow_contributors = ?, ac_user = ?, status = ?, status_detail = ?, checked_at = ?, \
@@ -126,7 +144,7 @@ impl Store {
         .doing("updating a connection")?;
         super::audit(&mut tx, "connection.update", &c.name, Some(&c.base_url)).await?;
         tx.commit().await.doing("updating a connection")?;
-        Ok(())
+        Ok(moved)
     }
 
     /// Records the outcome of a check (`connection test`, a run's preflight).

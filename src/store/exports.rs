@@ -225,9 +225,26 @@ impl Store {
         Ok(Some(id))
     }
 
-    /// Replaces an export's definition (same id, delivery state kept).
-    pub async fn update_export(&self, id: i64, spec: &ExportSpec) -> Result<(), StoreError> {
+    /// Replaces an export's definition. The delivery state is kept, unless the destination
+    /// changed (another connection or list): what was delivered there says nothing about the
+    /// new one, so the state is purged and the next run sends every member. Returns whether it
+    /// was purged.
+    pub async fn update_export(&self, id: i64, spec: &ExportSpec) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
+        let (connection_id, list_id): (i64, i64) =
+            sqlx::query_as("SELECT connection_id, list_id FROM exports WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .doing("updating an export")?;
+        let moved = connection_id != spec.connection_id || list_id != spec.list_id;
+        if moved {
+            sqlx::query("DELETE FROM delivery_state WHERE export_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .doing("resetting an export's delivery state")?;
+        }
         sqlx::query(
             "UPDATE exports SET connection_id = ?, list_id = ?, list_name = ?, email_column = ?, \
              first_name_column = ?, last_name_column = ?, phone_column = ?, on_leave = ?, \
@@ -258,9 +275,10 @@ impl Store {
             .doing("updating an export")?;
         }
         write_export_parts(&mut tx, id, spec).await?;
-        super::audit(&mut tx, "export.update", &spec.name, None).await?;
+        let detail = moved.then_some("destination changed; delivery state reset");
+        super::audit(&mut tx, "export.update", &spec.name, detail).await?;
         tx.commit().await.doing("updating an export")?;
-        Ok(())
+        Ok(moved)
     }
 
     pub async fn set_export_enabled(&self, id: i64, enabled: bool) -> Result<(), StoreError> {

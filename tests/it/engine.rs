@@ -785,3 +785,34 @@ async fn a_tls_failure_is_reported_as_such_at_once_and_nothing_is_saved() {
     );
     assert!(h.ctx.store.connection("tls").await.expect("q").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moving_an_export_to_another_account_sends_everyone_there() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(30)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    h.run().await;
+    let other = Sandbox::start(fast_sandbox())
+        .await
+        .expect("second account");
+    h.ctx
+        .add_connection(AddConnection {
+            name: "other".into(),
+            host: other.host(),
+            api_key: SecretString::from(TOKEN),
+            allow_contributors: false,
+            accept_data_transfer: true,
+        })
+        .await
+        .expect("connection");
+
+    let patch = acexport::service::exports::ExportPatch {
+        connection: Some("other".into()),
+        ..Default::default()
+    };
+    h.ctx.update_export("weekly", patch).await.expect("moved");
+    let moved = h.run().await;
+
+    assert_eq!((moved.counts.upserted, moved.counts.unchanged), (30, 0));
+    assert_eq!(other.members(1, ListStatus::Active), 30);
+}
