@@ -5,12 +5,12 @@
 //! its local time across DST changes. croner's DST rules, which this module relies on and its
 //! tests pin down:
 //!
-//! - **Spring forward (a wall-clock hour does not exist).** A *fixed-time* job (single values in
-//!   the seconds, minute and hour fields, e.g. `30 2 * * *`) whose time falls in the gap runs
-//!   once, at the first real instant after the jump (03:00 local). An *interval* job (`*`, a
-//!   step, a list or a range in any of those fields, e.g. `*/15 * * * *` or `30 2,14 * * *`)
-//!   simply has no slots inside the gap; note that this includes lists and ranges, which Vixie
-//!   cron would treat as fixed.
+//! - **Spring forward (a wall-clock hour does not exist).** A job whose wall-clock slot falls
+//!   in the gap runs once, at the first real instant after the jump (03:00 local), as Vixie
+//!   cron does: never skipped silently. croner does this itself for fixed-time jobs (`30 2 * * *`);
+//!   for lists and ranges (`30 2,14 * * *`), which croner treats as interval jobs with no slot in
+//!   the gap, [`Schedule::next_after`] adds it. Interval jobs (`*/15 * * * *`) have their gap
+//!   slots collapse into that one run, which is also their first regular slot after the jump.
 //! - **Fall back (a wall-clock hour happens twice).** A fixed-time job runs once, at the first
 //!   occurrence. An interval job runs in both occurrences: `0 * * * *` fires at 01:00 daylight
 //!   time and again one real hour later at 01:00 standard time, i.e. once per real hour, with
@@ -22,7 +22,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::offset::LocalResult;
+use chrono::{DateTime, Offset, TimeDelta, TimeZone, Timelike, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -107,7 +108,7 @@ impl Schedule {
     /// First slot strictly after `after`. `None` only if croner's search fails, which a
     /// schedule accepted by [`Schedule::parse`] does not do before the year 5000.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match self
+        let zoned = match self
             .cron
             .find_next_occurrence(&after.with_timezone(&self.tz), false)
         {
@@ -121,7 +122,43 @@ impl Schedule {
                 );
                 None
             }
+        };
+        match (zoned, self.slot_in_gap(after)) {
+            (Some(z), Some(g)) => Some(z.min(g)),
+            (z, g) => z.or(g),
         }
+    }
+
+    /// The next wall-clock slot after `after` when that time does not exist (it falls in a
+    /// spring-forward gap): it runs at the first instant after the gap.
+    fn slot_in_gap(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local_after = after.with_timezone(&self.tz);
+        let naive = self
+            .cron
+            .find_next_occurrence(&local_after.naive_local(), false)
+            .ok()?;
+        if !matches!(self.tz.from_local_datetime(&naive), LocalResult::None) {
+            return None;
+        }
+        // Read with the offset in force before the gap, the wall-clock time lies past the jump;
+        // the jump itself is where the offset changes between `after` and that instant.
+        let before = local_after.offset().fix();
+        let mut low = after;
+        let mut high = (naive - before).and_utc();
+        if self.tz.offset_from_utc_datetime(&high.naive_utc()).fix() == before {
+            return None; // not a gap this schedule's search can explain
+        }
+        while high - low > TimeDelta::seconds(1) {
+            let mid = low + (high - low) / 2;
+            if self.tz.offset_from_utc_datetime(&mid.naive_utc()).fix() == before {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        // The jump happens on a whole second; `high` is its first instant.
+        let jump = high.with_nanosecond(0).unwrap_or(high);
+        (jump > after).then_some(jump)
     }
 
     /// Catch-up (systemd `Persistent=`): the latest slot `s` with `last < s <= now`, if any,
@@ -274,13 +311,32 @@ mod tests {
     }
 
     #[test]
-    fn a_listed_hour_inside_the_spring_forward_gap_is_skipped_as_croner_treats_lists_as_intervals()
-    {
-        // Pins the documented croner rule (lists are interval jobs) so an upgrade that
-        // changes it is noticed: 02:30 does not exist that day, 14:30 still runs.
-        let s = schedule("30 2,14 * * *", Berlin);
-        let day = date(BERLIN_SPRING);
-        assert_eq!(slots_on(&s, Berlin, day), [local(Berlin, day, 14, 30)]);
+    fn a_listed_hour_inside_the_spring_forward_gap_runs_once_right_after_the_jump() {
+        // croner alone skips it (it treats lists as interval jobs); never skip silently.
+        for (tz, transition) in [(Berlin, BERLIN_SPRING), (New_York, NY_SPRING)] {
+            let s = schedule("30 2,14 * * *", tz);
+            let day = date(transition);
+            assert_eq!(
+                slots_on(&s, tz, day),
+                [local(tz, day, 3, 0), local(tz, day, 14, 30)],
+                "{tz}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_interval_job_runs_once_at_the_jump_not_once_per_missing_slot() {
+        let s = schedule("*/15 * * * *", New_York);
+        let day = date(NY_SPRING);
+        let got: Vec<_> = slots_on(&s, New_York, day)
+            .into_iter()
+            .filter(|t| *t >= local(New_York, day, 1, 30) && *t <= local(New_York, day, 3, 30))
+            .collect();
+        let expected: Vec<_> = [(1, 30), (1, 45), (3, 0), (3, 15), (3, 30)]
+            .iter()
+            .map(|(h, m)| local(New_York, day, *h, *m))
+            .collect();
+        assert_eq!(got, expected);
     }
 
     fn assert_repeated_hour_job_runs_once_at_first_occurrence(
