@@ -47,8 +47,8 @@ const SCALED_REQUESTS_PER_SECOND: u32 = 5 * 60;
 const SCALED_BULK_IMPORTS_PER_MINUTE: u32 = 100 * 60;
 /// Client budget with the sandbox's limits off: high enough that it never binds, so the run
 /// measures acexport rather than the pacing.
-const UNBOUND_REQUESTS_PER_SECOND: u32 = 1_000;
-const UNBOUND_BULK_IMPORTS_PER_MINUTE: u32 = 60_000;
+const UNBOUND_REQUESTS_PER_SECOND: u32 = 100_000;
+const UNBOUND_BULK_IMPORTS_PER_MINUTE: u32 = 6_000_000;
 /// Rows inserted per statement when generating an SQLite source.
 const INSERT_ROWS: usize = 500;
 /// One profile in this many changes, and one in this many leaves, in the third phase.
