@@ -368,6 +368,16 @@ async fn deliver_batch(
     result
 }
 
+/// The wait before the first `import/info` poll of the next imports, from how this one went.
+/// The time an import took is only known to within the last poll, so an import found done at
+/// the first poll pulls the estimate down (the wait may have been longer than needed: without
+/// this the estimate could never fall below its start), and one that needed several polls
+/// pulls it up to the time taken. A moving average keeps one odd import from swinging it.
+fn next_first_poll(previous: Duration, waited: Duration, polls: u32, took: Duration) -> Duration {
+    let observed = if polls <= 1 { waited / 2 } else { took };
+    ((previous * 3 + observed) / 4).clamp(MIN_POLL, MAX_POLL)
+}
+
 /// Polls `import/info` until the import is final; the first poll comes after the time recent
 /// imports took, so a fast server is not kept waiting and a slow one is not flooded.
 async fn confirm(
@@ -378,15 +388,18 @@ async fn confirm(
     result: &mut BatchResult,
 ) {
     let started = tokio::time::Instant::now();
-    let mut wait = Duration::from_micros(poll.load(Ordering::Relaxed)).clamp(MIN_POLL, MAX_POLL);
+    let first_wait = Duration::from_micros(poll.load(Ordering::Relaxed)).clamp(MIN_POLL, MAX_POLL);
+    let mut wait = first_wait;
+    let mut polls = 0u32;
     loop {
         tokio::time::sleep(wait).await;
+        polls += 1;
         match client.import_info(batch_id).await {
             Ok(info) => match info.state() {
                 ImportState::Completed => {
-                    let elapsed = started.elapsed().as_micros() as u64;
-                    let previous = poll.load(Ordering::Relaxed);
-                    poll.store((previous * 3 + elapsed) / 4, Ordering::Relaxed);
+                    let previous = Duration::from_micros(poll.load(Ordering::Relaxed));
+                    let next = next_first_poll(previous, first_wait, polls, started.elapsed());
+                    poll.store(next.as_micros() as u64, Ordering::Relaxed);
                     let failures: HashSet<String> = info.failed_emails().collect();
                     for item in items {
                         if failures.contains(&item.email) {
@@ -473,6 +486,24 @@ mod tests {
         let mut one_more: Vec<Item> = batch;
         one_more.push(item(3_000));
         assert!(body(&one_more).len() >= MAX_BULK_IMPORT_BYTES - 3_001);
+    }
+
+    #[test]
+    fn an_import_done_at_the_first_poll_shortens_the_next_first_wait() {
+        let wait = Duration::from_millis(200);
+
+        let next = next_first_poll(wait, wait, 1, Duration::from_millis(201));
+
+        assert!(next < Duration::from_millis(180), "{next:?}");
+    }
+
+    #[test]
+    fn an_import_needing_several_polls_lengthens_the_next_first_wait() {
+        let wait = Duration::from_millis(100);
+
+        let next = next_first_poll(wait, wait, 3, Duration::from_millis(500));
+
+        assert_eq!(next, Duration::from_millis(200));
     }
 
     #[test]
