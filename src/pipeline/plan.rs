@@ -7,9 +7,9 @@
 //! profile values they hold live no longer than the run. A resumed run plans again from the
 //! sources; what was confirmed before the crash is then unchanged and is not sent twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use sqlx::{AssertSqlSafe, SqliteConnection};
 
 use super::matching::{Matching, Member};
 use super::{PipelineError, Sink};
@@ -19,7 +19,7 @@ use crate::store::exports::OnLeave;
 use crate::store::{Doing, RunCounts};
 
 /// Rows read from a source per chunk; also the number of members looked up per statement.
-pub const CHUNK: usize = 500;
+pub const CHUNK: usize = 2048;
 
 /// What the plan found besides the counts.
 #[derive(Debug, Default, Clone)]
@@ -52,7 +52,10 @@ pub async fn create_temp_tables(conn: &mut SqliteConnection) -> Result<(), Pipel
     for sql in [
         "DROP TABLE IF EXISTS temp.seen",
         "DROP TABLE IF EXISTS temp.outbox",
+        "DROP TABLE IF EXISTS temp.stage",
         "CREATE TEMP TABLE seen (email TEXT PRIMARY KEY) WITHOUT ROWID",
+        // One chunk of mapped members at a time, in source order.
+        "CREATE TEMP TABLE stage (email TEXT NOT NULL, hash BLOB NOT NULL, payload TEXT NOT NULL)",
         "CREATE TEMP TABLE outbox (seq INTEGER PRIMARY KEY, email TEXT NOT NULL, \
          hash BLOB NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL)",
     ] {
@@ -118,102 +121,95 @@ impl Planner<'_> {
         }
     }
 
-    /// De-duplicates a chunk (first occurrence wins) and sorts it into new, changed, unchanged.
+    /// De-duplicates a chunk (first occurrence wins) and sorts it into new, changed and
+    /// unchanged. The set work happens in SQLite, statement by statement over the whole chunk,
+    /// so that no row travels back from the database: the chunk is staged, members seen in
+    /// earlier chunks or segments are dropped from the stage, the rest are marked seen, and
+    /// those whose delivery state differs go to the outbox.
     async fn plan_members(&mut self, members: Vec<Member>) -> Result<(), PipelineError> {
         if members.is_empty() {
             return Ok(());
         }
         let mut in_chunk = HashSet::with_capacity(members.len());
         let mut candidates = Vec::with_capacity(members.len());
-        for member in members {
-            if in_chunk.insert(member.key.clone()) {
+        for member in &members {
+            if in_chunk.insert(member.key.as_str()) {
                 candidates.push(member);
             } else {
                 self.counts.duplicates += 1;
             }
         }
-        // Members seen in earlier chunks or segments are duplicates too.
+        let conn = &mut *self.conn;
         let sql = format!(
-            "INSERT INTO temp.seen (email) VALUES {} ON CONFLICT DO NOTHING RETURNING email",
-            placeholders(candidates.len(), 1)
+            "INSERT INTO temp.stage (email, hash, payload) VALUES {}",
+            placeholders(candidates.len(), 3)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for m in &candidates {
-            query = query.bind(m.key.as_str());
+            query = query
+                .bind(m.key.as_str())
+                .bind(&m.fingerprint[..])
+                .bind(m.payload.as_str());
         }
-        let fresh: HashSet<String> = query
-            .fetch_all(&mut *self.conn)
+        query.execute(&mut *conn).await.doing("staging members")?;
+        // Members seen in earlier chunks or segments are duplicates too.
+        let earlier = sqlx::query(
+            "DELETE FROM temp.stage WHERE EXISTS \
+             (SELECT 1 FROM temp.seen s WHERE s.email = stage.email)",
+        )
+        .execute(&mut *conn)
+        .await
+        .doing("de-duplicating members")?
+        .rows_affected();
+        self.counts.duplicates += earlier;
+        let fresh = sqlx::query("INSERT INTO temp.seen (email) SELECT email FROM temp.stage")
+            .execute(&mut *conn)
             .await
             .doing("de-duplicating members")?
-            .iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
-        let before = candidates.len();
-        candidates.retain(|m| fresh.contains(&m.key));
-        self.counts.duplicates += (before - candidates.len()) as u64;
-        self.totals.members += candidates.len() as u64;
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "SELECT email, hash, status, run_id FROM delivery_state WHERE export_id = ? AND email \
-             IN ({})",
-            vec!["?"; candidates.len()].join(",")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(self.export_id);
-        for m in &candidates {
-            query = query.bind(m.key.as_str());
-        }
-        let state: HashMap<String, (Vec<u8>, String, i64)> = query
-            .fetch_all(&mut *self.conn)
+            .rows_affected();
+        self.totals.members += fresh;
+        let planned = sqlx::query(
+            "INSERT INTO temp.outbox (email, hash, kind, payload) \
+             SELECT s.email, s.hash, CASE WHEN d.email IS NULL THEN 'new' ELSE 'changed' END, \
+             s.payload FROM temp.stage s LEFT JOIN delivery_state d \
+             ON d.export_id = ?1 AND d.email = s.email \
+             WHERE d.email IS NULL OR d.status != 'delivered' OR d.hash != s.hash \
+             OR d.run_id < ?2 ORDER BY s.rowid",
+        )
+        .bind(self.export_id)
+        // Without `--full` no run id is below the floor.
+        .bind(self.full_floor.unwrap_or(i64::MIN))
+        .execute(&mut *conn)
+        .await
+        .doing("planning deliveries")?
+        .rows_affected();
+        sqlx::query("DELETE FROM temp.stage")
+            .execute(&mut *conn)
             .await
-            .doing("reading delivery state")?
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-            .collect();
-        let mut outbox: Vec<(&Member, &'static str)> = Vec::new();
-        for m in &candidates {
-            match state.get(&m.key) {
-                None => {
-                    self.totals.new += 1;
-                    outbox.push((m, "new"));
-                }
-                Some((hash, status, run_id)) => {
-                    let resend_all = self.full_floor.is_some_and(|floor| *run_id < floor);
-                    if resend_all || status != "delivered" || hash.as_slice() != m.fingerprint {
-                        self.totals.changed += 1;
-                        outbox.push((m, "changed"));
-                    } else {
-                        self.counts.unchanged += 1;
-                    }
-                }
-            }
-        }
-        self.counts.planned += outbox.len() as u64;
-        if !outbox.is_empty() {
-            let sql = format!(
-                "INSERT INTO temp.outbox (email, hash, kind, payload) VALUES {}",
-                placeholders(outbox.len(), 4)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (m, kind) in outbox {
-                query = query
-                    .bind(m.key.as_str())
-                    .bind(&m.fingerprint[..])
-                    .bind(kind)
-                    .bind(m.payload.as_str());
-            }
-            query
-                .execute(&mut *self.conn)
-                .await
-                .doing("planning deliveries")?;
-        }
+            .doing("planning deliveries")?;
+        self.counts.planned += planned;
+        self.counts.unchanged += fresh - planned;
+        Ok(())
+    }
+
+    /// Splits what the outbox holds into new and changed members, once every segment is read.
+    async fn count_planned(&mut self) -> Result<(), PipelineError> {
+        let (new, changed): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE kind = 'new'), COUNT(*) FILTER (WHERE kind = 'changed') \
+             FROM temp.outbox",
+        )
+        .fetch_one(&mut *self.conn)
+        .await
+        .doing("counting planned deliveries")?;
+        self.totals.new = new as u64;
+        self.totals.changed = changed as u64;
         Ok(())
     }
 
     /// Members delivered earlier who are in no segment now. With `unsubscribe` they join the
     /// outbox; with `keep` they are only counted (and forgotten when the run finishes).
     pub async fn plan_leavers(&mut self, on_leave: OnLeave) -> Result<(), PipelineError> {
+        self.count_planned().await?;
         let leaving: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM delivery_state d WHERE d.export_id = ? AND NOT EXISTS \
              (SELECT 1 FROM temp.seen s WHERE s.email = d.email)",
