@@ -73,8 +73,42 @@ fn placeholders(groups: usize, per_group: usize) -> String {
 }
 
 impl Planner<'_> {
+    /// Reads every segment and plans the leavers, in one transaction on the run's connection:
+    /// the work tables are written without a commit per statement, and the delivery state is
+    /// read from one snapshot.
+    pub async fn plan(
+        &mut self,
+        segments: &[SegmentSource],
+        on_leave: OnLeave,
+        sink: &mut Sink,
+    ) -> Result<(), PipelineError> {
+        sqlx::query("BEGIN")
+            .execute(&mut *self.conn)
+            .await
+            .doing("planning deliveries")?;
+        let mut planned = async {
+            for segment in segments {
+                self.read_segment(segment, sink).await?;
+            }
+            self.plan_leavers(on_leave).await
+        }
+        .await;
+        if planned.is_ok() {
+            planned = sqlx::query("COMMIT")
+                .execute(&mut *self.conn)
+                .await
+                .map(|_| ())
+                .doing("planning deliveries")
+                .map_err(PipelineError::from);
+        }
+        if planned.is_err() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+        }
+        planned
+    }
+
     /// Streams one segment through matching and planning.
-    pub async fn read_segment(
+    async fn read_segment(
         &mut self,
         segment: &SegmentSource,
         sink: &mut Sink,
@@ -208,7 +242,7 @@ impl Planner<'_> {
 
     /// Members delivered earlier who are in no segment now. With `unsubscribe` they join the
     /// outbox; with `keep` they are only counted (and forgotten when the run finishes).
-    pub async fn plan_leavers(&mut self, on_leave: OnLeave) -> Result<(), PipelineError> {
+    async fn plan_leavers(&mut self, on_leave: OnLeave) -> Result<(), PipelineError> {
         self.count_planned().await?;
         let leaving: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM delivery_state d WHERE d.export_id = ? AND NOT EXISTS \
