@@ -53,8 +53,12 @@ pub async fn create_temp_tables(conn: &mut SqliteConnection) -> Result<(), Pipel
         "DROP TABLE IF EXISTS temp.seen",
         "DROP TABLE IF EXISTS temp.outbox",
         "DROP TABLE IF EXISTS temp.stage",
+        "DROP TABLE IF EXISTS temp.leavers",
         "CREATE TEMP TABLE seen (email TEXT PRIMARY KEY) WITHOUT ROWID",
         // One chunk of mapped members at a time, in source order.
+        // Members delivered earlier who are in no segment now, found once per run.
+        "CREATE TEMP TABLE leavers (email TEXT PRIMARY KEY, hash BLOB NOT NULL, \
+         delivered INTEGER NOT NULL) WITHOUT ROWID",
         "CREATE TEMP TABLE stage (email TEXT NOT NULL, hash BLOB NOT NULL, payload TEXT NOT NULL)",
         "CREATE TEMP TABLE outbox (seq INTEGER PRIMARY KEY, email TEXT NOT NULL, \
          hash BLOB NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL)",
@@ -244,15 +248,19 @@ impl Planner<'_> {
     /// outbox; with `keep` they are only counted (and forgotten when the run finishes).
     async fn plan_leavers(&mut self, on_leave: OnLeave) -> Result<(), PipelineError> {
         self.count_planned().await?;
-        let leaving: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM delivery_state d WHERE d.export_id = ? AND NOT EXISTS \
+        // One pass over the delivery state finds them all; what follows reads this short list.
+        let leaving = sqlx::query(
+            "INSERT INTO temp.leavers (email, hash, delivered) \
+             SELECT d.email, d.hash, d.status = 'delivered' FROM delivery_state d \
+             WHERE d.export_id = ? AND NOT EXISTS \
              (SELECT 1 FROM temp.seen s WHERE s.email = d.email)",
         )
         .bind(self.export_id)
-        .fetch_one(&mut *self.conn)
+        .execute(&mut *self.conn)
         .await
-        .doing("finding members who left")?;
-        self.totals.leaving = leaving as u64;
+        .doing("finding members who left")?
+        .rows_affected();
+        self.totals.leaving = leaving;
         if on_leave == OnLeave::Unsubscribe && leaving > 0 {
             // The payload needs only the email and the list; build it in SQL to stay streaming.
             const SLOT: &str = "acexport-email-slot";
@@ -261,14 +269,12 @@ impl Planner<'_> {
                 .split_once(&format!("\"{SLOT}\""))
                 .ok_or_else(|| PipelineError::Internal("unsubscribe template".to_owned()))?;
             sqlx::query(
-                "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT d.email, d.hash, \
-                 'leave', ? || json_quote(d.email) || ? FROM delivery_state d \
-                 WHERE d.export_id = ? AND d.status = 'delivered' AND NOT EXISTS \
-                 (SELECT 1 FROM temp.seen s WHERE s.email = d.email) ORDER BY d.email",
+                "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT email, hash, \
+                 'leave', ? || json_quote(email) || ? FROM temp.leavers WHERE delivered \
+                 ORDER BY email",
             )
             .bind(before.to_owned())
             .bind(after.to_owned())
-            .bind(self.export_id)
             .execute(&mut *self.conn)
             .await
             .doing("planning unsubscribes")?;
@@ -277,7 +283,9 @@ impl Planner<'_> {
     }
 }
 
-/// Forgets members who left (on-leave `keep`, and failed leavers under `unsubscribe`).
+/// Forgets members who left (on-leave `keep`, and failed leavers under `unsubscribe`). The
+/// leavers' status is the one they had when the run planned: delivery changes no leaver's
+/// status (a confirmed unsubscribe deletes the row, a failed one leaves it as it was).
 pub async fn forget_leavers(
     conn: &mut SqliteConnection,
     export_id: i64,
@@ -288,8 +296,8 @@ pub async fn forget_leavers(
         .await
         .doing("forgetting members who left")?;
     let result = sqlx::query(
-        "DELETE FROM delivery_state WHERE export_id = ? AND (? = 0 OR status != 'delivered') \
-         AND NOT EXISTS (SELECT 1 FROM temp.seen s WHERE s.email = delivery_state.email)",
+        "DELETE FROM delivery_state WHERE export_id = ? AND email IN \
+         (SELECT email FROM temp.leavers WHERE ? = 0 OR NOT delivered)",
     )
     .bind(export_id)
     .bind(only_undelivered)
