@@ -7,19 +7,102 @@
 //! profile values they hold live no longer than the run. A resumed run plans again from the
 //! sources; what was confirmed before the crash is then unchanged and is not sent twice.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use sqlx::{AssertSqlSafe, SqliteConnection};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::matching::{Matching, Member};
 use super::{PipelineError, Sink};
 use crate::secrets::ProfileHasher;
-use crate::source::{self, SourceDef};
+use crate::source::{self, RowStream, SourceDef, SourceError};
 use crate::store::exports::OnLeave;
 use crate::store::{Doing, RunCounts};
 
 /// Rows read from a source per chunk; also the number of members looked up per statement.
 pub const CHUNK: usize = 2048;
+
+/// Mapped chunks the matching task may run ahead of planning.
+const MAPPED_AHEAD: usize = 2;
+
+/// One chunk of source rows after matching.
+struct MappedChunk {
+    /// Source rows it came from.
+    rows: u64,
+    members: Vec<Member>,
+    rejects: Vec<Reject>,
+}
+
+/// A row the matching refused, with what its record needs.
+struct Reject {
+    row: u64,
+    /// The raw email value, masked when recorded.
+    email: Option<String>,
+    reason: Cow<'static, str>,
+}
+
+/// The matching task: maps chunks of rows until the source ends, fails, or planning stops
+/// listening.
+async fn map_rows(
+    mut rows: RowStream,
+    matching: Matching,
+    hasher: ProfileHasher,
+    tx: mpsc::Sender<Result<MappedChunk, SourceError>>,
+) {
+    loop {
+        let chunk = match rows.next_chunk(CHUNK).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mut mapped = MappedChunk {
+            rows: chunk.len() as u64,
+            members: Vec::with_capacity(chunk.len()),
+            rejects: Vec::new(),
+        };
+        for item in chunk {
+            match item {
+                Ok(row) => match matching.map(&row.values, &hasher) {
+                    Ok(member) => mapped.members.push(member),
+                    Err(reason) => mapped.rejects.push(Reject {
+                        row: row.number,
+                        email: row.values.into_iter().next().flatten(),
+                        reason: Cow::Borrowed(reason),
+                    }),
+                },
+                Err(e) => mapped.rejects.push(Reject {
+                    row: e.number,
+                    email: None,
+                    reason: Cow::Owned(e.reason),
+                }),
+            }
+        }
+        if tx.send(Ok(mapped)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Aborts the task when dropped (planning stopped early), so it stops reading the source.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Waits for the task's end; an error if it panicked.
+    async fn finish(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What the plan found besides the counts.
 #[derive(Debug, Default, Clone)]
@@ -111,52 +194,54 @@ impl Planner<'_> {
         planned
     }
 
-    /// Streams one segment through matching and planning.
+    /// Streams one segment through matching and planning. Matching runs in a task of its own,
+    /// a chunk or two ahead, so that mapping the next chunk overlaps SQLite planning this one.
     async fn read_segment(
         &mut self,
         segment: &SegmentSource,
         sink: &mut Sink,
     ) -> Result<(), PipelineError> {
-        let mut rows = source::open(&segment.def, self.matching.columns())
+        let rows = source::open(&segment.def, self.matching.columns())
             .await
             .map_err(|e| PipelineError::Source {
                 segment: segment.name.clone(),
                 source: e,
             })?;
-        loop {
-            let chunk = rows
-                .next_chunk(CHUNK)
-                .await
-                .map_err(|e| PipelineError::Source {
-                    segment: segment.name.clone(),
-                    source: e,
-                })?;
-            let Some(chunk) = chunk else {
-                return Ok(());
-            };
-            let mut members = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                self.counts.rows_read += 1;
-                match item {
-                    Ok(row) => match self.matching.map(&row.values, self.hasher) {
-                        Ok(member) => members.push(member),
-                        Err(reason) => {
-                            self.counts.rejected += 1;
-                            let raw = row.values.first().and_then(|v| v.as_deref());
-                            sink.rejected(&segment.name, row.number, raw, reason)
-                                .await?;
-                        }
-                    },
-                    Err(e) => {
-                        self.counts.rejected += 1;
-                        sink.rejected(&segment.name, e.number, None, &e.reason)
-                            .await?;
-                    }
-                }
+        let (tx, mut mapped) = mpsc::channel(MAPPED_AHEAD);
+        let mapper = AbortOnDrop(tokio::spawn(map_rows(
+            rows,
+            self.matching.clone(),
+            self.hasher.clone(),
+            tx,
+        )));
+        while let Some(chunk) = mapped.recv().await {
+            let chunk = chunk.map_err(|e| PipelineError::Source {
+                segment: segment.name.clone(),
+                source: e,
+            })?;
+            self.counts.rows_read += chunk.rows;
+            for reject in chunk.rejects {
+                self.counts.rejected += 1;
+                sink.rejected(
+                    &segment.name,
+                    reject.row,
+                    reject.email.as_deref(),
+                    &reject.reason,
+                )
+                .await?;
             }
-            self.plan_members(members).await?;
+            self.plan_members(chunk.members).await?;
             sink.progress(self.counts).await;
         }
+        // The channel closes when the mapper ends: at the end of the rows, or on a panic,
+        // which must not look like the end of the data.
+        mapper.finish().await.map_err(|e| PipelineError::Source {
+            segment: segment.name.clone(),
+            source: SourceError::ReaderFailed {
+                source_name: segment.name.clone(),
+                message: format!("the matching task failed: {e}"),
+            },
+        })
     }
 
     /// De-duplicates a chunk (first occurrence wins) and sorts it into new, changed and
