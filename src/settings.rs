@@ -19,6 +19,10 @@ pub const SECRETS_CREDENTIAL: &str = "acexport-secrets-key";
 pub const AC_REQUESTS_PER_SECOND: u32 = 5;
 /// ActiveCampaign's documented limit for multi-contact bulk imports.
 pub const AC_BULK_IMPORTS_PER_MINUTE: u32 = 100;
+/// Highest budgets accepted: far above any ActiveCampaign plan, high enough that the
+/// benchmark against the sandbox (limits off) measures acexport and not the pacing.
+const MAX_REQUESTS_PER_SECOND: u32 = 100_000;
+const MAX_BULK_IMPORTS_PER_MINUTE: u32 = 6_000_000;
 /// Customer Insights' documented ceiling per export, our default guard.
 pub const DEFAULT_MAX_PROFILES: u64 = 1_000_000;
 
@@ -282,21 +286,25 @@ impl Settings {
     /// Checks every value a deserializer cannot: ranges, cron syntax, time zone names.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let ac = &self.activecampaign;
-        if ac.requests_per_second == 0 || ac.requests_per_second > 1000 {
+        if ac.requests_per_second == 0 || ac.requests_per_second > MAX_REQUESTS_PER_SECOND {
             return Err(SettingsError::Key {
                 key: "activecampaign.requests_per_second",
                 message: format!(
-                    "must be between 1 and 1000, got {} (ActiveCampaign allows {})",
-                    ac.requests_per_second, AC_REQUESTS_PER_SECOND
+                    "must be between 1 and {MAX_REQUESTS_PER_SECOND}, got {} (ActiveCampaign allows \
+                     {AC_REQUESTS_PER_SECOND})",
+                    ac.requests_per_second
                 ),
             });
         }
-        if ac.bulk_imports_per_minute == 0 || ac.bulk_imports_per_minute > 60_000 {
+        if ac.bulk_imports_per_minute == 0
+            || ac.bulk_imports_per_minute > MAX_BULK_IMPORTS_PER_MINUTE
+        {
             return Err(SettingsError::Key {
                 key: "activecampaign.bulk_imports_per_minute",
                 message: format!(
-                    "must be between 1 and 60000, got {} (ActiveCampaign allows {})",
-                    ac.bulk_imports_per_minute, AC_BULK_IMPORTS_PER_MINUTE
+                    "must be between 1 and {MAX_BULK_IMPORTS_PER_MINUTE}, got {} (ActiveCampaign \
+                     allows {AC_BULK_IMPORTS_PER_MINUTE})",
+                    ac.bulk_imports_per_minute
                 ),
             });
         }

@@ -4,24 +4,26 @@
 //! imports are in flight at once; confirmed ones are committed together (group commit), with
 //! the run's counts, in one transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
 use super::{PipelineError, Sink, StopReason, Stopper};
 use crate::activecampaign::wire::{BulkOutcome, ImportState};
 use crate::activecampaign::{AcError, Client, MAX_BULK_IMPORT_BYTES, MAX_CONTACTS_PER_BULK_IMPORT};
-use crate::store::{Doing, RunCounts, Store};
+use crate::store::{Doing, RunCounts, RunIssue, Store};
 
 /// Imports sent and awaiting confirmation at once. The budget, not this, paces real accounts.
 const MAX_IN_FLIGHT: usize = 32;
 /// Outbox rows read per query.
 const PAGE: i64 = 2_000;
+/// Confirmed contacts held for the next group commit before sending pauses for it.
+const MAX_UNCOMMITTED: usize = 8 * MAX_CONTACTS_PER_BULK_IMPORT;
 /// Consecutive imports failing as a whole (not per contact) before the run gives up.
 const MAX_FAILED_BATCHES_IN_A_ROW: u32 = 3;
 /// Longest wait for ActiveCampaign to finish one import.
@@ -77,26 +79,46 @@ pub struct Delivery<'a> {
 
 impl Delivery<'_> {
     /// Sends the whole outbox; returns why it stopped early, if it did.
+    ///
+    /// Three things overlap: the next page of the outbox is read while batches are in flight,
+    /// and confirmed batches are committed (one group commit at a time, in a task of its own)
+    /// while more are sent and confirmed. Whatever was confirmed is committed before this
+    /// returns, on every path.
     pub async fn run(&mut self, sink: &mut Sink) -> Result<Option<StopReason>, PipelineError> {
         let poll = Arc::new(AtomicU64::new(200_000)); // µs; adapts to observed import time
         let mut in_flight: JoinSet<BatchResult> = JoinSet::new();
         let mut last_seq = 0i64;
-        let mut page: std::collections::VecDeque<Item> = Default::default();
+        let mut page: VecDeque<Item> = VecDeque::new();
+        let mut reading: Option<PageRead<'_>> = None;
         let mut exhausted = false;
+        let mut confirmed = Confirmed::default();
+        let mut committing: Option<JoinHandle<Result<(), PipelineError>>> = None;
         let mut failed_in_a_row = 0u32;
         let mut stop: Option<StopReason> = None;
+        let mut fatal: Option<AcError> = None;
+        let mut error: Option<PipelineError> = None;
+        // The run's connection, lent to the page being read and handed back with it.
+        let mut idle_conn = Some(&mut *self.conn);
         loop {
             if stop.is_none() {
                 stop = self.stopper.reason();
             }
-            while stop.is_none() && in_flight.len() < MAX_IN_FLIGHT {
+            let sending = stop.is_none() && fatal.is_none() && error.is_none();
+            // Confirmed contacts wait in memory for the commit: when it falls behind, sending
+            // waits for it, so memory stays flat.
+            let room = confirmed.len() < MAX_UNCOMMITTED;
+            // Read ahead, so the next batches are ready when slots free up.
+            if sending
+                && !exhausted
+                && page.len() < PAGE as usize
+                && let Some(conn) = idle_conn.take()
+            {
+                reading = Some(Box::pin(next_page(conn, last_seq)));
+            }
+            while sending && room && in_flight.len() < MAX_IN_FLIGHT {
+                // A short batch only at the very end of the outbox.
                 if page.len() < MAX_CONTACTS_PER_BULK_IMPORT && !exhausted {
-                    let rows = self.next_page(last_seq).await?;
-                    exhausted = rows.len() < PAGE as usize;
-                    if let Some((seq, _)) = rows.last() {
-                        last_seq = *seq;
-                    }
-                    page.extend(rows.into_iter().map(|(_, item)| item));
+                    break;
                 }
                 let (batch, oversized) = take_batch(&mut page);
                 for item in oversized {
@@ -115,131 +137,228 @@ impl Delivery<'_> {
                         .instrument(tracing::Span::current()),
                 );
             }
-            let Some(first) = in_flight.join_next().await else {
+            if committing.is_none() && !confirmed.is_empty() {
+                self.counts.requests = self.client.requests_sent();
+                let batch = std::mem::take(&mut confirmed);
+                committing = Some(tokio::spawn(
+                    batch
+                        .commit(
+                            self.store.clone(),
+                            self.export_id,
+                            self.run_id,
+                            *self.counts,
+                        )
+                        .instrument(tracing::Span::current()),
+                ));
+            }
+            let drained = in_flight.is_empty() && reading.is_none() && committing.is_none();
+            if drained && (!sending || (exhausted && page.is_empty())) {
                 break;
-            };
-            let mut results = vec![first.map_err(|e| PipelineError::Internal(e.to_string()))?];
-            while let Some(more) = in_flight.try_join_next() {
-                results.push(more.map_err(|e| PipelineError::Internal(e.to_string()))?);
             }
-            let mut fatal = None;
-            for r in &results {
-                if r.batch_error.is_some() {
-                    failed_in_a_row += 1;
-                } else if !r.abandoned {
-                    failed_in_a_row = 0;
+            tokio::select! {
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    let mut results = vec![joined];
+                    while let Some(more) = in_flight.try_join_next() {
+                        results.push(more);
+                    }
+                    for result in results {
+                        let mut result = match result {
+                            Ok(result) => result,
+                            // Aborted after a key rejection: nothing of it is committed.
+                            Err(e) if e.is_cancelled() => continue,
+                            Err(e) => {
+                                error.get_or_insert(PipelineError::Internal(e.to_string()));
+                                continue;
+                            }
+                        };
+                        if result.batch_error.is_some() {
+                            failed_in_a_row += 1;
+                        } else if !result.abandoned {
+                            failed_in_a_row = 0;
+                        }
+                        if let Some(e) = result.fatal.take() {
+                            fatal.get_or_insert(e);
+                        }
+                        confirmed.add(result, self.counts, sink);
+                    }
+                    if fatal.is_some() {
+                        in_flight.abort_all();
+                    }
+                    if failed_in_a_row >= MAX_FAILED_BATCHES_IN_A_ROW && stop.is_none() {
+                        stop = Some(StopReason::Failing(format!(
+                            "{failed_in_a_row} imports in a row failed as a whole; the rest is \
+                             left for the next run"
+                        )));
+                    }
+                }
+                (conn, rows) = wait_for(&mut reading) => {
+                    reading = None;
+                    idle_conn = Some(conn);
+                    match rows {
+                        Ok(rows) => {
+                            exhausted = rows.len() < PAGE as usize;
+                            if let Some((seq, _)) = rows.last() {
+                                last_seq = *seq;
+                            }
+                            page.extend(rows.into_iter().map(|(_, item)| item));
+                        }
+                        Err(e) => {
+                            error.get_or_insert(e);
+                        }
+                    }
+                }
+                committed = wait_for(&mut committing) => {
+                    committing = None;
+                    match committed {
+                        Ok(Ok(())) => {
+                            self.counts.requests = self.client.requests_sent();
+                            sink.progress(self.counts).await;
+                        }
+                        Ok(Err(e)) => {
+                            error.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            error.get_or_insert(PipelineError::Internal(e.to_string()));
+                        }
+                    }
                 }
             }
-            for r in &mut results {
-                if let Some(e) = r.fatal.take() {
-                    fatal = Some(e);
-                }
-            }
-            self.commit(results, sink).await?;
-            self.counts.requests = self.client.requests_sent();
-            sink.progress(self.counts).await;
-            if let Some(e) = fatal {
-                in_flight.abort_all();
-                return Err(PipelineError::ActiveCampaign(e));
-            }
-            if failed_in_a_row >= MAX_FAILED_BATCHES_IN_A_ROW && stop.is_none() {
-                stop = Some(StopReason::Failing(format!(
-                    "{failed_in_a_row} imports in a row failed as a whole; the rest is left for \
-                     the next run"
-                )));
-            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if let Some(e) = fatal {
+            return Err(PipelineError::ActiveCampaign(e));
         }
         Ok(stop)
     }
+}
 
-    async fn next_page(&mut self, after: i64) -> Result<Vec<(i64, Item)>, PipelineError> {
-        let rows = sqlx::query(
-            "SELECT seq, email, hash, kind, payload FROM temp.outbox WHERE seq > ? ORDER BY seq \
-             LIMIT ?",
-        )
-        .bind(after)
-        .bind(PAGE)
-        .fetch_all(&mut *self.conn)
-        .await
-        .doing("reading the outbox")?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let kind = match r.get::<&str, _>(3) {
-                    "new" => Kind::New,
-                    "leave" => Kind::Leave,
-                    _ => Kind::Changed,
-                };
-                (
-                    r.get(0),
-                    Item {
-                        email: r.get(1),
-                        hash: r.get(2),
-                        kind,
-                        payload: r.get(4),
-                    },
-                )
-            })
-            .collect())
+/// A page of the outbox being read; the connection comes back with it.
+type PageRead<'c> =
+    std::pin::Pin<Box<dyn Future<Output = (&'c mut SqliteConnection, Page)> + Send + 'c>>;
+type Page = Result<Vec<(i64, Item)>, PipelineError>;
+
+/// Awaits the future in `slot`, or never completes when there is none (a `select!` branch
+/// that is off).
+async fn wait_for<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_page(conn: &mut SqliteConnection, after: i64) -> (&mut SqliteConnection, Page) {
+    let page = read_page(&mut *conn, after).await;
+    (conn, page)
+}
+
+async fn read_page(conn: &mut SqliteConnection, after: i64) -> Page {
+    let rows = sqlx::query(
+        "SELECT seq, email, hash, kind, payload FROM temp.outbox WHERE seq > ? ORDER BY seq \
+         LIMIT ?",
+    )
+    .bind(after)
+    .bind(PAGE)
+    .fetch_all(&mut *conn)
+    .await
+    .doing("reading the outbox")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let kind = match r.get::<&str, _>(3) {
+                "new" => Kind::New,
+                "leave" => Kind::Leave,
+                _ => Kind::Changed,
+            };
+            (
+                r.get(0),
+                Item {
+                    email: r.get(1),
+                    hash: r.get(2),
+                    kind,
+                    payload: r.get(4),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Confirmed batches waiting for the next group commit; the run's counts already include
+/// them.
+#[derive(Default)]
+struct Confirmed {
+    delivered: Vec<Item>,
+    left: Vec<Item>,
+    failed: Vec<Item>,
+    issues: Vec<RunIssue>,
+}
+
+impl Confirmed {
+    /// Contacts held.
+    fn len(&self) -> usize {
+        self.delivered.len() + self.left.len() + self.failed.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.delivered.is_empty()
+            && self.left.is_empty()
+            && self.failed.is_empty()
+            && self.issues.is_empty()
+    }
+
+    /// Counts one batch's outcome and keeps what the commit must record.
+    fn add(&mut self, result: BatchResult, counts: &mut RunCounts, sink: &mut Sink) {
+        counts.sent += result.sent;
+        for item in result.delivered {
+            if item.kind == Kind::Leave {
+                counts.unsubscribed += 1;
+                self.left.push(item);
+            } else {
+                counts.upserted += 1;
+                self.delivered.push(item);
+            }
+        }
+        if let Some(e) = &result.batch_error {
+            tracing::error!(error = %e, contacts = result.failed.len(), "Import failed; its contacts are retried next run");
+        }
+        for (item, reason) in result.failed {
+            counts.failed += 1;
+            if let Some(issue) = sink.failure_issue(&item.email, &reason) {
+                self.issues.push(issue);
+            }
+            if item.kind != Kind::Leave {
+                self.failed.push(item);
+            }
+        }
     }
 
     /// Records confirmed batches: delivery state, failures and counts in one transaction.
     async fn commit(
-        &mut self,
-        results: Vec<BatchResult>,
-        sink: &mut Sink,
+        self,
+        store: Store,
+        export_id: i64,
+        run_id: i64,
+        counts: RunCounts,
     ) -> Result<(), PipelineError> {
-        let mut delivered: Vec<&Item> = Vec::new();
-        let mut left: Vec<&Item> = Vec::new();
-        let mut failed: Vec<&Item> = Vec::new();
-        let mut issues = Vec::new();
-        for r in &results {
-            self.counts.sent += r.sent;
-            for item in &r.delivered {
-                if item.kind == Kind::Leave {
-                    self.counts.unsubscribed += 1;
-                    left.push(item);
-                } else {
-                    self.counts.upserted += 1;
-                    delivered.push(item);
-                }
-            }
-            for (item, reason) in &r.failed {
-                self.counts.failed += 1;
-                if item.kind != Kind::Leave {
-                    failed.push(item);
-                }
-                if let Some(issue) = sink.failure_issue(&item.email, reason) {
-                    issues.push(issue);
-                }
-            }
-            if let Some(e) = &r.batch_error {
-                tracing::error!(error = %e, contacts = r.failed.len(), "Import failed; its contacts are retried next run");
-            }
-        }
-        let mut tx = self.store.write().await?;
-        upsert_state(
-            &mut tx,
-            self.export_id,
-            self.run_id,
-            &delivered,
-            "delivered",
-        )
-        .await?;
-        upsert_state(&mut tx, self.export_id, self.run_id, &failed, "failed").await?;
-        for chunk in left.chunks(500) {
+        let delivered: Vec<&Item> = self.delivered.iter().collect();
+        let failed: Vec<&Item> = self.failed.iter().collect();
+        let mut tx = store.write().await?;
+        upsert_state(&mut tx, export_id, run_id, &delivered, "delivered").await?;
+        upsert_state(&mut tx, export_id, run_id, &failed, "failed").await?;
+        for chunk in self.left.chunks(500) {
             let sql = format!(
                 "DELETE FROM delivery_state WHERE export_id = ? AND email IN ({})",
                 vec!["?"; chunk.len()].join(",")
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(self.export_id);
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(export_id);
             for item in chunk {
                 q = q.bind(item.email.as_str());
             }
             q.execute(&mut *tx).await.doing("recording unsubscribes")?;
         }
-        Store::record_issues(&mut tx, self.run_id, &issues).await?;
-        Store::write_run_counts(&mut tx, self.run_id, self.counts).await?;
+        Store::record_issues(&mut tx, run_id, &self.issues).await?;
+        Store::write_run_counts(&mut tx, run_id, &counts).await?;
         tx.commit().await.doing("recording a confirmed import")?;
         Ok(())
     }
@@ -277,7 +396,7 @@ async fn upsert_state(
 
 /// Takes the next batch off the page: up to 250 contacts whose body stays under 400,000 bytes.
 /// Contacts too large to send at all are returned separately.
-fn take_batch(page: &mut std::collections::VecDeque<Item>) -> (Vec<Item>, Vec<Item>) {
+fn take_batch(page: &mut VecDeque<Item>) -> (Vec<Item>, Vec<Item>) {
     let mut batch = Vec::new();
     let mut oversized = Vec::new();
     let mut bytes = BODY_OVERHEAD;
@@ -373,6 +492,16 @@ async fn deliver_batch(
     result
 }
 
+/// The wait before the first `import/info` poll of the next imports, from how this one went.
+/// The time an import took is only known to within the last poll, so an import found done at
+/// the first poll pulls the estimate down (the wait may have been longer than needed: without
+/// this the estimate could never fall below its start), and one that needed several polls
+/// pulls it up to the time taken. A moving average keeps one odd import from swinging it.
+fn next_first_poll(previous: Duration, waited: Duration, polls: u32, took: Duration) -> Duration {
+    let observed = if polls <= 1 { waited / 2 } else { took };
+    ((previous * 3 + observed) / 4).clamp(MIN_POLL, MAX_POLL)
+}
+
 /// Polls `import/info` until the import is final; the first poll comes after the time recent
 /// imports took, so a fast server is not kept waiting and a slow one is not flooded.
 async fn confirm(
@@ -383,15 +512,18 @@ async fn confirm(
     result: &mut BatchResult,
 ) {
     let started = tokio::time::Instant::now();
-    let mut wait = Duration::from_micros(poll.load(Ordering::Relaxed)).clamp(MIN_POLL, MAX_POLL);
+    let first_wait = Duration::from_micros(poll.load(Ordering::Relaxed)).clamp(MIN_POLL, MAX_POLL);
+    let mut wait = first_wait;
+    let mut polls = 0u32;
     loop {
         tokio::time::sleep(wait).await;
+        polls += 1;
         match client.import_info(batch_id).await {
             Ok(info) => match info.state() {
                 ImportState::Completed => {
-                    let elapsed = started.elapsed().as_micros() as u64;
-                    let previous = poll.load(Ordering::Relaxed);
-                    poll.store((previous * 3 + elapsed) / 4, Ordering::Relaxed);
+                    let previous = Duration::from_micros(poll.load(Ordering::Relaxed));
+                    let next = next_first_poll(previous, first_wait, polls, started.elapsed());
+                    poll.store(next.as_micros() as u64, Ordering::Relaxed);
                     let failures: HashSet<String> = info.failed_emails().collect();
                     for item in items {
                         if failures.contains(&item.email) {
@@ -478,6 +610,24 @@ mod tests {
         let mut one_more: Vec<Item> = batch;
         one_more.push(item(3_000));
         assert!(body(&one_more).len() >= MAX_BULK_IMPORT_BYTES - 3_001);
+    }
+
+    #[test]
+    fn an_import_done_at_the_first_poll_shortens_the_next_first_wait() {
+        let wait = Duration::from_millis(200);
+
+        let next = next_first_poll(wait, wait, 1, Duration::from_millis(201));
+
+        assert!(next < Duration::from_millis(180), "{next:?}");
+    }
+
+    #[test]
+    fn an_import_needing_several_polls_lengthens_the_next_first_wait() {
+        let wait = Duration::from_millis(100);
+
+        let next = next_first_poll(wait, wait, 3, Duration::from_millis(500));
+
+        assert_eq!(next, Duration::from_millis(200));
     }
 
     #[test]

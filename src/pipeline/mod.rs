@@ -416,10 +416,7 @@ async fn execute(
         counts,
         totals: PlanTotals::default(),
     };
-    for segment in &segments {
-        planner.read_segment(segment, sink).await?;
-    }
-    planner.plan_leavers(export.on_leave).await?;
+    planner.plan(&segments, export.on_leave, sink).await?;
     let totals = planner.totals.clone();
     let max = ctx.settings.export.max_profiles;
     if totals.members > max {
@@ -503,10 +500,7 @@ async fn dry_run(
         counts: &mut counts,
         totals: PlanTotals::default(),
     };
-    for segment in &segments {
-        planner.read_segment(segment, &mut sink).await?;
-    }
-    planner.plan_leavers(export.on_leave).await?;
+    planner.plan(&segments, export.on_leave, &mut sink).await?;
     let totals = planner.totals.clone();
     let mut plan = sink.plan.take().unwrap_or_default();
     plan.adds = totals.new;

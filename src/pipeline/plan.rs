@@ -7,19 +7,102 @@
 //! profile values they hold live no longer than the run. A resumed run plans again from the
 //! sources; what was confirmed before the crash is then unchanged and is not sent twice.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashSet;
 
-use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use sqlx::{AssertSqlSafe, SqliteConnection};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::matching::{Matching, Member};
 use super::{PipelineError, Sink};
 use crate::secrets::ProfileHasher;
-use crate::source::{self, SourceDef};
+use crate::source::{self, RowStream, SourceDef, SourceError};
 use crate::store::exports::OnLeave;
 use crate::store::{Doing, RunCounts};
 
 /// Rows read from a source per chunk; also the number of members looked up per statement.
-pub const CHUNK: usize = 500;
+pub const CHUNK: usize = 2048;
+
+/// Mapped chunks the matching task may run ahead of planning.
+const MAPPED_AHEAD: usize = 2;
+
+/// One chunk of source rows after matching.
+struct MappedChunk {
+    /// Source rows it came from.
+    rows: u64,
+    members: Vec<Member>,
+    rejects: Vec<Reject>,
+}
+
+/// A row the matching refused, with what its record needs.
+struct Reject {
+    row: u64,
+    /// The raw email value, masked when recorded.
+    email: Option<String>,
+    reason: Cow<'static, str>,
+}
+
+/// The matching task: maps chunks of rows until the source ends, fails, or planning stops
+/// listening.
+async fn map_rows(
+    mut rows: RowStream,
+    matching: Matching,
+    hasher: ProfileHasher,
+    tx: mpsc::Sender<Result<MappedChunk, SourceError>>,
+) {
+    loop {
+        let chunk = match rows.next_chunk(CHUNK).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mut mapped = MappedChunk {
+            rows: chunk.len() as u64,
+            members: Vec::with_capacity(chunk.len()),
+            rejects: Vec::new(),
+        };
+        for item in chunk {
+            match item {
+                Ok(row) => match matching.map(&row.values, &hasher) {
+                    Ok(member) => mapped.members.push(member),
+                    Err(reason) => mapped.rejects.push(Reject {
+                        row: row.number,
+                        email: row.values.into_iter().next().flatten(),
+                        reason: Cow::Borrowed(reason),
+                    }),
+                },
+                Err(e) => mapped.rejects.push(Reject {
+                    row: e.number,
+                    email: None,
+                    reason: Cow::Owned(e.reason),
+                }),
+            }
+        }
+        if tx.send(Ok(mapped)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Aborts the task when dropped (planning stopped early), so it stops reading the source.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Waits for the task's end; an error if it panicked.
+    async fn finish(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What the plan found besides the counts.
 #[derive(Debug, Default, Clone)]
@@ -52,7 +135,14 @@ pub async fn create_temp_tables(conn: &mut SqliteConnection) -> Result<(), Pipel
     for sql in [
         "DROP TABLE IF EXISTS temp.seen",
         "DROP TABLE IF EXISTS temp.outbox",
+        "DROP TABLE IF EXISTS temp.stage",
+        "DROP TABLE IF EXISTS temp.leavers",
         "CREATE TEMP TABLE seen (email TEXT PRIMARY KEY) WITHOUT ROWID",
+        // One chunk of mapped members at a time, in source order.
+        // Members delivered earlier who are in no segment now, found once per run.
+        "CREATE TEMP TABLE leavers (email TEXT PRIMARY KEY, hash BLOB NOT NULL, \
+         delivered INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE TEMP TABLE stage (email TEXT NOT NULL, hash BLOB NOT NULL, payload TEXT NOT NULL)",
         "CREATE TEMP TABLE outbox (seq INTEGER PRIMARY KEY, email TEXT NOT NULL, \
          hash BLOB NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL)",
     ] {
@@ -70,159 +160,192 @@ fn placeholders(groups: usize, per_group: usize) -> String {
 }
 
 impl Planner<'_> {
-    /// Streams one segment through matching and planning.
-    pub async fn read_segment(
+    /// Reads every segment and plans the leavers, in one transaction on the run's connection:
+    /// the work tables are written without a commit per statement, and the delivery state is
+    /// read from one snapshot.
+    pub async fn plan(
+        &mut self,
+        segments: &[SegmentSource],
+        on_leave: OnLeave,
+        sink: &mut Sink,
+    ) -> Result<(), PipelineError> {
+        sqlx::query("BEGIN")
+            .execute(&mut *self.conn)
+            .await
+            .doing("planning deliveries")?;
+        let mut planned = async {
+            for segment in segments {
+                self.read_segment(segment, sink).await?;
+            }
+            self.plan_leavers(on_leave).await
+        }
+        .await;
+        if planned.is_ok() {
+            planned = sqlx::query("COMMIT")
+                .execute(&mut *self.conn)
+                .await
+                .map(|_| ())
+                .doing("planning deliveries")
+                .map_err(PipelineError::from);
+        }
+        if planned.is_err() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+        }
+        planned
+    }
+
+    /// Streams one segment through matching and planning. Matching runs in a task of its own,
+    /// a chunk or two ahead, so that mapping the next chunk overlaps SQLite planning this one.
+    async fn read_segment(
         &mut self,
         segment: &SegmentSource,
         sink: &mut Sink,
     ) -> Result<(), PipelineError> {
-        let mut rows = source::open(&segment.def, self.matching.columns())
+        let rows = source::open(&segment.def, self.matching.columns())
             .await
             .map_err(|e| PipelineError::Source {
                 segment: segment.name.clone(),
                 source: e,
             })?;
-        loop {
-            let chunk = rows
-                .next_chunk(CHUNK)
-                .await
-                .map_err(|e| PipelineError::Source {
-                    segment: segment.name.clone(),
-                    source: e,
-                })?;
-            let Some(chunk) = chunk else {
-                return Ok(());
-            };
-            let mut members = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                self.counts.rows_read += 1;
-                match item {
-                    Ok(row) => match self.matching.map(&row.values, self.hasher) {
-                        Ok(member) => members.push(member),
-                        Err(reason) => {
-                            self.counts.rejected += 1;
-                            let raw = row.values.first().and_then(|v| v.as_deref());
-                            sink.rejected(&segment.name, row.number, raw, reason)
-                                .await?;
-                        }
-                    },
-                    Err(e) => {
-                        self.counts.rejected += 1;
-                        sink.rejected(&segment.name, e.number, None, &e.reason)
-                            .await?;
-                    }
-                }
+        let (tx, mut mapped) = mpsc::channel(MAPPED_AHEAD);
+        let mapper = AbortOnDrop(tokio::spawn(map_rows(
+            rows,
+            self.matching.clone(),
+            self.hasher.clone(),
+            tx,
+        )));
+        while let Some(chunk) = mapped.recv().await {
+            let chunk = chunk.map_err(|e| PipelineError::Source {
+                segment: segment.name.clone(),
+                source: e,
+            })?;
+            self.counts.rows_read += chunk.rows;
+            for reject in chunk.rejects {
+                self.counts.rejected += 1;
+                sink.rejected(
+                    &segment.name,
+                    reject.row,
+                    reject.email.as_deref(),
+                    &reject.reason,
+                )
+                .await?;
             }
-            self.plan_members(members).await?;
+            self.plan_members(chunk.members).await?;
             sink.progress(self.counts).await;
         }
+        // The channel closes when the mapper ends: at the end of the rows, or on a panic,
+        // which must not look like the end of the data.
+        mapper.finish().await.map_err(|e| PipelineError::Source {
+            segment: segment.name.clone(),
+            source: SourceError::ReaderFailed {
+                source_name: segment.name.clone(),
+                message: format!("the matching task failed: {e}"),
+            },
+        })
     }
 
-    /// De-duplicates a chunk (first occurrence wins) and sorts it into new, changed, unchanged.
+    /// De-duplicates a chunk (first occurrence wins) and sorts it into new, changed and
+    /// unchanged. The set work happens in SQLite, statement by statement over the whole chunk,
+    /// so that no row travels back from the database: the chunk is staged, members seen in
+    /// earlier chunks or segments are dropped from the stage, the rest are marked seen, and
+    /// those whose delivery state differs go to the outbox.
     async fn plan_members(&mut self, members: Vec<Member>) -> Result<(), PipelineError> {
         if members.is_empty() {
             return Ok(());
         }
         let mut in_chunk = HashSet::with_capacity(members.len());
         let mut candidates = Vec::with_capacity(members.len());
-        for member in members {
-            if in_chunk.insert(member.key.clone()) {
+        for member in &members {
+            if in_chunk.insert(member.key.as_str()) {
                 candidates.push(member);
             } else {
                 self.counts.duplicates += 1;
             }
         }
-        // Members seen in earlier chunks or segments are duplicates too.
+        let conn = &mut *self.conn;
         let sql = format!(
-            "INSERT INTO temp.seen (email) VALUES {} ON CONFLICT DO NOTHING RETURNING email",
-            placeholders(candidates.len(), 1)
+            "INSERT INTO temp.stage (email, hash, payload) VALUES {}",
+            placeholders(candidates.len(), 3)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for m in &candidates {
-            query = query.bind(m.key.as_str());
+            query = query
+                .bind(m.key.as_str())
+                .bind(&m.fingerprint[..])
+                .bind(m.payload.as_str());
         }
-        let fresh: HashSet<String> = query
-            .fetch_all(&mut *self.conn)
+        query.execute(&mut *conn).await.doing("staging members")?;
+        // Members seen in earlier chunks or segments are duplicates too.
+        let earlier = sqlx::query(
+            "DELETE FROM temp.stage WHERE EXISTS \
+             (SELECT 1 FROM temp.seen s WHERE s.email = stage.email)",
+        )
+        .execute(&mut *conn)
+        .await
+        .doing("de-duplicating members")?
+        .rows_affected();
+        self.counts.duplicates += earlier;
+        let fresh = sqlx::query("INSERT INTO temp.seen (email) SELECT email FROM temp.stage")
+            .execute(&mut *conn)
             .await
             .doing("de-duplicating members")?
-            .iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
-        let before = candidates.len();
-        candidates.retain(|m| fresh.contains(&m.key));
-        self.counts.duplicates += (before - candidates.len()) as u64;
-        self.totals.members += candidates.len() as u64;
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "SELECT email, hash, status, run_id FROM delivery_state WHERE export_id = ? AND email \
-             IN ({})",
-            vec!["?"; candidates.len()].join(",")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(self.export_id);
-        for m in &candidates {
-            query = query.bind(m.key.as_str());
-        }
-        let state: HashMap<String, (Vec<u8>, String, i64)> = query
-            .fetch_all(&mut *self.conn)
+            .rows_affected();
+        self.totals.members += fresh;
+        let planned = sqlx::query(
+            "INSERT INTO temp.outbox (email, hash, kind, payload) \
+             SELECT s.email, s.hash, CASE WHEN d.email IS NULL THEN 'new' ELSE 'changed' END, \
+             s.payload FROM temp.stage s LEFT JOIN delivery_state d \
+             ON d.export_id = ?1 AND d.email = s.email \
+             WHERE d.email IS NULL OR d.status != 'delivered' OR d.hash != s.hash \
+             OR d.run_id < ?2 ORDER BY s.rowid",
+        )
+        .bind(self.export_id)
+        // Without `--full` no run id is below the floor.
+        .bind(self.full_floor.unwrap_or(i64::MIN))
+        .execute(&mut *conn)
+        .await
+        .doing("planning deliveries")?
+        .rows_affected();
+        sqlx::query("DELETE FROM temp.stage")
+            .execute(&mut *conn)
             .await
-            .doing("reading delivery state")?
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-            .collect();
-        let mut outbox: Vec<(&Member, &'static str)> = Vec::new();
-        for m in &candidates {
-            match state.get(&m.key) {
-                None => {
-                    self.totals.new += 1;
-                    outbox.push((m, "new"));
-                }
-                Some((hash, status, run_id)) => {
-                    let resend_all = self.full_floor.is_some_and(|floor| *run_id < floor);
-                    if resend_all || status != "delivered" || hash.as_slice() != m.fingerprint {
-                        self.totals.changed += 1;
-                        outbox.push((m, "changed"));
-                    } else {
-                        self.counts.unchanged += 1;
-                    }
-                }
-            }
-        }
-        self.counts.planned += outbox.len() as u64;
-        if !outbox.is_empty() {
-            let sql = format!(
-                "INSERT INTO temp.outbox (email, hash, kind, payload) VALUES {}",
-                placeholders(outbox.len(), 4)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (m, kind) in outbox {
-                query = query
-                    .bind(m.key.as_str())
-                    .bind(&m.fingerprint[..])
-                    .bind(kind)
-                    .bind(m.payload.as_str());
-            }
-            query
-                .execute(&mut *self.conn)
-                .await
-                .doing("planning deliveries")?;
-        }
+            .doing("planning deliveries")?;
+        self.counts.planned += planned;
+        self.counts.unchanged += fresh - planned;
+        Ok(())
+    }
+
+    /// Splits what the outbox holds into new and changed members, once every segment is read.
+    async fn count_planned(&mut self) -> Result<(), PipelineError> {
+        let (new, changed): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE kind = 'new'), COUNT(*) FILTER (WHERE kind = 'changed') \
+             FROM temp.outbox",
+        )
+        .fetch_one(&mut *self.conn)
+        .await
+        .doing("counting planned deliveries")?;
+        self.totals.new = new as u64;
+        self.totals.changed = changed as u64;
         Ok(())
     }
 
     /// Members delivered earlier who are in no segment now. With `unsubscribe` they join the
     /// outbox; with `keep` they are only counted (and forgotten when the run finishes).
-    pub async fn plan_leavers(&mut self, on_leave: OnLeave) -> Result<(), PipelineError> {
-        let leaving: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM delivery_state d WHERE d.export_id = ? AND NOT EXISTS \
+    async fn plan_leavers(&mut self, on_leave: OnLeave) -> Result<(), PipelineError> {
+        self.count_planned().await?;
+        // One pass over the delivery state finds them all; what follows reads this short list.
+        let leaving = sqlx::query(
+            "INSERT INTO temp.leavers (email, hash, delivered) \
+             SELECT d.email, d.hash, d.status = 'delivered' FROM delivery_state d \
+             WHERE d.export_id = ? AND NOT EXISTS \
              (SELECT 1 FROM temp.seen s WHERE s.email = d.email)",
         )
         .bind(self.export_id)
-        .fetch_one(&mut *self.conn)
+        .execute(&mut *self.conn)
         .await
-        .doing("finding members who left")?;
-        self.totals.leaving = leaving as u64;
+        .doing("finding members who left")?
+        .rows_affected();
+        self.totals.leaving = leaving;
         if on_leave == OnLeave::Unsubscribe && leaving > 0 {
             // The payload needs only the email and the list; build it in SQL to stay streaming.
             const SLOT: &str = "acexport-email-slot";
@@ -231,14 +354,12 @@ impl Planner<'_> {
                 .split_once(&format!("\"{SLOT}\""))
                 .ok_or_else(|| PipelineError::Internal("unsubscribe template".to_owned()))?;
             sqlx::query(
-                "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT d.email, d.hash, \
-                 'leave', ? || json_quote(d.email) || ? FROM delivery_state d \
-                 WHERE d.export_id = ? AND d.status = 'delivered' AND NOT EXISTS \
-                 (SELECT 1 FROM temp.seen s WHERE s.email = d.email) ORDER BY d.email",
+                "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT email, hash, \
+                 'leave', ? || json_quote(email) || ? FROM temp.leavers WHERE delivered \
+                 ORDER BY email",
             )
             .bind(before.to_owned())
             .bind(after.to_owned())
-            .bind(self.export_id)
             .execute(&mut *self.conn)
             .await
             .doing("planning unsubscribes")?;
@@ -247,7 +368,9 @@ impl Planner<'_> {
     }
 }
 
-/// Forgets members who left (on-leave `keep`, and failed leavers under `unsubscribe`).
+/// Forgets members who left (on-leave `keep`, and failed leavers under `unsubscribe`). The
+/// leavers' status is the one they had when the run planned: delivery changes no leaver's
+/// status (a confirmed unsubscribe deletes the row, a failed one leaves it as it was).
 pub async fn forget_leavers(
     conn: &mut SqliteConnection,
     export_id: i64,
@@ -258,8 +381,8 @@ pub async fn forget_leavers(
         .await
         .doing("forgetting members who left")?;
     let result = sqlx::query(
-        "DELETE FROM delivery_state WHERE export_id = ? AND (? = 0 OR status != 'delivered') \
-         AND NOT EXISTS (SELECT 1 FROM temp.seen s WHERE s.email = delivery_state.email)",
+        "DELETE FROM delivery_state WHERE export_id = ? AND email IN \
+         (SELECT email FROM temp.leavers WHERE ? = 0 OR NOT delivered)",
     )
     .bind(export_id)
     .bind(only_undelivered)
