@@ -252,11 +252,15 @@ pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliErr
     if daemon_up && !args.dry_run {
         return follow_daemon_run(ctx, &export.name, export.id, args).await;
     }
-    // Ctrl-C or SIGTERM stops at the next batch boundary; the run is resumable.
-    let cancel = ctx.cancel.clone();
+    // Ctrl-C or SIGTERM stops at the next batch boundary (the imports in hand are confirmed
+    // and kept); a second one abandons them. Either way the run is resumable.
+    let (cancel, abort) = (ctx.cancel.clone(), ctx.abort.clone());
     let signals = tokio::spawn(async move {
         crate::daemon::termination().await;
+        eprintln!("\nStopping at the next batch boundary; press Ctrl-C again to stop at once.");
         cancel.cancel();
+        crate::daemon::termination().await;
+        abort.cancel();
     });
     let options = RunOptions {
         trigger: "manual".to_owned(),

@@ -37,6 +37,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Longest wait for running exports to reach a batch boundary at shutdown; below systemd's
 /// TimeoutStopSec (90 s in deploy/acexport.service).
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+/// The last part of the drain deadline, after in-flight HTTP calls are abandoned.
+const ABORT_MARGIN: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -193,15 +195,23 @@ impl Daemon {
             running = running.len(),
             "Shutting down: running exports stop at their next batch boundary"
         );
+        // Soft stop first: runs finish the imports in hand and commit them. If that takes
+        // too long (ActiveCampaign slow to confirm), abandon the HTTP calls still in flight;
+        // their batches are sent again when the runs resume.
         self.ctx.cancel.cancel();
         tracker.close();
-        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+        if tokio::time::timeout(DRAIN_DEADLINE - ABORT_MARGIN, tracker.wait())
             .await
             .is_err()
         {
-            tracing::error!(
-                "Running exports did not stop within the drain deadline; they resume at next start"
-            );
+            tracing::warn!("Imports still unconfirmed at the drain deadline; abandoning them");
+            self.ctx.abort.cancel();
+            if tokio::time::timeout(ABORT_MARGIN, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!("Running exports did not stop in time; they resume at next start");
+            }
         }
         let _ = store.release_daemon().await;
         store.close().await;

@@ -44,12 +44,22 @@ pub enum Kind {
     Leave,
 }
 
-#[derive(Debug)]
+/// One outbox entry. Its `Debug` shows neither the address nor the payload: both are profile
+/// data.
 pub struct Item {
     pub email: String,
     pub hash: Vec<u8>,
     pub kind: Kind,
     pub payload: String,
+}
+
+impl std::fmt::Debug for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Item")
+            .field("kind", &self.kind)
+            .field("payload_bytes", &self.payload.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What became of one batch.
@@ -372,10 +382,17 @@ async fn upsert_state(
     status: &str,
 ) -> Result<(), PipelineError> {
     for chunk in items.chunks(200) {
+        // A failure never overwrites what is known to be delivered: a member whose update
+        // failed keeps its delivered row (its new values still differ, so the next run sends
+        // them again) and is still unsubscribed should it leave.
+        let on_conflict = if status == "delivered" {
+            "DO UPDATE SET hash = excluded.hash, status = excluded.status, run_id = excluded.run_id"
+        } else {
+            "DO NOTHING"
+        };
         let sql = format!(
             "INSERT INTO delivery_state (export_id, email, hash, status, run_id) VALUES {} \
-             ON CONFLICT(export_id, email) DO UPDATE SET hash = excluded.hash, \
-             status = excluded.status, run_id = excluded.run_id",
+             ON CONFLICT(export_id, email) {on_conflict}",
             vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(",")
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));

@@ -64,14 +64,22 @@ pub struct Matching {
     list_id: i64,
 }
 
-/// One contact ready to send.
-#[derive(Debug, Clone)]
+/// One contact ready to send. Its `Debug` shows no profile data.
+#[derive(Clone)]
 pub struct Member {
     /// Lower-cased email: the identity key.
     pub key: String,
     pub fingerprint: [u8; FINGERPRINT_LEN],
     /// The contact as bulk-import JSON (one element of `contacts[]`).
     pub payload: String,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("payload_bytes", &self.payload.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Serialize)]
@@ -322,6 +330,24 @@ mod tests {
         let c = m.map(&row("Ann"), &h).expect("valid");
         assert_ne!(a.fingerprint, b.fingerprint);
         assert_eq!(a.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn debug_output_shows_no_profile_data() {
+        let m = Matching::new(&export());
+        let member = m
+            .map(
+                &[
+                    Some("ann@example.com".into()),
+                    Some("Ann".into()),
+                    None,
+                    None,
+                ],
+                &hasher(),
+            )
+            .expect("valid");
+        let shown = format!("{member:?}");
+        assert!(!shown.contains("ann") && !shown.contains("Ann"), "{shown}");
     }
 
     #[test]

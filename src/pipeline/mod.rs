@@ -18,8 +18,11 @@ use tracing::Instrument;
 use crate::activecampaign::AcError;
 use crate::service::{Context, ServiceError, mask_email};
 use crate::source::SourceError;
+use crate::store::exports::OnLeave;
 use crate::store::runs::StartRefused;
-use crate::store::{Doing, ExportDef, RunCounts, RunIssue, RunStatus, Store, StoreError};
+use crate::store::{
+    Doing, ExportDef, RunCounts, RunIssue, RunRecord, RunStatus, Store, StoreError,
+};
 use matching::Matching;
 use plan::{PlanTotals, Planner, SegmentSource};
 
@@ -50,6 +53,9 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Stopped on request before the work was done (not a failure).
+    #[error("stopped: {0:?}")]
+    Stopped(StopReason),
 }
 
 /// Who or what started a run.
@@ -274,17 +280,21 @@ pub async fn run_export(
         let cancelled = Arc::new(AtomicBool::new(false));
         let watcher = watch_cancel(ctx.store.clone(), run.id, Arc::clone(&cancelled));
         let stopper = Stopper { shutdown: ctx.cancel.clone(), cancelled };
-        let full_floor = if run.full { Some(full_floor(&ctx.store, run.id).await?) } else { None };
-        let result = execute(ctx, &export, run.id, full_floor, &mut counts, &mut sink, &stopper).await;
+        let result = execute(ctx, &export, &run, &mut counts, &mut sink, &stopper).await;
         watcher.abort();
         let _ = sink.flush(None).await;
+        // A stop (cancel, shutdown) is an outcome, not an error.
+        let result = match result {
+            Err(PipelineError::Stopped(reason)) => Ok(Some(reason)),
+            Err(PipelineError::ActiveCampaign(AcError::Cancelled)) => Ok(Some(StopReason::Shutdown)),
+            other => other,
+        };
         let (status, error) = match &result {
             Ok(None) if counts.failed > 0 => (RunStatus::Partial, None),
             Ok(None) => (RunStatus::Succeeded, None),
             Ok(Some(StopReason::Cancelled)) => (RunStatus::Cancelled, Some("cancelled by request".to_owned())),
             Ok(Some(StopReason::Shutdown)) => (RunStatus::Interrupted, Some("stopped by shutdown; resumes at next start".to_owned())),
             Ok(Some(StopReason::Failing(why))) => (RunStatus::Failed, Some(why.clone())),
-            Err(PipelineError::ActiveCampaign(AcError::Cancelled)) => (RunStatus::Interrupted, Some("stopped by shutdown; resumes at next start".to_owned())),
             Err(e) => (RunStatus::Failed, Some(e.to_string())),
         };
         if let Err(PipelineError::ActiveCampaign(e)) = &result
@@ -390,15 +400,23 @@ async fn preflight(
     Ok(())
 }
 
-async fn execute(
+/// What reading and planning leave for delivery.
+struct Planned {
+    client: crate::activecampaign::Client,
+    conn: sqlx::SqliteConnection,
+    totals: PlanTotals,
+}
+
+/// Preflight, then read every segment through the data matching and plan against the
+/// delivery state. Shared by runs and dry runs.
+async fn read_and_plan(
     ctx: &Context,
     export: &ExportDef,
-    run_id: i64,
     full_floor: Option<i64>,
     counts: &mut RunCounts,
     sink: &mut Sink,
-    stopper: &Stopper,
-) -> Result<Option<StopReason>, PipelineError> {
+    stopper: Option<&Stopper>,
+) -> Result<Planned, PipelineError> {
     let (client, segments) = prepare(ctx, export).await?;
     preflight(&client, export).await?;
     counts.requests = client.requests_sent();
@@ -415,9 +433,35 @@ async fn execute(
         hasher: &hasher,
         counts,
         totals: PlanTotals::default(),
+        stopper,
     };
     planner.plan(&segments, export.on_leave, sink).await?;
     let totals = planner.totals.clone();
+    Ok(Planned {
+        client,
+        conn,
+        totals,
+    })
+}
+
+async fn execute(
+    ctx: &Context,
+    export: &ExportDef,
+    run: &RunRecord,
+    counts: &mut RunCounts,
+    sink: &mut Sink,
+    stopper: &Stopper,
+) -> Result<Option<StopReason>, PipelineError> {
+    let full_floor = if run.full {
+        Some(full_floor(&ctx.store, run.id).await?)
+    } else {
+        None
+    };
+    let Planned {
+        client,
+        mut conn,
+        totals,
+    } = read_and_plan(ctx, export, full_floor, counts, sink, Some(stopper)).await?;
     let max = ctx.settings.export.max_profiles;
     if totals.members > max {
         return Err(PipelineError::TooManyProfiles {
@@ -442,7 +486,7 @@ async fn execute(
         store: &ctx.store,
         client: Arc::new(client),
         export_id: export.id,
-        run_id,
+        run_id: run.id,
         counts,
         stopper,
     };
@@ -451,14 +495,8 @@ async fn execute(
         // Leavers are forgotten once the run completed: all of them under `keep`; under
         // `unsubscribe` only those never delivered (delivered ones were removed on confirmation
         // or stay to be unsubscribed next time).
-        let forgotten = match export.on_leave {
-            crate::store::exports::OnLeave::Keep => {
-                plan::forget_leavers(&mut conn, export.id, false).await?
-            }
-            crate::store::exports::OnLeave::Unsubscribe => {
-                plan::forget_leavers(&mut conn, export.id, true).await?
-            }
-        };
+        let only_undelivered = export.on_leave == OnLeave::Unsubscribe;
+        let forgotten = plan::forget_leavers(&mut conn, export.id, only_undelivered).await?;
         if forgotten > 0 {
             tracing::info!(forgotten, "Forgot members who left every segment");
         }
@@ -472,12 +510,7 @@ async fn dry_run(
     progress: Arc<dyn Progress>,
 ) -> Result<RunOutcome, PipelineError> {
     let started = Instant::now();
-    let (client, segments) = prepare(ctx, export).await?;
-    preflight(&client, export).await?;
-    let mut counts = RunCounts {
-        requests: client.requests_sent(),
-        ..RunCounts::default()
-    };
+    let mut counts = RunCounts::default();
     let mut sink = Sink {
         store: None,
         pending: Vec::new(),
@@ -487,21 +520,8 @@ async fn dry_run(
         phase: "reading",
         last_flush: Instant::now(),
     };
-    let hasher = ctx.secret_key()?.profile_hasher();
-    let matching = Matching::new(export);
-    let mut conn = ctx.store.dedicated_connection().await?;
-    plan::create_temp_tables(&mut conn).await?;
-    let mut planner = Planner {
-        conn: &mut conn,
-        export_id: export.id,
-        full_floor: None,
-        matching: &matching,
-        hasher: &hasher,
-        counts: &mut counts,
-        totals: PlanTotals::default(),
-    };
-    planner.plan(&segments, export.on_leave, &mut sink).await?;
-    let totals = planner.totals.clone();
+    let Planned { totals, .. } =
+        read_and_plan(ctx, export, None, &mut counts, &mut sink, None).await?;
     let mut plan = sink.plan.take().unwrap_or_default();
     plan.adds = totals.new;
     plan.updates = totals.changed;
@@ -509,8 +529,8 @@ async fn dry_run(
     plan.rejected = counts.rejected;
     plan.duplicates = counts.duplicates;
     match export.on_leave {
-        crate::store::exports::OnLeave::Unsubscribe => plan.unsubscribes = totals.leaving,
-        crate::store::exports::OnLeave::Keep => plan.forgotten = totals.leaving,
+        OnLeave::Unsubscribe => plan.unsubscribes = totals.leaving,
+        OnLeave::Keep => plan.forgotten = totals.leaving,
     }
     let max = ctx.settings.export.max_profiles;
     let error = (totals.members > max).then(|| {

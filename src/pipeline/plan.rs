@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::matching::{Matching, Member};
-use super::{PipelineError, Sink};
+use super::{PipelineError, Sink, Stopper};
 use crate::secrets::ProfileHasher;
 use crate::source::{self, RowStream, SourceDef, SourceError};
 use crate::store::exports::OnLeave;
@@ -129,6 +129,8 @@ pub struct Planner<'a> {
     pub hasher: &'a ProfileHasher,
     pub counts: &'a mut RunCounts,
     pub totals: PlanTotals,
+    /// Checked after every chunk, so a cancel or shutdown does not wait for a whole segment.
+    pub stopper: Option<&'a Stopper>,
 }
 
 pub async fn create_temp_tables(conn: &mut SqliteConnection) -> Result<(), PipelineError> {
@@ -232,6 +234,9 @@ impl Planner<'_> {
             }
             self.plan_members(chunk.members).await?;
             sink.progress(self.counts).await;
+            if let Some(reason) = self.stopper.and_then(Stopper::reason) {
+                return Err(PipelineError::Stopped(reason));
+            }
         }
         // The channel closes when the mapper ends: at the end of the rows, or on a panic,
         // which must not look like the end of the data.

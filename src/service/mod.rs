@@ -71,7 +71,12 @@ pub struct Context {
     pub settings: Settings,
     pub store: Store,
     key: OnceLock<SecretKey>,
+    /// Soft stop (shutdown, Ctrl-C): runs stop at their next batch boundary, finishing the
+    /// imports in hand.
     pub cancel: CancellationToken,
+    /// Hard stop: HTTP calls in flight are abandoned (their batches are resent on resume).
+    /// Used when a soft stop takes too long.
+    pub abort: CancellationToken,
 }
 
 impl Context {
@@ -85,6 +90,7 @@ impl Context {
             store,
             key: OnceLock::new(),
             cancel,
+            abort: CancellationToken::new(),
         })
     }
 
@@ -95,6 +101,7 @@ impl Context {
             store: self.store.clone(),
             key: OnceLock::new(),
             cancel: self.cancel.clone(),
+            abort: self.abort.clone(),
         }
     }
 
@@ -120,7 +127,7 @@ impl Context {
 
     pub fn client_for(&self, base: BaseUrl, key: SecretString) -> Result<Client, ServiceError> {
         let options = ClientOptions::from_settings(&self.settings.activecampaign);
-        Ok(Client::new(base, key, options, self.cancel.child_token())?)
+        Ok(Client::new(base, key, options, self.abort.child_token())?)
     }
 }
 

@@ -582,6 +582,11 @@ async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches()
     let first = h.run().await;
     assert_eq!(first.status, RunStatus::Interrupted, "{:?}", first.error);
     assert!(first.counts.upserted > 0 && first.counts.upserted < 10_000);
+    assert_eq!(
+        first.counts.sent,
+        first.counts.upserted + first.counts.failed,
+        "a soft stop confirms and keeps the imports already sent"
+    );
 
     // A new process (fresh context) resumes the export.
     let ctx = Context::open(settings_in(h.dir.path()), CancellationToken::new())
@@ -815,4 +820,80 @@ async fn moving_an_export_to_another_account_sends_everyone_there() {
 
     assert_eq!((moved.counts.upserted, moved.counts.unchanged), (30, 0));
     assert_eq!(other.members(1, ListStatus::Active), 30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shutdown_while_reading_stops_before_anything_is_sent() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(200_000)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+    let export_id = h.ctx.find_export("weekly").await.expect("export").id;
+    let (cancel, store) = (h.ctx.cancel.clone(), h.ctx.store.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Ok(Some(run)) = store.running_run(export_id).await
+                && run.phase == "reading"
+            {
+                cancel.cancel();
+                return;
+            }
+        }
+    });
+
+    let outcome = h.run().await;
+
+    assert_eq!(
+        outcome.status,
+        RunStatus::Interrupted,
+        "{:?}",
+        outcome.error
+    );
+    assert!(
+        outcome.counts.rows_read < 200_000,
+        "{}",
+        outcome.counts.rows_read
+    );
+    assert_eq!(h.bulk_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_update_failed_is_still_unsubscribed_when_leaving() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.segment("members", &csv_rows(3)).await;
+    h.export(&["members"], OnLeave::Unsubscribe).await;
+    h.run().await;
+    // user1 changes, and the import carrying the change fails.
+    h.csv("members.csv", &csv_rows(3).replace("First1,", "Changed,"));
+    // Exactly the client's attempts (max_attempts = 4): the import carrying it fails.
+    h.sandbox.inject(Fault {
+        path_prefix: "/api/3/import/bulk_import".into(),
+        times: 4,
+        action: FaultAction::Status {
+            status: 500,
+            retry_after: None,
+            body: String::new(),
+        },
+    });
+    let failed = h.run().await;
+    assert_eq!(
+        (failed.status, failed.counts.failed),
+        (RunStatus::Partial, 1)
+    );
+
+    // Then user1 leaves, with the server working again.
+    let without_user1: String = csv_rows(3)
+        .lines()
+        .filter(|l| !l.starts_with("user1@"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    h.csv("members.csv", &without_user1);
+    let left = h.run().await;
+
+    assert_eq!(left.status, RunStatus::Succeeded, "{:?}", left.error);
+    assert_eq!(left.counts.unsubscribed, 1);
+    assert_eq!(
+        h.sandbox.list_status("user1@example.com", 1),
+        Some(ListStatus::Unsubscribed)
+    );
 }
