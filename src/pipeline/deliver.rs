@@ -513,10 +513,22 @@ async fn deliver_batch(
 /// The time an import took is only known to within the last poll, so an import found done at
 /// the first poll pulls the estimate down (the wait may have been longer than needed: without
 /// this the estimate could never fall below its start), and one that needed several polls
-/// pulls it up to the time taken. A moving average keeps one odd import from swinging it.
+/// pulls it up to the time taken. A moving average keeps one odd import from swinging it; the
+/// gentle pull down keeps most imports confirmed at their first poll.
 fn next_first_poll(previous: Duration, waited: Duration, polls: u32, took: Duration) -> Duration {
-    let observed = if polls <= 1 { waited / 2 } else { took };
+    let observed = if polls <= 1 { waited * 3 / 4 } else { took };
     ((previous * 3 + observed) / 4).clamp(MIN_POLL, MAX_POLL)
+}
+
+/// The wait before the poll after `previous` missed: the first miss means the estimate was a
+/// little short, so the next poll comes soon (an eighth of the first wait), then backs off.
+fn next_retry_poll(first_wait: Duration, previous: Duration, polls: u32) -> Duration {
+    let next = if polls <= 1 {
+        first_wait / 8
+    } else {
+        previous * 3 / 2
+    };
+    next.clamp(MIN_POLL, MAX_POLL)
 }
 
 /// Polls `import/info` until the import is final; the first poll comes after the time recent
@@ -593,7 +605,7 @@ async fn confirm(
             result.batch_error = Some(reason);
             return;
         }
-        wait = (wait * 3 / 2).clamp(MIN_POLL, MAX_POLL);
+        wait = next_retry_poll(first_wait, wait, polls);
     }
 }
 
@@ -635,7 +647,20 @@ mod tests {
 
         let next = next_first_poll(wait, wait, 1, Duration::from_millis(201));
 
-        assert!(next < Duration::from_millis(180), "{next:?}");
+        assert!(next < Duration::from_millis(195), "{next:?}");
+    }
+
+    #[test]
+    fn a_missed_first_poll_is_followed_soon_then_backed_off() {
+        let first = Duration::from_millis(800);
+
+        let second = next_retry_poll(first, first, 1);
+        let third = next_retry_poll(first, second, 2);
+
+        assert_eq!(
+            (second, third),
+            (Duration::from_millis(100), Duration::from_millis(150))
+        );
     }
 
     #[test]
