@@ -219,14 +219,23 @@ impl Client {
     /// Queues a bulk import. `body` is the serialised request (measured by the caller).
     /// Every bulk import counts against the bulk budget, single-contact ones included
     /// (ActiveCampaign limits those even more strictly).
-    pub async fn bulk_import(&self, body: Vec<u8>) -> Result<wire::BulkOutcome, AcError> {
+    ///
+    /// `go_on` is asked after the rate permit is granted and before each attempt is sent: a
+    /// run told to stop leaves its unsent imports for the next run (`AcError::Cancelled`)
+    /// instead of sending them after the stop.
+    pub async fn bulk_import(
+        &self,
+        body: Vec<u8>,
+        go_on: &(dyn Fn() -> bool + Sync),
+    ) -> Result<wire::BulkOutcome, AcError> {
         let answer = self
-            .call(
+            .call_gated(
                 Method::POST,
                 "import/bulk_import",
                 &[],
                 Some(body),
                 RequestKind::BulkImport,
+                Some(go_on),
             )
             .await;
         match answer {
@@ -284,6 +293,19 @@ impl Client {
         body: Option<Vec<u8>>,
         kind: RequestKind,
     ) -> Result<Answer, AcError> {
+        self.call_gated(method, path, query, body, kind, None).await
+    }
+
+    /// [`Client::call`], asking `go_on` (when given) before each attempt is sent.
+    async fn call_gated(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        kind: RequestKind,
+        go_on: Option<&(dyn Fn() -> bool + Sync)>,
+    ) -> Result<Answer, AcError> {
         let url = self.base.api(path);
         let body = body.map(bytes::Bytes::from);
         let mut failures = 0u32;
@@ -291,6 +313,9 @@ impl Client {
         let host = self.host().to_owned();
         loop {
             self.wait_or_cancel(self.budget.acquire(kind)).await?;
+            if go_on.is_some_and(|go_on| !go_on()) {
+                return Err(AcError::Cancelled);
+            }
             self.requests.fetch_add(1, Ordering::Relaxed);
             let mut request = self.http.request(method.clone(), &url).query(query);
             if let Some(body) = &body {

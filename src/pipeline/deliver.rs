@@ -143,7 +143,7 @@ impl Delivery<'_> {
                 let client = Arc::clone(&self.client);
                 // Spawned tasks do not inherit the run's span; carry it so every line names the run.
                 in_flight.spawn(
-                    deliver_batch(client, batch, Arc::clone(&poll))
+                    deliver_batch(client, batch, Arc::clone(&poll), self.stopper.clone())
                         .instrument(tracing::Span::current()),
                 );
             }
@@ -453,12 +453,17 @@ async fn deliver_batch(
     client: Arc<Client>,
     mut items: Vec<Item>,
     poll: Arc<AtomicU64>,
+    stopper: Stopper,
 ) -> BatchResult {
+    // Asked once the rate permit is granted: a batch not yet sent when the run is told to stop
+    // stays for the next run, so "stop at the next batch boundary" holds even with many
+    // batches waiting for permits.
+    let go_on = move || stopper.reason().is_none();
     let mut result = BatchResult::default();
     while !items.is_empty() {
         let payload = body(&items);
         debug_assert!(payload.len() < MAX_BULK_IMPORT_BYTES);
-        match client.bulk_import(payload).await {
+        match client.bulk_import(payload, &go_on).await {
             Ok(BulkOutcome::Queued { batch_id }) => {
                 result.sent += items.len() as u64;
                 confirm(&client, &batch_id, items, &poll, &mut result).await;

@@ -118,6 +118,7 @@ pub enum StopReason {
 }
 
 /// Answers "should this run stop at the next batch boundary?" without a query per batch.
+#[derive(Clone)]
 pub struct Stopper {
     shutdown: CancellationToken,
     cancelled: Arc<AtomicBool>,

@@ -713,6 +713,11 @@ async fn a_cancel_request_stops_the_run_at_a_batch_boundary() {
 
     assert_eq!(outcome.status, RunStatus::Cancelled, "{:?}", outcome.error);
     assert!(outcome.counts.upserted > 0 && outcome.counts.upserted < 10_000);
+    assert_eq!(
+        h.sandbox.stats().contacts_queued,
+        outcome.counts.upserted,
+        "every import sent was confirmed and kept; none was sent after the stop"
+    );
     let next = h.run().await;
     assert_eq!(
         next.counts.unchanged, outcome.counts.upserted,
