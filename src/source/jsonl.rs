@@ -363,6 +363,7 @@ mod tests {
 
     use super::super::{SourceDef, describe, open};
     use super::*;
+    use crate::source::testing::{names, read_all, values};
 
     fn jsonl_file(contents: &[u8]) -> NamedTempFile {
         let mut file = NamedTempFile::new().expect("temp file");
@@ -374,23 +375,6 @@ mod tests {
         SourceDef::Jsonl {
             path: file.path().to_owned(),
         }
-    }
-
-    fn names(columns: &[&str]) -> Vec<String> {
-        columns.iter().map(|c| c.to_string()).collect()
-    }
-
-    fn values(row: &Row) -> Vec<Option<&str>> {
-        row.values.iter().map(|v| v.as_deref()).collect()
-    }
-
-    async fn read_all(def: &SourceDef, columns: &[&str]) -> Vec<Result<Row, RowError>> {
-        let mut stream = open(def, &names(columns)).await.expect("open");
-        let mut items = Vec::new();
-        while let Some(chunk) = stream.next_chunk(100).await.expect("chunk") {
-            items.extend(chunk);
-        }
-        items
     }
 
     #[tokio::test]

@@ -10,6 +10,8 @@
 mod csv;
 mod jsonl;
 mod sql;
+#[cfg(test)]
+mod testing;
 
 use std::fmt;
 use std::path::PathBuf;
