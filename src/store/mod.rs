@@ -112,8 +112,11 @@ impl Store {
             refuse_newer_schema(path).await?;
         }
         let options = Self::options(path);
+        // Two pooled connections: SQLite writes one at a time anyway, runs plan on connections
+        // of their own, and every pooled connection keeps a page cache of its own (2 MiB),
+        // which on a large database is memory that grows with the data until it is full.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(2)
             .min_connections(0)
             .connect_with(options)
             .await
