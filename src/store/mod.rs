@@ -33,6 +33,8 @@ pub use segments::SegmentDef;
 /// Migrations embedded at build time (build.rs re-runs on change).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Page cache of each pooled connection: 512 KiB (SQLite's default is 2 MiB).
+const POOL_CACHE_SIZE: &str = "-512";
 /// How long a writer waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -111,10 +113,11 @@ impl Store {
         } else {
             refuse_newer_schema(path).await?;
         }
-        let options = Self::options(path);
-        // Two pooled connections: SQLite writes one at a time anyway, runs plan on connections
-        // of their own, and every pooled connection keeps a page cache of its own (2 MiB),
-        // which on a large database is memory that grows with the data until it is full.
+        // Two pooled connections with small page caches: SQLite writes one at a time anyway,
+        // the pool only writes scattered rows (confirmed batches, progress) and reads
+        // definitions, and each connection's cache fills with a large database and grows the
+        // process with it. Runs plan on dedicated connections, with SQLite's default cache.
+        let options = Self::options(path).pragma("cache_size", POOL_CACHE_SIZE);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .min_connections(0)

@@ -130,19 +130,44 @@ fn parse_options() -> Result<Options, String> {
     })
 }
 
-/// The production unit (deploy/acexport.service) runs with `MALLOC_ARENA_MAX=2`; glibc reads
-/// it at start, so the benchmark runs itself again with it unless it is already set.
-fn run_like_production() -> Option<ExitCode> {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+/// Marks a process started by [`run_like_production`].
+const CHILD: &str = "ACEXPORT_BENCH_CHILD";
+
+/// Runs the measurements in child processes set up like production: with `MALLOC_ARENA_MAX=2`
+/// (the unit sets it; glibc reads it at start), and one process per size and source, so that
+/// a size's peak memory is its own and not what earlier sizes left in the allocator. `None` in
+/// a child: measure here.
+fn run_like_production(options: &Options) -> Option<ExitCode> {
+    if std::env::var_os(CHILD).is_some() {
         return None;
     }
     let exe = std::env::current_exe().ok()?;
-    let status = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("MALLOC_ARENA_MAX", "2")
-        .status()
-        .ok()?;
-    Some(if status.success() {
+    let mut runs: Vec<Vec<String>> = Vec::new();
+    if options.budget || options.sizes.len() * options.sources.len() == 1 {
+        runs.push(std::env::args().skip(1).collect());
+    } else {
+        for size in &options.sizes {
+            for source in &options.sources {
+                runs.push(vec![
+                    "--bench".to_owned(),
+                    "--sizes".to_owned(),
+                    size.to_string(),
+                    "--sources".to_owned(),
+                    source.name().to_owned(),
+                ]);
+            }
+        }
+    }
+    let mut ok = true;
+    for args in runs {
+        let status = std::process::Command::new(&exe)
+            .args(&args)
+            .env("MALLOC_ARENA_MAX", "2")
+            .env(CHILD, "1")
+            .status();
+        ok &= status.is_ok_and(|s| s.success());
+    }
+    Some(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -150,9 +175,6 @@ fn run_like_production() -> Option<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = run_like_production() {
-        return code;
-    }
     let options = match parse_options() {
         Ok(options) => options,
         Err(message) => {
@@ -160,6 +182,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(code) = run_like_production(&options) {
+        return code;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
