@@ -132,6 +132,15 @@ impl Env {
         self.dir.path().join("triggers")
     }
 
+    /// Drops a signal file asking for a run of the test export.
+    fn trigger_run(&self) {
+        let request = TriggerRequest::Run {
+            export: "people-list".into(),
+            full: false,
+        };
+        write_trigger(&self.trigger_dir(), &request, None).expect("trigger");
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("daemon.log")
     }
@@ -232,15 +241,7 @@ async fn a_signal_file_runs_an_export() {
     let mut daemon = env.start(None);
     env.wait_ready().await;
 
-    write_trigger(
-        &env.trigger_dir(),
-        &TriggerRequest::Run {
-            export: "people-list".into(),
-            full: false,
-        },
-        Some("test"),
-    )
-    .expect("trigger");
+    env.trigger_run();
 
     let runs = env
         .wait_for("a signal-file run", Duration::from_secs(20), |r| {
@@ -264,15 +265,7 @@ async fn a_signal_file_runs_an_export() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_dropped_while_the_daemon_was_down_runs_at_start() {
     let env = Env::new(sandbox_options(0), 10, None).await;
-    write_trigger(
-        &env.trigger_dir(),
-        &TriggerRequest::Run {
-            export: "people-list".into(),
-            full: false,
-        },
-        None,
-    )
-    .expect("trigger");
+    env.trigger_run();
 
     let mut daemon = env.start(None);
 
@@ -375,15 +368,7 @@ async fn sigterm_mid_run_exits_zero_quickly_and_the_next_start_resumes() {
     let env = Env::with_settings(sandbox_options(20), 12_000, None, 40).await;
     let mut daemon = env.start(None);
     env.wait_ready().await;
-    write_trigger(
-        &env.trigger_dir(),
-        &TriggerRequest::Run {
-            export: "people-list".into(),
-            full: false,
-        },
-        None,
-    )
-    .expect("trigger");
+    env.trigger_run();
     env.wait_for("progress", Duration::from_secs(20), |r| {
         r.first().is_some_and(|r| r.counts.upserted >= 500)
     })
@@ -425,15 +410,7 @@ async fn kill_9_mid_run_and_restart_delivers_everyone_resending_only_unconfirmed
     let env = Env::with_settings(sandbox_options(20), 12_000, None, 40).await;
     let mut daemon = env.start(None);
     env.wait_ready().await;
-    write_trigger(
-        &env.trigger_dir(),
-        &TriggerRequest::Run {
-            export: "people-list".into(),
-            full: false,
-        },
-        None,
-    )
-    .expect("trigger");
+    env.trigger_run();
     env.wait_for("progress", Duration::from_secs(30), |r| {
         r.first().is_some_and(|r| r.counts.upserted >= 1000)
     })
@@ -494,15 +471,7 @@ async fn sighup_with_an_invalid_settings_file_keeps_the_old_settings() {
     assert!(env.log().contains("activecampaign.requests_per_second"));
 
     // Still working with the settings it had.
-    write_trigger(
-        &env.trigger_dir(),
-        &TriggerRequest::Run {
-            export: "people-list".into(),
-            full: false,
-        },
-        None,
-    )
-    .expect("trigger");
+    env.trigger_run();
     let runs = env
         .wait_for(
             "a run after the refused reload",
@@ -605,15 +574,7 @@ async fn logs_carry_run_ids_but_never_profile_data_or_the_key() {
     });
     let mut daemon = env.start(None);
     env.wait_ready().await;
-    write_trigger(
-        &env.trigger_dir(),
-        &TriggerRequest::Run {
-            export: "people-list".into(),
-            full: false,
-        },
-        None,
-    )
-    .expect("trigger");
+    env.trigger_run();
     env.wait_for("the run", Duration::from_secs(20), |r| {
         r.iter().any(finished)
     })

@@ -136,6 +136,15 @@ impl Harness {
             .expect("run recorded")
     }
 
+    /// The next `times` bulk imports get `action` instead of an answer.
+    fn fail_bulk_imports(&self, times: u32, action: FaultAction) {
+        self.sandbox.inject(Fault {
+            path_prefix: "/api/3/import/bulk_import".into(),
+            times,
+            action,
+        });
+    }
+
     fn bulk_requests(&self) -> usize {
         self.sandbox
             .requests()
@@ -374,15 +383,11 @@ async fn an_excluded_address_is_reported_failed_and_retried_next_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_refused_for_one_contact_is_resent_without_it() {
     let h = Harness::new(fast_sandbox(), |_| {}).await;
-    h.sandbox.inject(Fault {
-        path_prefix: "/api/3/import/bulk_import".into(),
-        times: 1,
-        action: FaultAction::Status {
+    h.fail_bulk_imports(1, FaultAction::Status {
             status: 400,
             retry_after: None,
             body: r#"{"success":0,"message":"JSON payload did not pass validation.","failureReasons":[{"contact":2,"failureReason":"Field 'email' incorrect format"}]}"#.into(),
-        },
-    });
+        });
     h.segment("members", &csv_rows(5)).await;
     h.export(&["members"], OnLeave::Keep).await;
 
@@ -407,15 +412,14 @@ async fn a_batch_refused_for_one_contact_is_resent_without_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn throttling_with_retry_after_is_waited_out() {
     let h = Harness::new(fast_sandbox(), |_| {}).await;
-    h.sandbox.inject(Fault {
-        path_prefix: "/api/3/import/bulk_import".into(),
-        times: 3,
-        action: FaultAction::Status {
+    h.fail_bulk_imports(
+        3,
+        FaultAction::Status {
             status: 429,
             retry_after: Some(1),
             body: "{}".into(),
         },
-    });
+    );
     h.segment("members", &csv_rows(20)).await;
     h.export(&["members"], OnLeave::Keep).await;
     let started = std::time::Instant::now();
@@ -442,11 +446,7 @@ async fn server_errors_dropped_connections_and_timeouts_are_retried() {
         FaultAction::Drop,
         FaultAction::Delay(Duration::from_millis(1500)),
     ] {
-        h.sandbox.inject(Fault {
-            path_prefix: "/api/3/import/bulk_import".into(),
-            times: 1,
-            action,
-        });
+        h.fail_bulk_imports(1, action);
     }
     h.segment("members", &csv_rows(20)).await;
     h.export(&["members"], OnLeave::Keep).await;
@@ -461,15 +461,14 @@ async fn server_errors_dropped_connections_and_timeouts_are_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_keeps_failing_fails_the_batch_with_the_last_error() {
     let h = Harness::new(fast_sandbox(), |_| {}).await;
-    h.sandbox.inject(Fault {
-        path_prefix: "/api/3/import/bulk_import".into(),
-        times: 100,
-        action: FaultAction::Status {
+    h.fail_bulk_imports(
+        100,
+        FaultAction::Status {
             status: 500,
             retry_after: None,
             body: String::new(),
         },
-    });
+    );
     h.segment("members", &csv_rows(5)).await;
     h.export(&["members"], OnLeave::Keep).await;
 
@@ -669,15 +668,11 @@ async fn someone_who_unsubscribed_is_never_resubscribed_and_is_reported() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bulk_rate_limit_answer_is_waited_out_and_retried() {
     let h = Harness::new(fast_sandbox(), |_| {}).await;
-    h.sandbox.inject(Fault {
-        path_prefix: "/api/3/import/bulk_import".into(),
-        times: 1,
-        action: FaultAction::Status {
+    h.fail_bulk_imports(1, FaultAction::Status {
             status: 400,
             retry_after: Some(1),
             body: r#"{"success":0,"message":"Rate limit exceeded.","failureReasons":["Up to 100 imports may be requested per minute."]}"#.into(),
-        },
-    });
+        });
     h.segment("members", &csv_rows(10)).await;
     h.export(&["members"], OnLeave::Keep).await;
 
@@ -871,15 +866,14 @@ async fn a_member_whose_update_failed_is_still_unsubscribed_when_leaving() {
     // user1 changes, and the import carrying the change fails.
     h.csv("members.csv", &csv_rows(3).replace("First1,", "Changed,"));
     // Exactly the client's attempts (max_attempts = 4): the import carrying it fails.
-    h.sandbox.inject(Fault {
-        path_prefix: "/api/3/import/bulk_import".into(),
-        times: 4,
-        action: FaultAction::Status {
+    h.fail_bulk_imports(
+        4,
+        FaultAction::Status {
             status: 500,
             retry_after: None,
             body: String::new(),
         },
-    });
+    );
     let failed = h.run().await;
     assert_eq!(
         (failed.status, failed.counts.failed),
