@@ -95,11 +95,6 @@ impl Schedule {
         })
     }
 
-    /// The expression as written.
-    pub fn expression(&self) -> &str {
-        &self.expr
-    }
-
     /// The zone the expression is read in.
     pub fn timezone(&self) -> chrono_tz::Tz {
         self.tz

@@ -355,11 +355,6 @@ impl Store {
             .collect())
     }
 
-    /// Asks the running run of an export to stop at its next batch boundary.
-    pub async fn request_cancel(&self, export_id: i64) -> Result<Option<i64>, StoreError> {
-        Ok(self.cancel_export(export_id).await?.1)
-    }
-
     /// Cancels an export's queued run (removed from the queue) and asks its running run to
     /// stop at its next batch boundary. Returns (a queued run was removed, the running run).
     pub async fn cancel_export(&self, export_id: i64) -> Result<(bool, Option<i64>), StoreError> {

@@ -698,7 +698,7 @@ async fn a_cancel_request_stops_the_run_at_a_batch_boundary() {
             if let Ok(Some(run)) = store.running_run(export_id).await
                 && run.counts.upserted > 0
             {
-                store.request_cancel(export_id).await.expect("cancel");
+                store.cancel_export(export_id).await.expect("cancel");
                 return;
             }
         }
