@@ -90,7 +90,7 @@ impl Shared {
             bulk_limit: opts
                 .bulk_imports_per_minute
                 .map(|limit| Mutex::new(SlidingWindow::new(limit, BULK_WINDOW))),
-            state: Mutex::new(SandboxState::new(opts.store_contacts)),
+            state: Mutex::new(SandboxState::new(opts.store_contacts, opts.history)),
             token: opts.token,
             retry_after_secs: opts.retry_after_secs,
             latency: opts.latency,
@@ -342,8 +342,7 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     };
     {
         let mut state = lock(&shared.state);
-        state.stats.requests += 1;
-        state.requests.push(record);
+        state.record_request(record);
     }
     answer.unwrap_or_else(|| {
         if let Some(conn) = conn {

@@ -38,6 +38,8 @@ const DEFAULT_REQUESTS_PER_SECOND: u32 = 5;
 const DEFAULT_BULK_IMPORTS_PER_MINUTE: u32 = 100;
 /// More custom fields than one default page (20) holds, so clients must paginate.
 const DEFAULT_FIELD_COUNT: u64 = 25;
+/// Requests and bulk imports remembered: far more than any test looks at, a few MB at most.
+const DEFAULT_HISTORY: usize = 10_000;
 
 /// How the sandbox behaves.
 #[derive(Clone)]
@@ -61,6 +63,10 @@ pub struct SandboxOptions {
     pub fields: Vec<(u64, String)>,
     /// `false` keeps only counters (no per-contact data) so huge benchmarks stay flat in memory.
     pub store_contacts: bool,
+    /// How many of the latest requests [`Sandbox::requests`] keeps, and how many bulk imports
+    /// `import/info` still knows (an older, finished one answers 404 like an unknown id). Counters
+    /// keep counting. Bounds the memory of a long-running sandbox.
+    pub history: usize,
 }
 
 impl Default for SandboxOptions {
@@ -77,6 +83,7 @@ impl Default for SandboxOptions {
                 .map(|id| (id, format!("Field {id}")))
                 .collect(),
             store_contacts: true,
+            history: DEFAULT_HISTORY,
         }
     }
 }
@@ -94,6 +101,7 @@ impl fmt::Debug for SandboxOptions {
             .field("lists", &self.lists)
             .field("fields", &self.fields.len())
             .field("store_contacts", &self.store_contacts)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -198,9 +206,9 @@ impl Sandbox {
         lock(&self.shared.state).faults.push(fault);
     }
 
-    /// Every API request received, in arrival order.
+    /// The latest API requests received (up to [`SandboxOptions::history`]), in arrival order.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        let mut requests = lock(&self.shared.state).requests.clone();
+        let mut requests: Vec<_> = lock(&self.shared.state).requests.iter().cloned().collect();
         // Records are written when the answer is ready, so a delayed request lands late.
         requests.sort_by_key(|record| record.at);
         requests

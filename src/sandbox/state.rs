@@ -6,7 +6,7 @@
 //! With `store_contacts: false` no per-contact data is kept, only counters, so a million-contact
 //! benchmark runs in flat memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Instant;
 
@@ -229,7 +229,12 @@ pub(crate) struct State {
     unsubscribed_marks: HashSet<(String, u64)>,
     list_counts: HashMap<u64, ListCounts>,
     batches: HashMap<String, Batch>,
-    pub(crate) requests: Vec<RequestRecord>,
+    /// Batch ids, oldest first: which finished batch to forget once `history` is reached.
+    batch_order: VecDeque<String>,
+    /// The latest requests, oldest first, at most `history`.
+    pub(crate) requests: VecDeque<RequestRecord>,
+    /// How many requests and batches are remembered.
+    history: usize,
     pub(crate) stats: SandboxStats,
     pub(crate) faults: FaultQueue,
     /// Flips on every accepted bulk import: AC documents both `"Success"` and `"success"`.
@@ -237,7 +242,7 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(store_contacts: bool) -> Self {
+    pub(crate) fn new(store_contacts: bool, history: usize) -> Self {
         Self {
             store_contacts,
             contacts: Vec::new(),
@@ -247,10 +252,23 @@ impl State {
             unsubscribed_marks: HashSet::new(),
             list_counts: HashMap::new(),
             batches: HashMap::new(),
-            requests: Vec::new(),
+            batch_order: VecDeque::new(),
+            requests: VecDeque::new(),
+            history,
             stats: SandboxStats::default(),
             faults: FaultQueue::default(),
             capital_success_next: true,
+        }
+    }
+
+    /// Counts a request and keeps it in the log, dropping the oldest beyond `history`.
+    pub(crate) fn record_request(&mut self, record: RequestRecord) {
+        self.stats.requests += 1;
+        if self.requests.len() >= self.history {
+            self.requests.pop_front();
+        }
+        if self.history > 0 {
+            self.requests.push_back(record);
         }
     }
 
@@ -427,7 +445,28 @@ impl State {
             completes_at,
             outcome: None,
         };
-        self.batches.insert(batch_id, batch);
+        self.batches.insert(batch_id.clone(), batch);
+        self.batch_order.push_back(batch_id);
+        self.forget_finished_batches();
+    }
+
+    /// Forgets the oldest batches beyond `history`, but only processed ones: a client may still
+    /// be waiting for an unprocessed batch, however old.
+    fn forget_finished_batches(&mut self) {
+        while self.batch_order.len() > self.history {
+            let Some(oldest) = self.batch_order.front() else {
+                break;
+            };
+            if self
+                .batches
+                .get(oldest)
+                .is_some_and(|b| b.outcome.is_none())
+            {
+                break;
+            }
+            self.batches.remove(oldest);
+            self.batch_order.pop_front();
+        }
     }
 
     pub(crate) fn batch_status(&self, batch_id: &str, now: Instant) -> Option<BatchStatus<'_>> {
@@ -609,7 +648,7 @@ mod tests {
 
     #[test]
     fn an_absent_value_leaves_the_stored_one_untouched() {
-        let mut state = State::new(true);
+        let mut state = State::new(true, 100);
         apply(
             &mut state,
             r#"[{"email":"a@example.com","first_name":"Ada","fields":[{"id":1,"value":"x"}]}]"#,
@@ -627,7 +666,7 @@ mod tests {
 
     #[test]
     fn only_newly_created_contacts_are_reported_in_success() {
-        let mut state = State::new(true);
+        let mut state = State::new(true, 100);
         apply(&mut state, r#"[{"email":"a@example.com"}]"#);
 
         let outcome = apply(
@@ -640,7 +679,7 @@ mod tests {
 
     #[test]
     fn subscribing_to_an_unknown_list_fails_the_contact() {
-        let mut state = State::new(true);
+        let mut state = State::new(true, 100);
 
         let outcome = apply(
             &mut state,
@@ -653,7 +692,7 @@ mod tests {
 
     #[test]
     fn without_stored_contacts_members_count_subscriptions() {
-        let mut state = State::new(false);
+        let mut state = State::new(false, 100);
 
         apply(
             &mut state,
@@ -667,7 +706,7 @@ mod tests {
 
     #[test]
     fn without_stored_contacts_a_marked_unsubscribe_still_blocks_resubscribing() {
-        let mut state = State::new(false);
+        let mut state = State::new(false, 100);
         state.unsubscribe("a@example.com", 1);
 
         let outcome = apply(
@@ -679,8 +718,53 @@ mod tests {
     }
 
     #[test]
+    fn the_request_log_keeps_the_latest_history_and_counts_them_all() {
+        let mut state = State::new(false, 3);
+        let start = Instant::now();
+        for contacts in 0..5 {
+            state.record_request(RequestRecord {
+                at: start,
+                method: "POST".to_owned(),
+                path: "/api/3/import/bulk_import".to_owned(),
+                status: 200,
+                contacts,
+            });
+        }
+
+        let kept: Vec<usize> = state.requests.iter().map(|r| r.contacts).collect();
+        assert_eq!(kept, vec![2, 3, 4]);
+        assert_eq!(state.stats().requests, 5);
+    }
+
+    #[test]
+    fn finished_batches_beyond_history_are_forgotten_but_pending_ones_are_kept() {
+        let mut state = State::new(false, 2);
+        let now = Instant::now();
+        let one = r#"[{"email":"a@example.com"}]"#;
+        state.queue_batch("pending".to_owned(), 1, now, now);
+        for id in ["b1", "b2", "b3"] {
+            state.queue_batch(id.to_owned(), 1, now, now);
+            state.apply_batch(id, import(one), &lists());
+        }
+
+        // The oldest batch is unprocessed, so nothing behind it is forgotten yet.
+        assert!(state.batch_status("pending", now).is_some());
+        assert!(state.batch_status("b1", now).is_some());
+
+        state.apply_batch("pending", import(one), &lists());
+        state.queue_batch("b4".to_owned(), 1, now, now);
+
+        let known: Vec<&str> = ["pending", "b1", "b2", "b3", "b4"]
+            .into_iter()
+            .filter(|id| state.batch_status(id, now).is_some())
+            .collect();
+        assert_eq!(known, vec!["b3", "b4"]);
+        assert_eq!(state.stats().bulk_imports, 5);
+    }
+
+    #[test]
     fn debug_output_of_a_contact_hides_its_email() {
-        let mut state = State::new(true);
+        let mut state = State::new(true, 100);
         state.unsubscribe("secret@example.com", 1);
 
         let debug = format!("{:?}", state.contact("secret@example.com"));
