@@ -6,6 +6,10 @@
 //! which leaves room for network jitter and still uses well over 95% of the budget. A permit is
 //! taken for every attempt, retries included. A 429's `Retry-After` pauses the whole account,
 //! including senders already waiting for a permit: they take fresh, spaced permits after it.
+//!
+//! Status polls (`import/info`) get only what bulk imports leave of the per-second limit: when
+//! ActiveCampaign is slow to process imports, many await confirmation at once, and their polls
+//! must not crowd out the imports that use the budget.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -30,7 +34,15 @@ pub enum RequestKind {
     Plain,
     /// A multi-contact bulk import: counts against both limits.
     BulkImport,
+    /// A bulk import status poll: a plain call, further held to what imports leave.
+    Poll,
 }
+
+/// Share of what bulk imports leave of the per-second limit that polls may use.
+const POLL_SHARE: f64 = 0.9;
+/// When bulk imports could take (nearly) the whole per-second limit, the per-second limit is
+/// what paces them, and polls are counted as if imports left them this share of it.
+const MIN_POLL_SHARE: f64 = 0.5;
 
 /// The limiters for one pair of limits; replaced whole when a reload changes the limits.
 struct Limiters {
@@ -38,6 +50,7 @@ struct Limiters {
     bulk_per_minute: u32,
     requests: Arc<Limiter>,
     bulk: Arc<Limiter>,
+    polls: Arc<Limiter>,
 }
 
 impl Limiters {
@@ -53,8 +66,27 @@ impl Limiters {
                 Duration::from_secs(60),
                 bulk_per_minute,
             ))),
+            polls: Arc::new(RateLimiter::direct(poll_quota(
+                requests_per_second,
+                bulk_per_minute,
+            ))),
         }
     }
+}
+
+/// Polls per second: most of what bulk imports at their full rate leave of the per-second
+/// limit. With ActiveCampaign's 5/s and 100/min that is 0.9 × (5 − 1.67) = 3 polls/s.
+fn poll_quota(requests_per_second: u32, bulk_per_minute: u32) -> Quota {
+    let requests = f64::from(requests_per_second);
+    let left = requests - f64::from(bulk_per_minute) / 60.0;
+    let per_second = (left.max(requests * MIN_POLL_SHARE) * POLL_SHARE).max(0.01);
+    Quota::with_period(
+        Duration::from_secs(1)
+            .div_f64(per_second)
+            .max(Duration::from_micros(1)),
+    )
+    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+    .allow_burst(NonZeroU32::MIN)
 }
 
 pub struct AccountBudget {
@@ -100,12 +132,17 @@ impl AccountBudget {
             while let Some(until) = self.pause() {
                 tokio::time::sleep_until(until).await;
             }
-            let (requests, bulk) = {
+            let (requests, kind_limiter) = {
                 let limits = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-                (Arc::clone(&limits.requests), Arc::clone(&limits.bulk))
+                let kind_limiter = match kind {
+                    RequestKind::Plain => None,
+                    RequestKind::BulkImport => Some(Arc::clone(&limits.bulk)),
+                    RequestKind::Poll => Some(Arc::clone(&limits.polls)),
+                };
+                (Arc::clone(&limits.requests), kind_limiter)
             };
-            if kind == RequestKind::BulkImport {
-                bulk.until_ready().await;
+            if let Some(limiter) = kind_limiter {
+                limiter.until_ready().await;
             }
             requests.until_ready().await;
             // A pause that began while we waited: those permits are spent, and sending now
@@ -187,6 +224,37 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn polls_get_what_bulk_imports_leave_of_the_per_second_limit() {
+        let per_second = |rps, bulk| 1.0 / poll_quota(rps, bulk).replenish_interval().as_secs_f64();
+
+        // ActiveCampaign's limits: 0.9 × (5 − 100/60) = 3 polls/s.
+        assert!((per_second(5, 100) - 3.0).abs() < 1e-3);
+        // Bulk imports could take the whole per-second limit: polls still get 0.9 × half.
+        assert!((per_second(5, 300) - 2.25).abs() < 1e-3);
+        assert!((per_second(10, 6000) - 4.5).abs() < 1e-3);
+    }
+
+    #[tokio::test]
+    async fn polls_wait_for_their_share_while_plain_calls_do_not() {
+        // 20/s and 10 bulk imports/s leave 0.9 × 10 = 9 polls/s.
+        let budget = AccountBudget::new(20, 600);
+        let start = std::time::Instant::now();
+        for _ in 0..20 {
+            budget.acquire(RequestKind::Plain).await;
+        }
+        let plain = start.elapsed();
+        let start = std::time::Instant::now();
+        for _ in 0..20 {
+            budget.acquire(RequestKind::Poll).await;
+        }
+        let polls = start.elapsed();
+
+        // 19 spaced permits: about 0.97 s at 19.6/s, 2.1 s at 9/s.
+        assert!(plain < Duration::from_millis(1600), "{plain:?}");
+        assert!(polls >= Duration::from_millis(2000), "{polls:?}");
     }
 
     #[tokio::test]

@@ -268,7 +268,7 @@ impl Client {
     pub async fn import_info(&self, batch_id: &str) -> Result<wire::ImportInfo, AcError> {
         let query = [("batchId", batch_id)];
         let answer = self
-            .call(Method::GET, "import/info", &query, None, RequestKind::Plain)
+            .call(Method::GET, "import/info", &query, None, RequestKind::Poll)
             .await?;
         self.decode(&answer.body, "import/info")
     }

@@ -3,13 +3,19 @@
 //! accepted import is confirmed with `import/info` before the delivery state changes. Several
 //! imports are in flight at once; confirmed ones are committed together (group commit), with
 //! the run's counts, in one transaction.
+//!
+//! Sending and confirming are capped apart. ActiveCampaign queues imports and may take minutes
+//! to process them, while its budget allows 100 imports a minute: using that budget needs
+//! "imports per second × confirmation time" imports awaiting confirmation, so that cap is
+//! large, and an accepted import keeps only what the delivery state records (no payload).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
@@ -18,8 +24,12 @@ use crate::activecampaign::wire::{BulkOutcome, ImportState};
 use crate::activecampaign::{AcError, Client, MAX_BULK_IMPORT_BYTES, MAX_CONTACTS_PER_BULK_IMPORT};
 use crate::store::{Doing, RunCounts, RunIssue, Store};
 
-/// Imports sent and awaiting confirmation at once. The budget, not this, paces real accounts.
-const MAX_IN_FLIGHT: usize = 32;
+/// Imports prepared and waiting for a rate permit or being sent, with their payloads.
+const MAX_SENDING: usize = 8;
+/// Accepted imports awaiting confirmation (about 40 KB each, 20 MB at most): at
+/// ActiveCampaign's 100 imports a minute, the whole budget stays in use while imports take up
+/// to 5 minutes to confirm.
+const MAX_AWAITING: usize = 512;
 /// Outbox rows read per query.
 const PAGE: i64 = 2_000;
 /// Confirmed contacts held for the next group commit before sending pauses for it.
@@ -31,6 +41,11 @@ const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(20 * 60);
 /// Bounds of the wait between `import/info` polls.
 const MIN_POLL: Duration = Duration::from_millis(20);
 const MAX_POLL: Duration = Duration::from_secs(10);
+/// The first imports' wait before their first poll: short, because each poll that finds an
+/// import unfinished raises the wait of every later one.
+const FIRST_POLL_START: Duration = Duration::from_millis(50);
+/// Longest wait before the first poll: the time imports have been taking, up to this.
+const MAX_FIRST_POLL: Duration = Duration::from_secs(5 * 60);
 /// `{"contacts":[` ... `]}`
 const BODY_OVERHEAD: usize = r#"{"contacts":[]}"#.len();
 /// Why ActiveCampaign lists a contact in `failure` (its docs give these causes).
@@ -95,8 +110,10 @@ impl Delivery<'_> {
     /// while more are sent and confirmed. Whatever was confirmed is committed before this
     /// returns, on every path.
     pub async fn run(&mut self, sink: &mut Sink) -> Result<Option<StopReason>, PipelineError> {
-        let poll = Arc::new(AtomicU64::new(200_000)); // µs; adapts to observed import time
+        // µs before the first poll; adapts to how long imports take (misses raise it at once).
+        let poll = Arc::new(AtomicU64::new(FIRST_POLL_START.as_micros() as u64));
         let mut in_flight: JoinSet<BatchResult> = JoinSet::new();
+        let sending = Arc::new(Sending::default());
         let mut last_seq = 0i64;
         let mut page: VecDeque<Item> = VecDeque::new();
         let mut reading: Option<PageRead<'_>> = None;
@@ -113,19 +130,15 @@ impl Delivery<'_> {
             if stop.is_none() {
                 stop = self.stopper.reason();
             }
-            let sending = stop.is_none() && fatal.is_none() && error.is_none();
+            let go_on = stop.is_none() && fatal.is_none() && error.is_none();
             // Confirmed contacts wait in memory for the commit: when it falls behind, sending
             // waits for it, so memory stays flat.
             let room = confirmed.len() < MAX_UNCOMMITTED;
-            // Read ahead, so the next batches are ready when slots free up.
-            if sending
-                && !exhausted
-                && page.len() < PAGE as usize
-                && let Some(conn) = idle_conn.take()
+            while go_on
+                && room
+                && sending.count() < MAX_SENDING
+                && in_flight.len() < MAX_SENDING + MAX_AWAITING
             {
-                reading = Some(Box::pin(next_page(conn, last_seq)));
-            }
-            while sending && room && in_flight.len() < MAX_IN_FLIGHT {
                 // A short batch only at the very end of the outbox.
                 if page.len() < MAX_CONTACTS_PER_BULK_IMPORT && !exhausted {
                     break;
@@ -141,11 +154,21 @@ impl Delivery<'_> {
                     break;
                 }
                 let client = Arc::clone(&self.client);
+                let slot = SendingSlot::take(&sending);
                 // Spawned tasks do not inherit the run's span; carry it so every line names the run.
                 in_flight.spawn(
-                    deliver_batch(client, batch, Arc::clone(&poll), self.stopper.clone())
+                    deliver_batch(client, batch, slot, Arc::clone(&poll), self.stopper.clone())
                         .instrument(tracing::Span::current()),
                 );
+            }
+            // Read ahead (after taking batches, so a page taken whole is refilled at once), so the
+            // next batches are ready when slots free up.
+            if go_on
+                && !exhausted
+                && page.len() < PAGE as usize
+                && let Some(conn) = idle_conn.take()
+            {
+                reading = Some(Box::pin(next_page(conn, last_seq)));
             }
             if committing.is_none() && !confirmed.is_empty() {
                 self.counts.requests = self.client.requests_sent();
@@ -162,7 +185,7 @@ impl Delivery<'_> {
                 ));
             }
             let drained = in_flight.is_empty() && reading.is_none() && committing.is_none();
-            if drained && (!sending || (exhausted && page.is_empty())) {
+            if drained && (!go_on || (exhausted && page.is_empty())) {
                 break;
             }
             tokio::select! {
@@ -217,6 +240,8 @@ impl Delivery<'_> {
                         }
                     }
                 }
+                // A batch was accepted: its sending slot is free for the next one.
+                () = sending.freed.notified(), if go_on && sending.count() >= MAX_SENDING => {}
                 committed = wait_for(&mut committing) => {
                     committing = None;
                     match committed {
@@ -241,6 +266,37 @@ impl Delivery<'_> {
             return Err(PipelineError::ActiveCampaign(e));
         }
         Ok(stop)
+    }
+}
+
+/// Batches holding a sending slot, and a wake-up for the loop when one is freed.
+#[derive(Default)]
+struct Sending {
+    count: AtomicUsize,
+    freed: Notify,
+}
+
+impl Sending {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+/// One batch's sending slot, given back when it is dropped: once the import is accepted or
+/// has failed, or the task is aborted.
+struct SendingSlot(Arc<Sending>);
+
+impl SendingSlot {
+    fn take(sending: &Arc<Sending>) -> Self {
+        sending.count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(sending))
+    }
+}
+
+impl Drop for SendingSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
     }
 }
 
@@ -452,6 +508,7 @@ fn body(items: &[Item]) -> Vec<u8> {
 async fn deliver_batch(
     client: Arc<Client>,
     mut items: Vec<Item>,
+    slot: SendingSlot,
     poll: Arc<AtomicU64>,
     stopper: Stopper,
 ) -> BatchResult {
@@ -466,6 +523,12 @@ async fn deliver_batch(
         match client.bulk_import(payload, &go_on).await {
             Ok(BulkOutcome::Queued { batch_id }) => {
                 result.sent += items.len() as u64;
+                drop(slot);
+                // ActiveCampaign has the payloads now; an import that waits minutes for
+                // confirmation holds only what the delivery state records.
+                for item in &mut items {
+                    item.payload = String::new();
+                }
                 confirm(&client, &batch_id, items, &poll, &mut result).await;
                 return result;
             }
@@ -522,7 +585,7 @@ async fn deliver_batch(
 /// gentle pull down keeps most imports confirmed at their first poll.
 fn next_first_poll(previous: Duration, waited: Duration, polls: u32, took: Duration) -> Duration {
     let observed = if polls <= 1 { waited * 3 / 4 } else { took };
-    ((previous * 3 + observed) / 4).clamp(MIN_POLL, MAX_POLL)
+    ((previous * 3 + observed) / 4).clamp(MIN_POLL, MAX_FIRST_POLL)
 }
 
 /// The wait before the poll after `previous` missed: the first miss means the estimate was a
@@ -546,7 +609,8 @@ async fn confirm(
     result: &mut BatchResult,
 ) {
     let started = tokio::time::Instant::now();
-    let first_wait = Duration::from_micros(poll.load(Ordering::Relaxed)).clamp(MIN_POLL, MAX_POLL);
+    let first_wait =
+        Duration::from_micros(poll.load(Ordering::Relaxed)).clamp(MIN_POLL, MAX_FIRST_POLL);
     let mut wait = first_wait;
     let mut polls = 0u32;
     loop {
@@ -579,7 +643,11 @@ async fn confirm(
                     result.batch_error = Some(reason);
                     return;
                 }
-                ImportState::Pending => {}
+                ImportState::Pending => {
+                    // Imports take at least this long now: the next ones need not ask sooner.
+                    let pending_for = started.elapsed().min(MAX_FIRST_POLL);
+                    poll.fetch_max(pending_for.as_micros() as u64, Ordering::Relaxed);
+                }
             },
             Err(AcError::Cancelled) => {
                 result.abandoned = true;

@@ -140,10 +140,10 @@ pub async fn create_temp_tables(conn: &mut SqliteConnection) -> Result<(), Pipel
         "DROP TABLE IF EXISTS temp.stage",
         "DROP TABLE IF EXISTS temp.leavers",
         "CREATE TEMP TABLE seen (email TEXT PRIMARY KEY) WITHOUT ROWID",
-        // One chunk of mapped members at a time, in source order.
         // Members delivered earlier who are in no segment now, found once per run.
         "CREATE TEMP TABLE leavers (email TEXT PRIMARY KEY, hash BLOB NOT NULL, \
          delivered INTEGER NOT NULL) WITHOUT ROWID",
+        // One chunk of mapped members at a time, in source order.
         "CREATE TEMP TABLE stage (email TEXT NOT NULL, hash BLOB NOT NULL, payload TEXT NOT NULL)",
         "CREATE TEMP TABLE outbox (seq INTEGER PRIMARY KEY, email TEXT NOT NULL, \
          hash BLOB NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL)",

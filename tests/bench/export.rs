@@ -9,9 +9,11 @@
 //!
 //! `-- --budget` instead runs against the sandbox enforcing ActiveCampaign's real limits scaled
 //! up 60x and reports how much of the bulk-import budget the client achieves, and whether it
-//! provoked any 429 or "Rate limit exceeded" answer.
+//! provoked any 429 or "Rate limit exceeded" answer. `--import-delay MS` sets how long the
+//! sandbox keeps each import queued (and as long again active): real ActiveCampaign may take
+//! minutes, which is seconds at this scale.
 //!
-//! Options: `--sizes 100000,1000000`, `--sources csv,sqlite`, `--budget`. Run without cargo
+//! Options: `--sizes 100000,1000000`, `--sources csv,sqlite`, `--budget`, `--import-delay MS`. Run without cargo
 //! bench's `--bench` flag (as `cargo test --all-targets` does) it is a seconds-long smoke run
 //! on 2,000 profiles, so the code stays exercised without slowing the test suite.
 
@@ -40,11 +42,16 @@ const TOKEN: &str = "benchmark-token-0001";
 const DEFAULT_SIZES: &[usize] = &[100_000, 1_000_000];
 /// Profiles of the `--budget` run: 800 imports, about 8 s at the scaled bulk limit.
 const DEFAULT_BUDGET_SIZE: usize = 200_000;
+/// Sandbox import delay of the `--budget` run: imports confirm after 2 × 100 ms, 12 s at real
+/// scale.
+const DEFAULT_BUDGET_IMPORT_DELAY: Duration = Duration::from_millis(100);
+/// How much faster than ActiveCampaign the `--budget` run's limits are.
+const BUDGET_SCALE: u32 = 60;
 /// Profiles of the smoke run (no `--bench` flag).
 const SMOKE_SIZE: usize = 2_000;
 /// ActiveCampaign's limits (5 requests/s, 100 bulk imports/min) scaled up 60x.
-const SCALED_REQUESTS_PER_SECOND: u32 = 5 * 60;
-const SCALED_BULK_IMPORTS_PER_MINUTE: u32 = 100 * 60;
+const SCALED_REQUESTS_PER_SECOND: u32 = 5 * BUDGET_SCALE;
+const SCALED_BULK_IMPORTS_PER_MINUTE: u32 = 100 * BUDGET_SCALE;
 /// Client budget with the sandbox's limits off: high enough that it never binds, so the run
 /// measures acexport rather than the pacing.
 const UNBOUND_REQUESTS_PER_SECOND: u32 = 100_000;
@@ -73,6 +80,8 @@ struct Options {
     sizes: Vec<usize>,
     sources: Vec<SourceKind>,
     budget: bool,
+    /// Sandbox import delay in the `--budget` mode.
+    import_delay: Duration,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -81,11 +90,21 @@ fn parse_options() -> Result<Options, String> {
     let mut sources = vec![SourceKind::Csv, SourceKind::Sqlite];
     let mut budget = false;
     let mut bench = false;
+    let mut import_delay = DEFAULT_BUDGET_IMPORT_DELAY;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             // Passed by `cargo bench`; its absence means a smoke run under `cargo test`.
             "--bench" => bench = true,
             "--budget" => budget = true,
+            "--import-delay" => {
+                let value = args
+                    .next()
+                    .ok_or("--import-delay needs milliseconds, e.g. 1000")?;
+                let ms = value
+                    .parse::<u64>()
+                    .map_err(|_| format!("--import-delay {value}: give milliseconds, e.g. 1000"))?;
+                import_delay = Duration::from_millis(ms);
+            }
             "--sizes" => {
                 let list = args
                     .next()
@@ -127,6 +146,7 @@ fn parse_options() -> Result<Options, String> {
         sizes,
         sources,
         budget,
+        import_delay,
     })
 }
 
@@ -707,8 +727,10 @@ async fn run_budget(options: &Options) -> Result<bool, String> {
             requests_per_second: Some(SCALED_REQUESTS_PER_SECOND),
             bulk_imports_per_minute: Some(SCALED_BULK_IMPORTS_PER_MINUTE),
             // Real imports take seconds to minutes; scaled down too.
-            import_delay: Duration::from_millis(100),
+            import_delay: options.import_delay,
             store_contacts: false,
+            // Every request, for the densest second and the polls per import.
+            history: usize::MAX,
             ..SandboxOptions::default()
         })
         .await
@@ -742,6 +764,12 @@ async fn run_budget(options: &Options) -> Result<bool, String> {
         };
         let share = achieved_per_minute / allowed_per_minute * 100.0;
         let densest_second = sandbox.max_requests_in_window(Duration::from_secs(1), None);
+        let polls = sandbox
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/import/info"))
+            .count();
+        let confirm_time = options.import_delay * 2;
         let expected = Expected {
             upserted: size as u64,
             unsubscribed: 0,
@@ -750,7 +778,10 @@ async fn run_budget(options: &Options) -> Result<bool, String> {
         println!(
             "budget run: {size} profiles from CSV, limits {SCALED_REQUESTS_PER_SECOND} \
              requests/s and {SCALED_BULK_IMPORTS_PER_MINUTE} bulk imports/min (ActiveCampaign's \
-             x60); load before {load}"
+             x{BUDGET_SCALE}); imports take {} ms to confirm ({:.0} s at real scale); load \
+             before {load}",
+            confirm_time.as_millis(),
+            (confirm_time * BUDGET_SCALE).as_secs_f64()
         );
         println!("| measure | value |\n|---|---:|");
         println!("| wall s | {seconds:.2} |");
@@ -760,6 +791,10 @@ async fn run_budget(options: &Options) -> Result<bool, String> {
         println!(
             "| requests sent (densest second) | {} ({densest_second}, limit {SCALED_REQUESTS_PER_SECOND}) |",
             outcome.counts.requests
+        );
+        println!(
+            "| import/info polls per import | {:.2} |",
+            polls as f64 / stats.bulk_imports.max(1) as f64
         );
         println!("| 429 answers | {} |", stats.too_many_requests);
         println!(

@@ -447,7 +447,6 @@ async fn kill_9_mid_run_and_restart_delivers_everyone_resending_only_unconfirmed
     let resent = env.sandbox.stats().contacts_queued - 12_000;
     // Only batches sent but not yet confirmed at the kill went out twice.
     assert_eq!(resent, sent_before_kill - confirmed_before_kill);
-    assert!(resent <= 32 * 250, "{resent} contacts resent");
 }
 
 #[tokio::test(flavor = "multi_thread")]

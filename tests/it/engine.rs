@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use acexport::pipeline::{RunOptions, RunOutcome, Silent, run_export};
 use acexport::sandbox::{Fault, FaultAction, ListStatus, Sandbox, SandboxOptions};
@@ -645,6 +645,39 @@ async fn the_request_rate_never_exceeds_the_budget_and_provokes_no_429() {
         h.sandbox
             .max_requests_in_window(Duration::from_secs(60), Some("/api/3/import/bulk_import"))
             <= 240
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imports_keep_going_while_earlier_ones_await_confirmation() {
+    // ActiveCampaign queues imports and may take minutes to process them. 60 imports that each
+    // take 2 × 1.5 s to confirm: sending must not wait for confirmations (it did, at 32 in
+    // flight), and polls must not crowd out imports.
+    let sandbox = SandboxOptions {
+        import_delay: Duration::from_millis(1500),
+        store_contacts: false,
+        ..fast_sandbox()
+    };
+    let h = Harness::new(sandbox, |_| {}).await;
+    h.segment("members", &csv_rows(15_000)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!(outcome.counts.upserted, 15_000);
+    let imports: Vec<Instant> = h
+        .sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/import/bulk_import") && r.status == 200)
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(imports.len(), 60);
+    let sending = imports[59].duration_since(imports[0]);
+    assert!(
+        sending < Duration::from_millis(1500),
+        "all 60 imports should be sent before the first could be confirmed; took {sending:?}"
     );
 }
 
