@@ -61,7 +61,9 @@ pub struct Matching {
     phone: Option<usize>,
     fields: Vec<(i64, usize)>,
     tags: Vec<String>,
-    list_id: i64,
+    /// The list, as bulk imports name it and as the fingerprint covers it.
+    list: [ListRef; 1],
+    list_text: String,
 }
 
 /// One contact ready to send. Its `Debug` shows no profile data.
@@ -88,10 +90,13 @@ struct FieldValue<'a> {
     value: &'a str,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 struct ListRef {
     listid: i64,
 }
+
+/// Bytes reserved for a contact's JSON: enough for email, names, phone, list and a few fields.
+const PAYLOAD_CAPACITY: usize = 256;
 
 /// A contact in ActiveCampaign's bulk-import shape (snake_case). Absent values are omitted,
 /// never sent as "" (that could wipe data in ActiveCampaign).
@@ -108,10 +113,10 @@ struct BulkContact<'a> {
     fields: Vec<FieldValue<'a>>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     tags: &'a [String],
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    subscribe: Vec<ListRef>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    unsubscribe: Vec<ListRef>,
+    #[serde(skip_serializing_if = "<[ListRef]>::is_empty")]
+    subscribe: &'a [ListRef],
+    #[serde(skip_serializing_if = "<[ListRef]>::is_empty")]
+    unsubscribe: &'a [ListRef],
 }
 
 impl Matching {
@@ -143,7 +148,10 @@ impl Matching {
             phone,
             fields,
             tags: export.tags.clone(),
-            list_id: export.list_id,
+            list: [ListRef {
+                listid: export.list_id,
+            }],
+            list_text: export.list_id.to_string(),
         }
     }
 
@@ -174,7 +182,6 @@ impl Matching {
             .iter()
             .filter_map(|(id, i)| get(Some(*i)).map(|value| FieldValue { id: *id, value }))
             .collect();
-        let list = self.list_id.to_string();
         let field_texts: Vec<String> = fields
             .iter()
             .map(|f| format!("{}={}", f.id, f.value))
@@ -185,7 +192,7 @@ impl Matching {
                 first_name,
                 last_name,
                 phone,
-                Some(list.as_str()),
+                Some(self.list_text.as_str()),
             ]
             .into_iter()
             .chain(field_texts.iter().map(|f| Some(f.as_str())))
@@ -199,12 +206,10 @@ impl Matching {
             phone,
             fields,
             tags: &self.tags,
-            subscribe: vec![ListRef {
-                listid: self.list_id,
-            }],
-            unsubscribe: Vec::new(),
+            subscribe: &self.list,
+            unsubscribe: &[],
         };
-        let payload = serde_json::to_string(&contact).map_err(|_| "value cannot be encoded")?;
+        let payload = to_json(&contact).ok_or("value cannot be encoded")?;
         Ok(Member {
             key,
             fingerprint,
@@ -221,13 +226,19 @@ impl Matching {
             phone: None,
             fields: Vec::new(),
             tags: &[],
-            subscribe: Vec::new(),
-            unsubscribe: vec![ListRef {
-                listid: self.list_id,
-            }],
+            subscribe: &[],
+            unsubscribe: &self.list,
         };
-        serde_json::to_string(&contact).unwrap_or_default()
+        to_json(&contact).unwrap_or_default()
     }
+}
+
+/// Serialises into a buffer sized for a typical contact up front: growing from empty
+/// reallocates several times, once per member of a million-profile segment.
+fn to_json(contact: &BulkContact<'_>) -> Option<String> {
+    let mut out = Vec::with_capacity(PAYLOAD_CAPACITY);
+    serde_json::to_writer(&mut out, contact).ok()?;
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

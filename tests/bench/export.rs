@@ -157,7 +157,7 @@ const SANDBOX_HISTORY: usize = 1_000;
 /// Marks a process started by [`run_like_production`].
 const CHILD: &str = "ACEXPORT_BENCH_CHILD";
 
-/// Runs the measurements in child processes set up like production: with `MALLOC_ARENA_MAX=2`
+/// Runs the measurements in child processes set up like production: with `MALLOC_ARENA_MAX=1`
 /// (the unit sets it; glibc reads it at start), and one process per size and source, so that
 /// a size's peak memory is its own and not what earlier sizes left in the allocator. `None` in
 /// a child: measure here.
@@ -186,7 +186,7 @@ fn run_like_production(options: &Options) -> Option<ExitCode> {
     for args in runs {
         let status = std::process::Command::new(&exe)
             .args(&args)
-            .env("MALLOC_ARENA_MAX", "2")
+            .env("MALLOC_ARENA_MAX", "1")
             .env(CHILD, "1")
             .status();
         ok &= status.is_ok_and(|s| s.success());
