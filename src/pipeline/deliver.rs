@@ -161,8 +161,8 @@ impl Delivery<'_> {
                         .instrument(tracing::Span::current()),
                 );
             }
-            // Read ahead (after taking batches, so a page taken whole is refilled at once), so the
-            // next batches are ready when slots free up.
+            // Read ahead, so the next batches are ready when slots free up. After taking batches,
+            // so that a page just emptied is refilled now, not after the next confirmation.
             if go_on
                 && !exhausted
                 && page.len() < PAGE as usize
