@@ -414,7 +414,8 @@ impl Client {
         }
     }
 
-    async fn wait_or_cancel<T>(&self, fut: impl Future<Output = T>) -> Result<T, AcError> {
+    /// Awaits `fut` unless the run is aborted first (`AcError::Cancelled`).
+    pub async fn wait_or_cancel<T>(&self, fut: impl Future<Output = T>) -> Result<T, AcError> {
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => Err(AcError::Cancelled),

@@ -450,18 +450,16 @@ impl State {
         self.forget_finished_batches();
     }
 
-    /// Forgets the oldest batches beyond `history`, but only processed ones: a client may still
-    /// be waiting for an unprocessed batch, however old.
+    /// Forgets the oldest batches beyond `history`, but only completed ones: a client may still
+    /// be waiting for a queued or active batch, however old.
     fn forget_finished_batches(&mut self) {
+        let now = Instant::now();
+        let completed = |b: &Batch| b.outcome.is_some() && now >= b.completes_at;
         while self.batch_order.len() > self.history {
             let Some(oldest) = self.batch_order.front() else {
                 break;
             };
-            if self
-                .batches
-                .get(oldest)
-                .is_some_and(|b| b.outcome.is_none())
-            {
+            if self.batches.get(oldest).is_some_and(|b| !completed(b)) {
                 break;
             }
             self.batches.remove(oldest);
@@ -618,6 +616,8 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn import(json: &str) -> Vec<ImportContact> {
@@ -760,6 +760,19 @@ mod tests {
             .collect();
         assert_eq!(known, vec!["b3", "b4"]);
         assert_eq!(state.stats().bulk_imports, 5);
+    }
+
+    #[test]
+    fn a_processed_batch_still_reporting_active_is_not_forgotten() {
+        let mut state = State::new(false, 1);
+        let now = Instant::now();
+        let one = r#"[{"email":"a@example.com"}]"#;
+        state.queue_batch("active".to_owned(), 1, now, now + Duration::from_secs(60));
+        state.apply_batch("active", import(one), &lists());
+
+        state.queue_batch("next".to_owned(), 1, now, now);
+
+        assert_eq!(state.batch_status("active", now), Some(BatchStatus::Active));
     }
 
     #[test]

@@ -150,8 +150,8 @@ fn parse_options() -> Result<Options, String> {
     })
 }
 
-/// Requests and bulk imports the throughput runs' sandbox remembers: far more than the 32
-/// imports a run keeps in flight, far fewer than a 1M run sends.
+/// Requests and bulk imports the throughput runs' sandbox remembers: more than the 520 imports
+/// a run may keep in flight, far fewer than a 1M run sends.
 const SANDBOX_HISTORY: usize = 1_000;
 
 /// Marks a process started by [`run_like_production`].
