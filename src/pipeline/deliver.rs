@@ -28,7 +28,7 @@ use crate::store::{Doing, RunCounts, RunIssue, Store};
 const MAX_SENDING: usize = 8;
 /// Accepted imports awaiting confirmation (about 40 KB each, 20 MB at most): at
 /// ActiveCampaign's 100 imports a minute, the whole budget stays in use while imports take up
-/// to about 4 minutes to confirm (the benchmark: 97% at 3 minutes, 89% at 5).
+/// to about 4 minutes to confirm (the benchmark: 97% at 3 minutes, 86-89% at 5).
 const MAX_AWAITING: usize = 512;
 /// Outbox rows read per query.
 const PAGE: i64 = 2_000;
