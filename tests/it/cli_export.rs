@@ -1,26 +1,7 @@
 //! `acexport export ...` and `acexport runs`: definitions are checked against ActiveCampaign
 //! and the segments before saving, and saving sends no profiles.
 
-use crate::support::{OutputExt, TestEnv};
-
-/// `export add weekly` for connection `crm`, list 1 and segment `members`, plus `extra`.
-fn add_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "export",
-        "add",
-        "weekly",
-        "--connection",
-        "crm",
-        "--list",
-        "1",
-        "--segment",
-        "members",
-        "--email",
-        "email",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
+use crate::support::{OutputExt, TestEnv, export_add_args};
 
 /// A sandbox with connection `crm` and segment `members` (email, first_name, last_name, tier).
 async fn env_with_sources() -> TestEnv {
@@ -35,7 +16,7 @@ async fn an_export_is_saved_with_the_list_name_from_activecampaign_and_nothing_s
     let env = env_with_sources().await;
 
     let out = env
-        .run(&add_args(&[
+        .run(&export_add_args(&[
             "--first-name",
             "first_name",
             "--field",
@@ -71,7 +52,7 @@ async fn with_a_refresh_schedule_the_saved_note_says_it_runs_with_it() {
     env.add_connection("crm").await;
     env.add_csv_segment("members").await;
 
-    let out = env.run(&add_args(&[])).await;
+    let out = env.run(&export_add_args(&[])).await;
 
     out.assert_ok();
     assert!(
@@ -86,7 +67,9 @@ async fn with_a_refresh_schedule_the_saved_note_says_it_runs_with_it() {
 async fn an_export_with_its_own_schedule_says_it_runs_on_it() {
     let env = env_with_sources().await;
 
-    let out = env.run(&add_args(&["--schedule", "30 6 * * 1"])).await;
+    let out = env
+        .run(&export_add_args(&["--schedule", "30 6 * * 1"]))
+        .await;
 
     out.assert_ok();
     assert!(
@@ -100,8 +83,10 @@ async fn an_export_with_its_own_schedule_says_it_runs_on_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_list_is_refused_naming_it_and_the_host() {
     let env = env_with_sources().await;
-    let mut args = add_args(&[]);
-    args[6] = "99";
+    let args: Vec<&str> = export_add_args(&[])
+        .into_iter()
+        .map(|arg| if arg == "1" { "99" } else { arg })
+        .collect();
 
     let out = env.run(&args).await;
 
@@ -116,7 +101,7 @@ async fn an_unknown_list_is_refused_naming_it_and_the_host() {
 async fn an_unknown_custom_field_is_refused_naming_it() {
     let env = env_with_sources().await;
 
-    let out = env.run(&add_args(&["--field", "99=tier"])).await;
+    let out = env.run(&export_add_args(&["--field", "99=tier"])).await;
 
     out.assert_fails_with(1, "custom field 99 not found in ActiveCampaign");
     assert!(env.list_json("export").await.is_empty());
@@ -126,7 +111,7 @@ async fn an_unknown_custom_field_is_refused_naming_it() {
 async fn a_malformed_field_mapping_is_refused_with_the_expected_form() {
     let env = env_with_sources().await;
 
-    let out = env.run(&add_args(&["--field", "tier"])).await;
+    let out = env.run(&export_add_args(&["--field", "tier"])).await;
 
     out.assert_fails_with(1, "AC_FIELD_ID=COLUMN");
 }
@@ -135,7 +120,7 @@ async fn a_malformed_field_mapping_is_refused_with_the_expected_form() {
 async fn a_mapped_column_missing_from_a_segment_names_the_segment_and_column() {
     let env = env_with_sources().await;
 
-    let out = env.run(&add_args(&["--phone", "mobile"])).await;
+    let out = env.run(&export_add_args(&["--phone", "mobile"])).await;
 
     out.assert_fails_with(
         1,
@@ -148,7 +133,7 @@ async fn a_mapped_column_missing_from_a_segment_names_the_segment_and_column() {
 async fn an_unknown_segment_is_refused_naming_it() {
     let env = env_with_sources().await;
 
-    let out = env.run(&add_args(&["--segment", "vips"])).await;
+    let out = env.run(&export_add_args(&["--segment", "vips"])).await;
 
     out.assert_fails_with(1, "segment \"vips\" does not exist");
 }
@@ -156,9 +141,9 @@ async fn an_unknown_segment_is_refused_naming_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_export_with_the_same_name_is_refused() {
     let env = env_with_sources().await;
-    env.run(&add_args(&[])).await.assert_ok();
+    env.run(&export_add_args(&[])).await.assert_ok();
 
-    let out = env.run(&add_args(&[])).await;
+    let out = env.run(&export_add_args(&[])).await;
 
     out.assert_fails_with(1, "export \"weekly\" already exists");
     assert_eq!(env.list_json("export").await.len(), 1);
@@ -332,7 +317,7 @@ async fn runs_show_lists_rejected_and_failed_profiles_with_masked_emails() {
     env.run(&["segment", "add", "members", "--csv", &csv])
         .await
         .assert_ok();
-    env.run(&add_args(&[])).await.assert_ok();
+    env.run(&export_add_args(&[])).await.assert_ok();
     env.sandbox.exclude("alan@example.com");
     let run_id = env
         .run_export_in_process("weekly")

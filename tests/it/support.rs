@@ -202,23 +202,9 @@ impl TestEnv {
     pub async fn add_export(&self) {
         self.add_connection("crm").await;
         self.add_csv_segment("members").await;
-        self.run(&[
-            "export",
-            "add",
-            "weekly",
-            "--connection",
-            "crm",
-            "--list",
-            "1",
-            "--segment",
-            "members",
-            "--email",
-            "email",
-            "--first-name",
-            "first_name",
-        ])
-        .await
-        .assert_ok();
+        self.run(&export_add_args(&["--first-name", "first_name"]))
+            .await
+            .assert_ok();
     }
 
     /// Runs export `name` through the library with this test's settings, as `export run`
@@ -315,6 +301,25 @@ impl OutputExt for Output {
             "expected {needle:?} in:\n{message}"
         );
     }
+}
+
+/// `export add weekly` for connection `crm`, list 1 and segment `members`, plus `extra`.
+pub fn export_add_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "export",
+        "add",
+        "weekly",
+        "--connection",
+        "crm",
+        "--list",
+        "1",
+        "--segment",
+        "members",
+        "--email",
+        "email",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
