@@ -56,6 +56,10 @@ pub enum AcError {
     },
     #[error("unexpected answer from ActiveCampaign at {host}: {detail}")]
     Decode { host: String, detail: String },
+    /// A bulk import refused for named contacts (0-based positions, scrubbed reasons); the
+    /// import was not queued.
+    #[error("ActiveCampaign refused the import for {} contact(s)", .0.len())]
+    BulkRejected(Vec<(usize, String)>),
     #[error("cancelled")]
     Cancelled,
 }
@@ -249,18 +253,7 @@ impl Client {
                     }),
                 }
             }
-            Err(AcError::Refused {
-                status: 400,
-                message,
-                ..
-            }) => match wire::parse_bulk_rejection(message.as_bytes()) {
-                Some(rejected) => Ok(wire::BulkOutcome::Rejected(rejected)),
-                None => Err(AcError::Refused {
-                    host: self.host().to_owned(),
-                    status: 400,
-                    message: wire::summarise_error(message.as_bytes()),
-                }),
-            },
+            Err(AcError::BulkRejected(rejected)) => Ok(wire::BulkOutcome::Rejected(rejected)),
             Err(e) => Err(e),
         }
     }
@@ -400,17 +393,17 @@ impl Client {
             };
             return AcError::Rejected { host, detail };
         }
-        // The raw body is kept for bulk-import 400s only, so their per-contact rejections can
-        // be parsed (and scrubbed) by the caller; every other body is summarised here.
-        let message = if status == StatusCode::BAD_REQUEST && kind == RequestKind::BulkImport {
-            String::from_utf8_lossy(body).into_owned()
-        } else {
-            wire::summarise_error(body)
-        };
+        // Parsed here, so that no error ever carries a raw body (it may quote contacts).
+        if status == StatusCode::BAD_REQUEST
+            && kind == RequestKind::BulkImport
+            && let Some(rejected) = wire::parse_bulk_rejection(body)
+        {
+            return AcError::BulkRejected(rejected);
+        }
         AcError::Refused {
             host,
             status: status.as_u16(),
-            message,
+            message: wire::summarise_error(body),
         }
     }
 

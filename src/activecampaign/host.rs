@@ -25,6 +25,19 @@ pub enum HostError {
     PlainHttp { host: String },
 }
 
+/// The input as an error repeats it: without user info, query or fragment, where an API key
+/// typed into the wrong option would sit.
+fn shown(input: &str) -> String {
+    let before_query = input.find(['?', '#']).map_or(input, |i| &input[..i]);
+    match before_query.rfind('@') {
+        Some(at) => {
+            let authority = before_query.find("://").map_or(0, |i| i + 3).min(at);
+            format!("{}{}", &before_query[..authority], &before_query[at + 1..])
+        }
+        None => before_query.to_owned(),
+    }
+}
+
 /// A normalised base URL such as `https://acme.api-us1.com` (no trailing slash, no `/api/3`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BaseUrl(String);
@@ -36,7 +49,7 @@ impl BaseUrl {
             return Err(HostError::Empty);
         }
         let invalid = |reason: &str| HostError::Invalid {
-            input: trimmed.to_owned(),
+            input: shown(trimmed),
             reason: reason.to_owned(),
         };
         let with_scheme = if trimmed.contains("://") {
@@ -114,6 +127,19 @@ pub fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_does_not_repeat_credentials_or_a_query_string() {
+        for input in [
+            "https://user:s3cret-key@acme.api-us1.com",
+            "acme.api-us1.com?api_key=s3cret-key",
+            "user:s3cret-key@acme.api-us1.com/x#s3cret-key",
+        ] {
+            let message = BaseUrl::parse(input).expect_err(input).to_string();
+            assert!(!message.contains("s3cret-key"), "{message}");
+            assert!(message.contains("acme.api-us1.com"), "{message}");
+        }
+    }
 
     #[test]
     fn a_bare_hostname_becomes_https() {

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Subcommand};
-use reqwest::Url;
 
 use super::output::{self, Table};
 use super::{CliError, secret_from_stdin};
@@ -91,20 +90,8 @@ fn parse_delimiter(text: &str) -> Result<u8, String> {
 /// A password in `--database` would be visible to every user through `ps` and kept in shell
 /// history; refuse it before it goes anywhere. The message does not repeat the URL.
 fn refuse_password_in_url(url: &str) -> Result<(), CliError> {
-    let has_password = match Url::parse(url) {
-        Ok(parsed) => {
-            parsed.password().is_some()
-                || parsed
-                    .query_pairs()
-                    .any(|(k, _)| k.eq_ignore_ascii_case("password"))
-        }
-        // Unparseable: look for `user:password@` by hand rather than let it through.
-        Err(_) => url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split_once('@'))
-            .is_some_and(|(userinfo, _)| userinfo.contains(':')),
-    };
-    if has_password {
+    // Whatever the redaction would hide is a password: one rule for both.
+    if crate::source::redact_url(url) != url {
         return Err(CliError::Input(
             "--database: the URL contains a password, and secrets must not be given on the \
              command line (they stay in shell history and are visible in `ps`). Use \

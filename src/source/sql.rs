@@ -56,24 +56,29 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Replaces the values of `password` and `sslpassword` query parameters.
-fn redact_password_params(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((key, _))
-                if key.eq_ignore_ascii_case("password")
-                    || key.eq_ignore_ascii_case("sslpassword") =>
-            {
-                format!("{key}=***")
-            }
-            _ => param.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", params.join("&"))
+/// Replaces every `password=` value (`sslpassword=` too): query parameters, and the
+/// keyword form `host=db password=s3cret` of PostgreSQL connection strings, quoted or not.
+fn redact_password_params(text: &str) -> String {
+    const KEY: &str = "password=";
+    // ASCII lower-casing keeps byte offsets, so positions found here index `text`.
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(KEY) {
+        let value_start = from + found + KEY.len();
+        out.push_str(&text[from..value_start]);
+        out.push_str("***");
+        let value = &text[value_start..];
+        let value_len = match value.strip_prefix('\'') {
+            Some(quoted) => quoted.find('\'').map_or(value.len(), |q| q + 2),
+            None => value
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(value.len()),
+        };
+        from = value_start + value_len;
+    }
+    out.push_str(&text[from..]);
+    out
 }
 
 /// How errors name the query's result set.
@@ -549,6 +554,14 @@ mod tests {
         let redacted = redact_url("postgresql://app:p@ss/w?rd@db/crm");
 
         assert_eq!(redacted, "postgresql://app:***@db/crm");
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_in_a_keyword_connection_string() {
+        assert_eq!(
+            redact_url("host=db user=app password=s3cret sslpassword='a b' dbname=crm"),
+            "host=db user=app password=*** sslpassword=*** dbname=crm"
+        );
     }
 
     #[test]
