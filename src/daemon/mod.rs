@@ -283,7 +283,7 @@ impl Daemon {
     async fn check_schedules(&self) {
         let settings = &self.ctx.settings;
         let tz = settings.timezone();
-        let exports = match self.ctx.store.exports().await {
+        let exports = match self.ctx.store.schedule_candidates().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot read exports");
@@ -291,7 +291,7 @@ impl Daemon {
             }
         };
         let now = Utc::now();
-        for export in exports.iter().filter(|e| e.enabled) {
+        for export in exports {
             let Some(expr) = export
                 .schedule
                 .as_deref()
@@ -307,24 +307,23 @@ impl Daemon {
                 }
             };
             let key = format!("{expr} @ {}", settings.schedule.timezone);
-            let result = match self.ctx.store.schedule_mark(export.id).await {
-                Ok(Some((marked, last))) if marked == key => match schedule.due(last, now) {
+            let result = match export.mark {
+                Some((marked, last)) if marked == key => match schedule.due(last, now) {
                     Some(slot) => {
                         tracing::info!(export = %export.name, slot = %slot, "Scheduled slot due; run queued");
                         self.ctx
                             .store
-                            .mark_schedule(export.id, &key, slot, Some("schedule"))
+                            .mark_schedule(export.export_id, &key, slot, Some("schedule"))
                             .await
                     }
                     None => Ok(()),
                 },
-                Ok(_) => {
+                _ => {
                     self.ctx
                         .store
-                        .mark_schedule(export.id, &key, now, None)
+                        .mark_schedule(export.export_id, &key, now, None)
                         .await
                 }
-                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 tracing::error!(export = %export.name, error = %e, "Cannot record a schedule slot");

@@ -222,7 +222,8 @@ impl Context {
             });
         }
         tracing::info!(segment = %name, kind, rows = description.rows, "Segment saved");
-        self.show_segment(name).await
+        // The view of what was just stored: its columns and row count are the ones read above.
+        self.segment_view(self.find_segment(name).await?).await
     }
 
     pub async fn list_segments(&self) -> Result<Vec<SegmentView>, ServiceError> {

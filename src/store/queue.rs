@@ -16,6 +16,17 @@ pub struct QueuedRun {
     pub requested_by: Option<String>,
 }
 
+/// An enabled export as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct ScheduleCandidate {
+    pub export_id: i64,
+    pub name: String,
+    /// The export's own schedule; `None` follows the system refresh.
+    pub schedule: Option<String>,
+    /// The schedule (with its time zone) the last slot counted for, and that slot.
+    pub mark: Option<(String, DateTime<Utc>)>,
+}
+
 /// The daemon's row: who runs, since when, last heartbeat and what it is doing.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DaemonState {
@@ -122,17 +133,28 @@ impl Store {
     }
 
     /// When an export's schedule last fired, and for which expression.
-    pub async fn schedule_mark(
-        &self,
-        export_id: i64,
-    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT schedule, last_slot FROM schedule_marks WHERE export_id = ?")
-                .bind(export_id)
-                .fetch_optional(self.pool())
-                .await
-                .doing("reading a schedule mark")?;
-        Ok(row.and_then(|(schedule, slot)| from_text(&slot).map(|t| (schedule, t))))
+    /// Every enabled export with its own schedule and its schedule mark, in one query: the
+    /// daemon asks twice a second and needs nothing else of the definitions.
+    pub async fn schedule_candidates(&self) -> Result<Vec<ScheduleCandidate>, StoreError> {
+        type CandidateRow = (i64, String, Option<String>, Option<String>, Option<String>);
+        let rows: Vec<CandidateRow> = sqlx::query_as(
+            "SELECT e.id, e.name, e.schedule, m.schedule, m.last_slot FROM exports e \
+             LEFT JOIN schedule_marks m ON m.export_id = e.id WHERE e.enabled ORDER BY e.name",
+        )
+        .fetch_all(self.pool())
+        .await
+        .doing("reading the export schedules")?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(export_id, name, schedule, marked, slot)| ScheduleCandidate {
+                    export_id,
+                    name,
+                    schedule,
+                    mark: marked.zip(slot.as_deref().and_then(from_text)),
+                },
+            )
+            .collect())
     }
 
     /// Records that `slot` of `schedule` fired (or, for a new schedule, the time from which
