@@ -226,6 +226,24 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn bulk_imports_are_spaced_by_the_per_minute_limit() {
+        // 600 a minute is one every 100 ms (102 ms at 98%), whatever the per-second limit.
+        let budget = AccountBudget::new(1000, 600);
+        let start = std::time::Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..11 {
+            budget.acquire(RequestKind::BulkImport).await;
+            times.push(start.elapsed());
+        }
+        assert!(max_in_one_second(&times) <= 10, "{times:?}");
+        assert!(
+            start.elapsed() < Duration::from_millis(1600),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
     #[test]
     fn polls_get_what_bulk_imports_leave_of_the_per_second_limit() {
         let per_second = |rps, bulk| 1.0 / poll_quota(rps, bulk).replenish_interval().as_secs_f64();

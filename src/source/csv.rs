@@ -169,19 +169,11 @@ fn read_error(path: &Path, line: u64, error: ::csv::Error) -> SourceError {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use tempfile::NamedTempFile;
 
     use super::super::{Description, SourceDef, describe, open, preview};
     use super::*;
-    use crate::source::testing::{names, read_all, values};
-
-    fn csv_file(contents: &[u8]) -> NamedTempFile {
-        let mut file = NamedTempFile::new().expect("temp file");
-        file.write_all(contents).expect("write temp file");
-        file
-    }
+    use crate::source::testing::{names, read_all, temp_file, values};
 
     fn def(file: &NamedTempFile, delimiter: u8) -> SourceDef {
         SourceDef::Csv {
@@ -192,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn strips_a_utf8_bom_before_the_first_header_name() {
-        let file = csv_file(b"\xEF\xBB\xBFemail,name\na@example.com,Ann\n");
+        let file = temp_file(b"\xEF\xBB\xBFemail,name\na@example.com,Ann\n");
 
         let description = describe(&def(&file, b',')).await.expect("describe");
 
@@ -207,7 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn trims_header_names() {
-        let file = csv_file(b" email , name\na,b\n");
+        let file = temp_file(b" email , name\na,b\n");
 
         let description = describe(&def(&file, b',')).await.expect("describe");
 
@@ -216,7 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_quoted_fields_with_delimiters_newlines_and_quotes() {
-        let file = csv_file(b"a,b\n\"x,y\",\"two\nlines\"\n\"say \"\"hi\"\"\",\"\"\nlast,row\n");
+        let file = temp_file(b"a,b\n\"x,y\",\"two\nlines\"\n\"say \"\"hi\"\"\",\"\"\nlast,row\n");
 
         let items = read_all(&def(&file, b','), &["a", "b"]).await;
 
@@ -229,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn splits_on_a_custom_delimiter() {
-        let file = csv_file(b"email;name\na@example.com;Smith, Ann\n");
+        let file = temp_file(b"email;name\na@example.com;Smith, Ann\n");
 
         let items = read_all(&def(&file, b';'), &["name", "email"]).await;
 
@@ -239,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn splits_on_tabs() {
-        let file = csv_file(b"email\tname\na@example.com\tAnn\n");
+        let file = temp_file(b"email\tname\na@example.com\tAnn\n");
 
         let items = read_all(&def(&file, b'\t'), &["name"]).await;
 
@@ -248,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn projects_the_requested_columns_in_the_requested_order() {
-        let file = csv_file(b"id,email,name,phone\n1,a@example.com,Ann,555\n");
+        let file = temp_file(b"id,email,name,phone\n1,a@example.com,Ann,555\n");
 
         let items = read_all(&def(&file, b','), &["phone", "email"]).await;
 
@@ -259,7 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn describe_refuses_a_ragged_row_naming_its_line() {
-        let file = csv_file(b"a,b\n1,2\n3\n4,5\n");
+        let file = temp_file(b"a,b\n1,2\n3\n4,5\n");
 
         let error = describe(&def(&file, b',')).await.expect_err("ragged");
 
@@ -272,7 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_yields_a_ragged_row_as_a_row_error_and_goes_on() {
-        let file = csv_file(b"a,b\n1,2\n3,4,5\n6,7\n");
+        let file = temp_file(b"a,b\n1,2\n3,4,5\n6,7\n");
 
         let items = read_all(&def(&file, b','), &["a"]).await;
 
@@ -285,7 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn describe_refuses_invalid_utf8_naming_its_line() {
-        let file = csv_file(b"a,b\n1,2\n3,caf\xE9\n");
+        let file = temp_file(b"a,b\n1,2\n3,caf\xE9\n");
 
         let error = describe(&def(&file, b',')).await.expect_err("latin-1");
 
@@ -297,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_yields_invalid_utf8_as_a_row_error_naming_the_column() {
-        let file = csv_file(b"a,b\n1,caf\xE9\n3,4\n");
+        let file = temp_file(b"a,b\n1,caf\xE9\n3,4\n");
 
         let items = read_all(&def(&file, b','), &["a"]).await;
 
@@ -310,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_an_empty_file_for_lack_of_a_header() {
-        let file = csv_file(b"");
+        let file = temp_file(b"");
 
         let error = describe(&def(&file, b',')).await.expect_err("empty");
 
@@ -347,7 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_column_error_lists_the_available_columns() {
-        let file = csv_file(b"email,name\n");
+        let file = temp_file(b"email,name\n");
 
         let error = open(&def(&file, b','), &names(&["phone"]))
             .await
@@ -367,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_duplicate_header_names_naming_them() {
-        let file = csv_file(b"email,name,email\n");
+        let file = temp_file(b"email,name,email\n");
 
         let error = describe(&def(&file, b',')).await.expect_err("duplicate");
 
@@ -382,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn preview_returns_every_column_and_at_most_the_limit() {
-        let file = csv_file(b"a,b\n1,2\n3,4\n5,6\n");
+        let file = temp_file(b"a,b\n1,2\n3,4\n5,6\n");
 
         let (columns, rows) = preview(&def(&file, b','), 2).await.expect("preview");
 
@@ -397,7 +389,7 @@ mod tests {
         for i in 0..100_000 {
             contents.push_str(&format!("{i},user{i}@example.com,First{i},Last{i}\n"));
         }
-        let file = csv_file(contents.as_bytes());
+        let file = temp_file(contents.as_bytes());
         let mut stream = open(&def(&file, b','), &names(&["email", "id"]))
             .await
             .expect("open");

@@ -357,19 +357,11 @@ impl<'de> Visitor<'de> for KeyCollector<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use tempfile::NamedTempFile;
 
     use super::super::{SourceDef, describe, open};
     use super::*;
-    use crate::source::testing::{names, read_all, values};
-
-    fn jsonl_file(contents: &[u8]) -> NamedTempFile {
-        let mut file = NamedTempFile::new().expect("temp file");
-        file.write_all(contents).expect("write temp file");
-        file
-    }
+    use crate::source::testing::{names, read_all, temp_file, values};
 
     fn def(file: &NamedTempFile) -> SourceDef {
         SourceDef::Jsonl {
@@ -379,7 +371,7 @@ mod tests {
 
     #[tokio::test]
     async fn renders_numbers_booleans_and_nested_values_as_text() {
-        let file = jsonl_file(
+        let file = temp_file(
             br#"{"n": 42, "f": 1.5, "b": true, "list": [1, "x"], "obj": {"k": null}, "s": "hi"}
 "#,
         );
@@ -402,7 +394,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_key_or_null_is_none_and_an_empty_string_stays_empty() {
         let file =
-            jsonl_file(b"{\"email\": \"a@example.com\", \"name\": \"\"}\n{\"email\": null}\n");
+            temp_file(b"{\"email\": \"a@example.com\", \"name\": \"\"}\n{\"email\": null}\n");
 
         let items = read_all(&def(&file), &["email", "name"]).await;
 
@@ -415,7 +407,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_keys_written_with_escapes() {
-        let file = jsonl_file(b"{\"e\\u006dail\": \"a@example.com\"}\n");
+        let file = temp_file(b"{\"e\\u006dail\": \"a@example.com\"}\n");
 
         let items = read_all(&def(&file), &["email"]).await;
 
@@ -427,7 +419,7 @@ mod tests {
 
     #[tokio::test]
     async fn describe_lists_the_union_of_keys_in_first_seen_order_and_skips_blank_lines() {
-        let file = jsonl_file(b"{\"z\": 1, \"a\": 2}\n\n   \n{\"m\": 3, \"z\": 4}\n");
+        let file = temp_file(b"{\"z\": 1, \"a\": 2}\n\n   \n{\"m\": 3, \"z\": 4}\n");
 
         let description = describe(&def(&file)).await.expect("describe");
 
@@ -442,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn describe_refuses_invalid_json_naming_its_line() {
-        let file = jsonl_file(b"{\"a\": 1}\n\n{\"a\": \"secret-value\n");
+        let file = temp_file(b"{\"a\": 1}\n\n{\"a\": \"secret-value\n");
 
         let error = describe(&def(&file)).await.expect_err("invalid json");
 
@@ -455,7 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn describe_refuses_a_line_that_is_not_an_object() {
-        let file = jsonl_file(b"{\"a\": 1}\n[\"a@example.com\"]\n");
+        let file = temp_file(b"{\"a\": 1}\n[\"a@example.com\"]\n");
 
         let error = describe(&def(&file)).await.expect_err("array line");
 
@@ -466,7 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_yields_a_bad_line_as_a_row_error_and_goes_on() {
-        let file = jsonl_file(b"{\"a\": 1}\nnot json\n\n{\"a\": 2}\n");
+        let file = temp_file(b"{\"a\": 1}\nnot json\n\n{\"a\": 2}\n");
 
         let items = read_all(&def(&file), &["a"]).await;
 
@@ -482,7 +474,7 @@ mod tests {
     async fn a_column_only_seen_after_the_first_thousand_lines_is_unknown() {
         let mut contents = "{\"email\": \"x\"}\n".repeat(1000);
         contents.push_str("{\"email\": \"y\", \"late\": 1}\n");
-        let file = jsonl_file(contents.as_bytes());
+        let file = temp_file(contents.as_bytes());
 
         let error = open(&def(&file), &names(&["late"]))
             .await

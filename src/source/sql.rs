@@ -494,29 +494,13 @@ mod tests {
 
     use super::super::{Description, SourceDef, describe, open, preview};
     use super::*;
-
-    fn names(columns: &[&str]) -> Vec<String> {
-        columns.iter().map(|c| c.to_string()).collect()
-    }
-
-    fn values(row: &Row) -> Vec<Option<&str>> {
-        row.values.iter().map(|v| v.as_deref()).collect()
-    }
+    use crate::source::testing::{names, read_all, values};
 
     fn sql_def(query: &str, url: &str) -> SourceDef {
         SourceDef::Sql {
             query: query.to_owned(),
             database_url: SecretString::from(url.to_owned()),
         }
-    }
-
-    async fn read_all(def: &SourceDef, columns: &[&str]) -> Vec<Result<Row, RowError>> {
-        let mut stream = open(def, &names(columns)).await.expect("open");
-        let mut items = Vec::new();
-        while let Some(chunk) = stream.next_chunk(100).await.expect("chunk") {
-            items.extend(chunk);
-        }
-        items
     }
 
     /// A SQLite file with a `people` table of three rows; returns its `sqlite:` URL.

@@ -21,3 +21,11 @@ pub async fn read_all(def: &SourceDef, columns: &[&str]) -> Vec<Result<Row, RowE
     }
     items
 }
+
+/// A temporary file holding `contents`.
+pub fn temp_file(contents: &[u8]) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(contents).expect("write temp file");
+    file
+}

@@ -37,7 +37,12 @@ async fn adding_a_connection_reads_the_key_from_a_file() {
     assert!(stdout.contains(&env.host_port()), "{stdout}");
     assert!(stdout.contains(&key_hint()), "{stdout}");
     assert!(stdout.contains("export user:   sandbox"), "{stdout}");
-    assert!(stdout.contains("verified"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("status:") && l.contains("verified, checked")),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
