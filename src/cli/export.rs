@@ -274,7 +274,6 @@ pub async fn run(ctx: &Context, cmd: ExportCommand) -> Result<(), CliError> {
                  ActiveCampaign."
             ))
         }
-        // Dispatched to `run::export_run` by `cli::run` before reaching here.
         ExportCommand::Run(args) => super::run::export_run(ctx, args).await,
     }
 }

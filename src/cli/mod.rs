@@ -155,9 +155,6 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
         Command::Segment(cmd) => {
             with_context(loaded, async |ctx| segment::run(ctx, cmd).await).await
         }
-        Command::Export(export::ExportCommand::Run(args)) => {
-            with_context(loaded, async |ctx| run::export_run(ctx, args).await).await
-        }
         Command::Export(cmd) => with_context(loaded, async |ctx| export::run(ctx, cmd).await).await,
         Command::Runs(args) => with_context(loaded, async |ctx| runs::run(ctx, args).await).await,
         Command::Trigger(args) => {

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
+use super::plan::placeholders;
 use super::{PipelineError, Sink, StopReason, Stopper};
 use crate::activecampaign::wire::{BulkOutcome, ImportState};
 use crate::activecampaign::{AcError, Client, MAX_BULK_IMPORT_BYTES, MAX_CONTACTS_PER_BULK_IMPORT};
@@ -410,15 +411,13 @@ impl Confirmed {
         run_id: i64,
         counts: RunCounts,
     ) -> Result<(), PipelineError> {
-        let delivered: Vec<&Item> = self.delivered.iter().collect();
-        let failed: Vec<&Item> = self.failed.iter().collect();
         let mut tx = store.write().await?;
-        upsert_state(&mut tx, export_id, run_id, &delivered, "delivered").await?;
-        upsert_state(&mut tx, export_id, run_id, &failed, "failed").await?;
+        upsert_state(&mut tx, export_id, run_id, &self.delivered, "delivered").await?;
+        upsert_state(&mut tx, export_id, run_id, &self.failed, "failed").await?;
         for chunk in self.left.chunks(500) {
             let sql = format!(
-                "DELETE FROM delivery_state WHERE export_id = ? AND email IN ({})",
-                vec!["?"; chunk.len()].join(",")
+                "DELETE FROM delivery_state WHERE export_id = ? AND email IN {}",
+                placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(export_id);
             for item in chunk {
@@ -437,7 +436,7 @@ async fn upsert_state(
     tx: &mut SqliteConnection,
     export_id: i64,
     run_id: i64,
-    items: &[&Item],
+    items: &[Item],
     status: &str,
 ) -> Result<(), PipelineError> {
     for chunk in items.chunks(200) {
@@ -452,7 +451,7 @@ async fn upsert_state(
         let sql = format!(
             "INSERT INTO delivery_state (export_id, email, hash, status, run_id) VALUES {} \
              ON CONFLICT(export_id, email) {on_conflict}",
-            vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(",")
+            placeholders(chunk.len(), 5)
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for item in chunk {

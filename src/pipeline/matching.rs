@@ -160,6 +160,11 @@ impl Matching {
         &self.columns
     }
 
+    /// Where the email is among [`Matching::columns`].
+    pub fn email_column(&self) -> usize {
+        self.email
+    }
+
     /// Maps one row. The fingerprint covers every value sent plus the list and tags, so a
     /// change of data or of mapping re-sends the contact.
     pub fn map(

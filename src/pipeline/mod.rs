@@ -334,22 +334,16 @@ pub async fn run_export(
 
 /// The first run of a chain of resumed `--full` runs: state written since then is this full
 /// run's own and need not be sent again.
-async fn full_floor(store: &Store, run_id: i64) -> Result<i64, PipelineError> {
-    let mut floor = run_id;
-    let mut current = store.run(run_id).await?;
-    while let Some(run) = current {
-        match run.resumes_run_id {
-            Some(previous) => {
-                let prev = store.run(previous).await?;
-                match prev {
-                    Some(p) if p.full => {
-                        floor = p.id;
-                        current = Some(p);
-                    }
-                    _ => break,
-                }
+async fn full_floor(store: &Store, run: &RunRecord) -> Result<i64, PipelineError> {
+    let mut floor = run.id;
+    let mut previous = run.resumes_run_id;
+    while let Some(id) = previous {
+        match store.run(id).await? {
+            Some(p) if p.full => {
+                floor = p.id;
+                previous = p.resumes_run_id;
             }
-            None => break,
+            _ => break,
         }
     }
     Ok(floor)
@@ -454,7 +448,7 @@ async fn execute(
     stopper: &Stopper,
 ) -> Result<Option<StopReason>, PipelineError> {
     let full_floor = if run.full {
-        Some(full_floor(&ctx.store, run.id).await?)
+        Some(full_floor(&ctx.store, run).await?)
     } else {
         None
     };

@@ -71,7 +71,11 @@ async fn map_rows(
                     Ok(member) => mapped.members.push(member),
                     Err(reason) => mapped.rejects.push(Reject {
                         row: row.number,
-                        email: row.values.into_iter().next().flatten(),
+                        email: row
+                            .values
+                            .into_iter()
+                            .nth(matching.email_column())
+                            .flatten(),
                         reason: Cow::Borrowed(reason),
                     }),
                 },
@@ -156,7 +160,8 @@ pub async fn create_temp_tables(conn: &mut SqliteConnection) -> Result<(), Pipel
     Ok(())
 }
 
-fn placeholders(groups: usize, per_group: usize) -> String {
+/// `(?,?,?),(?,?,?)` for `groups` rows of `per_group` values.
+pub(super) fn placeholders(groups: usize, per_group: usize) -> String {
     let group = format!("({})", vec!["?"; per_group].join(","));
     vec![group; groups].join(",")
 }
