@@ -59,25 +59,36 @@ pub fn redact_url(url: &str) -> String {
 /// Replaces every `password=` value (`sslpassword=` too): query parameters, and the
 /// keyword form `host=db password=s3cret` of PostgreSQL connection strings, quoted or not.
 fn redact_password_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for value in password_values(text) {
+        out.push_str(&text[from..value.start]);
+        out.push_str("***");
+        from = value.end;
+    }
+    out.push_str(&text[from..]);
+    out
+}
+
+/// Where the values of `password=` (and `sslpassword=`) sit in `text`, quotes included.
+fn password_values(text: &str) -> Vec<std::ops::Range<usize>> {
     const KEY: &str = "password=";
     // ASCII lower-casing keeps byte offsets, so positions found here index `text`.
     let lower = text.to_ascii_lowercase();
-    let mut out = String::with_capacity(text.len());
+    let mut out = Vec::new();
     let mut from = 0;
     while let Some(found) = lower[from..].find(KEY) {
-        let value_start = from + found + KEY.len();
-        out.push_str(&text[from..value_start]);
-        out.push_str("***");
-        let value = &text[value_start..];
-        let value_len = match value.strip_prefix('\'') {
+        let start = from + found + KEY.len();
+        let value = &text[start..];
+        let len = match value.strip_prefix('\'') {
             Some(quoted) => quoted.find('\'').map_or(value.len(), |q| q + 2),
             None => value
                 .find(|c: char| c == '&' || c.is_whitespace())
                 .unwrap_or(value.len()),
         };
-        from = value_start + value_len;
+        out.push(start..start + len);
+        from = start + len;
     }
-    out.push_str(&text[from..]);
     out
 }
 
@@ -97,9 +108,9 @@ struct Database {
 impl Database {
     fn new(url: &str) -> Self {
         let secrets = password_of(url)
-            .map(|raw| vec![raw.to_owned(), percent_decode(raw)])
-            .unwrap_or_default()
             .into_iter()
+            .chain(password_values(url).into_iter().map(|v| &url[v]))
+            .flat_map(|raw| [raw.to_owned(), percent_decode(raw)])
             .filter(|p| p.len() >= MIN_SCRUBBED_PASSWORD_LEN)
             .collect();
         Database {
@@ -538,6 +549,23 @@ mod tests {
         let redacted = redact_url("postgresql://app:p@ss/w?rd@db/crm");
 
         assert_eq!(redacted, "postgresql://app:***@db/crm");
+    }
+
+    #[test]
+    fn driver_messages_lose_passwords_given_in_the_user_info_or_as_parameters() {
+        let database = Database::new("postgres://app:us3r-pw@db/crm?sslpassword=c3rt-pw");
+        let error = sqlx::Error::Configuration(
+            "bad options us3r-pw and sslpassword c3rt-pw"
+                .to_owned()
+                .into(),
+        );
+
+        let shown = database.scrub(&error);
+
+        assert!(
+            !shown.contains("us3r-pw") && !shown.contains("c3rt-pw"),
+            "{shown}"
+        );
     }
 
     #[test]
