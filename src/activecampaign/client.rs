@@ -56,12 +56,12 @@ pub enum AcError {
     },
     #[error("unexpected answer from ActiveCampaign at {host}: {detail}")]
     Decode { host: String, detail: String },
-    /// A bulk import refused for named contacts (0-based positions, scrubbed reasons); the
-    /// import was not queued.
-    #[error("ActiveCampaign refused the import for {} contact(s)", .0.len())]
-    BulkRejected(Vec<(usize, String)>),
-    #[error("cancelled")]
-    Cancelled,
+    /// The run is stopping: the request was not sent (its batch stays for the next run).
+    #[error("not sent: the run is stopping")]
+    Stopped,
+    /// The run was aborted while the request waited or was in flight.
+    #[error("aborted")]
+    Aborted,
 }
 
 impl AcError {
@@ -99,9 +99,12 @@ impl ClientOptions {
     }
 }
 
-/// A response that passed classification.
-struct Answer {
-    body: bytes::Bytes,
+/// A response that passed classification: a body, or (for bulk imports only) a refusal that
+/// names contacts, which is an outcome for the caller rather than an error: the rest is sent
+/// again. Parsed here, so that no error ever carries a raw body (it may quote contacts).
+enum Answer {
+    Body(bytes::Bytes),
+    BulkRejected(Vec<(usize, String)>),
 }
 
 pub struct Client {
@@ -111,7 +114,8 @@ pub struct Client {
     options: ClientOptions,
     /// Requests sent, retries included (reported in run counts).
     requests: AtomicU64,
-    cancel: CancellationToken,
+    /// Cancelled when the run is aborted: waits and requests in flight end at once.
+    abort: CancellationToken,
 }
 
 impl std::fmt::Debug for Client {
@@ -127,7 +131,7 @@ impl Client {
         base: BaseUrl,
         key: SecretString,
         options: ClientOptions,
-        cancel: CancellationToken,
+        abort: CancellationToken,
     ) -> Result<Client, AcError> {
         let mut token =
             HeaderValue::from_str(key.expose_secret()).map_err(|_| AcError::Refused {
@@ -160,7 +164,7 @@ impl Client {
             budget,
             options,
             requests: AtomicU64::new(0),
-            cancel,
+            abort,
         })
     }
 
@@ -178,7 +182,7 @@ impl Client {
         let answer = self
             .call(Method::GET, "users/me", &[], None, RequestKind::Plain)
             .await?;
-        let parsed: wire::UserEnvelope = self.decode(&answer.body, "users/me")?;
+        let parsed: wire::UserEnvelope = self.decode(&answer, "users/me")?;
         Ok(parsed.user)
     }
 
@@ -189,7 +193,7 @@ impl Client {
             .await
         {
             Ok(answer) => {
-                let parsed: wire::ListEnvelope = self.decode(&answer.body, "lists")?;
+                let parsed: wire::ListEnvelope = self.decode(&answer, "lists")?;
                 Ok(parsed.list)
             }
             Err(AcError::Refused { status: 404, .. }) => Err(AcError::NotFound {
@@ -210,7 +214,7 @@ impl Client {
             let answer = self
                 .call(Method::GET, "fields", &query, None, RequestKind::Plain)
                 .await?;
-            let page: wire::FieldsPage = self.decode(&answer.body, "fields")?;
+            let page: wire::FieldsPage = self.decode(&answer, "fields")?;
             let got = page.fields.len();
             all.extend(page.fields);
             let total = page.meta.and_then(|m| m.total()).unwrap_or(0);
@@ -225,7 +229,7 @@ impl Client {
     /// (ActiveCampaign limits those even more strictly).
     ///
     /// `go_on` is asked after the rate permit is granted and before each attempt is sent: a
-    /// run told to stop leaves its unsent imports for the next run (`AcError::Cancelled`)
+    /// run told to stop leaves its unsent imports for the next run (`AcError::Stopped`)
     /// instead of sending them after the stop.
     pub async fn bulk_import(
         &self,
@@ -242,9 +246,9 @@ impl Client {
                 Some(go_on),
             )
             .await;
-        match answer {
-            Ok(answer) => {
-                let parsed: wire::BulkAccepted = self.decode(&answer.body, "import/bulk_import")?;
+        match answer? {
+            Answer::Body(body) => {
+                let parsed: wire::BulkAccepted = self.decode(&body, "import/bulk_import")?;
                 match parsed.batch_id {
                     Some(batch_id) => Ok(wire::BulkOutcome::Queued { batch_id }),
                     None => Err(AcError::Decode {
@@ -253,8 +257,7 @@ impl Client {
                     }),
                 }
             }
-            Err(AcError::BulkRejected(rejected)) => Ok(wire::BulkOutcome::Rejected(rejected)),
-            Err(e) => Err(e),
+            Answer::BulkRejected(rejected) => Ok(wire::BulkOutcome::Rejected(rejected)),
         }
     }
 
@@ -263,7 +266,7 @@ impl Client {
         let answer = self
             .call(Method::GET, "import/info", &query, None, RequestKind::Poll)
             .await?;
-        self.decode(&answer.body, "import/info")
+        self.decode(&answer, "import/info")
     }
 
     fn decode<T: serde::de::DeserializeOwned>(
@@ -285,8 +288,19 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<Vec<u8>>,
         kind: RequestKind,
-    ) -> Result<Answer, AcError> {
-        self.call_gated(method, path, query, body, kind, None).await
+    ) -> Result<bytes::Bytes, AcError> {
+        match self
+            .call_gated(method, path, query, body, kind, None)
+            .await?
+        {
+            Answer::Body(body) => Ok(body),
+            // Only bulk imports are answered so.
+            Answer::BulkRejected(rejected) => Err(AcError::Refused {
+                host: self.host().to_owned(),
+                status: StatusCode::BAD_REQUEST.as_u16(),
+                message: format!("refused for {} named contact(s)", rejected.len()),
+            }),
+        }
     }
 
     /// [`Client::call`], asking `go_on` (when given) before each attempt is sent.
@@ -305,9 +319,9 @@ impl Client {
         let mut throttled = Duration::ZERO;
         let host = self.host().to_owned();
         loop {
-            self.wait_or_cancel(self.budget.acquire(kind)).await?;
+            self.wait_or_abort(self.budget.acquire(kind)).await?;
             if go_on.is_some_and(|go_on| !go_on()) {
-                return Err(AcError::Cancelled);
+                return Err(AcError::Stopped);
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
             let mut request = self.http.request(method.clone(), &url).query(query);
@@ -316,7 +330,7 @@ impl Client {
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone());
             }
-            let result = self.wait_or_cancel(send(request)).await?;
+            let result = self.wait_or_abort(send(request)).await?;
             let (verdict, last) = match &result {
                 Ok((status, retry_after, bytes)) => (
                     classify(Attempt::Response {
@@ -342,8 +356,8 @@ impl Client {
             };
             match verdict {
                 Verdict::Success => {
-                    let (_, _, body) = result.map_err(|_| AcError::Cancelled)?;
-                    return Ok(Answer { body });
+                    let (_, _, body) = result.map_err(|_| AcError::Aborted)?;
+                    return Ok(Answer::Body(body));
                 }
                 Verdict::Throttled(wait) => {
                     throttled += wait;
@@ -367,11 +381,17 @@ impl Client {
                         self.options.retry_cap,
                     );
                     tracing::warn!(host = %host, attempt = failures, wait_ms = wait.as_millis() as u64, problem = %last, "Request failed; retrying");
-                    self.wait_or_cancel(tokio::time::sleep(wait)).await?;
+                    self.wait_or_abort(tokio::time::sleep(wait)).await?;
                 }
                 Verdict::Permanent => {
+                    if let Ok((StatusCode::BAD_REQUEST, _, bytes)) = &result
+                        && kind == RequestKind::BulkImport
+                        && let Some(rejected) = wire::parse_bulk_rejection(bytes)
+                    {
+                        return Ok(Answer::BulkRejected(rejected));
+                    }
                     return Err(match result {
-                        Ok((status, _, bytes)) => self.permanent_error(status, &bytes, kind),
+                        Ok((status, _, bytes)) => self.permanent_error(status, &bytes),
                         Err(e) => AcError::Tls {
                             host,
                             detail: error_chain(&e),
@@ -382,7 +402,7 @@ impl Client {
         }
     }
 
-    fn permanent_error(&self, status: StatusCode, body: &[u8], kind: RequestKind) -> AcError {
+    fn permanent_error(&self, status: StatusCode, body: &[u8]) -> AcError {
         let host = self.host().to_owned();
         if status == StatusCode::FORBIDDEN {
             let detail = wire::summarise_error(body);
@@ -393,13 +413,6 @@ impl Client {
             };
             return AcError::Rejected { host, detail };
         }
-        // Parsed here, so that no error ever carries a raw body (it may quote contacts).
-        if status == StatusCode::BAD_REQUEST
-            && kind == RequestKind::BulkImport
-            && let Some(rejected) = wire::parse_bulk_rejection(body)
-        {
-            return AcError::BulkRejected(rejected);
-        }
         AcError::Refused {
             host,
             status: status.as_u16(),
@@ -407,11 +420,11 @@ impl Client {
         }
     }
 
-    /// Awaits `fut` unless the run is aborted first (`AcError::Cancelled`).
-    pub async fn wait_or_cancel<T>(&self, fut: impl Future<Output = T>) -> Result<T, AcError> {
+    /// Awaits `fut` unless the run is aborted first (`AcError::Aborted`).
+    pub async fn wait_or_abort<T>(&self, fut: impl Future<Output = T>) -> Result<T, AcError> {
         tokio::select! {
             biased;
-            () = self.cancel.cancelled() => Err(AcError::Cancelled),
+            () = self.abort.cancelled() => Err(AcError::Aborted),
             out = fut => Ok(out),
         }
     }

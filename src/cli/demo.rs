@@ -6,20 +6,19 @@
 use std::fmt::Write as _;
 
 use secrecy::SecretString;
-use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use super::output;
 use super::run::{TerminalProgress, outcome_text};
-use crate::pipeline::{RunOptions, run_export};
+use crate::pipeline::RunOptions;
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::service::Context;
 use crate::service::connections::AddConnection;
 use crate::service::exports::ExportInput;
 use crate::service::segments::SegmentInput;
 use crate::settings::{Loaded, Settings};
-use crate::store::RunStatus;
 use crate::store::exports::OnLeave;
+use crate::store::{RunStatus, TriggerKind};
 
 /// Profiles in the sample segment.
 const PROFILES: usize = 3_000;
@@ -76,11 +75,11 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
     settings.store.path = dir.path().join("acexport.db");
     settings.secrets.key_file = dir.path().join("secrets.key");
     settings.daemon.trigger_dir = dir.path().join("triggers");
-    let ctx = Context::open(settings, CancellationToken::new()).await?;
-    let cancel = ctx.cancel.clone();
+    let ctx = Context::open(settings).await?;
+    let control = ctx.control.clone();
     let signals = tokio::spawn(async move {
         crate::daemon::termination().await;
-        cancel.cancel();
+        control.shutdown();
     });
 
     output::emit(&format!(
@@ -144,11 +143,13 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
     let mut status = RunStatus::Succeeded;
     for step in [4, 5] {
         let options = RunOptions {
-            trigger: "manual".to_owned(),
+            trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
+            cancel_via_store: false,
         };
-        let outcome = run_export(&ctx, "newsletter", options, TerminalProgress::for_stderr())
+        let outcome = ctx
+            .run_export("newsletter", options, TerminalProgress::for_stderr())
             .await
             .map_err(|e| CliError::Input(e.to_string()))?;
         TerminalProgress::finish();

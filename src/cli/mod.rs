@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
-use tokio_util::sync::CancellationToken;
 
 use crate::service::{Context, ServiceError};
 use crate::settings::{Loaded, Settings, SettingsError};
@@ -177,7 +176,7 @@ async fn with_context<F>(loaded: Loaded, f: F) -> Result<(), CliError>
 where
     F: AsyncFnOnce(&Context) -> Result<(), CliError>,
 {
-    let ctx = Context::open(loaded.settings, CancellationToken::new()).await?;
+    let ctx = Context::open(loaded.settings).await?;
     let result = f(&ctx).await;
     ctx.store.close().await;
     result

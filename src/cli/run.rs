@@ -15,10 +15,10 @@ use serde_json::json;
 use super::CliError;
 use super::output::{self, Table};
 use crate::daemon::status::status_report;
-use crate::pipeline::{Progress, RunOptions, RunOutcome, run_export};
+use crate::pipeline::{Progress, RunOptions, RunOutcome};
 use crate::scheduler::{TriggerRequest, write_trigger};
 use crate::service::Context;
-use crate::store::{RunCounts, RunRecord, RunStatus, os_user};
+use crate::store::{RunCounts, RunRecord, RunStatus, TriggerKind, os_user};
 
 /// Exit status of a run that finished `partial` (some contacts failed).
 pub const EXIT_PARTIAL: u8 = 2;
@@ -254,20 +254,23 @@ pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliErr
     }
     // Ctrl-C or SIGTERM stops at the next batch boundary (the imports in hand are confirmed
     // and kept); a second one abandons them. Either way the run is resumable.
-    let (cancel, abort) = (ctx.cancel.clone(), ctx.abort.clone());
+    let control = ctx.control.clone();
     let signals = tokio::spawn(async move {
         crate::daemon::termination().await;
         eprintln!("\nStopping at the next batch boundary; press Ctrl-C again to stop at once.");
-        cancel.cancel();
+        control.shutdown();
         crate::daemon::termination().await;
-        abort.cancel();
+        control.abort();
     });
     let options = RunOptions {
-        trigger: "manual".to_owned(),
+        trigger: TriggerKind::Manual,
         full: args.full,
         dry_run: args.dry_run,
+        cancel_via_store: true,
     };
-    let result = run_export(ctx, &export.name, options, TerminalProgress::for_stderr()).await;
+    let result = ctx
+        .run_export(&export.name, options, TerminalProgress::for_stderr())
+        .await;
     signals.abort();
     TerminalProgress::finish();
     let outcome = result.map_err(|e| CliError::Input(e.to_string()))?;
@@ -394,10 +397,29 @@ pub async fn trigger(ctx: &Context, args: TriggerArgs) -> Result<(), CliError> {
     output::emit(&text)
 }
 
-/// `acexport cancel NAME`.
+/// `acexport cancel NAME`. With a daemon up, the cancel is handed to it by a signal file (it
+/// stops its run directly); otherwise it is recorded for the foreground run to find.
 pub async fn cancel(ctx: &Context, args: CancelArgs) -> Result<(), CliError> {
     let export = ctx.find_export(&args.name).await?;
-    match ctx.store.cancel_export(export.id).await? {
+    let daemon_up = ctx.store.daemon_state().await?.is_some_and(|d| d.is_live());
+    let outcome = if daemon_up {
+        let running = ctx.store.running_run(export.id).await?.map(|r| r.id);
+        let queued = ctx
+            .store
+            .queued_runs()
+            .await?
+            .iter()
+            .any(|(q, _)| q.export_id == export.id);
+        let request = TriggerRequest::Cancel {
+            export: export.name.clone(),
+        };
+        write_trigger(&ctx.settings.daemon.trigger_dir, &request, Some(&os_user()))
+            .map_err(|e| CliError::Input(e.to_string()))?;
+        (queued, running)
+    } else {
+        ctx.store.cancel_export(export.id).await?
+    };
+    match outcome {
         (_, Some(run_id)) => output::emit(&format!(
             "Cancel requested: run {run_id} of {} stops at its next batch boundary.",
             export.name

@@ -156,7 +156,7 @@ async fn show(ctx: &Context, run_id: i64, json: bool) -> Result<(), CliError> {
         let mut table = Table::new(["KIND", "SOURCE", "ROW", "EMAIL", "REASON"]);
         for issue in &issues {
             table.row(vec![
-                issue.kind.clone(),
+                issue.kind.to_string(),
                 issue.source.clone(),
                 issue.row.map_or_else(|| NONE.to_owned(), |n| n.to_string()),
                 output::or_none(issue.email.as_deref()),
@@ -172,7 +172,7 @@ fn trigger_text(r: &RunRecord) -> String {
     if r.full {
         format!("{} (full)", r.trigger)
     } else {
-        r.trigger.clone()
+        r.trigger.to_string()
     }
 }
 

@@ -22,11 +22,11 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::pipeline::{PipelineError, Progress, RunOptions, run_export};
+use crate::pipeline::{PipelineError, Progress, RunControl, RunOptions};
 use crate::scheduler::{Schedule, TriggerRequest, TriggerWatcher, claim_all};
 use crate::service::{Context, ServiceError};
 use crate::settings::{Loaded, Settings};
-use crate::store::{RunCounts, StoreError};
+use crate::store::{RunCounts, StoreError, TriggerKind};
 
 /// Fallback rescan of the trigger folder when inotify events are lost.
 const TRIGGER_RESCAN: Duration = Duration::from_secs(5);
@@ -54,6 +54,10 @@ pub enum DaemonError {
     #[error("cannot watch the trigger folder: {0}")]
     Triggers(#[from] crate::scheduler::TriggerError),
 }
+
+/// The exports this daemon runs now: their names and run controls (a cancel reaches the run
+/// directly, not through the database).
+type Running = HashMap<i64, (String, RunControl)>;
 
 /// Tells the loop an export is free again when its task ends, even by a panic.
 struct DoneGuard {
@@ -129,14 +133,20 @@ impl Daemon {
         }
         for export_id in store.interrupted_exports().await? {
             store
-                .enqueue_run(export_id, "resume", false, None, Some("daemon start"))
+                .enqueue_run(
+                    export_id,
+                    TriggerKind::Resume.as_str(),
+                    false,
+                    None,
+                    Some("daemon start"),
+                )
                 .await?;
         }
         let mut trigger_dir = self.ctx.settings.daemon.trigger_dir.clone();
         let (mut _watcher, mut wake) = TriggerWatcher::start(&trigger_dir, TRIGGER_RESCAN)?;
         let tracker = TaskTracker::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
-        let mut running: HashMap<i64, String> = HashMap::new();
+        let mut running = Running::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_beat = tokio::time::Instant::now() - HEARTBEAT;
@@ -166,7 +176,7 @@ impl Daemon {
                     }
                 }
                 Some(export_id) = done_rx.recv() => { running.remove(&export_id); }
-                Some(()) = wake.recv() => self.consume_triggers(&trigger_dir).await,
+                Some(()) = wake.recv() => self.consume_triggers(&trigger_dir, &running).await,
                 _ = tick.tick() => {
                     self.check_schedules().await;
                     if let Some(interval) = watchdog {
@@ -198,14 +208,14 @@ impl Daemon {
         // Soft stop first: runs finish the imports in hand and commit them. If that takes
         // too long (ActiveCampaign slow to confirm), abandon the HTTP calls still in flight;
         // their batches are sent again when the runs resume.
-        self.ctx.cancel.cancel();
+        self.ctx.control.shutdown();
         tracker.close();
         if tokio::time::timeout(DRAIN_DEADLINE - ABORT_MARGIN, tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("Imports still unconfirmed at the drain deadline; abandoning them");
-            self.ctx.abort.cancel();
+            self.ctx.control.abort();
             if tokio::time::timeout(ABORT_MARGIN, tracker.wait())
                 .await
                 .is_err()
@@ -222,12 +232,12 @@ impl Daemon {
     /// Starts queued runs while workers are free; one run per export at a time.
     async fn dispatch(
         &self,
-        running: &mut HashMap<i64, String>,
+        running: &mut Running,
         tracker: &TaskTracker,
         done: &mpsc::UnboundedSender<i64>,
     ) {
         let workers = self.ctx.settings.daemon.workers as usize;
-        while running.len() < workers && !self.ctx.cancel.is_cancelled() {
+        while running.len() < workers && !self.ctx.control.is_shutting_down() {
             let busy: Vec<i64> = running.keys().copied().collect();
             let queued = match self.ctx.store.take_queued(&busy).await {
                 Ok(Some(q)) => q,
@@ -249,26 +259,35 @@ impl Daemon {
                     return;
                 }
             };
-            running.insert(export.id, export.name.clone());
+            let trigger = match queued.trigger.parse::<TriggerKind>() {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(export = %export.name, error = %e, "Queued run dropped");
+                    continue;
+                }
+            };
+            let control = self.ctx.control.for_run();
+            running.insert(export.id, (export.name.clone(), control.clone()));
             let ctx = Arc::clone(&self.ctx);
             let done = done.clone();
             let board = Arc::clone(&self.board);
             let options = RunOptions {
-                trigger: queued.trigger.clone(),
+                trigger,
                 full: queued.full,
                 dry_run: false,
+                cancel_via_store: false,
             };
             let store = self.ctx.store.clone();
             tracker.spawn(async move {
                 // Reports the export free again however the task ends, a panic included.
                 let _done = DoneGuard { export_id: export.id, done, board: Arc::clone(&board), name: export.name.clone() };
                 let progress = Arc::new(BoardProgress { export: export.name.clone(), board });
-                match run_export(&ctx, &export.name, options.clone(), progress).await {
+                match ctx.run_export_with(&export.name, options.clone(), &control, progress).await {
                     Ok(_) => {}
                     Err(PipelineError::AlreadyRunning { run_id, .. }) => {
                         // Another process (a foreground `export run`) runs it: run after it.
                         tracing::warn!(export = %export.name, run_id, "Export runs in another process; queued again");
-                        if let Err(e) = store.enqueue_run(export.id, &options.trigger, options.full, None, None).await {
+                        if let Err(e) = store.enqueue_run(export.id, options.trigger.as_str(), options.full, None, None).await {
                             tracing::error!(export = %export.name, error = %e, "Cannot queue the run again");
                         }
                     }
@@ -313,7 +332,12 @@ impl Daemon {
                         tracing::info!(export = %export.name, slot = %slot, "Scheduled slot due; run queued");
                         self.ctx
                             .store
-                            .mark_schedule(export.export_id, &key, slot, Some("schedule"))
+                            .mark_schedule(
+                                export.export_id,
+                                &key,
+                                slot,
+                                Some(TriggerKind::Schedule.as_str()),
+                            )
                             .await
                     }
                     None => Ok(()),
@@ -332,7 +356,7 @@ impl Daemon {
     }
 
     /// Takes every signal file in the trigger folder exactly once.
-    async fn consume_triggers(&self, dir: &std::path::Path) {
+    async fn consume_triggers(&self, dir: &std::path::Path, running: &Running) {
         let claimed = match claim_all(dir) {
             Ok(c) => c,
             Err(e) => {
@@ -351,7 +375,7 @@ impl Daemon {
                     Ok(None) => Ok(Some(format!("unknown export {export:?}"))),
                     Ok(Some(e)) if !e.enabled => Ok(Some(format!("export {export:?} is disabled"))),
                     Ok(Some(e)) => store
-                        .enqueue_run(e.id, "signal-file", *full, Some(&file.key), by.as_deref())
+                        .enqueue_run(e.id, TriggerKind::SignalFile.as_str(), *full, Some(&file.key), by.as_deref())
                         .await
                         .map(|fresh| {
                             if fresh {
@@ -366,7 +390,7 @@ impl Daemon {
                         let mut result = Ok(None);
                         for e in exports.iter().filter(|e| e.enabled) {
                             let key = format!("{}#{}", file.key, e.id);
-                            if let Err(err) = store.enqueue_run(e.id, "signal-file", *full, Some(&key), by.as_deref()).await {
+                            if let Err(err) = store.enqueue_run(e.id, TriggerKind::SignalFile.as_str(), *full, Some(&key), by.as_deref()).await {
                                 result = Err(err);
                                 break;
                             }
@@ -381,10 +405,21 @@ impl Daemon {
                     Ok(Some(e)) => match store.consume_trigger_key(&file.key).await {
                         // Consumed before a crash: acting again could cancel a newer run.
                         Ok(false) => Ok(None),
-                        Ok(true) => match store.cancel_export(e.id).await {
-                            Ok((dequeued, running)) => {
-                                tracing::info!(export = %e.name, dequeued, running = ?running, "Cancel requested");
-                                if dequeued || running.is_some() {
+                        Ok(true) => match store.dequeue_export(e.id).await {
+                            Ok(dequeued) => {
+                                // A run of this daemon hears the cancel at once; one in another
+                                // process (a foreground `export run`) through the database.
+                                let here = running.get(&e.id).map(|(_, control)| control.cancel()).is_some();
+                                let elsewhere = if here { Ok(None) } else { store.request_cancel(e.id).await };
+                                let elsewhere = match elsewhere {
+                                    Ok(run) => run,
+                                    Err(err) => {
+                                        tracing::error!(export = %e.name, error = %err, "Cannot record a cancel request");
+                                        None
+                                    }
+                                };
+                                tracing::info!(export = %e.name, dequeued, running = here || elsewhere.is_some(), "Cancel requested");
+                                if dequeued || here || elsewhere.is_some() {
                                     Ok(None)
                                 } else {
                                     Ok(Some(format!("export {export:?} is neither queued nor running")))
@@ -442,7 +477,7 @@ impl Daemon {
         outcome
     }
 
-    async fn status_line(&self, running: &HashMap<i64, String>) -> String {
+    async fn status_line(&self, running: &Running) -> String {
         let board = self.board.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let queued = self
             .ctx
@@ -456,7 +491,7 @@ impl Daemon {
         }
         let mut parts: Vec<String> = running
             .values()
-            .map(|name| match board.get(name) {
+            .map(|(name, _)| match board.get(name) {
                 Some((phase, c)) => format!(
                     "{name}: {phase}, read {}, sent {}/{}",
                     c.rows_read,
@@ -474,11 +509,7 @@ impl Daemon {
 /// Runs the daemon with the process signals: SIGTERM/SIGINT stop it, SIGHUP reloads.
 pub async fn run_with_signals(loaded: Loaded) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let ctx = Context::open(
-        loaded.settings.clone(),
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await?;
+    let ctx = Context::open(loaded.settings.clone()).await?;
     let daemon = Daemon::build(loaded, ctx).await?;
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let mut hup = signal(SignalKind::hangup()).map_err(|e| {

@@ -3,33 +3,34 @@
 //! confirmed) → finish. The run row exists before any work, progress is committed per batch,
 //! and the finish is recorded on every path.
 
+pub mod control;
 pub mod deliver;
 pub mod matching;
 pub mod plan;
+pub mod record;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::activecampaign::AcError;
-use crate::service::{Context, ServiceError, mask_email};
+use crate::activecampaign::{AcError, Client};
+use crate::secrets::ProfileHasher;
 use crate::source::SourceError;
+use crate::store::delivery::WorkTables;
 use crate::store::exports::OnLeave;
-use crate::store::runs::StartRefused;
+use crate::store::runs::StartError;
 use crate::store::{
-    Doing, ExportDef, RunCounts, RunIssue, RunRecord, RunStatus, Store, StoreError,
+    ExportDef, RunCounts, RunIssue, RunRecord, RunStatus, Store, StoreError, TriggerKind,
 };
+pub use control::{RunControl, StopReason};
 use matching::Matching;
 use plan::{PlanTotals, Planner, SegmentSource};
+use record::Recorder;
 
-/// Rejected and failed profiles kept per run with details; counts stay exact beyond it.
-const MAX_ISSUES_PER_RUN: u64 = 10_000;
-/// Samples of each kind shown by a dry run.
-const DRY_RUN_SAMPLES: usize = 20;
+/// How often a foreground run looks for a cancel another process recorded in the database.
+const STORE_CANCEL_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -47,8 +48,9 @@ pub enum PipelineError {
     },
     #[error(transparent)]
     ActiveCampaign(#[from] AcError),
+    /// The job could not be prepared (a secret that does not unseal, a segment gone, ...).
     #[error(transparent)]
-    Service(#[from] ServiceError),
+    Job(#[from] JobError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -58,15 +60,47 @@ pub enum PipelineError {
     Stopped(StopReason),
 }
 
-/// Who or what started a run.
+/// Why the caller could not prepare a job, with its cause (the engine does not know the
+/// caller's error types).
+#[derive(Debug)]
+pub struct JobError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for JobError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// What a run needs besides its definition, prepared from the stored definitions and
+/// secrets by the caller.
+pub struct ExportJob {
+    /// A client for the export's connection, with the account's shared budget.
+    pub client: Client,
+    /// The export's segments, in order.
+    pub segments: Vec<SegmentSource>,
+    /// Keys the delivery-state fingerprints.
+    pub hasher: ProfileHasher,
+    /// More valid profiles than this fail the run before anything is sent.
+    pub max_profiles: u64,
+}
+
+/// Who or what started a run, and how.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// manual | schedule | signal-file | resume ...
-    pub trigger: String,
+    pub trigger: TriggerKind,
     /// Treat every member as changed.
     pub full: bool,
     /// Plan only: send nothing, change no state.
     pub dry_run: bool,
+    /// Also stop when another process records a cancel for this run in the database (a
+    /// foreground run; the daemon hears its cancels directly).
+    pub cancel_via_store: bool,
 }
 
 /// Receives progress; the CLI draws a bar, the daemon updates systemd's STATUS.
@@ -106,190 +140,56 @@ pub struct RunOutcome {
     pub seconds: f64,
 }
 
-/// Why delivery stopped before the outbox was empty.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StopReason {
-    /// `acexport cancel`: recorded `cancelled`.
-    Cancelled,
-    /// Daemon shutdown: recorded `interrupted`, resumed at next start.
-    Shutdown,
-    /// ActiveCampaign keeps failing whole imports.
-    Failing(String),
-}
-
-/// Answers "should this run stop at the next batch boundary?" without a query per batch.
-#[derive(Clone)]
-pub struct Stopper {
-    shutdown: CancellationToken,
-    cancelled: Arc<AtomicBool>,
-}
-
-impl Stopper {
-    pub fn reason(&self) -> Option<StopReason> {
-        if self.shutdown.is_cancelled() {
-            Some(StopReason::Shutdown)
-        } else if self.cancelled.load(Ordering::Relaxed) {
-            Some(StopReason::Cancelled)
-        } else {
-            None
-        }
-    }
-}
-
-/// Where rejections and progress go: the run's history, or a dry run's plan.
-pub struct Sink {
-    store: Option<(Store, i64)>,
-    pending: Vec<RunIssue>,
-    issues_kept: u64,
-    plan: Option<Plan>,
-    progress: Arc<dyn Progress>,
-    phase: &'static str,
-    last_flush: Instant,
-}
-
-impl Sink {
-    async fn rejected(
-        &mut self,
-        segment: &str,
-        row: u64,
-        email: Option<&str>,
-        reason: &str,
-    ) -> Result<(), PipelineError> {
-        let issue = RunIssue {
-            kind: "rejected".to_owned(),
-            source: segment.to_owned(),
-            row: Some(row as i64),
-            email: email
-                .map(str::trim)
-                .filter(|e| !e.is_empty())
-                .map(mask_email),
-            reason: reason.to_owned(),
-        };
-        if let Some(plan) = &mut self.plan {
-            if plan.sample_rejects.len() < DRY_RUN_SAMPLES {
-                plan.sample_rejects.push(issue);
-            }
-            return Ok(());
-        }
-        if self.issues_kept < MAX_ISSUES_PER_RUN {
-            self.issues_kept += 1;
-            self.pending.push(issue);
-        }
-        if self.pending.len() >= 1_000 {
-            self.flush(None).await?;
-        }
-        Ok(())
-    }
-
-    async fn failed(&mut self, email: &str, reason: &str) -> Result<(), PipelineError> {
-        if let Some(issue) = self.failure_issue(email, reason) {
-            self.pending.push(issue);
-        }
-        Ok(())
-    }
-
-    /// A failed profile's record, unless the per-run cap is reached.
-    fn failure_issue(&mut self, email: &str, reason: &str) -> Option<RunIssue> {
-        if self.issues_kept >= MAX_ISSUES_PER_RUN {
-            return None;
-        }
-        self.issues_kept += 1;
-        Some(RunIssue {
-            kind: "failed".to_owned(),
-            source: "activecampaign".to_owned(),
-            row: None,
-            email: Some(mask_email(email)),
-            reason: reason.to_owned(),
-        })
-    }
-
-    async fn progress(&mut self, counts: &RunCounts) {
-        self.progress.report(self.phase, counts);
-        if self.last_flush.elapsed() > Duration::from_secs(1) {
-            // Progress is visible to `status` and to a CLI following a daemon run.
-            let _ = self.flush(Some(counts)).await;
-        }
-    }
-
-    async fn flush(&mut self, counts: Option<&RunCounts>) -> Result<(), PipelineError> {
-        self.last_flush = Instant::now();
-        let Some((store, run_id)) = &self.store else {
-            self.pending.clear();
-            return Ok(());
-        };
-        if self.pending.is_empty() && counts.is_none() {
-            return Ok(());
-        }
-        let mut tx = store.write().await?;
-        Store::record_issues(&mut tx, *run_id, &self.pending).await?;
-        if let Some(counts) = counts {
-            Store::write_run_counts(&mut tx, *run_id, counts).await?;
-        }
-        tx.commit().await.doing("recording rejected profiles")?;
-        self.pending.clear();
-        Ok(())
-    }
-
-    async fn phase(&mut self, phase: &'static str, counts: &RunCounts) {
-        self.phase = phase;
-        self.progress.report(phase, counts);
-        if let Some((store, run_id)) = &self.store {
-            let _ = store.set_run_phase(*run_id, phase).await;
-        }
-    }
-}
-
-/// Runs an export now, in this process. Returns the outcome also when the run failed (the
-/// failure is recorded); `Err` only when no run could be recorded at all.
-pub async fn run_export(
-    ctx: &Context,
-    export_name: &str,
+/// Runs an export now, in this process. `job` prepares what the run needs; its failure is
+/// recorded like any other. Returns the outcome also when the run failed (the failure is
+/// recorded); `Err` only when no run could be recorded at all.
+pub async fn run(
+    store: &Store,
+    export: &ExportDef,
     options: RunOptions,
+    control: &RunControl,
     progress: Arc<dyn Progress>,
+    job: impl Future<Output = Result<ExportJob, JobError>>,
 ) -> Result<RunOutcome, PipelineError> {
-    let export = ctx.find_export(export_name).await?;
     if options.dry_run {
-        return dry_run(ctx, &export, progress).await;
+        return dry_run(store, export, progress, job.await?).await;
     }
-    let (run, _run_lock) = match ctx
-        .store
-        .start_run(export.id, &options.trigger, options.full)
-        .await?
+    let (run, _run_lock) = match store
+        .start_run(export.id, options.trigger, options.full)
+        .await
     {
         Ok(started) => started,
-        Err(StartRefused::AlreadyRunning(run_id)) => {
+        Err(StartError::AlreadyRunning(run_id)) => {
             return Err(PipelineError::AlreadyRunning {
                 export: export.name.clone(),
                 run_id,
             });
         }
+        Err(StartError::Store(e)) => return Err(e.into()),
     };
     let span = tracing::info_span!("run", export = %export.name, run_id = run.id);
     async move {
         let started = Instant::now();
         tracing::info!(trigger = %options.trigger, full = run.full, resumes = ?run.resumes_run_id, "Run started");
-        let mut counts = RunCounts::default();
-        let mut sink = Sink {
-            store: Some((ctx.store.clone(), run.id)),
-            pending: Vec::new(),
-            issues_kept: 0,
-            plan: None,
-            progress,
-            phase: "preflight",
-            last_flush: Instant::now(),
-        };
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let watcher = watch_cancel(ctx.store.clone(), run.id, Arc::clone(&cancelled));
-        let stopper = Stopper { shutdown: ctx.cancel.clone(), cancelled };
-        let result = execute(ctx, &export, &run, &mut counts, &mut sink, &stopper).await;
-        watcher.abort();
-        let _ = sink.flush(None).await;
+        let mut recorder = Recorder::for_run(store.clone(), run.id, progress);
+        let control = control.for_run();
+        let _watcher = options
+            .cancel_via_store
+            .then(|| watch_store_cancel(store.clone(), run.id, control.clone()));
+        let result = async {
+            let job = job.await?;
+            execute(store, export, &run, job, &mut recorder, &control).await
+        }
+        .await;
         // A stop (cancel, shutdown) is an outcome, not an error.
         let result = match result {
             Err(PipelineError::Stopped(reason)) => Ok(Some(reason)),
-            Err(PipelineError::ActiveCampaign(AcError::Cancelled)) => Ok(Some(StopReason::Shutdown)),
+            Err(PipelineError::ActiveCampaign(AcError::Stopped | AcError::Aborted)) => {
+                Ok(Some(StopReason::Shutdown))
+            }
             other => other,
         };
+        let counts = recorder.counts;
         let (status, error) = match &result {
             Ok(None) if counts.failed > 0 => (RunStatus::Partial, None),
             Ok(None) => (RunStatus::Succeeded, None),
@@ -301,9 +201,9 @@ pub async fn run_export(
         if let Err(PipelineError::ActiveCampaign(e)) = &result
             && e.is_rejected_key()
         {
-            let _ = ctx.store.record_connection_check(export.connection_id, "rejected", Some(&e.to_string())).await;
+            let _ = store.record_connection_check(export.connection_id, "rejected", Some(&e.to_string())).await;
         }
-        ctx.store.finish_run(run.id, status, &counts, error.as_deref()).await?;
+        recorder.finish(status, error.as_deref()).await?;
         let seconds = started.elapsed().as_secs_f64();
         match status {
             RunStatus::Failed => tracing::error!(
@@ -349,47 +249,37 @@ async fn full_floor(store: &Store, run: &RunRecord) -> Result<i64, PipelineError
     Ok(floor)
 }
 
-/// Polls the run's cancel flag (set by `acexport cancel`) twice a second.
-fn watch_cancel(store: Store, run_id: i64, flag: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+/// Cancels the run when another process records a cancel for it (`acexport cancel` while
+/// this process runs the export in the foreground). Stops with the run: the task is aborted
+/// when the returned guard is dropped.
+fn watch_store_cancel(store: Store, run_id: i64, control: RunControl) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORE_CANCEL_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = control.stopping() => return,
+            }
             if store.cancel_requested(run_id).await.unwrap_or(false) {
-                flag.store(true, Ordering::Relaxed);
+                control.cancel();
                 return;
             }
         }
-    })
+    }))
 }
 
-async fn prepare(
-    ctx: &Context,
-    export: &ExportDef,
-) -> Result<(crate::activecampaign::Client, Vec<SegmentSource>), PipelineError> {
-    let connection = ctx
-        .store
-        .connection_by_id(export.connection_id)
-        .await?
-        .ok_or_else(|| PipelineError::Internal("export without connection".to_owned()))?;
-    let client = ctx.client(&connection)?;
-    let mut segments = Vec::new();
-    for s in &export.segments {
-        let def = ctx.find_segment(&s.name).await?;
-        segments.push(SegmentSource {
-            name: s.name.clone(),
-            def: ctx.source_def(&def)?,
-        });
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    Ok((client, segments))
 }
 
 /// Preflight: the key still works and the list still exists. Nothing is sent otherwise.
-async fn preflight(
-    client: &crate::activecampaign::Client,
-    export: &ExportDef,
-) -> Result<(), PipelineError> {
+async fn preflight(client: &Client, export: &ExportDef) -> Result<(), PipelineError> {
     client.users_me().await?;
     client.list(export.list_id).await?;
     Ok(())
@@ -397,73 +287,77 @@ async fn preflight(
 
 /// What reading and planning leave for delivery.
 struct Planned {
-    client: crate::activecampaign::Client,
-    conn: sqlx::SqliteConnection,
+    client: Client,
+    tables: WorkTables,
     totals: PlanTotals,
 }
 
 /// Preflight, then read every segment through the data matching and plan against the
 /// delivery state. Shared by runs and dry runs.
 async fn read_and_plan(
-    ctx: &Context,
+    store: &Store,
     export: &ExportDef,
+    job: ExportJob,
     full_floor: Option<i64>,
-    counts: &mut RunCounts,
-    sink: &mut Sink,
-    stopper: Option<&Stopper>,
+    recorder: &mut Recorder,
+    control: Option<&RunControl>,
 ) -> Result<Planned, PipelineError> {
-    let (client, segments) = prepare(ctx, export).await?;
+    let ExportJob {
+        client,
+        segments,
+        hasher,
+        ..
+    } = job;
     preflight(&client, export).await?;
-    counts.requests = client.requests_sent();
-    let hasher = ctx.secret_key()?.profile_hasher();
+    recorder.counts.requests = client.requests_sent();
     let matching = Matching::new(export);
-    let mut conn = ctx.store.dedicated_connection().await?;
-    plan::create_temp_tables(&mut conn).await?;
-    sink.phase("reading", counts).await;
+    let mut tables = WorkTables::create(store).await?;
+    recorder.phase("reading").await;
     let mut planner = Planner {
-        conn: &mut conn,
+        tables: &mut tables,
         export_id: export.id,
         full_floor,
         matching: &matching,
         hasher: &hasher,
-        counts,
+        recorder,
         totals: PlanTotals::default(),
-        stopper,
+        control,
     };
-    planner.plan(&segments, export.on_leave, sink).await?;
+    planner.plan(&segments, export.on_leave).await?;
     let totals = planner.totals.clone();
     Ok(Planned {
         client,
-        conn,
+        tables,
         totals,
     })
 }
 
 async fn execute(
-    ctx: &Context,
+    store: &Store,
     export: &ExportDef,
     run: &RunRecord,
-    counts: &mut RunCounts,
-    sink: &mut Sink,
-    stopper: &Stopper,
+    job: ExportJob,
+    recorder: &mut Recorder,
+    control: &RunControl,
 ) -> Result<Option<StopReason>, PipelineError> {
     let full_floor = if run.full {
-        Some(full_floor(&ctx.store, run).await?)
+        Some(full_floor(store, run).await?)
     } else {
         None
     };
+    let max = job.max_profiles;
     let Planned {
         client,
-        mut conn,
+        mut tables,
         totals,
-    } = read_and_plan(ctx, export, full_floor, counts, sink, Some(stopper)).await?;
-    let max = ctx.settings.export.max_profiles;
+    } = read_and_plan(store, export, job, full_floor, recorder, Some(control)).await?;
     if totals.members > max {
         return Err(PipelineError::TooManyProfiles {
             found: totals.members,
             max,
         });
     }
+    let counts = &recorder.counts;
     tracing::info!(
         rows_read = counts.rows_read,
         new = totals.new,
@@ -474,24 +368,23 @@ async fn execute(
         duplicates = counts.duplicates,
         "Plan ready"
     );
-    sink.flush(Some(counts)).await?;
-    sink.phase("sending", counts).await;
+    recorder.flush(true).await?;
+    recorder.phase("sending").await;
     let mut delivery = deliver::Delivery {
-        conn: &mut conn,
-        store: &ctx.store,
+        tables: &mut tables,
+        store,
         client: Arc::new(client),
         export_id: export.id,
         run_id: run.id,
-        counts,
-        stopper,
+        control,
     };
-    let stopped = delivery.run(sink).await?;
+    let stopped = delivery.run(recorder).await?;
     if stopped.is_none() {
         // Leavers are forgotten once the run completed: all of them under `keep`; under
         // `unsubscribe` only those never delivered (delivered ones were removed on confirmation
         // or stay to be unsubscribed next time).
         let only_undelivered = export.on_leave == OnLeave::Unsubscribe;
-        let forgotten = plan::forget_leavers(&mut conn, export.id, only_undelivered).await?;
+        let forgotten = tables.forget_leavers(export.id, only_undelivered).await?;
         if forgotten > 0 {
             tracing::info!(forgotten, "Forgot members who left every segment");
         }
@@ -500,24 +393,18 @@ async fn execute(
 }
 
 async fn dry_run(
-    ctx: &Context,
+    store: &Store,
     export: &ExportDef,
     progress: Arc<dyn Progress>,
+    job: ExportJob,
 ) -> Result<RunOutcome, PipelineError> {
     let started = Instant::now();
-    let mut counts = RunCounts::default();
-    let mut sink = Sink {
-        store: None,
-        pending: Vec::new(),
-        issues_kept: 0,
-        plan: Some(Plan::default()),
-        progress,
-        phase: "reading",
-        last_flush: Instant::now(),
-    };
+    let max = job.max_profiles;
+    let mut recorder = Recorder::for_dry_run(progress);
     let Planned { totals, .. } =
-        read_and_plan(ctx, export, None, &mut counts, &mut sink, None).await?;
-    let mut plan = sink.plan.take().unwrap_or_default();
+        read_and_plan(store, export, job, None, &mut recorder, None).await?;
+    let counts = recorder.counts;
+    let mut plan = recorder.take_plan();
     plan.adds = totals.new;
     plan.updates = totals.changed;
     plan.unchanged = counts.unchanged;
@@ -527,7 +414,6 @@ async fn dry_run(
         OnLeave::Unsubscribe => plan.unsubscribes = totals.leaving,
         OnLeave::Keep => plan.forgotten = totals.leaving,
     }
-    let max = ctx.settings.export.max_profiles;
     let error = (totals.members > max).then(|| {
         PipelineError::TooManyProfiles {
             found: totals.members,

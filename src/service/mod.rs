@@ -5,14 +5,15 @@
 
 pub mod connections;
 pub mod exports;
+pub mod jobs;
 pub mod segments;
 
 use std::sync::OnceLock;
 
 use secrecy::SecretString;
-use tokio_util::sync::CancellationToken;
 
 use crate::activecampaign::{AcError, BaseUrl, Client, ClientOptions, HostError};
+use crate::pipeline::RunControl;
 use crate::secrets::{Purpose, SecretKey, SecretsError};
 use crate::settings::Settings;
 use crate::source::SourceError;
@@ -65,43 +66,35 @@ impl ServiceError {
 }
 
 /// What every operation needs: settings, the store, the secrets key (loaded on first use) and
-/// the cancellation of the process.
+/// the process's run control.
 #[derive(Debug)]
 pub struct Context {
     pub settings: Settings,
     pub store: Store,
     key: OnceLock<SecretKey>,
-    /// Soft stop (shutdown, Ctrl-C): runs stop at their next batch boundary, finishing the
-    /// imports in hand.
-    pub cancel: CancellationToken,
-    /// Hard stop: HTTP calls in flight are abandoned (their batches are resent on resume).
-    /// Used when a soft stop takes too long.
-    pub abort: CancellationToken,
+    /// The process's stop requests (shutdown, abort); every run in the process gets a control
+    /// of its own under it.
+    pub control: RunControl,
 }
 
 impl Context {
-    pub async fn open(
-        settings: Settings,
-        cancel: CancellationToken,
-    ) -> Result<Context, ServiceError> {
+    pub async fn open(settings: Settings) -> Result<Context, ServiceError> {
         let store = Store::open(&settings.store.path).await?;
         Ok(Context {
             settings,
             store,
             key: OnceLock::new(),
-            cancel,
-            abort: CancellationToken::new(),
+            control: RunControl::new(),
         })
     }
 
-    /// The same store and cancellation with other settings (a reload).
+    /// The same store and run control with other settings (a reload).
     pub fn with_settings(&self, settings: Settings) -> Context {
         Context {
             settings,
             store: self.store.clone(),
             key: OnceLock::new(),
-            cancel: self.cancel.clone(),
-            abort: self.abort.clone(),
+            control: self.control.clone(),
         }
     }
 
@@ -127,7 +120,7 @@ impl Context {
 
     pub fn client_for(&self, base: BaseUrl, key: SecretString) -> Result<Client, ServiceError> {
         let options = ClientOptions::from_settings(&self.settings.activecampaign);
-        Ok(Client::new(base, key, options, self.abort.child_token())?)
+        Ok(Client::new(base, key, options, self.control.abort_token())?)
     }
 }
 

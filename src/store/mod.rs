@@ -7,6 +7,7 @@
 //! daemon) wait for each other instead of failing with SQLITE_BUSY_SNAPSHOT.
 
 pub mod connections;
+pub mod delivery;
 pub mod exports;
 pub mod locks;
 pub mod queue;
@@ -27,7 +28,7 @@ use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 
 pub use connections::ConnectionDef;
 pub use exports::ExportDef;
-pub use runs::{RunCounts, RunIssue, RunRecord, RunStatus};
+pub use runs::{IssueKind, RunCounts, RunIssue, RunRecord, RunStatus, TriggerKind};
 pub use segments::SegmentDef;
 
 /// Migrations embedded at build time (build.rs re-runs on change).

@@ -8,8 +8,10 @@ use sqlx::Row;
 use super::locks::Lock;
 use super::{Doing, Store, StoreError, now_text};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a run ended, or that it is still running. Stored as the lowercase word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
     Succeeded,
@@ -30,19 +32,100 @@ impl RunStatus {
             RunStatus::Interrupted => "interrupted",
         }
     }
-    pub fn parse(s: &str) -> RunStatus {
-        match s {
-            "running" => RunStatus::Running,
-            "succeeded" => RunStatus::Succeeded,
-            "partial" => RunStatus::Partial,
-            "cancelled" => RunStatus::Cancelled,
-            "interrupted" => RunStatus::Interrupted,
-            _ => RunStatus::Failed,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who or what asked for a run. Stored as the kebab-case word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "kebab-case")]
+#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
+pub enum TriggerKind {
+    /// `acexport export run` in the foreground.
+    Manual,
+    /// The export's own schedule or the system refresh schedule.
+    Schedule,
+    /// A signal file (`acexport trigger`, or any tool dropping one).
+    SignalFile,
+    /// The daemon resuming an interrupted run at start.
+    Resume,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Manual => "manual",
+            TriggerKind::Schedule => "schedule",
+            TriggerKind::SignalFile => "signal-file",
+            TriggerKind::Resume => "resume",
         }
     }
 }
 
-impl std::fmt::Display for RunStatus {
+impl std::fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TriggerKind {
+    type Err = UnknownValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            TriggerKind::Manual,
+            TriggerKind::Schedule,
+            TriggerKind::SignalFile,
+            TriggerKind::Resume,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| UnknownValue {
+            what: "run trigger",
+            value: s.chars().take(40).collect(),
+        })
+    }
+}
+
+impl PartialEq<&str> for TriggerKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A stored word this build does not know (a database written by another version).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {what} {value:?} in the database")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// Why a profile did not arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum IssueKind {
+    /// Refused by the data matching before sending (bad email, ...).
+    Rejected,
+    /// Sent, and not imported by ActiveCampaign.
+    Failed,
+}
+
+impl IssueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssueKind::Rejected => "rejected",
+            IssueKind::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for IssueKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -71,7 +154,7 @@ pub struct RunRecord {
     pub id: i64,
     pub export_id: i64,
     pub export: String,
-    pub trigger: String,
+    pub trigger: TriggerKind,
     pub full: bool,
     pub status: RunStatus,
     pub phase: String,
@@ -85,7 +168,7 @@ pub struct RunRecord {
 /// A profile that did not arrive: `rejected` before sending, `failed` at ActiveCampaign.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunIssue {
-    pub kind: String,
+    pub kind: IssueKind,
     pub source: String,
     pub row: Option<i64>,
     pub email: Option<String>,
@@ -93,39 +176,42 @@ pub struct RunIssue {
 }
 
 /// Why a run could not start.
-#[derive(Debug)]
-pub enum StartRefused {
-    /// Another run of this export is in progress (id given).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("another run of this export is in progress (run {0})")]
     AlreadyRunning(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-fn record_from(row: &sqlx::sqlite::SqliteRow) -> RunRecord {
-    let n = |c: &str| row.get::<i64, _>(c) as u64;
-    RunRecord {
-        id: row.get("id"),
-        export_id: row.get("export_id"),
-        export: row.get("export"),
-        trigger: row.get("trigger"),
-        full: row.get("full"),
-        status: RunStatus::parse(&row.get::<String, _>("status")),
-        phase: row.get("phase"),
-        started_at: row.get("started_at"),
-        finished_at: row.get("finished_at"),
+/// A run row; an unknown status or trigger word is an error, never a guess.
+fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> {
+    let n = |c: &str| row.try_get::<i64, _>(c).map(|v| v as u64);
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        export_id: row.try_get("export_id")?,
+        export: row.try_get("export")?,
+        trigger: row.try_get("trigger")?,
+        full: row.try_get("full")?,
+        status: row.try_get("status")?,
+        phase: row.try_get("phase")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
         counts: RunCounts {
-            rows_read: n("rows_read"),
-            rejected: n("rejected"),
-            duplicates: n("duplicates"),
-            unchanged: n("unchanged"),
-            planned: n("planned"),
-            sent: n("sent"),
-            upserted: n("upserted"),
-            unsubscribed: n("unsubscribed"),
-            failed: n("failed"),
-            requests: n("requests"),
+            rows_read: n("rows_read")?,
+            rejected: n("rejected")?,
+            duplicates: n("duplicates")?,
+            unchanged: n("unchanged")?,
+            planned: n("planned")?,
+            sent: n("sent")?,
+            upserted: n("upserted")?,
+            unsubscribed: n("unsubscribed")?,
+            failed: n("failed")?,
+            requests: n("requests")?,
         },
-        resumes_run_id: row.get("resumes_run_id"),
-        error: row.get("error"),
-    }
+        resumes_run_id: row.try_get("resumes_run_id")?,
+        error: row.try_get("error")?,
+    })
 }
 
 const SELECT_RUN: &str =
@@ -157,12 +243,12 @@ impl Store {
     pub async fn start_run(
         &self,
         export_id: i64,
-        trigger: &str,
+        trigger: TriggerKind,
         full: bool,
-    ) -> Result<Result<(RunRecord, Lock), StartRefused>, StoreError> {
+    ) -> Result<(RunRecord, Lock), StartError> {
         let Some(lock) = self.lock_export(export_id)? else {
             let running = self.running_run(export_id).await?.map_or(0, |r| r.id);
-            return Ok(Err(StartRefused::AlreadyRunning(running)));
+            return Err(StartError::AlreadyRunning(running));
         };
         let mut tx = self.write().await?;
         let stale: Option<i64> =
@@ -174,7 +260,7 @@ impl Store {
         if let Some(id) = stale {
             mark_interrupted(&mut tx, id).await?;
         }
-        let last: Option<(i64, String, bool)> = sqlx::query_as(
+        let last: Option<(i64, RunStatus, bool)> = sqlx::query_as(
             "SELECT id, status, full FROM runs WHERE export_id = ? ORDER BY id DESC LIMIT 1",
         )
         .bind(export_id)
@@ -182,7 +268,7 @@ impl Store {
         .await
         .doing("reading the last run")?;
         let (resumes, full) = match last {
-            Some((id, status, was_full)) if status == "interrupted" => (Some(id), full || was_full),
+            Some((id, RunStatus::Interrupted, was_full)) => (Some(id), full || was_full),
             _ => (None, full),
         };
         let id: i64 = sqlx::query_scalar(
@@ -203,7 +289,7 @@ impl Store {
             doing: "reading a new run",
             source: sqlx::Error::RowNotFound,
         })?;
-        Ok(Ok((run, lock)))
+        Ok((run, lock))
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError> {
@@ -212,7 +298,10 @@ impl Store {
             .fetch_optional(self.pool())
             .await
             .doing("reading a run")?;
-        Ok(row.as_ref().map(record_from))
+        row.as_ref()
+            .map(record_from)
+            .transpose()
+            .doing("reading a run")
     }
 
     /// Latest runs first, optionally of one export.
@@ -229,7 +318,10 @@ impl Store {
         .fetch_all(self.pool())
         .await
         .doing("listing runs")?;
-        Ok(rows.iter().map(record_from).collect())
+        rows.iter()
+            .map(record_from)
+            .collect::<Result<_, _>>()
+            .doing("listing runs")
     }
 
     /// The running run of an export, if any.
@@ -241,7 +333,10 @@ impl Store {
         .fetch_optional(self.pool())
         .await
         .doing("reading the running run")?;
-        Ok(row.as_ref().map(record_from))
+        row.as_ref()
+            .map(record_from)
+            .transpose()
+            .doing("reading the running run")
     }
 
     pub async fn set_run_phase(&self, id: i64, phase: &str) -> Result<(), StoreError> {
@@ -298,7 +393,7 @@ impl Store {
             "UPDATE runs SET status = ?, phase = 'finished', finished_at = ?, error = ?, \
              owner_pid = NULL WHERE id = ?",
         )
-        .bind(status.as_str())
+        .bind(status)
         .bind(now_text())
         .bind(error)
         .bind(id)
@@ -321,7 +416,7 @@ impl Store {
                  VALUES (?, ?, ?, ?, ?, ?)",
             )
             .bind(run_id)
-            .bind(&issue.kind)
+            .bind(issue.kind)
             .bind(&issue.source)
             .bind(issue.row)
             .bind(&issue.email)
@@ -343,16 +438,18 @@ impl Store {
         .fetch_all(self.pool())
         .await
         .doing("reading a run's rejected and failed profiles")?;
-        Ok(rows
-            .iter()
-            .map(|r| RunIssue {
-                kind: r.get(0),
-                source: r.get(1),
-                row: r.get(2),
-                email: r.get(3),
-                reason: r.get(4),
+        rows.iter()
+            .map(|r| {
+                Ok(RunIssue {
+                    kind: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    row: r.try_get(2)?,
+                    email: r.try_get(3)?,
+                    reason: r.try_get(4)?,
+                })
             })
-            .collect())
+            .collect::<Result<_, sqlx::Error>>()
+            .doing("reading a run's rejected and failed profiles")
     }
 
     /// Cancels an export's queued run (removed from the queue) and asks its running run to
@@ -376,6 +473,36 @@ impl Store {
         .doing("requesting a cancel")?;
         tx.commit().await.doing("requesting a cancel")?;
         Ok((dequeued, running))
+    }
+
+    /// Removes an export's queued run; whether there was one.
+    pub async fn dequeue_export(&self, export_id: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let dequeued = sqlx::query("DELETE FROM run_queue WHERE export_id = ?")
+            .bind(export_id)
+            .execute(&mut *tx)
+            .await
+            .doing("removing a queued run")?
+            .rows_affected()
+            > 0;
+        tx.commit().await.doing("removing a queued run")?;
+        Ok(dequeued)
+    }
+
+    /// Records a cancel request for the export's running run, for the process that runs it
+    /// to find; returns that run.
+    pub async fn request_cancel(&self, export_id: i64) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.write().await?;
+        let running: Option<i64> = sqlx::query_scalar(
+            "UPDATE runs SET cancel_requested = 1 WHERE export_id = ? AND status = 'running' \
+             RETURNING id",
+        )
+        .bind(export_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .doing("requesting a cancel")?;
+        tx.commit().await.doing("requesting a cancel")?;
+        Ok(running)
     }
 
     pub async fn cancel_requested(&self, run_id: i64) -> Result<bool, StoreError> {

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use acexport::pipeline::{RunOptions, RunOutcome, Silent, run_export};
+use acexport::pipeline::{RunOptions, RunOutcome, Silent};
 use acexport::sandbox::{Sandbox, SandboxOptions, SandboxStats};
 use acexport::service::Context;
 use acexport::service::connections::AddConnection;
@@ -32,10 +32,10 @@ use acexport::service::exports::ExportInput;
 use acexport::service::segments::SegmentInput;
 use acexport::settings::Settings;
 use acexport::store::RunStatus;
+use acexport::store::TriggerKind;
 use acexport::store::exports::OnLeave;
 use secrecy::SecretString;
 use sqlx::{Connection, SqliteConnection};
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "benchmark-token-0001";
 /// Sizes and sources of a plain `cargo bench --bench export`.
@@ -433,7 +433,7 @@ impl Bench {
         settings
             .validate()
             .map_err(|e| format!("benchmark settings refused: {e}"))?;
-        let ctx = Context::open(settings, CancellationToken::new())
+        let ctx = Context::open(settings)
             .await
             .map_err(|e| format!("cannot open the store: {e}"))?;
         ctx.add_connection(AddConnection {
@@ -512,11 +512,13 @@ impl Bench {
 
     async fn run(&self) -> Result<RunOutcome, String> {
         let options = RunOptions {
-            trigger: "manual".into(),
+            trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
+            cancel_via_store: true,
         };
-        run_export(&self.ctx, "bench", options, Arc::new(Silent))
+        self.ctx
+            .run_export("bench", options, Arc::new(Silent))
             .await
             .map_err(|e| format!("the run could not be recorded: {e}"))
     }

@@ -17,7 +17,6 @@ use acexport::settings::Settings;
 use acexport::store::exports::OnLeave;
 use acexport::store::{RunRecord, RunStatus};
 use secrecy::SecretString;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "daemon-test-token-0042";
 
@@ -80,9 +79,7 @@ impl Env {
         std::fs::write(&config, text).expect("settings");
         let sandbox = Sandbox::start(sandbox).await.expect("sandbox");
         let settings = Settings::load(Some(&config)).expect("settings").settings;
-        let ctx = Context::open(settings, CancellationToken::new())
-            .await
-            .expect("ctx");
+        let ctx = Context::open(settings).await.expect("ctx");
         ctx.add_connection(AddConnection {
             name: "ac".into(),
             host: sandbox.host(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use acexport::pipeline::{RunOptions, RunOutcome, Silent, run_export};
+use acexport::pipeline::{RunOptions, RunOutcome, Silent};
 use acexport::sandbox::{Fault, FaultAction, ListStatus, Sandbox, SandboxOptions};
 use acexport::service::Context;
 use acexport::service::connections::AddConnection;
@@ -13,9 +13,9 @@ use acexport::service::exports::ExportInput;
 use acexport::service::segments::SegmentInput;
 use acexport::settings::Settings;
 use acexport::store::RunStatus;
+use acexport::store::TriggerKind;
 use acexport::store::exports::OnLeave;
 use secrecy::SecretString;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "engine-test-token-0001";
 
@@ -65,9 +65,7 @@ impl Harness {
         let sandbox = Sandbox::start(sandbox).await.expect("sandbox");
         let mut settings = settings_in(dir.path());
         tweak(&mut settings);
-        let ctx = Context::open(settings, CancellationToken::new())
-            .await
-            .expect("context");
+        let ctx = Context::open(settings).await.expect("context");
         ctx.add_connection(AddConnection {
             name: "ac".into(),
             host: sandbox.host(),
@@ -127,11 +125,13 @@ impl Harness {
 
     async fn run_with(&self, full: bool, dry_run: bool) -> RunOutcome {
         let options = RunOptions {
-            trigger: "manual".into(),
+            trigger: TriggerKind::Manual,
             full,
             dry_run,
+            cancel_via_store: true,
         };
-        run_export(&self.ctx, "weekly", options, Arc::new(Silent))
+        self.ctx
+            .run_export("weekly", options, Arc::new(Silent))
             .await
             .expect("run recorded")
     }
@@ -564,7 +564,7 @@ async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches()
     h.segment("members", &csv_rows(10_000)).await;
     h.export(&["members"], OnLeave::Keep).await;
     let export_id = h.ctx.find_export("weekly").await.expect("export").id;
-    let (ctx_cancel, store) = (h.ctx.cancel.clone(), h.ctx.store.clone());
+    let (control, store) = (h.ctx.control.clone(), h.ctx.store.clone());
     tokio::spawn(async move {
         // Shut down once the first batches are confirmed.
         loop {
@@ -572,7 +572,7 @@ async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches()
             if let Ok(Some(run)) = store.running_run(export_id).await
                 && run.counts.upserted > 0
             {
-                ctx_cancel.cancel();
+                control.shutdown();
                 return;
             }
         }
@@ -588,15 +588,15 @@ async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches()
     );
 
     // A new process (fresh context) resumes the export.
-    let ctx = Context::open(settings_in(h.dir.path()), CancellationToken::new())
-        .await
-        .expect("ctx");
+    let ctx = Context::open(settings_in(h.dir.path())).await.expect("ctx");
     let options = RunOptions {
-        trigger: "manual".into(),
+        trigger: TriggerKind::Manual,
         full: false,
         dry_run: false,
+        cancel_via_store: true,
     };
-    let second = run_export(&ctx, "weekly", options, Arc::new(Silent))
+    let second = ctx
+        .run_export("weekly", options, Arc::new(Silent))
         .await
         .expect("run");
 
@@ -853,14 +853,14 @@ async fn a_shutdown_while_reading_stops_before_anything_is_sent() {
     h.segment("members", &csv_rows(200_000)).await;
     h.export(&["members"], OnLeave::Keep).await;
     let export_id = h.ctx.find_export("weekly").await.expect("export").id;
-    let (cancel, store) = (h.ctx.cancel.clone(), h.ctx.store.clone());
+    let (control, store) = (h.ctx.control.clone(), h.ctx.store.clone());
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(10)).await;
             if let Ok(Some(run)) = store.running_run(export_id).await
                 && run.phase == "reading"
             {
-                cancel.cancel();
+                control.shutdown();
                 return;
             }
         }

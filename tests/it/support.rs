@@ -11,13 +11,13 @@ use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use acexport::pipeline::{RunOptions, RunOutcome, Silent, run_export};
+use acexport::pipeline::{RunOptions, RunOutcome, Silent};
 use acexport::sandbox::{Sandbox, SandboxOptions};
 use acexport::service::Context;
 use acexport::settings::Settings;
+use acexport::store::TriggerKind;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 
 /// The sandbox's API key: long and distinctive, so finding it anywhere means it leaked.
 pub const API_KEY: &str = "sbx-9f2c4e7a1b3d5f60a8c2e4f6b1d3";
@@ -211,15 +211,17 @@ impl TestEnv {
     /// will, so the history commands have runs to show.
     pub async fn run_export_in_process(&self, name: &str) -> RunOutcome {
         let loaded = Settings::load_from(Some(&self.config), &BTreeMap::new()).expect("settings");
-        let ctx = Context::open(loaded.settings, CancellationToken::new())
+        let ctx = Context::open(loaded.settings)
             .await
             .expect("open the store");
         let options = RunOptions {
-            trigger: "manual".to_owned(),
+            trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
+            cancel_via_store: true,
         };
-        let outcome = run_export(&ctx, name, options, Arc::new(Silent))
+        let outcome = ctx
+            .run_export(name, options, Arc::new(Silent))
             .await
             .expect("run");
         ctx.store.close().await;

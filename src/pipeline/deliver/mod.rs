@@ -1,0 +1,355 @@
+//! Deliver: the outbox is cut into bulk imports (`outbox`), sent with the account's shared
+//! budget, and each accepted import is confirmed with `import/info` before the delivery state
+//! changes (`confirm`). Several imports are in flight at once; confirmed ones are recorded
+//! together (group commit), with the run's counts, in one transaction.
+//!
+//! Sending and confirming are capped apart. ActiveCampaign queues imports and may take minutes
+//! to process them, while its budget allows 100 imports a minute: using that budget needs
+//! "imports per second × confirmation time" imports awaiting confirmation, so that cap is
+//! large, and an accepted import keeps only what the delivery state records (no payload).
+
+mod confirm;
+mod outbox;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tracing::Instrument;
+
+use super::PipelineError;
+use super::control::{RunControl, StopReason};
+use super::record::Recorder;
+use crate::activecampaign::{AcError, Client, MAX_CONTACTS_PER_BULK_IMPORT};
+use crate::store::delivery::{self, OutboxItem, OutboxKind, WorkTables};
+use crate::store::{RunCounts, RunIssue, Store};
+use confirm::{BatchResult, FIRST_POLL_START, deliver_batch};
+use outbox::OutboxReader;
+
+/// Imports prepared and waiting for a rate permit or being sent, with their payloads.
+const MAX_SENDING: usize = 8;
+/// Accepted imports awaiting confirmation (about 40 KB each, 20 MB at most): at
+/// ActiveCampaign's 100 imports a minute, the whole budget stays in use while imports take up
+/// to about 4 minutes to confirm (the benchmark: 97% at 3 minutes, 86-89% at 5).
+const MAX_AWAITING: usize = 512;
+/// Confirmed contacts held for the next group commit before sending pauses for it.
+const MAX_UNCOMMITTED: usize = 8 * MAX_CONTACTS_PER_BULK_IMPORT;
+/// Consecutive imports failing as a whole (not per contact) before the run gives up.
+const MAX_FAILED_BATCHES_IN_A_ROW: u32 = 3;
+/// Why an oversized contact is not sent.
+const OVERSIZED: &str = "contact is larger than ActiveCampaign's 400,000-byte import limit";
+
+pub struct Delivery<'a> {
+    pub tables: &'a mut WorkTables,
+    pub store: &'a Store,
+    pub client: Arc<Client>,
+    pub export_id: i64,
+    pub run_id: i64,
+    pub control: &'a RunControl,
+}
+
+/// Everything the delivery loop tracks between wake-ups.
+struct Flow<'t> {
+    outbox: OutboxReader<'t>,
+    /// µs before the first poll; adapts to how long imports take (misses raise it at once).
+    poll: Arc<AtomicU64>,
+    in_flight: JoinSet<BatchResult>,
+    sending: Arc<Sending>,
+    confirmed: Confirmed,
+    /// The group commit under way, at most one.
+    committing: Option<JoinHandle<Result<(), PipelineError>>>,
+    failed_in_a_row: u32,
+    /// Why sending stopped early: a stop request, failing imports.
+    stop: Option<StopReason>,
+    /// A key rejection: in-flight imports are aborted and the run fails.
+    fatal: Option<AcError>,
+    /// The first store or internal error; the run fails with it once drained.
+    error: Option<PipelineError>,
+}
+
+impl Flow<'_> {
+    fn go_on(&self) -> bool {
+        self.stop.is_none() && self.fatal.is_none() && self.error.is_none()
+    }
+
+    /// Nothing in flight, being read or being committed.
+    fn drained(&self) -> bool {
+        self.in_flight.is_empty() && self.outbox.reading.is_none() && self.committing.is_none()
+    }
+}
+
+impl Delivery<'_> {
+    /// Sends the whole outbox; returns why it stopped early, if it did.
+    ///
+    /// Three things overlap: the next page of the outbox is read while batches are in flight,
+    /// and confirmed batches are committed (one group commit at a time, in a task of its own)
+    /// while more are sent and confirmed. Whatever was confirmed is committed before this
+    /// returns, on every path.
+    pub async fn run(
+        &mut self,
+        recorder: &mut Recorder,
+    ) -> Result<Option<StopReason>, PipelineError> {
+        let mut flow = Flow {
+            outbox: OutboxReader::new(&mut *self.tables),
+            poll: Arc::new(AtomicU64::new(FIRST_POLL_START.as_micros() as u64)),
+            in_flight: JoinSet::new(),
+            sending: Arc::new(Sending::default()),
+            confirmed: Confirmed::default(),
+            committing: None,
+            failed_in_a_row: 0,
+            stop: None,
+            fatal: None,
+            error: None,
+        };
+        loop {
+            if flow.stop.is_none() {
+                flow.stop = self.control.stop_reason();
+            }
+            let go_on = flow.go_on();
+            if go_on {
+                send_batches(&mut flow, &self.client, self.control, recorder);
+                // After taking batches, so that a page just emptied is refilled now, not
+                // after the next confirmation.
+                flow.outbox.read_ahead();
+            }
+            if flow.committing.is_none() && !flow.confirmed.is_empty() {
+                recorder.counts.requests = self.client.requests_sent();
+                let batch = std::mem::take(&mut flow.confirmed);
+                let (store, export_id, run_id) = (self.store.clone(), self.export_id, self.run_id);
+                let counts = recorder.counts;
+                flow.committing = Some(tokio::spawn(
+                    async move { batch.commit(&store, export_id, run_id, &counts).await }
+                        .instrument(tracing::Span::current()),
+                ));
+            }
+            if flow.drained() && (!go_on || flow.outbox.is_empty()) {
+                break;
+            }
+            tokio::select! {
+                Some(joined) = flow.in_flight.join_next(), if !flow.in_flight.is_empty() => {
+                    let mut results = vec![joined];
+                    while let Some(more) = flow.in_flight.try_join_next() {
+                        results.push(more);
+                    }
+                    take_results(&mut flow, results, recorder);
+                }
+                (tables, rows) = wait_for(&mut flow.outbox.reading) => {
+                    if let Err(e) = flow.outbox.on_page(tables, rows) {
+                        flow.error.get_or_insert(e);
+                    }
+                }
+                // A batch was accepted: its sending slot is free for the next one. Not
+                // conditioned on the count: a slot freed between `send_batches` and this
+                // `select!` would otherwise go unnoticed until the next confirmation. A permit
+                // stored by an earlier release costs one extra pass at most.
+                () = flow.sending.freed.notified(), if go_on => {}
+                committed = wait_for(&mut flow.committing) => {
+                    flow.committing = None;
+                    match committed {
+                        Ok(Ok(())) => {
+                            recorder.counts.requests = self.client.requests_sent();
+                            recorder.progress().await;
+                        }
+                        Ok(Err(e)) => {
+                            flow.error.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            flow.error.get_or_insert(PipelineError::Internal(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(e) = flow.error {
+            return Err(e);
+        }
+        if let Some(e) = flow.fatal {
+            return Err(PipelineError::ActiveCampaign(e));
+        }
+        Ok(flow.stop)
+    }
+}
+
+/// Starts batches while sending slots are free and confirmed contacts wait in memory under
+/// their cap (when the commit falls behind, sending waits for it, so memory stays flat).
+fn send_batches(
+    flow: &mut Flow<'_>,
+    client: &Arc<Client>,
+    control: &RunControl,
+    recorder: &mut Recorder,
+) {
+    while flow.confirmed.len() < MAX_UNCOMMITTED
+        && flow.sending.count() < MAX_SENDING
+        && flow.in_flight.len() < MAX_SENDING + MAX_AWAITING
+        && flow.outbox.has_batch()
+    {
+        let (batch, oversized) = flow.outbox.take_batch();
+        for item in oversized {
+            recorder.failed(&item.email, OVERSIZED);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let slot = SendingSlot::take(&flow.sending);
+        // Spawned tasks do not inherit the run's span; carry it so every line names the run.
+        flow.in_flight.spawn(
+            deliver_batch(
+                Arc::clone(client),
+                batch,
+                slot,
+                Arc::clone(&flow.poll),
+                control.clone(),
+            )
+            .instrument(tracing::Span::current()),
+        );
+    }
+}
+
+/// Counts finished batches and keeps what the next commit records.
+fn take_results(
+    flow: &mut Flow<'_>,
+    results: Vec<Result<BatchResult, JoinError>>,
+    recorder: &mut Recorder,
+) {
+    for result in results {
+        let mut result = match result {
+            Ok(result) => result,
+            // Aborted after a key rejection: nothing of it is committed.
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => {
+                flow.error
+                    .get_or_insert(PipelineError::Internal(e.to_string()));
+                continue;
+            }
+        };
+        if result.batch_error.is_some() {
+            flow.failed_in_a_row += 1;
+        } else if !result.abandoned {
+            flow.failed_in_a_row = 0;
+        }
+        if let Some(e) = result.fatal.take() {
+            flow.fatal.get_or_insert(e);
+        }
+        flow.confirmed.add(result, recorder);
+    }
+    if flow.fatal.is_some() {
+        flow.in_flight.abort_all();
+    }
+    if flow.failed_in_a_row >= MAX_FAILED_BATCHES_IN_A_ROW && flow.stop.is_none() {
+        flow.stop = Some(StopReason::Failing(format!(
+            "{} imports in a row failed as a whole; the rest is left for the next run",
+            flow.failed_in_a_row
+        )));
+    }
+}
+
+/// Batches holding a sending slot, and a wake-up for the loop when one is freed.
+#[derive(Default)]
+struct Sending {
+    count: AtomicUsize,
+    freed: Notify,
+}
+
+impl Sending {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+/// One batch's sending slot, given back when it is dropped: once the import is accepted or
+/// has failed, or the task is aborted.
+struct SendingSlot(Arc<Sending>);
+
+impl SendingSlot {
+    fn take(sending: &Arc<Sending>) -> Self {
+        sending.count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(sending))
+    }
+}
+
+impl Drop for SendingSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+/// Awaits the future in `slot`, or never completes when there is none (a `select!` branch
+/// that is off).
+async fn wait_for<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Confirmed batches waiting for the next group commit; the run's counts already include
+/// them.
+#[derive(Default)]
+struct Confirmed {
+    delivered: Vec<OutboxItem>,
+    left: Vec<OutboxItem>,
+    failed: Vec<OutboxItem>,
+    issues: Vec<RunIssue>,
+}
+
+impl Confirmed {
+    /// Contacts held.
+    fn len(&self) -> usize {
+        self.delivered.len() + self.left.len() + self.failed.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.delivered.is_empty()
+            && self.left.is_empty()
+            && self.failed.is_empty()
+            && self.issues.is_empty()
+    }
+
+    /// Counts one batch's outcome and keeps what the commit must record.
+    fn add(&mut self, result: BatchResult, recorder: &mut Recorder) {
+        recorder.counts.sent += result.sent;
+        for item in result.delivered {
+            if item.kind == OutboxKind::Leave {
+                recorder.counts.unsubscribed += 1;
+                self.left.push(item);
+            } else {
+                recorder.counts.upserted += 1;
+                self.delivered.push(item);
+            }
+        }
+        if let Some(e) = &result.batch_error {
+            tracing::error!(error = %e, contacts = result.failed.len(), "Import failed; its contacts are retried next run");
+        }
+        for (item, reason) in result.failed {
+            recorder.counts.failed += 1;
+            if let Some(issue) = recorder.failure_issue(&item.email, &reason) {
+                self.issues.push(issue);
+            }
+            if item.kind != OutboxKind::Leave {
+                self.failed.push(item);
+            }
+        }
+    }
+
+    /// Records confirmed batches: delivery state, failures and counts in one transaction.
+    async fn commit(
+        self,
+        store: &Store,
+        export_id: i64,
+        run_id: i64,
+        counts: &RunCounts,
+    ) -> Result<(), PipelineError> {
+        let confirmed = delivery::Confirmed {
+            delivered: &self.delivered,
+            failed: &self.failed,
+            left: &self.left,
+            issues: &self.issues,
+        };
+        store
+            .record_confirmed(export_id, run_id, confirmed, counts)
+            .await?;
+        Ok(())
+    }
+}
