@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::activecampaign::AcError;
-use crate::service::{Context, ServiceError, mask_email};
+use crate::redact::mask_email;
+use crate::service::{Context, ServiceError};
 use crate::source::SourceError;
 use crate::store::exports::OnLeave;
 use crate::store::runs::StartRefused;
