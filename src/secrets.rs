@@ -240,16 +240,6 @@ impl ProfileHasher {
     }
 }
 
-/// Last four characters of a secret, for display ("…a1b2"). Shorter secrets show nothing.
-pub fn hint(secret: &SecretString) -> String {
-    let s = secret.expose_secret();
-    let chars: Vec<char> = s.chars().collect();
-    if chars.len() < 12 {
-        return "…".to_owned();
-    }
-    format!("…{}", chars[chars.len() - 4..].iter().collect::<String>())
-}
-
 /// Creates `dir` (and parents) readable by the owner only.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.exists() {
@@ -335,11 +325,5 @@ mod tests {
         );
         assert_ne!(h.fingerprint([None]), h.fingerprint([Some("")]));
         assert_eq!(h.fingerprint([Some("x")]), h.fingerprint([Some("x")]));
-    }
-
-    #[test]
-    fn hints_show_the_last_four_characters_only() {
-        assert_eq!(hint(&SecretString::from("0123456789abcdef")), "…cdef");
-        assert_eq!(hint(&SecretString::from("short")), "…");
     }
 }

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use reqwest::Url;
 
+use crate::redact::redact_host_input;
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum HostError {
     #[error(
@@ -25,19 +27,6 @@ pub enum HostError {
     PlainHttp { host: String },
 }
 
-/// The input as an error repeats it: without user info, query or fragment, where an API key
-/// typed into the wrong option would sit.
-fn shown(input: &str) -> String {
-    let before_query = input.find(['?', '#']).map_or(input, |i| &input[..i]);
-    match before_query.rfind('@') {
-        Some(at) => {
-            let authority = before_query.find("://").map_or(0, |i| i + 3).min(at);
-            format!("{}{}", &before_query[..authority], &before_query[at + 1..])
-        }
-        None => before_query.to_owned(),
-    }
-}
-
 /// A normalised base URL such as `https://acme.api-us1.com` (no trailing slash, no `/api/3`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BaseUrl(String);
@@ -49,7 +38,7 @@ impl BaseUrl {
             return Err(HostError::Empty);
         }
         let invalid = |reason: &str| HostError::Invalid {
-            input: shown(trimmed),
+            input: redact_host_input(trimmed),
             reason: reason.to_owned(),
         };
         let with_scheme = if trimmed.contains("://") {

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::redact::mask_addresses;
+
 /// Accepts `"10"` or `10`.
 fn id_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     match serde_json::Value::deserialize(d)? {
@@ -132,7 +134,7 @@ pub fn parse_bulk_rejection(body: &[u8]) -> Option<Vec<(usize, String)>> {
             let text = reason
                 .failure_reason
                 .unwrap_or_else(|| "rejected".to_owned());
-            out.push((index as usize, scrub(&text)));
+            out.push((index as usize, mask_addresses(&text)));
         }
     }
     (!out.is_empty()).then_some(out)
@@ -175,21 +177,6 @@ impl ImportInfo {
     }
 }
 
-/// Replaces anything that looks like an email address in ActiveCampaign's free text, so a
-/// message that echoes a contact never reaches a log line or the run history.
-pub fn scrub(text: &str) -> String {
-    text.split(' ')
-        .map(|word| {
-            if word.contains('@') {
-                "[address]"
-            } else {
-                word
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// A short summary of an error body in any of ActiveCampaign's shapes, scrubbed of addresses.
 pub fn summarise_error(body: &[u8]) -> String {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
@@ -200,7 +187,7 @@ pub fn summarise_error(body: &[u8]) -> String {
         };
     };
     if let Some(message) = value.get("message").and_then(|m| m.as_str()) {
-        return scrub(message);
+        return mask_addresses(message);
     }
     if let Some(errors) = value.get("errors").and_then(|e| e.as_array()) {
         let parts: Vec<String> = errors
@@ -219,7 +206,7 @@ pub fn summarise_error(body: &[u8]) -> String {
                 }
             })
             .collect();
-        return scrub(&parts.join("; "));
+        return mask_addresses(&parts.join("; "));
     }
     String::new()
 }
@@ -281,10 +268,6 @@ mod tests {
 
     #[test]
     fn addresses_in_activecampaign_messages_are_scrubbed() {
-        assert_eq!(
-            scrub("Contact jane@example.com is excluded"),
-            "Contact [address] is excluded"
-        );
         let body =
             br#"{"success":0,"failureReasons":[{"contact":0,"failureReason":"bad a@b.co"}]}"#;
         assert_eq!(

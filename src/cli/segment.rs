@@ -91,7 +91,7 @@ fn parse_delimiter(text: &str) -> Result<u8, String> {
 /// history; refuse it before it goes anywhere. The message does not repeat the URL.
 fn refuse_password_in_url(url: &str) -> Result<(), CliError> {
     // Whatever the redaction would hide is a password: one rule for both.
-    if crate::source::redact_url(url) != url {
+    if crate::redact::redact_url(url) != url {
         return Err(CliError::Input(
             "--database: the URL contains a password, and secrets must not be given on the \
              command line (they stay in shell history and are visible in `ps`). Use \

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{PipelineError, Plan, Progress};
-use crate::service::mask_email;
+use crate::redact::mask_email;
 use crate::store::{Doing, IssueKind, RunCounts, RunIssue, RunStatus, Store, StoreError};
 
 /// Rejected and failed profiles kept per run with details; counts stay exact beyond it.

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use super::{Context, ServiceError, check_name};
 use crate::activecampaign::BaseUrl;
-use crate::secrets::{Purpose, hint};
+use crate::redact::hint;
+use crate::secrets::Purpose;
 use crate::store::connections::{NewConnection, Sealed};
 use crate::store::{ConnectionDef, now_text, os_user};
 

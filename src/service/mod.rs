@@ -142,40 +142,9 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// Masks an email for history and reports: `j***@example.com`. The domain is kept only when
-/// it looks like one, so a rejected value that is not an address (a whole misparsed row, say)
-/// never lands in the history.
-pub fn mask_email(email: &str) -> String {
-    let first: String = email
-        .chars()
-        .take(1)
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    match email.split_once('@') {
-        Some((_, domain))
-            if !domain.is_empty()
-                && domain.len() <= 253
-                && domain
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') =>
-        {
-            format!("{first}***@{domain}")
-        }
-        _ => format!("{first}***"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn emails_are_masked_to_first_letter_and_domain() {
-        assert_eq!(mask_email("jane.doe@example.com"), "j***@example.com");
-        assert_eq!(mask_email("nodomain"), "n***");
-        assert_eq!(mask_email("a@b,John Smith,555-1234"), "a***");
-        assert_eq!(mask_email(""), "***");
-    }
 
     #[test]
     fn names_with_spaces_or_slashes_are_refused() {

@@ -183,7 +183,7 @@ impl Context {
                         ));
                     }
                 };
-                let shown = source::redact_url(url.expose_secret());
+                let shown = crate::redact::redact_url(url.expose_secret());
                 (
                     SourceDef::Sql {
                         query: query.clone(),

@@ -20,8 +20,6 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use sql::redact_url;
-
 /// Rows per chunk handed from a reader task to the consumer: large enough to amortise the
 /// channel hand-off, small enough that the chunks in flight stay a few megabytes.
 const CHUNK_ROWS: usize = 2048;

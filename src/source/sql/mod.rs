@@ -1,0 +1,312 @@
+//! SQL segments: a query run against the user's SQLite or PostgreSQL database, never able to
+//! write to it. SQLite files are opened read-only; PostgreSQL sessions default to read-only
+//! transactions and the query runs inside `BEGIN READ ONLY`. Rows are streamed with `fetch`
+//! by a task that owns the connection, so a big result never sits in memory.
+//!
+//! Every value must be readable as text. A value of a type with no text rendering here (a
+//! BLOB, a PostgreSQL NUMERIC or JSON...) is a row error that names the column and its type
+//! and suggests casting it to text in the query.
+//!
+//! Files: this one opens the database and streams the rows; `text.rs` reads each value as text;
+//! the redaction of URLs and driver messages is `crate::redact`'s.
+
+#[cfg(test)]
+mod tests;
+mod text;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, Column, Connection, Executor, SqlSafeStr, Statement};
+use tokio::sync::{mpsc, oneshot};
+
+use self::text::{TextRow, to_row};
+use super::{CHANNEL_CHUNKS, ChunkSender, RowStream, SourceError, duplicate_names, project};
+use crate::redact::{PasswordScrubber, redact_url};
+
+/// How long a read waits for a writer holding the SQLite database lock before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The PostgreSQL `application_name`, so a DBA can tell acexport's sessions apart.
+const PG_APPLICATION_NAME: &str = "acexport";
+
+/// How errors name the query's result set.
+pub(super) fn source_name(url: &SecretString) -> String {
+    format!("the query result on {}", redact_url(url.expose_secret()))
+}
+
+/// The database as messages show it, plus what must be scrubbed from driver messages.
+struct Database {
+    /// The URL with its password redacted.
+    label: String,
+    /// Removes the URL's passwords from driver messages.
+    passwords: PasswordScrubber,
+}
+
+impl Database {
+    fn new(url: &str) -> Self {
+        Database {
+            label: redact_url(url),
+            passwords: PasswordScrubber::for_url(url),
+        }
+    }
+
+    fn connect_error(&self, error: &sqlx::Error) -> SourceError {
+        SourceError::Connect {
+            database: self.label.clone(),
+            message: self.passwords.scrub(&error.to_string()),
+        }
+    }
+
+    fn query_error(&self, error: &sqlx::Error) -> SourceError {
+        SourceError::Query {
+            database: self.label.clone(),
+            message: self.passwords.scrub(&error.to_string()),
+        }
+    }
+
+    /// A failure after `rows` rows were read.
+    fn fetch_error(&self, rows: u64, error: &sqlx::Error) -> SourceError {
+        SourceError::Fetch {
+            database: self.label.clone(),
+            rows,
+            message: self.passwords.scrub(&error.to_string()),
+        }
+    }
+
+    fn source_name(&self) -> String {
+        format!("the query result on {}", self.label)
+    }
+}
+
+/// Where the query runs, with the read-only settings applied.
+enum Target {
+    Sqlite(SqliteConnectOptions),
+    Postgres(PgConnectOptions),
+}
+
+fn target(url: &str, database: &Database) -> Result<Target, SourceError> {
+    if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| database.connect_error(&e))?
+            // Set after parsing so that a `mode=rwc` in the URL cannot undo it.
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        Ok(Target::Sqlite(options))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| database.connect_error(&e))?
+            .application_name(PG_APPLICATION_NAME)
+            // Belt and braces with `BEGIN READ ONLY`: every transaction of the session.
+            .options([("default_transaction_read_only", "on")]);
+        Ok(Target::Postgres(options))
+    } else {
+        Err(SourceError::UnsupportedDatabase {
+            database: database.label.clone(),
+        })
+    }
+}
+
+/// The result columns once the query is prepared, or why it could not be.
+type Ready = Result<Vec<String>, SourceError>;
+
+/// Connects, prepares the query and starts streaming its rows projected onto `columns`
+/// (`None`: every column). Returns the query's result columns too.
+pub(super) async fn open(
+    query: &str,
+    url: &SecretString,
+    columns: Option<&[String]>,
+) -> Result<(Vec<String>, RowStream), SourceError> {
+    let url = url.expose_secret();
+    let database = Database::new(url);
+    let target = target(url, &database)?;
+    let source_name = database.source_name();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let job = Job {
+        query: query.to_owned(),
+        wanted: columns.map(<[String]>::to_vec),
+        database,
+        ready: ready_tx,
+        sender: ChunkSender::new(tx),
+    };
+    // The task owns the connection (and PostgreSQL's transaction, which borrows it) for as
+    // long as rows are read; the stream aborts it when dropped.
+    let task = tokio::spawn(async move {
+        match target {
+            Target::Sqlite(options) => run_sqlite(options, job).await,
+            Target::Postgres(options) => run_postgres(options, job).await,
+        }
+    });
+    let stream = RowStream::new(rx, task, source_name.clone());
+    match ready_rx.await {
+        Ok(Ok(all_columns)) => Ok((all_columns, stream)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(SourceError::ReaderFailed {
+            source_name,
+            message: "the query task ended before the query was prepared".to_owned(),
+        }),
+    }
+}
+
+/// What the query task needs besides its connection.
+struct Job {
+    /// The segment's query, run as written.
+    query: String,
+    /// Requested columns; `None` for all.
+    wanted: Option<Vec<String>>,
+    /// Names the database in errors and scrubs driver messages.
+    database: Database,
+    /// Tells `open` the result columns (or the setup error) before any row is read.
+    ready: oneshot::Sender<Ready>,
+    /// Where rows go once the query is prepared.
+    sender: ChunkSender,
+}
+
+impl Job {
+    /// Checks the result columns against the request and reports to `open`. Returns the
+    /// projection if the task should go on to read rows.
+    fn plan(self, columns: Result<Vec<String>, SourceError>) -> Option<(Vec<usize>, Streaming)> {
+        let Job {
+            query,
+            wanted,
+            database,
+            ready,
+            sender,
+        } = self;
+        let checked = columns.and_then(|columns| {
+            let duplicates = duplicate_names(&columns);
+            if !duplicates.is_empty() {
+                return Err(SourceError::DuplicateColumns {
+                    source_name: database.source_name(),
+                    columns: duplicates,
+                });
+            }
+            let projection = project(&columns, wanted.as_deref(), || database.source_name())?;
+            Ok((columns, projection))
+        });
+        match checked {
+            Ok((columns, projection)) => {
+                let _ = ready.send(Ok(columns.clone()));
+                Some((
+                    projection,
+                    Streaming {
+                        query,
+                        columns,
+                        database,
+                        sender,
+                    },
+                ))
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                None
+            }
+        }
+    }
+
+    fn fail_to_connect(self, error: &sqlx::Error) {
+        let _ = self.ready.send(Err(self.database.connect_error(error)));
+    }
+}
+
+/// The task's state once the query is prepared and rows are about to flow.
+struct Streaming {
+    /// The segment's query, run as written.
+    query: String,
+    /// All result columns, to name the column of a value that cannot be read as text.
+    columns: Vec<String>,
+    /// Names the database in errors and scrubs driver messages.
+    database: Database,
+    /// Where rows go.
+    sender: ChunkSender,
+}
+
+/// The user's query as sqlx takes it. It is the segment's definition, run as written on a
+/// read-only connection: there is nothing to bind.
+fn sql_text(query: &str) -> sqlx::SqlStr {
+    AssertSqlSafe(query.to_owned()).into_sql_str()
+}
+
+async fn run_sqlite(options: SqliteConnectOptions, job: Job) {
+    let mut conn = match SqliteConnection::connect_with(&options).await {
+        Ok(conn) => conn,
+        Err(e) => return job.fail_to_connect(&e),
+    };
+    let prepared = conn.prepare(sql_text(&job.query)).await;
+    let columns = statement_columns(prepared, &job.database);
+    let Some((projection, streaming)) = job.plan(columns) else {
+        return;
+    };
+    let rows = sqlx::query(sql_text(&streaming.query)).fetch(&mut conn);
+    pump(rows, &projection, streaming).await;
+    let _ = conn.close().await;
+}
+
+async fn run_postgres(options: PgConnectOptions, job: Job) {
+    let mut conn = match PgConnection::connect_with(&options).await {
+        Ok(conn) => conn,
+        Err(e) => return job.fail_to_connect(&e),
+    };
+    let mut tx = match conn.begin_with("BEGIN READ ONLY").await {
+        Ok(tx) => tx,
+        Err(e) => return job.fail_to_connect(&e),
+    };
+    let prepared = tx.prepare(sql_text(&job.query)).await;
+    let columns = statement_columns(prepared, &job.database);
+    let Some((projection, streaming)) = job.plan(columns) else {
+        return;
+    };
+    let rows = sqlx::query(sql_text(&streaming.query)).fetch(&mut *tx);
+    pump(rows, &projection, streaming).await;
+    // Nothing was written; ending the transaction either way is the same.
+    let _ = tx.rollback().await;
+    let _ = conn.close().await;
+}
+
+/// The query's result column names, from preparing it (so a query with no rows has columns).
+fn statement_columns<S: Statement>(
+    prepared: Result<S, sqlx::Error>,
+    database: &Database,
+) -> Result<Vec<String>, SourceError> {
+    let statement = prepared.map_err(|e| database.query_error(&e))?;
+    Ok(statement
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect())
+}
+
+/// Reads rows until the end, a database error or a gone consumer.
+async fn pump<R: TextRow>(
+    mut rows: BoxStream<'_, Result<R, sqlx::Error>>,
+    projection: &[usize],
+    streaming: Streaming,
+) {
+    let Streaming {
+        columns,
+        database,
+        mut sender,
+        ..
+    } = streaming;
+    // Per projected column, the decoder that worked last: columns rarely change type.
+    let mut hints = vec![0; projection.len()];
+    let mut number = 0u64;
+    while let Some(next) = rows.next().await {
+        let row = match next {
+            Ok(row) => row,
+            Err(e) => return sender.finish(Some(database.fetch_error(number, &e))).await,
+        };
+        number += 1;
+        let item = to_row(&row, number, projection, &columns, &mut hints);
+        if sender.push(item).await.is_err() {
+            return;
+        }
+    }
+    sender.finish(None).await;
+}

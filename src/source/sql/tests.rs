@@ -1,0 +1,325 @@
+//! The SQL source against SQLite files, and PostgreSQL where a server is given.
+
+use std::path::Path;
+
+use sqlx::Connection;
+
+use super::*;
+use crate::source::testing::{names, read_all, values};
+use crate::source::{Description, Row, SourceDef, describe, open, preview};
+
+fn sql_def(query: &str, url: &str) -> SourceDef {
+    SourceDef::Sql {
+        query: query.to_owned(),
+        database_url: SecretString::from(url.to_owned()),
+    }
+}
+
+/// A SQLite file with a `people` table of three rows; returns its `sqlite:` URL.
+async fn sqlite_db(dir: &Path) -> String {
+    let path = dir.join("crm.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .expect("create sqlite db");
+    sqlx::raw_sql(
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT, name TEXT, score REAL, photo BLOB);
+         INSERT INTO people VALUES (1, 'a@example.com', 'Ann', 1.5, NULL);
+         INSERT INTO people VALUES (2, 'b@example.com', '', 2, x'00ff');
+         INSERT INTO people VALUES (3, 'c@example.com', NULL, NULL, NULL);",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("fill sqlite db");
+    conn.close().await.expect("close sqlite db");
+    format!("sqlite:{}", path.display())
+}
+
+#[tokio::test]
+async fn sqlite_query_rows_are_projected_in_the_requested_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("SELECT id, email, name FROM people ORDER BY id", &url);
+
+    let items = read_all(&def, &["name", "email"]).await;
+
+    let rows: Vec<&Row> = items.iter().map(|i| i.as_ref().expect("row")).collect();
+    assert_eq!(values(rows[0]), [Some("Ann"), Some("a@example.com")]);
+    assert_eq!(values(rows[1]), [Some(""), Some("b@example.com")]);
+    assert_eq!(values(rows[2]), [None, Some("c@example.com")]);
+    assert_eq!(rows.iter().map(|r| r.number).collect::<Vec<_>>(), [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn sqlite_integer_and_real_values_are_read_as_text() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def(
+        "SELECT id, score, id * 10 AS tens FROM people ORDER BY id",
+        &url,
+    );
+
+    let items = read_all(&def, &["id", "score", "tens"]).await;
+
+    assert_eq!(
+        values(items[0].as_ref().expect("row")),
+        [Some("1"), Some("1.5"), Some("10")]
+    );
+    assert_eq!(
+        values(items[1].as_ref().expect("row")),
+        [Some("2"), Some("2"), Some("20")]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_blob_value_is_a_row_error_suggesting_a_cast_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("SELECT id, photo FROM people ORDER BY id", &url);
+
+    let items = read_all(&def, &["id", "photo"]).await;
+
+    assert_eq!(items.len(), 3);
+    let error = items[1].as_ref().expect_err("blob");
+    assert_eq!(error.number, 2);
+    assert!(error.reason.contains("`photo`"), "{}", error.reason);
+    assert!(error.reason.contains("BLOB"), "{}", error.reason);
+    assert!(
+        error.reason.contains("CAST(photo AS TEXT)"),
+        "{}",
+        error.reason
+    );
+    assert!(items[2].is_ok());
+}
+
+#[tokio::test]
+async fn sqlite_describe_lists_the_query_columns_and_counts_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("SELECT email, name AS first_name FROM people", &url);
+
+    let description = describe(&def).await.expect("describe");
+
+    assert_eq!(
+        description,
+        Description {
+            columns: names(&["email", "first_name"]),
+            rows: 3
+        }
+    );
+}
+
+#[tokio::test]
+async fn sqlite_query_without_rows_still_has_columns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("SELECT email FROM people WHERE id > 100", &url);
+
+    let (columns, rows) = preview(&def, 10).await.expect("preview");
+
+    assert_eq!((columns, rows.len()), (names(&["email"]), 0));
+}
+
+#[tokio::test]
+async fn sqlite_update_query_fails_and_leaves_the_database_unchanged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("UPDATE people SET email = 'x@example.com'", &url);
+
+    let result = describe(&def).await;
+
+    let error = result.expect_err("read-only");
+    assert!(error.to_string().contains("readonly"), "{error}");
+    let check = sql_def(
+        "SELECT email FROM people WHERE email = 'x@example.com'",
+        &url,
+    );
+    assert_eq!(describe(&check).await.expect("describe").rows, 0);
+}
+
+#[tokio::test]
+async fn unknown_column_error_lists_the_query_columns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("SELECT id, email FROM people", &url);
+
+    let error = open(&def, &names(&["phone"])).await.err().expect("unknown");
+
+    match error {
+        SourceError::UnknownColumn {
+            column, available, ..
+        } => {
+            assert_eq!(column, "phone");
+            assert_eq!(available, names(&["id", "email"]));
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn duplicate_result_column_names_are_refused_naming_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("SELECT id, email, id FROM people", &url);
+
+    let error = describe(&def).await.expect_err("duplicate");
+
+    assert!(
+        matches!(&error, SourceError::DuplicateColumns { columns, .. } if columns == &names(&["id"])),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_query_is_an_error_naming_the_database() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("SELECT nope FROM nowhere", &url);
+
+    let error = describe(&def).await.expect_err("bad query");
+
+    assert!(matches!(error, SourceError::Query { .. }), "{error}");
+    assert!(error.to_string().contains(&url), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_sqlite_file_is_not_created() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("missing.db");
+    let def = sql_def("SELECT 1 AS one", &format!("sqlite:{}", path.display()));
+
+    let error = describe(&def).await.expect_err("missing file");
+
+    assert!(matches!(error, SourceError::Connect { .. }), "{error}");
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_connection_failure_never_shows_the_password() {
+    // Port 1 on loopback refuses connections: no server needed.
+    let def = sql_def("SELECT 1", "postgres://app:hunter2secret@127.0.0.1:1/crm");
+
+    let error = describe(&def).await.expect_err("refused");
+
+    assert!(matches!(error, SourceError::Connect { .. }), "{error}");
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("hunter2secret"), "{shown}");
+    assert!(shown.contains("app:***@127.0.0.1:1/crm"), "{shown}");
+}
+
+#[tokio::test]
+async fn an_unsupported_database_url_is_refused_with_the_password_hidden() {
+    let def = sql_def("SELECT 1", "mysql://app:hunter2secret@127.0.0.1/crm");
+
+    let error = describe(&def).await.expect_err("unsupported");
+
+    assert!(
+        matches!(error, SourceError::UnsupportedDatabase { .. }),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("hunter2secret"), "{error}");
+}
+
+/// Why the PostgreSQL tests are ignored by default, and what they say when run without a server.
+const NEEDS_POSTGRES: &str = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL";
+
+/// The PostgreSQL URL for tests. Panics when the variable is unset: a test that cannot reach
+/// its server must fail, never pass by doing nothing.
+fn postgres_url() -> String {
+    std::env::var("ACEXPORT_TEST_POSTGRES_URL").unwrap_or_else(|_| panic!("{NEEDS_POSTGRES}"))
+}
+
+/// Creates a uniquely named table through a writable connection; returns its name.
+async fn postgres_table(conn: &mut PgConnection, setup: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let table = format!("acexport_source_test_{}_{nanos}", std::process::id());
+    sqlx::raw_sql(AssertSqlSafe(setup.replace("{table}", &table)))
+        .execute(&mut *conn)
+        .await
+        .expect("create test table");
+    table
+}
+
+async fn drop_postgres_table(conn: &mut PgConnection, table: &str) {
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+        .execute(&mut *conn)
+        .await
+        .expect("drop test table");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn postgres_values_of_common_types_are_read_as_text() {
+    let url = postgres_url();
+    let mut conn = PgConnection::connect(&url).await.expect("connect");
+    let table = postgres_table(
+        &mut conn,
+        "CREATE TABLE {table} (id int4, big int8, email text, code varchar(8), ok bool,
+             ratio float8, born date, seen timestamptz, at timestamp, amount numeric);
+         INSERT INTO {table} VALUES (7, 9000000000, 'a@example.com', '', true, 0.25,
+             '2024-02-29', '2024-03-01 12:30:00+00', '2024-03-01 12:30:00', 1.50);
+         INSERT INTO {table} (id) VALUES (8);",
+    )
+    .await;
+    let def = sql_def(&format!("SELECT * FROM {table} ORDER BY id"), &url);
+
+    let items = read_all(
+        &def,
+        &[
+            "id", "big", "email", "code", "ok", "ratio", "born", "seen", "at",
+        ],
+    )
+    .await;
+    let amount = read_all(&def, &["amount"]).await;
+    drop_postgres_table(&mut conn, &table).await;
+
+    assert_eq!(
+        values(items[0].as_ref().expect("row")),
+        [
+            Some("7"),
+            Some("9000000000"),
+            Some("a@example.com"),
+            Some(""),
+            Some("true"),
+            Some("0.25"),
+            Some("2024-02-29"),
+            Some("2024-03-01T12:30:00+00:00"),
+            Some("2024-03-01T12:30:00")
+        ]
+    );
+    let second = values(items[1].as_ref().expect("row"));
+    assert_eq!(second[0], Some("8"));
+    assert!(second[1..].iter().all(Option::is_none), "{second:?}");
+    let error = amount[0].as_ref().expect_err("numeric");
+    assert!(error.reason.contains("NUMERIC"), "{}", error.reason);
+    assert!(amount[1].as_ref().is_ok_and(|row| row.values == [None]));
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn postgres_query_runs_read_only() {
+    let url = postgres_url();
+    let mut conn = PgConnection::connect(&url).await.expect("connect");
+    let table = postgres_table(
+        &mut conn,
+        "CREATE TABLE {table} (email text); INSERT INTO {table} VALUES ('a@example.com');",
+    )
+    .await;
+    let def = sql_def(&format!("DELETE FROM {table} RETURNING email"), &url);
+
+    let result = describe(&def).await;
+    let remaining: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    drop_postgres_table(&mut conn, &table).await;
+
+    let error = result.expect_err("read-only");
+    assert!(error.to_string().contains("read-only"), "{error}");
+    assert_eq!(remaining, 1);
+}
