@@ -8,6 +8,7 @@
 pub mod connection;
 pub mod daemon;
 pub mod demo;
+pub mod errors;
 pub mod export;
 pub mod output;
 pub mod run;
@@ -21,7 +22,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{Context, ServiceError};
+use crate::service::Context;
 use crate::settings::{Loaded, Settings, SettingsError};
 use crate::store::StoreError;
 
@@ -86,8 +87,9 @@ impl Command {
 pub enum CliError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// Rendered with the flags that fix it (`errors::service_error_text`).
     #[error(transparent)]
-    Service(#[from] ServiceError),
+    Service(errors::ServiceFailure),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An option value that cannot be used, or a secret that cannot be read.

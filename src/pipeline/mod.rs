@@ -301,7 +301,7 @@ pub async fn run_export(
         if let Err(PipelineError::ActiveCampaign(e)) = &result
             && e.is_rejected_key()
         {
-            let _ = ctx.store.record_connection_check(export.connection_id, "rejected", Some(&e.to_string())).await;
+            let _ = ctx.store.record_connection_check(export.connection_id, crate::store::connections::ConnectionStatus::Rejected, Some(&e.to_string())).await;
         }
         ctx.store.finish_run(run.id, status, &counts, error.as_deref()).await?;
         let seconds = started.elapsed().as_secs_f64();

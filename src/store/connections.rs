@@ -1,8 +1,40 @@
 //! Connections to ActiveCampaign accounts.
 
+use serde::Serialize;
 use sqlx::Row;
 
 use super::{Doing, Store, StoreError, now_text};
+
+/// The outcome of the last check of a connection's key against ActiveCampaign, stored as its
+/// lowercase name (`verified`, `rejected`, `unreachable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionStatus {
+    /// ActiveCampaign accepted the key.
+    Verified,
+    /// ActiveCampaign refused the key (revoked, or the user lost access): runs cannot succeed
+    /// until it is replaced.
+    Rejected,
+    /// ActiveCampaign could not be reached or answered with an error: the key may still work.
+    Unreachable,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::Verified => "verified",
+            ConnectionStatus::Rejected => "rejected",
+            ConnectionStatus::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A sealed secret as stored. Its `Debug` never shows the bytes.
 #[derive(Clone, sqlx::Type)]
@@ -28,8 +60,7 @@ pub struct ConnectionDef {
     pub consent_at: String,
     pub consent_by: String,
     pub ac_user: Option<String>,
-    /// verified | rejected | unreachable
-    pub status: String,
+    pub status: ConnectionStatus,
     pub status_detail: Option<String>,
     pub checked_at: String,
     pub created_at: String,
@@ -79,7 +110,7 @@ impl Store {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO connections (name, base_url, api_key_sealed, api_key_hint, \
              allow_contributors, consent_at, consent_by, ac_user, status, checked_at, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'verified', ?, ?, ?) \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT(name) DO NOTHING RETURNING id",
         )
         .bind(c.name)
@@ -90,6 +121,7 @@ impl Store {
         .bind(&now)
         .bind(c.consent_by)
         .bind(c.ac_user)
+        .bind(ConnectionStatus::Verified)
         .bind(&now)
         .bind(&now)
         .bind(&now)
@@ -134,7 +166,7 @@ impl Store {
         .bind(&c.api_key_hint)
         .bind(c.allow_contributors)
         .bind(&c.ac_user)
-        .bind(&c.status)
+        .bind(c.status)
         .bind(&c.status_detail)
         .bind(&c.checked_at)
         .bind(now_text())
@@ -151,7 +183,7 @@ impl Store {
     pub async fn record_connection_check(
         &self,
         id: i64,
-        status: &str,
+        status: ConnectionStatus,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;

@@ -7,7 +7,9 @@ use sqlx::{Row, Sqlite, Transaction};
 use super::{Doing, Store, StoreError, now_text};
 
 /// What happens to list members who left every segment of the export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Stored as its lowercase name (`keep`, `unsubscribe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum OnLeave {
     /// Leave them on the list and forget them (Customer Insights' behaviour).
@@ -23,12 +25,11 @@ impl OnLeave {
             OnLeave::Unsubscribe => "unsubscribe",
         }
     }
-    pub fn parse(s: &str) -> Option<OnLeave> {
-        match s {
-            "keep" => Some(OnLeave::Keep),
-            "unsubscribe" => Some(OnLeave::Unsubscribe),
-            _ => None,
-        }
+}
+
+impl std::fmt::Display for OnLeave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -167,7 +168,9 @@ impl Store {
                 .fetch_all(self.pool())
                 .await
                 .doing("reading an export's tags")?;
-        let on_leave: String = row.get("on_leave");
+        // An unknown value is an error naming the column, not a guess: `keep` would silently
+        // stop unsubscribing leavers.
+        let on_leave: OnLeave = row.try_get("on_leave").doing("reading an export")?;
         Ok(ExportDef {
             id,
             name: row.get("name"),
@@ -182,7 +185,7 @@ impl Store {
             fields,
             tags,
             segments,
-            on_leave: OnLeave::parse(&on_leave).unwrap_or(OnLeave::Keep),
+            on_leave,
             schedule: row.get("schedule"),
             enabled: row.get("enabled"),
             created_at: row.get("created_at"),
@@ -208,7 +211,7 @@ impl Store {
         .bind(&spec.first_name_column)
         .bind(&spec.last_name_column)
         .bind(&spec.phone_column)
-        .bind(spec.on_leave.as_str())
+        .bind(spec.on_leave)
         .bind(&spec.schedule)
         .bind(spec.enabled)
         .bind(&now)
@@ -257,7 +260,7 @@ impl Store {
         .bind(&spec.first_name_column)
         .bind(&spec.last_name_column)
         .bind(&spec.phone_column)
-        .bind(spec.on_leave.as_str())
+        .bind(spec.on_leave)
         .bind(&spec.schedule)
         .bind(spec.enabled)
         .bind(now_text())

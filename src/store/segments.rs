@@ -1,14 +1,44 @@
 //! Segments: where an export's profiles come from.
 
+use serde::Serialize;
+
 use super::connections::Sealed;
 use super::{Doing, Store, StoreError, now_text};
+
+/// Where a segment's profiles come from, stored as its lowercase name (`csv`, `jsonl`, `sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentKind {
+    /// A CSV file (`path`, `delimiter`).
+    Csv,
+    /// A JSON Lines file (`path`).
+    Jsonl,
+    /// A read-only query (`query`) against a database (`database_sealed` or `database_env`).
+    Sql,
+}
+
+impl SegmentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegmentKind::Csv => "csv",
+            SegmentKind::Jsonl => "jsonl",
+            SegmentKind::Sql => "sql",
+        }
+    }
+}
+
+impl std::fmt::Display for SegmentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SegmentDef {
     pub id: i64,
     pub name: String,
-    /// csv | jsonl | sql
-    pub kind: String,
+    pub kind: SegmentKind,
     pub path: Option<String>,
     pub delimiter: Option<i64>,
     pub query: Option<String>,
@@ -31,7 +61,7 @@ impl SegmentDef {
 #[derive(Debug)]
 pub struct NewSegment<'a> {
     pub name: &'a str,
-    pub kind: &'a str,
+    pub kind: SegmentKind,
     pub path: Option<&'a str>,
     pub delimiter: Option<u8>,
     pub query: Option<&'a str>,
@@ -84,7 +114,7 @@ impl Store {
         .await
         .doing("saving a segment")?;
         if id.is_some() {
-            super::audit(&mut tx, "segment.add", s.name, Some(s.kind)).await?;
+            super::audit(&mut tx, "segment.add", s.name, Some(s.kind.as_str())).await?;
         }
         tx.commit().await.doing("saving a segment")?;
         Ok(id)
