@@ -140,7 +140,7 @@ impl Context {
                 });
             }
             let segment = self.find_segment(name).await?;
-            let columns = segment.columns();
+            let columns = segment.columns.0;
             for (field, column) in &mapped {
                 if !columns.iter().any(|c| c == column) {
                     return Err(ServiceError::UnknownColumn {

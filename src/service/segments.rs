@@ -140,7 +140,7 @@ impl Context {
             SegmentKind::Csv | SegmentKind::Jsonl => s.path.clone().unwrap_or_default(),
         };
         Ok(SegmentView {
-            columns: s.columns(),
+            columns: s.columns.0,
             name: s.name,
             kind: s.kind,
             source: origin,

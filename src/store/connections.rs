@@ -232,3 +232,93 @@ impl Store {
         Ok(removed_exports)
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A fresh store in a temp folder (kept alive by the returned guard) with one connection.
+    pub(in crate::store) async fn store_with_connection() -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("acexport.db"))
+            .await
+            .expect("open");
+        let id = store
+            .insert_connection(NewConnection {
+                name: "crm",
+                base_url: "https://example.api-us1.com",
+                api_key_sealed: Sealed(vec![1, 2, 3]),
+                api_key_hint: "…abcd",
+                allow_contributors: false,
+                consent_by: "admin",
+                ac_user: "Admin",
+            })
+            .await
+            .expect("insert")
+            .expect("new name");
+        (dir, store, id)
+    }
+
+    async fn stored_status(store: &Store, id: i64) -> String {
+        sqlx::query_scalar("SELECT status FROM connections WHERE id = ?")
+            .bind(id)
+            .fetch_one(store.pool())
+            .await
+            .expect("status")
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_is_stored_as_verified() {
+        let (_dir, store, id) = store_with_connection().await;
+
+        let saved = store
+            .connection("crm")
+            .await
+            .expect("read")
+            .expect("exists");
+
+        assert_eq!(saved.status, ConnectionStatus::Verified);
+        assert_eq!(stored_status(&store, id).await, "verified");
+    }
+
+    #[tokio::test]
+    async fn every_connection_status_round_trips_through_the_store_as_its_lowercase_name() {
+        let (_dir, store, id) = store_with_connection().await;
+        for status in [
+            ConnectionStatus::Rejected,
+            ConnectionStatus::Unreachable,
+            ConnectionStatus::Verified,
+        ] {
+            store
+                .record_connection_check(id, status, Some("detail"))
+                .await
+                .expect("record");
+
+            let saved = store
+                .connection("crm")
+                .await
+                .expect("read")
+                .expect("exists");
+
+            assert_eq!(saved.status, status);
+            assert_eq!(stored_status(&store, id).await, status.to_string());
+            assert_eq!(serde_json::to_value(status).expect("json"), status.as_str());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_status_is_an_error_naming_the_column() {
+        let (_dir, store, id) = store_with_connection().await;
+        sqlx::query("UPDATE connections SET status = 'bogus' WHERE id = ?")
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .expect("update");
+
+        let err = store.connection("crm").await.expect_err("unknown status");
+
+        let text = err.to_string();
+        assert!(text.contains("\"status\""), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+    }
+}

@@ -352,3 +352,88 @@ async fn write_export_parts(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::connections::tests::store_with_connection;
+    use crate::store::segments::{NewSegment, SegmentKind};
+
+    async fn insert(store: &Store, connection_id: i64, name: &str, on_leave: OnLeave) -> i64 {
+        let segment_id = store
+            .insert_segment(NewSegment {
+                name,
+                kind: SegmentKind::Csv,
+                path: Some("/data/members.csv"),
+                delimiter: None,
+                query: None,
+                database_sealed: None,
+                database_env: None,
+                database_shown: None,
+                columns: &["email".to_owned()],
+                row_count: 1,
+            })
+            .await
+            .expect("segment")
+            .expect("new segment");
+        store
+            .insert_export(&ExportSpec {
+                name: name.to_owned(),
+                connection_id,
+                list_id: 1,
+                list_name: "Newsletter".to_owned(),
+                email_column: "email".to_owned(),
+                first_name_column: None,
+                last_name_column: None,
+                phone_column: None,
+                fields: Vec::new(),
+                tags: Vec::new(),
+                segment_ids: vec![segment_id],
+                on_leave,
+                schedule: None,
+                enabled: true,
+            })
+            .await
+            .expect("export")
+            .expect("new export")
+    }
+
+    #[tokio::test]
+    async fn both_on_leave_choices_round_trip_through_the_store_as_their_lowercase_names() {
+        let (_dir, store, connection_id) = store_with_connection().await;
+        for on_leave in [OnLeave::Keep, OnLeave::Unsubscribe] {
+            let id = insert(&store, connection_id, on_leave.as_str(), on_leave).await;
+
+            let saved = store.export_by_id(id).await.expect("read").expect("exists");
+
+            assert_eq!(saved.on_leave, on_leave);
+            let text: String = sqlx::query_scalar("SELECT on_leave FROM exports WHERE id = ?")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .expect("on_leave");
+            assert_eq!(text, on_leave.to_string());
+            assert_eq!(
+                serde_json::to_value(on_leave).expect("json"),
+                on_leave.as_str()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_on_leave_is_an_error_naming_the_column_not_keep() {
+        let (_dir, store, connection_id) = store_with_connection().await;
+        let id = insert(&store, connection_id, "weekly", OnLeave::Unsubscribe).await;
+        sqlx::query("UPDATE exports SET on_leave = 'delete' WHERE id = ?")
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .expect("update");
+
+        let err = store.export("weekly").await.expect_err("unknown on_leave");
+
+        let text = err.to_string();
+        assert!(text.contains("\"on_leave\""), "{text}");
+        assert!(text.contains("delete"), "{text}");
+    }
+}
