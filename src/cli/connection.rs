@@ -160,7 +160,7 @@ pub async fn run(ctx: &Context, cmd: ConnectionCommand) -> Result<(), CliError> 
                     v.host.clone(),
                     v.api_key.clone(),
                     output::or_none(v.export_user.as_deref()),
-                    v.status.clone(),
+                    v.status.to_string(),
                     output::list_or_none(&v.exports),
                 ]);
             }

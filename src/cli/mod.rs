@@ -8,6 +8,7 @@
 pub mod connection;
 pub mod daemon;
 pub mod demo;
+pub mod errors;
 pub mod export;
 pub mod output;
 pub mod run;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
-use crate::service::{Context, ServiceError};
+use crate::service::Context;
 use crate::settings::{Loaded, Settings, SettingsError};
 use crate::store::StoreError;
 
@@ -85,8 +86,9 @@ impl Command {
 pub enum CliError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// Rendered with the flags that fix it (`errors::service_error_text`).
     #[error(transparent)]
-    Service(#[from] ServiceError),
+    Service(errors::ServiceFailure),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An option value that cannot be used, or a secret that cannot be read.

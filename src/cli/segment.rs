@@ -165,7 +165,7 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
             for v in &views {
                 table.row(vec![
                     v.name.clone(),
-                    v.kind.clone(),
+                    v.kind.to_string(),
                     v.rows.to_string(),
                     v.columns.len().to_string(),
                     v.source.clone(),
@@ -209,7 +209,7 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
 fn describe(v: &SegmentView) -> String {
     output::fields(&[
         ("name", v.name.clone()),
-        ("kind", v.kind.clone()),
+        ("kind", v.kind.to_string()),
         ("source", v.source.clone()),
         ("rows", v.rows.to_string()),
         ("columns", output::list_or_none(&v.columns)),

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::activecampaign::{AcError, Client};
 use crate::secrets::ProfileHasher;
 use crate::source::SourceError;
+use crate::store::connections::ConnectionStatus;
 use crate::store::delivery::WorkTables;
 use crate::store::exports::OnLeave;
 use crate::store::runs::StartError;
@@ -201,7 +202,7 @@ pub async fn run(
         if let Err(PipelineError::ActiveCampaign(e)) = &result
             && e.is_rejected_key()
         {
-            let _ = store.record_connection_check(export.connection_id, "rejected", Some(&e.to_string())).await;
+            let _ = store.record_connection_check(export.connection_id, ConnectionStatus::Rejected, Some(&e.to_string())).await;
         }
         recorder.finish(status, error.as_deref()).await?;
         let seconds = started.elapsed().as_secs_f64();

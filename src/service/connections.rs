@@ -4,20 +4,21 @@
 use secrecy::SecretString;
 use serde::Serialize;
 
-use super::{Context, ServiceError, check_name};
+use super::{Context, Remedy, ServiceError, check_name};
 use crate::activecampaign::BaseUrl;
 use crate::redact::hint;
 use crate::secrets::Purpose;
+pub use crate::store::connections::ConnectionStatus;
 use crate::store::connections::{NewConnection, Sealed};
 use crate::store::{ConnectionDef, now_text, os_user};
 
-/// Shown when an admin adds a connection without accepting the data transfer.
+/// Shown when an admin adds a connection without accepting the data transfer; each front end
+/// adds how to accept it.
 pub const PRIVACY_NOTICE: &str = "\
 Data privacy notice: exports through this connection send personal data (email addresses and \
 the mapped names, phone numbers and fields) out of this system to ActiveCampaign. You are \
 responsible for ActiveCampaign meeting your organisation's privacy and security obligations \
-(lawful basis, data processing agreement, transfers outside your region). Re-run the command \
-with --accept-data-transfer to confirm.";
+(lawful basis, data processing agreement, transfers outside your region).";
 
 #[derive(Debug)]
 pub struct AddConnection {
@@ -43,7 +44,7 @@ pub struct ConnectionView {
     pub api_key: String,
     pub allowed_users: &'static str,
     pub export_user: Option<String>,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub status_detail: Option<String>,
     pub checked_at: String,
     pub consent_at: String,
@@ -86,7 +87,7 @@ impl Context {
     pub async fn add_connection(&self, req: AddConnection) -> Result<ConnectionView, ServiceError> {
         check_name("connection", &req.name)?;
         if !req.accept_data_transfer {
-            return Err(ServiceError::ConsentRequired(PRIVACY_NOTICE.to_owned()));
+            return Err(ServiceError::ConsentRequired);
         }
         let base = BaseUrl::parse(&req.host)?;
         if self.store.connection(&req.name).await?.is_some() {
@@ -143,14 +144,14 @@ impl Context {
         match &result {
             Ok(_) => {
                 self.store
-                    .record_connection_check(c.id, "verified", None)
+                    .record_connection_check(c.id, ConnectionStatus::Verified, None)
                     .await?
             }
             Err(e) => {
                 let status = if e.is_rejected_key() {
-                    "rejected"
+                    ConnectionStatus::Rejected
                 } else {
-                    "unreachable"
+                    ConnectionStatus::Unreachable
                 };
                 self.store
                     .record_connection_check(c.id, status, Some(&e.to_string()))
@@ -184,7 +185,7 @@ impl Context {
                 .users_me()
                 .await?;
             c.ac_user = Some(user.display());
-            c.status = "verified".to_owned();
+            c.status = ConnectionStatus::Verified;
             c.status_detail = None;
             c.checked_at = now_text();
         }
@@ -215,8 +216,8 @@ impl Context {
             return Err(ServiceError::InUse {
                 kind: "connection",
                 name: name.to_owned(),
-                users: users.join(", "),
-                advice: "remove them first, or pass --force to remove them with the connection",
+                users,
+                remedy: Remedy::Force,
             });
         }
         self.store.remove_connection(c.id, name).await?;

@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use super::{Context, ServiceError, check_name};
 use crate::scheduler::Schedule;
-use crate::store::exports::{ExportSpec, FieldMapping, OnLeave};
+use crate::store::connections::ConnectionStatus;
+pub use crate::store::exports::OnLeave;
+use crate::store::exports::{ExportSpec, FieldMapping};
 use crate::store::{ExportDef, RunRecord};
 
 /// An export as the user describes it (names, not ids).
@@ -44,6 +46,29 @@ pub struct ExportPatch {
     pub on_leave: Option<OnLeave>,
 }
 
+/// A profile field an export maps from a segment column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappedField {
+    Email,
+    FirstName,
+    LastName,
+    Phone,
+    /// An ActiveCampaign custom field, by id.
+    Custom(i64),
+}
+
+impl std::fmt::Display for MappedField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MappedField::Email => f.write_str("email"),
+            MappedField::FirstName => f.write_str("first name"),
+            MappedField::LastName => f.write_str("last name"),
+            MappedField::Phone => f.write_str("phone"),
+            MappedField::Custom(id) => write!(f, "custom field {id}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportView {
     #[serde(flatten)]
@@ -51,12 +76,10 @@ pub struct ExportView {
     pub last_run: Option<RunRecord>,
 }
 
-/// Parses `--field 12=loyalty_tier`.
+/// Parses a custom field mapping such as `12=loyalty_tier`.
 pub fn parse_field_mapping(text: &str) -> Result<(i64, String), ServiceError> {
-    let bad = || {
-        ServiceError::Invalid(format!(
-            "--field {text:?} must look like AC_FIELD_ID=COLUMN, e.g. 12=loyalty_tier"
-        ))
+    let bad = || ServiceError::BadFieldMapping {
+        text: text.to_owned(),
     };
     let (id, column) = text.split_once('=').ok_or_else(bad)?;
     let id: i64 = id.trim().parse().map_err(|_| bad())?;
@@ -79,72 +102,64 @@ impl Context {
     async fn check_export(&self, input: &ExportInput) -> Result<ExportSpec, ServiceError> {
         check_name("export", &input.name)?;
         if input.email.trim().is_empty() {
-            return Err(ServiceError::Invalid(
-                "--email COLUMN is required".to_owned(),
-            ));
+            return Err(ServiceError::MissingEmailColumn);
         }
         if input.segments.is_empty() {
-            return Err(ServiceError::Invalid(
-                "at least one --segment is required".to_owned(),
-            ));
+            return Err(ServiceError::NoSegment);
         }
         if input.list_id <= 0 {
-            return Err(ServiceError::Invalid(format!(
-                "--list {} is not an ActiveCampaign list ID (a positive number)",
-                input.list_id
-            )));
+            return Err(ServiceError::InvalidListId(input.list_id));
         }
         let schedule = match &input.schedule {
             Some(expr) => {
                 Schedule::parse(expr, self.settings.timezone())
-                    .map_err(|e| ServiceError::Invalid(format!("--schedule: {e}")))?;
+                    .map_err(ServiceError::BadSchedule)?;
                 Some(expr.trim().to_owned())
             }
             None => None,
         };
         // Segments exist and carry every mapped column.
-        let mut mapped: Vec<(&str, &str)> = vec![("--email", input.email.as_str())];
-        for (flag, column) in [
-            ("--first-name", &input.first_name),
-            ("--last-name", &input.last_name),
-            ("--phone", &input.phone),
+        let mut mapped: Vec<(MappedField, &str)> = vec![(MappedField::Email, input.email.as_str())];
+        for (field, column) in [
+            (MappedField::FirstName, &input.first_name),
+            (MappedField::LastName, &input.last_name),
+            (MappedField::Phone, &input.phone),
         ] {
             if let Some(column) = column {
-                mapped.push((flag, column.as_str()));
+                mapped.push((field, column.as_str()));
             }
         }
-        for (_, column) in &input.fields {
-            mapped.push(("--field", column.as_str()));
+        for (id, column) in &input.fields {
+            mapped.push((MappedField::Custom(*id), column.as_str()));
         }
         let mut segment_ids = Vec::new();
         for name in &input.segments {
             if input.segments.iter().filter(|s| *s == name).count() > 1 {
-                return Err(ServiceError::Invalid(format!(
-                    "segment {name:?} is given twice"
-                )));
+                return Err(ServiceError::SegmentTwice {
+                    segment: name.clone(),
+                });
             }
             let segment = self.find_segment(name).await?;
-            let columns = segment.columns();
-            for (flag, column) in &mapped {
+            let columns = segment.columns.0;
+            for (field, column) in &mapped {
                 if !columns.iter().any(|c| c == column) {
-                    return Err(ServiceError::Invalid(format!(
-                        "segment {name:?} has no column {column:?} (mapped by {flag}); its \
-                         columns are: {}",
-                        columns.join(", ")
-                    )));
+                    return Err(ServiceError::UnknownColumn {
+                        field: *field,
+                        column: (*column).to_owned(),
+                        segment: name.clone(),
+                        columns,
+                    });
                 }
             }
             segment_ids.push(segment.id);
         }
         // The connection is usable, the list and fields exist in ActiveCampaign.
         let connection = self.find_connection(&input.connection).await?;
-        if connection.status == "rejected" {
-            return Err(ServiceError::Invalid(format!(
-                "connection {:?} was rejected by ActiveCampaign ({}); fix it with `acexport \
-                 connection update` first",
-                connection.name,
-                connection.status_detail.clone().unwrap_or_default()
-            )));
+        if connection.status == ConnectionStatus::Rejected {
+            return Err(ServiceError::ConnectionRejected {
+                connection: connection.name,
+                detail: connection.status_detail,
+            });
         }
         let client = self.client(&connection)?;
         let list = client.list(input.list_id).await?;
@@ -152,21 +167,18 @@ impl Context {
             let known = client.fields().await?;
             for (id, _) in &input.fields {
                 if !known.iter().any(|f| f.id == id.to_string()) {
-                    return Err(ServiceError::Invalid(format!(
-                        "custom field {id} not found in ActiveCampaign at {} ({} fields exist; \
-                         see Contacts > Fields there for their IDs)",
-                        client.host(),
-                        known.len()
-                    )));
+                    return Err(ServiceError::UnknownCustomField {
+                        id: *id,
+                        host: client.host().to_owned(),
+                        known: known.len(),
+                    });
                 }
             }
         }
         let mut fields: Vec<FieldMapping> = Vec::new();
         for (id, column) in &input.fields {
             if fields.iter().any(|f| f.field_id == *id) {
-                return Err(ServiceError::Invalid(format!(
-                    "custom field {id} is mapped twice"
-                )));
+                return Err(ServiceError::FieldMappedTwice { id: *id });
             }
             fields.push(FieldMapping {
                 field_id: *id,

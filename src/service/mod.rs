@@ -8,12 +8,16 @@ pub mod exports;
 pub mod jobs;
 pub mod segments;
 
+pub use exports::MappedField;
+
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use secrecy::SecretString;
 
 use crate::activecampaign::{AcError, BaseUrl, Client, ClientOptions, HostError};
 use crate::pipeline::RunControl;
+use crate::scheduler::ScheduleError;
 use crate::secrets::{Purpose, SecretKey, SecretsError};
 use crate::settings::Settings;
 use crate::source::SourceError;
@@ -22,27 +26,95 @@ use crate::store::{ConnectionDef, Store, StoreError};
 /// Longest definition name accepted.
 const MAX_NAME_LEN: usize = 64;
 
+/// Why an operation was refused or failed, in the service's own terms. Its `Display` names no
+/// command-line flag (the daemon's logs and a control socket show it); the command line renders
+/// each variant with its own flags (`cli::errors`).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("{kind} {name:?} does not exist{hint}")]
-    NotFound {
-        kind: &'static str,
-        name: String,
-        hint: String,
-    },
+    #[error("{kind} {name:?} does not exist")]
+    NotFound { kind: &'static str, name: String },
     #[error("{kind} {name:?} already exists; choose another name or update it")]
     Duplicate { kind: &'static str, name: String },
-    #[error("{kind} {name:?} is used by export(s) {users}; {advice}")]
+    #[error(
+        "{kind} name {name:?} is invalid: use 1 to {max} letters, digits, '-', '_' or '.' (not \
+         starting with '.')",
+        max = MAX_NAME_LEN
+    )]
+    InvalidName { kind: &'static str, name: String },
+    /// A definition other definitions depend on; `remedy` says what lifts the refusal.
+    #[error("{kind} {name:?} is used by export(s) {}; {}", .users.join(", "), .remedy.advice(kind))]
     InUse {
         kind: &'static str,
         name: String,
-        users: String,
-        advice: &'static str,
+        users: Vec<String>,
+        remedy: Remedy,
     },
+    /// A connection sends personal data out of this system: whoever adds it must accept that.
+    #[error(
+        "{} The data transfer must be accepted to add the connection.",
+        connections::PRIVACY_NOTICE
+    )]
+    ConsentRequired,
+    #[error("an SQL segment needs a database: its URL, or the environment variable holding it")]
+    NoDatabase,
+    /// The environment variable given for a new SQL segment's database URL.
+    #[error("environment variable {var}, given for the database URL, is not set")]
+    DatabaseEnvUnset { var: String },
+    /// A stored SQL segment's database URL is read from the environment at each use.
+    #[error(
+        "segment {segment:?} reads its database URL from the environment variable {var}, which \
+         is not set"
+    )]
+    SegmentDatabaseEnvUnset { segment: String, var: String },
+    #[error("segment {segment:?} has no database")]
+    SegmentWithoutDatabase { segment: String },
+    #[error("cannot resolve the path {}: {source}", .path.display())]
+    ResolvePath {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("field mapping {text:?} must look like AC_FIELD_ID=COLUMN, e.g. 12=loyalty_tier")]
+    BadFieldMapping { text: String },
+    #[error("the email column is required")]
+    MissingEmailColumn,
+    #[error("at least one segment is required")]
+    NoSegment,
+    #[error("{0} is not an ActiveCampaign list ID (a positive number)")]
+    InvalidListId(i64),
+    #[error("invalid schedule: {0}")]
+    BadSchedule(#[source] ScheduleError),
+    #[error("segment {segment:?} is given twice")]
+    SegmentTwice { segment: String },
+    /// A mapped column missing from one of the export's segments.
+    #[error(
+        "segment {segment:?} has no column {column:?} (mapped to the {field}); its columns are: \
+         {}",
+        .columns.join(", ")
+    )]
+    UnknownColumn {
+        field: MappedField,
+        column: String,
+        segment: String,
+        columns: Vec<String>,
+    },
+    #[error(
+        "connection {connection:?} was rejected by ActiveCampaign ({}); update its key first",
+        .detail.as_deref().unwrap_or_default()
+    )]
+    ConnectionRejected {
+        connection: String,
+        detail: Option<String>,
+    },
+    #[error(
+        "custom field {id} not found in ActiveCampaign at {host} ({known} fields exist; see \
+         Contacts > Fields there for their IDs)"
+    )]
+    UnknownCustomField { id: i64, host: String, known: usize },
+    #[error("custom field {id} is mapped twice")]
+    FieldMappedTwice { id: i64 },
+    /// A failure outside the definitions that has no variant of its own yet.
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
-    ConsentRequired(String),
     #[error(transparent)]
     Host(#[from] HostError),
     #[error(transparent)]
@@ -55,12 +127,32 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
+/// What lifts an [`ServiceError::InUse`] refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// Remove the users first, or force the removal, which removes them with it.
+    Force,
+    /// Detach it from the users or remove them first; there is no forcing.
+    Detach,
+}
+
+impl Remedy {
+    /// The advice in the service's terms; `kind` is what is in use.
+    fn advice(self, kind: &str) -> String {
+        match self {
+            Remedy::Force => {
+                format!("remove them first, or force the removal to remove them with the {kind}")
+            }
+            Remedy::Detach => "remove it from those exports or remove them first".to_owned(),
+        }
+    }
+}
+
 impl ServiceError {
     fn not_found(kind: &'static str, name: &str) -> ServiceError {
         ServiceError::NotFound {
             kind,
             name: name.to_owned(),
-            hint: String::new(),
         }
     }
 }
@@ -125,7 +217,7 @@ impl Context {
 }
 
 /// Names are shown in tables, logs and trigger files: keep them simple and unambiguous.
-pub fn check_name(kind: &str, name: &str) -> Result<(), ServiceError> {
+pub fn check_name(kind: &'static str, name: &str) -> Result<(), ServiceError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
@@ -135,10 +227,10 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), ServiceError> {
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::Invalid(format!(
-            "{kind} name {name:?} is invalid: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' \
-             or '.' (not starting with '.')"
-        )))
+        Err(ServiceError::InvalidName {
+            kind,
+            name: name.to_owned(),
+        })
     }
 }
 

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::{Context, ServiceError, check_name};
+use super::{Context, Remedy, ServiceError, check_name};
 use crate::secrets::Purpose;
 use crate::source::{self, Row, SourceDef};
 use crate::store::SegmentDef;
 use crate::store::connections::Sealed;
 use crate::store::segments::NewSegment;
+pub use crate::store::segments::SegmentKind;
 
 /// Where a new segment's profiles come from, as the user gave it.
 #[derive(Debug)]
@@ -32,10 +33,43 @@ pub enum SegmentInput {
     },
 }
 
+/// A new segment's source, resolved: how to read it now, and what the store keeps of it.
+#[derive(Debug)]
+struct ResolvedSource {
+    def: SourceDef,
+    kind: SegmentKind,
+    /// The absolute file path (CSV, JSONL).
+    path: Option<String>,
+    delimiter: Option<u8>,
+    query: Option<String>,
+    /// The database URL, sealed, when it was given rather than named by a variable.
+    database_sealed: Option<Sealed>,
+    /// The variable the database URL is read from at each use.
+    database_env: Option<String>,
+    /// The database URL with its password masked.
+    database_shown: Option<String>,
+}
+
+impl ResolvedSource {
+    /// A file source: only its path is kept.
+    fn file(def: SourceDef, kind: SegmentKind, path: String, delimiter: Option<u8>) -> Self {
+        ResolvedSource {
+            def,
+            kind,
+            path: Some(path),
+            delimiter,
+            query: None,
+            database_sealed: None,
+            database_env: None,
+            database_shown: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SegmentView {
     pub name: String,
-    pub kind: String,
+    pub kind: SegmentKind,
     /// File path, or the database (password masked) and query.
     pub source: String,
     pub columns: Vec<String>,
@@ -53,18 +87,18 @@ impl Context {
 
     /// How to read a stored segment.
     pub fn source_def(&self, s: &SegmentDef) -> Result<SourceDef, ServiceError> {
-        match s.kind.as_str() {
-            "csv" => Ok(SourceDef::Csv {
+        match s.kind {
+            SegmentKind::Csv => Ok(SourceDef::Csv {
                 path: PathBuf::from(s.path.clone().unwrap_or_default()),
                 delimiter: s
                     .delimiter
                     .and_then(|d| u8::try_from(d).ok())
                     .unwrap_or(b','),
             }),
-            "jsonl" => Ok(SourceDef::Jsonl {
+            SegmentKind::Jsonl => Ok(SourceDef::Jsonl {
                 path: PathBuf::from(s.path.clone().unwrap_or_default()),
             }),
-            _ => {
+            SegmentKind::Sql => {
                 let url = match (&s.database_sealed, &s.database_env) {
                     (Some(sealed), _) => {
                         self.secret_key()?.open(Purpose::DatabaseUrl, &sealed.0)?
@@ -72,18 +106,16 @@ impl Context {
                     (None, Some(var)) => match std::env::var(var) {
                         Ok(v) if !v.is_empty() => SecretString::from(v),
                         _ => {
-                            return Err(ServiceError::Invalid(format!(
-                                "segment {:?} reads its database URL from the environment \
-                                 variable {var}, which is not set",
-                                s.name
-                            )));
+                            return Err(ServiceError::SegmentDatabaseEnvUnset {
+                                segment: s.name.clone(),
+                                var: var.clone(),
+                            });
                         }
                     },
                     (None, None) => {
-                        return Err(ServiceError::Invalid(format!(
-                            "segment {:?} has no database",
-                            s.name
-                        )));
+                        return Err(ServiceError::SegmentWithoutDatabase {
+                            segment: s.name.clone(),
+                        });
                     }
                 };
                 Ok(SourceDef::Sql {
@@ -96,8 +128,8 @@ impl Context {
 
     async fn segment_view(&self, s: SegmentDef) -> Result<SegmentView, ServiceError> {
         let exports = self.store.exports_using_segment(s.id).await?;
-        let origin = match s.kind.as_str() {
-            "sql" => format!(
+        let origin = match s.kind {
+            SegmentKind::Sql => format!(
                 "{} :: {}",
                 s.database_shown
                     .clone()
@@ -105,10 +137,10 @@ impl Context {
                     .unwrap_or_default(),
                 s.query.clone().unwrap_or_default()
             ),
-            _ => s.path.clone().unwrap_or_default(),
+            SegmentKind::Csv | SegmentKind::Jsonl => s.path.clone().unwrap_or_default(),
         };
         Ok(SegmentView {
-            columns: s.columns(),
+            columns: s.columns.0,
             name: s.name,
             kind: s.kind,
             source: origin,
@@ -130,87 +162,19 @@ impl Context {
                 name: name.to_owned(),
             });
         }
-        let (def, kind, path, delimiter, query, sealed, env, shown) = match input {
-            SegmentInput::Csv { path, delimiter } => {
-                let path = absolute(path)?;
-                let shown = path.display().to_string();
-                (
-                    SourceDef::Csv { path, delimiter },
-                    "csv",
-                    Some(shown),
-                    Some(delimiter),
-                    None,
-                    None,
-                    None,
-                    None,
-                )
-            }
-            SegmentInput::Jsonl { path } => {
-                let path = absolute(path)?;
-                let shown = path.display().to_string();
-                (
-                    SourceDef::Jsonl { path },
-                    "jsonl",
-                    Some(shown),
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                )
-            }
-            SegmentInput::Sql {
-                query,
-                database_url,
-                database_env,
-            } => {
-                let (url, sealed, env) = match (database_url, database_env) {
-                    (Some(url), _) => {
-                        let sealed = self.secret_key()?.seal(Purpose::DatabaseUrl, &url);
-                        (url, Some(Sealed(sealed)), None)
-                    }
-                    (None, Some(var)) => match std::env::var(&var) {
-                        Ok(v) if !v.is_empty() => (SecretString::from(v), None, Some(var)),
-                        _ => {
-                            return Err(ServiceError::Invalid(format!(
-                                "environment variable {var} (--database-env) is not set"
-                            )));
-                        }
-                    },
-                    (None, None) => {
-                        return Err(ServiceError::Invalid(
-                            "an SQL segment needs --database URL or --database-env VAR".to_owned(),
-                        ));
-                    }
-                };
-                let shown = crate::redact::redact_url(url.expose_secret());
-                (
-                    SourceDef::Sql {
-                        query: query.clone(),
-                        database_url: url,
-                    },
-                    "sql",
-                    None,
-                    None,
-                    Some(query),
-                    sealed,
-                    env,
-                    Some(shown),
-                )
-            }
-        };
-        let description = source::describe(&def).await?;
+        let resolved = self.resolve_source(input)?;
+        let description = source::describe(&resolved.def).await?;
         let inserted = self
             .store
             .insert_segment(NewSegment {
                 name,
-                kind,
-                path: path.as_deref(),
-                delimiter,
-                query: query.as_deref(),
-                database_sealed: sealed,
-                database_env: env.as_deref(),
-                database_shown: shown.as_deref(),
+                kind: resolved.kind,
+                path: resolved.path.as_deref(),
+                delimiter: resolved.delimiter,
+                query: resolved.query.as_deref(),
+                database_sealed: resolved.database_sealed,
+                database_env: resolved.database_env.as_deref(),
+                database_shown: resolved.database_shown.as_deref(),
                 columns: &description.columns,
                 row_count: description.rows,
             })
@@ -221,9 +185,67 @@ impl Context {
                 name: name.to_owned(),
             });
         }
-        tracing::info!(segment = %name, kind, rows = description.rows, "Segment saved");
+        tracing::info!(segment = %name, kind = %resolved.kind, rows = description.rows, "Segment saved");
         // The view of what was just stored: its columns and row count are the ones read above.
         self.segment_view(self.find_segment(name).await?).await
+    }
+
+    /// Checks the source the user gave and resolves it: absolute paths, the database URL
+    /// sealed or read from its variable.
+    fn resolve_source(&self, input: SegmentInput) -> Result<ResolvedSource, ServiceError> {
+        match input {
+            SegmentInput::Csv { path, delimiter } => {
+                let path = absolute(path)?;
+                let shown = path.display().to_string();
+                Ok(ResolvedSource::file(
+                    SourceDef::Csv { path, delimiter },
+                    SegmentKind::Csv,
+                    shown,
+                    Some(delimiter),
+                ))
+            }
+            SegmentInput::Jsonl { path } => {
+                let path = absolute(path)?;
+                let shown = path.display().to_string();
+                Ok(ResolvedSource::file(
+                    SourceDef::Jsonl { path },
+                    SegmentKind::Jsonl,
+                    shown,
+                    None,
+                ))
+            }
+            SegmentInput::Sql {
+                query,
+                database_url,
+                database_env,
+            } => {
+                let (url, database_sealed, database_env) = match (database_url, database_env) {
+                    (Some(url), _) => {
+                        let sealed = self.secret_key()?.seal(Purpose::DatabaseUrl, &url);
+                        (url, Some(Sealed(sealed)), None)
+                    }
+                    (None, Some(var)) => match std::env::var(&var) {
+                        Ok(v) if !v.is_empty() => (SecretString::from(v), None, Some(var)),
+                        _ => return Err(ServiceError::DatabaseEnvUnset { var }),
+                    },
+                    (None, None) => return Err(ServiceError::NoDatabase),
+                };
+                let shown = crate::redact::redact_url(url.expose_secret());
+                Ok(ResolvedSource {
+                    def: SourceDef::Sql {
+                        query: query.clone(),
+                        database_url: url,
+                    },
+                    kind: SegmentKind::Sql,
+                    path: None,
+                    delimiter: None,
+                    query: Some(query),
+                    database_sealed,
+                    database_env,
+                    database_shown: Some(shown),
+                })
+            }
+        }
     }
 
     pub async fn list_segments(&self) -> Result<Vec<SegmentView>, ServiceError> {
@@ -262,8 +284,8 @@ impl Context {
             return Err(ServiceError::InUse {
                 kind: "segment",
                 name: name.to_owned(),
-                users: users.join(", "),
-                advice: "remove it from those exports (export update) or remove them first",
+                users,
+                remedy: Remedy::Detach,
             });
         }
         self.store.remove_segment(s.id, name).await?;
@@ -273,7 +295,5 @@ impl Context {
 
 /// Stored paths are absolute: the daemon's working folder is not the user's.
 fn absolute(path: PathBuf) -> Result<PathBuf, ServiceError> {
-    std::path::absolute(&path).map_err(|e| {
-        ServiceError::Invalid(format!("cannot resolve the path {}: {e}", path.display()))
-    })
+    std::path::absolute(&path).map_err(|source| ServiceError::ResolvePath { path, source })
 }

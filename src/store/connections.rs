@@ -1,8 +1,40 @@
 //! Connections to ActiveCampaign accounts.
 
+use serde::Serialize;
 use sqlx::Row;
 
 use super::{Doing, Store, StoreError, now_text};
+
+/// The outcome of the last check of a connection's key against ActiveCampaign, stored as its
+/// lowercase name (`verified`, `rejected`, `unreachable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionStatus {
+    /// ActiveCampaign accepted the key.
+    Verified,
+    /// ActiveCampaign refused the key (revoked, or the user lost access): runs cannot succeed
+    /// until it is replaced.
+    Rejected,
+    /// ActiveCampaign could not be reached or answered with an error: the key may still work.
+    Unreachable,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::Verified => "verified",
+            ConnectionStatus::Rejected => "rejected",
+            ConnectionStatus::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A sealed secret as stored. Its `Debug` never shows the bytes.
 #[derive(Clone, sqlx::Type)]
@@ -28,8 +60,7 @@ pub struct ConnectionDef {
     pub consent_at: String,
     pub consent_by: String,
     pub ac_user: Option<String>,
-    /// verified | rejected | unreachable
-    pub status: String,
+    pub status: ConnectionStatus,
     pub status_detail: Option<String>,
     pub checked_at: String,
     pub created_at: String,
@@ -79,7 +110,7 @@ impl Store {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO connections (name, base_url, api_key_sealed, api_key_hint, \
              allow_contributors, consent_at, consent_by, ac_user, status, checked_at, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'verified', ?, ?, ?) \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT(name) DO NOTHING RETURNING id",
         )
         .bind(c.name)
@@ -90,6 +121,7 @@ impl Store {
         .bind(&now)
         .bind(c.consent_by)
         .bind(c.ac_user)
+        .bind(ConnectionStatus::Verified)
         .bind(&now)
         .bind(&now)
         .bind(&now)
@@ -134,7 +166,7 @@ impl Store {
         .bind(&c.api_key_hint)
         .bind(c.allow_contributors)
         .bind(&c.ac_user)
-        .bind(&c.status)
+        .bind(c.status)
         .bind(&c.status_detail)
         .bind(&c.checked_at)
         .bind(now_text())
@@ -151,7 +183,7 @@ impl Store {
     pub async fn record_connection_check(
         &self,
         id: i64,
-        status: &str,
+        status: ConnectionStatus,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
@@ -198,5 +230,95 @@ impl Store {
         super::audit(&mut tx, "connection.remove", name, Some(&detail)).await?;
         tx.commit().await.doing("removing a connection")?;
         Ok(removed_exports)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A fresh store in a temp folder (kept alive by the returned guard) with one connection.
+    pub(in crate::store) async fn store_with_connection() -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("acexport.db"))
+            .await
+            .expect("open");
+        let id = store
+            .insert_connection(NewConnection {
+                name: "crm",
+                base_url: "https://example.api-us1.com",
+                api_key_sealed: Sealed(vec![1, 2, 3]),
+                api_key_hint: "…abcd",
+                allow_contributors: false,
+                consent_by: "admin",
+                ac_user: "Admin",
+            })
+            .await
+            .expect("insert")
+            .expect("new name");
+        (dir, store, id)
+    }
+
+    async fn stored_status(store: &Store, id: i64) -> String {
+        sqlx::query_scalar("SELECT status FROM connections WHERE id = ?")
+            .bind(id)
+            .fetch_one(store.pool())
+            .await
+            .expect("status")
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_is_stored_as_verified() {
+        let (_dir, store, id) = store_with_connection().await;
+
+        let saved = store
+            .connection("crm")
+            .await
+            .expect("read")
+            .expect("exists");
+
+        assert_eq!(saved.status, ConnectionStatus::Verified);
+        assert_eq!(stored_status(&store, id).await, "verified");
+    }
+
+    #[tokio::test]
+    async fn every_connection_status_round_trips_through_the_store_as_its_lowercase_name() {
+        let (_dir, store, id) = store_with_connection().await;
+        for status in [
+            ConnectionStatus::Rejected,
+            ConnectionStatus::Unreachable,
+            ConnectionStatus::Verified,
+        ] {
+            store
+                .record_connection_check(id, status, Some("detail"))
+                .await
+                .expect("record");
+
+            let saved = store
+                .connection("crm")
+                .await
+                .expect("read")
+                .expect("exists");
+
+            assert_eq!(saved.status, status);
+            assert_eq!(stored_status(&store, id).await, status.to_string());
+            assert_eq!(serde_json::to_value(status).expect("json"), status.as_str());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_status_is_an_error_naming_the_column() {
+        let (_dir, store, id) = store_with_connection().await;
+        sqlx::query("UPDATE connections SET status = 'bogus' WHERE id = ?")
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .expect("update");
+
+        let err = store.connection("crm").await.expect_err("unknown status");
+
+        let text = err.to_string();
+        assert!(text.contains("\"status\""), "{text}");
+        assert!(text.contains("bogus"), "{text}");
     }
 }

@@ -7,7 +7,9 @@ use sqlx::{Row, Sqlite, Transaction};
 use super::{Doing, Store, StoreError, now_text};
 
 /// What happens to list members who left every segment of the export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Stored as its lowercase name (`keep`, `unsubscribe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum OnLeave {
     /// Leave them on the list and forget them (Customer Insights' behaviour).
@@ -23,12 +25,11 @@ impl OnLeave {
             OnLeave::Unsubscribe => "unsubscribe",
         }
     }
-    pub fn parse(s: &str) -> Option<OnLeave> {
-        match s {
-            "keep" => Some(OnLeave::Keep),
-            "unsubscribe" => Some(OnLeave::Unsubscribe),
-            _ => None,
-        }
+}
+
+impl std::fmt::Display for OnLeave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -167,7 +168,9 @@ impl Store {
                 .fetch_all(self.pool())
                 .await
                 .doing("reading an export's tags")?;
-        let on_leave: String = row.get("on_leave");
+        // An unknown value is an error naming the column, not a guess: `keep` would silently
+        // stop unsubscribing leavers.
+        let on_leave: OnLeave = row.try_get("on_leave").doing("reading an export")?;
         Ok(ExportDef {
             id,
             name: row.get("name"),
@@ -182,7 +185,7 @@ impl Store {
             fields,
             tags,
             segments,
-            on_leave: OnLeave::parse(&on_leave).unwrap_or(OnLeave::Keep),
+            on_leave,
             schedule: row.get("schedule"),
             enabled: row.get("enabled"),
             created_at: row.get("created_at"),
@@ -208,7 +211,7 @@ impl Store {
         .bind(&spec.first_name_column)
         .bind(&spec.last_name_column)
         .bind(&spec.phone_column)
-        .bind(spec.on_leave.as_str())
+        .bind(spec.on_leave)
         .bind(&spec.schedule)
         .bind(spec.enabled)
         .bind(&now)
@@ -257,7 +260,7 @@ impl Store {
         .bind(&spec.first_name_column)
         .bind(&spec.last_name_column)
         .bind(&spec.phone_column)
-        .bind(spec.on_leave.as_str())
+        .bind(spec.on_leave)
         .bind(&spec.schedule)
         .bind(spec.enabled)
         .bind(now_text())
@@ -348,4 +351,89 @@ async fn write_export_parts(
             .doing("saving an export's tags")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::connections::tests::store_with_connection;
+    use crate::store::segments::{NewSegment, SegmentKind};
+
+    async fn insert(store: &Store, connection_id: i64, name: &str, on_leave: OnLeave) -> i64 {
+        let segment_id = store
+            .insert_segment(NewSegment {
+                name,
+                kind: SegmentKind::Csv,
+                path: Some("/data/members.csv"),
+                delimiter: None,
+                query: None,
+                database_sealed: None,
+                database_env: None,
+                database_shown: None,
+                columns: &["email".to_owned()],
+                row_count: 1,
+            })
+            .await
+            .expect("segment")
+            .expect("new segment");
+        store
+            .insert_export(&ExportSpec {
+                name: name.to_owned(),
+                connection_id,
+                list_id: 1,
+                list_name: "Newsletter".to_owned(),
+                email_column: "email".to_owned(),
+                first_name_column: None,
+                last_name_column: None,
+                phone_column: None,
+                fields: Vec::new(),
+                tags: Vec::new(),
+                segment_ids: vec![segment_id],
+                on_leave,
+                schedule: None,
+                enabled: true,
+            })
+            .await
+            .expect("export")
+            .expect("new export")
+    }
+
+    #[tokio::test]
+    async fn both_on_leave_choices_round_trip_through_the_store_as_their_lowercase_names() {
+        let (_dir, store, connection_id) = store_with_connection().await;
+        for on_leave in [OnLeave::Keep, OnLeave::Unsubscribe] {
+            let id = insert(&store, connection_id, on_leave.as_str(), on_leave).await;
+
+            let saved = store.export_by_id(id).await.expect("read").expect("exists");
+
+            assert_eq!(saved.on_leave, on_leave);
+            let text: String = sqlx::query_scalar("SELECT on_leave FROM exports WHERE id = ?")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .expect("on_leave");
+            assert_eq!(text, on_leave.to_string());
+            assert_eq!(
+                serde_json::to_value(on_leave).expect("json"),
+                on_leave.as_str()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_on_leave_is_an_error_naming_the_column_not_keep() {
+        let (_dir, store, connection_id) = store_with_connection().await;
+        let id = insert(&store, connection_id, "weekly", OnLeave::Unsubscribe).await;
+        sqlx::query("UPDATE exports SET on_leave = 'delete' WHERE id = ?")
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .expect("update");
+
+        let err = store.export("weekly").await.expect_err("unknown on_leave");
+
+        let text = err.to_string();
+        assert!(text.contains("\"on_leave\""), "{text}");
+        assert!(text.contains("delete"), "{text}");
+    }
 }

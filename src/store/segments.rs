@@ -1,14 +1,47 @@
 //! Segments: where an export's profiles come from.
 
+use serde::Serialize;
+use sqlx::Sqlite;
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
+
 use super::connections::Sealed;
 use super::{Doing, Store, StoreError, now_text};
+
+/// Where a segment's profiles come from, stored as its lowercase name (`csv`, `jsonl`, `sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentKind {
+    /// A CSV file (`path`, `delimiter`).
+    Csv,
+    /// A JSON Lines file (`path`).
+    Jsonl,
+    /// A read-only query (`query`) against a database (`database_sealed` or `database_env`).
+    Sql,
+}
+
+impl SegmentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegmentKind::Csv => "csv",
+            SegmentKind::Jsonl => "jsonl",
+            SegmentKind::Sql => "sql",
+        }
+    }
+}
+
+impl std::fmt::Display for SegmentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SegmentDef {
     pub id: i64,
     pub name: String,
-    /// csv | jsonl | sql
-    pub kind: String,
+    pub kind: SegmentKind,
     pub path: Option<String>,
     pub delimiter: Option<i64>,
     pub query: Option<String>,
@@ -16,22 +49,40 @@ pub struct SegmentDef {
     pub database_env: Option<String>,
     /// The database URL with its password masked, for display.
     pub database_shown: Option<String>,
-    pub columns_json: String,
+    #[sqlx(rename = "columns_json")]
+    pub columns: Columns,
     pub row_count: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
-impl SegmentDef {
-    pub fn columns(&self) -> Vec<String> {
-        serde_json::from_str(&self.columns_json).unwrap_or_default()
+/// A segment's column names as read when it was added, stored as a JSON array. A stored value
+/// that is not one is an error naming the column, not an empty list: an export checked against
+/// no columns would be refused with a misleading "has no column".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Columns(pub Vec<String>);
+
+impl sqlx::Type<Sqlite> for Columns {
+    fn type_info() -> SqliteTypeInfo {
+        <str as sqlx::Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <str as sqlx::Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Sqlite> for Columns {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Columns, BoxDynError> {
+        let text = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
+        Ok(Columns(serde_json::from_str(text)?))
     }
 }
 
 #[derive(Debug)]
 pub struct NewSegment<'a> {
     pub name: &'a str,
-    pub kind: &'a str,
+    pub kind: SegmentKind,
     pub path: Option<&'a str>,
     pub delimiter: Option<u8>,
     pub query: Option<&'a str>,
@@ -84,7 +135,7 @@ impl Store {
         .await
         .doing("saving a segment")?;
         if id.is_some() {
-            super::audit(&mut tx, "segment.add", s.name, Some(s.kind)).await?;
+            super::audit(&mut tx, "segment.add", s.name, Some(s.kind.as_str())).await?;
         }
         tx.commit().await.doing("saving a segment")?;
         Ok(id)
@@ -112,5 +163,94 @@ impl Store {
         super::audit(&mut tx, "segment.remove", name, None).await?;
         tx.commit().await.doing("removing a segment")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("acexport.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
+    async fn insert(store: &Store, name: &str, kind: SegmentKind) -> i64 {
+        let columns = ["email".to_owned(), "tier".to_owned()];
+        store
+            .insert_segment(NewSegment {
+                name,
+                kind,
+                path: Some("/data/members.csv"),
+                delimiter: None,
+                query: None,
+                database_sealed: None,
+                database_env: None,
+                database_shown: None,
+                columns: &columns,
+                row_count: 2,
+            })
+            .await
+            .expect("insert")
+            .expect("new name")
+    }
+
+    async fn set(store: &Store, id: i64, column: &str, value: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE segments SET {column} = ? WHERE id = ?"
+        )))
+        .bind(value)
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .expect("update");
+    }
+
+    #[tokio::test]
+    async fn every_segment_kind_round_trips_through_the_store_as_its_lowercase_name() {
+        let (_dir, store) = store().await;
+        for kind in [SegmentKind::Csv, SegmentKind::Jsonl, SegmentKind::Sql] {
+            let id = insert(&store, kind.as_str(), kind).await;
+
+            let saved = store.segment(kind.as_str()).await.expect("read");
+
+            let saved = saved.expect("exists");
+            assert_eq!(saved.kind, kind);
+            assert_eq!(saved.columns, Columns(vec!["email".into(), "tier".into()]));
+            let text: String = sqlx::query_scalar("SELECT kind FROM segments WHERE id = ?")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .expect("kind");
+            assert_eq!(text, kind.to_string());
+            assert_eq!(serde_json::to_value(kind).expect("json"), kind.as_str());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_kind_is_an_error_naming_the_column() {
+        let (_dir, store) = store().await;
+        let id = insert(&store, "vips", SegmentKind::Csv).await;
+        set(&store, id, "kind", "xlsx").await;
+
+        let err = store.segment("vips").await.expect_err("unknown kind");
+
+        let text = err.to_string();
+        assert!(text.contains("\"kind\""), "{text}");
+        assert!(text.contains("xlsx"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn stored_columns_that_are_not_a_json_list_are_an_error_naming_the_column() {
+        let (_dir, store) = store().await;
+        let id = insert(&store, "vips", SegmentKind::Csv).await;
+        set(&store, id, "columns_json", "email,tier").await;
+
+        let err = store.segments().await.expect_err("not JSON");
+
+        assert!(err.to_string().contains("\"columns_json\""), "{err}");
     }
 }

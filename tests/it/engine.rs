@@ -538,7 +538,7 @@ async fn a_rejected_key_fails_the_run_and_marks_the_connection() {
         .await
         .expect("q")
         .expect("exists");
-    assert_eq!(connection.status, "rejected");
+    assert_eq!(connection.status.as_str(), "rejected");
 }
 
 #[tokio::test(flavor = "multi_thread")]

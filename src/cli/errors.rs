@@ -1,0 +1,221 @@
+//! Service errors as the command line says them: the service names no flag (a control socket
+//! serves the same operations), so the flags that fix each refusal are named here.
+
+use super::CliError;
+use crate::service::connections::PRIVACY_NOTICE;
+use crate::service::{MappedField, Remedy, ServiceError};
+
+/// A service error rendered for the command line. Its causes are the service error's own, so
+/// the error chain printed by `main` reads as it would for the service error.
+#[derive(Debug)]
+pub struct ServiceFailure(pub ServiceError);
+
+impl std::fmt::Display for ServiceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&service_error_text(&self.0))
+    }
+}
+
+impl std::error::Error for ServiceFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The service error itself is what `Display` renders; skipping it keeps its flag-free
+        // wording out of the chain.
+        std::error::Error::source(&self.0)
+    }
+}
+
+impl From<ServiceError> for CliError {
+    fn from(e: ServiceError) -> CliError {
+        CliError::Service(ServiceFailure(e))
+    }
+}
+
+/// The text of a service error on the command line, naming the flags that fix it.
+pub fn service_error_text(e: &ServiceError) -> String {
+    match e {
+        ServiceError::InUse {
+            kind,
+            name,
+            users,
+            remedy,
+        } => {
+            let advice = match remedy {
+                Remedy::Force => {
+                    format!("remove them first, or pass --force to remove them with the {kind}")
+                }
+                Remedy::Detach => {
+                    "remove it from those exports (export update) or remove them first".to_owned()
+                }
+            };
+            format!(
+                "{kind} {name:?} is used by export(s) {}; {advice}",
+                users.join(", ")
+            )
+        }
+        ServiceError::ConsentRequired => {
+            format!("{PRIVACY_NOTICE} Re-run the command with --accept-data-transfer to confirm.")
+        }
+        ServiceError::NoDatabase => {
+            "an SQL segment needs --database URL or --database-env VAR".to_owned()
+        }
+        ServiceError::DatabaseEnvUnset { var } => {
+            format!("environment variable {var} (--database-env) is not set")
+        }
+        ServiceError::BadFieldMapping { text } => {
+            format!("--field {text:?} must look like AC_FIELD_ID=COLUMN, e.g. 12=loyalty_tier")
+        }
+        ServiceError::MissingEmailColumn => "--email COLUMN is required".to_owned(),
+        ServiceError::NoSegment => "at least one --segment is required".to_owned(),
+        ServiceError::InvalidListId(id) => {
+            format!("--list {id} is not an ActiveCampaign list ID (a positive number)")
+        }
+        ServiceError::BadSchedule(e) => format!("--schedule: {e}"),
+        ServiceError::UnknownColumn {
+            field,
+            column,
+            segment,
+            columns,
+        } => format!(
+            "segment {segment:?} has no column {column:?} (mapped by {}); its columns are: {}",
+            field_flag(*field),
+            columns.join(", ")
+        ),
+        ServiceError::ConnectionRejected { connection, detail } => format!(
+            "connection {connection:?} was rejected by ActiveCampaign ({}); fix it with \
+             `acexport connection update` first",
+            detail.as_deref().unwrap_or_default()
+        ),
+        // Their own text names no flag and says what to fix.
+        ServiceError::NotFound { .. }
+        | ServiceError::Duplicate { .. }
+        | ServiceError::InvalidName { .. }
+        | ServiceError::SegmentDatabaseEnvUnset { .. }
+        | ServiceError::SegmentWithoutDatabase { .. }
+        | ServiceError::ResolvePath { .. }
+        | ServiceError::SegmentTwice { .. }
+        | ServiceError::UnknownCustomField { .. }
+        | ServiceError::FieldMappedTwice { .. }
+        | ServiceError::Invalid(_)
+        | ServiceError::Host(_)
+        | ServiceError::ActiveCampaign(_)
+        | ServiceError::Source(_)
+        | ServiceError::Secrets(_)
+        | ServiceError::Store(_) => e.to_string(),
+    }
+}
+
+/// The `export add`/`export update` option that maps a field.
+fn field_flag(field: MappedField) -> &'static str {
+    match field {
+        MappedField::Email => "--email",
+        MappedField::FirstName => "--first-name",
+        MappedField::LastName => "--last-name",
+        MappedField::Phone => "--phone",
+        MappedField::Custom(_) => "--field",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::Schedule;
+
+    /// Every variant whose text differs on the command line, with the flag it must name.
+    fn flagged() -> Vec<(ServiceError, &'static str)> {
+        let schedule = Schedule::parse("61 * * * *", chrono_tz::UTC).expect_err("bad minute");
+        vec![
+            (
+                ServiceError::InUse {
+                    kind: "connection",
+                    name: "crm".to_owned(),
+                    users: vec!["weekly".to_owned()],
+                    remedy: Remedy::Force,
+                },
+                "--force",
+            ),
+            (ServiceError::ConsentRequired, "--accept-data-transfer"),
+            (
+                ServiceError::NoDatabase,
+                "--database URL or --database-env VAR",
+            ),
+            (
+                ServiceError::DatabaseEnvUnset {
+                    var: "CRM_DB".to_owned(),
+                },
+                "--database-env",
+            ),
+            (
+                ServiceError::BadFieldMapping {
+                    text: "x".to_owned(),
+                },
+                "--field",
+            ),
+            (ServiceError::MissingEmailColumn, "--email"),
+            (ServiceError::NoSegment, "--segment"),
+            (ServiceError::InvalidListId(0), "--list 0"),
+            (ServiceError::BadSchedule(schedule), "--schedule: "),
+            (
+                ServiceError::UnknownColumn {
+                    field: MappedField::FirstName,
+                    column: "first".to_owned(),
+                    segment: "vips".to_owned(),
+                    columns: vec!["email".to_owned()],
+                },
+                "--first-name",
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_command_line_names_the_flag_that_fixes_each_refusal() {
+        for (error, flag) in flagged() {
+            let text = service_error_text(&error);
+            assert!(text.contains(flag), "{flag} missing from {text:?}");
+        }
+    }
+
+    #[test]
+    fn the_service_itself_names_no_flag() {
+        for (error, _) in flagged() {
+            let text = error.to_string();
+            assert!(!text.contains("--"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_reads_as_it_did_before_the_service_named_its_own_terms() {
+        let in_use = ServiceError::InUse {
+            kind: "connection",
+            name: "crm".to_owned(),
+            users: vec!["daily".to_owned(), "weekly".to_owned()],
+            remedy: Remedy::Force,
+        };
+        assert_eq!(
+            service_error_text(&in_use),
+            "connection \"crm\" is used by export(s) daily, weekly; remove them first, or pass \
+             --force to remove them with the connection"
+        );
+        let column = ServiceError::UnknownColumn {
+            field: MappedField::Custom(12),
+            column: "tier".to_owned(),
+            segment: "vips".to_owned(),
+            columns: vec!["email".to_owned(), "name".to_owned()],
+        };
+        assert_eq!(
+            service_error_text(&column),
+            "segment \"vips\" has no column \"tier\" (mapped by --field); its columns are: \
+             email, name"
+        );
+    }
+
+    #[test]
+    fn the_chain_of_a_schedule_error_does_not_repeat_the_cause() {
+        let schedule = Schedule::parse("61 * * * *", chrono_tz::UTC).expect_err("bad minute");
+        let cause = schedule.to_string();
+        let error = CliError::from(ServiceError::BadSchedule(schedule));
+        assert_eq!(
+            super::super::error_chain(&error),
+            format!("--schedule: {cause}")
+        );
+    }
+}
