@@ -5,7 +5,9 @@
 
 pub mod connections;
 pub mod exports;
+pub mod runs;
 pub mod segments;
+pub mod status;
 
 use std::sync::OnceLock;
 
@@ -16,7 +18,12 @@ use crate::activecampaign::{AcError, BaseUrl, Client, ClientOptions, HostError};
 use crate::secrets::{Purpose, SecretKey, SecretsError};
 use crate::settings::Settings;
 use crate::source::SourceError;
-use crate::store::{ConnectionDef, Store, StoreError};
+use crate::store::{ConnectionDef, Store};
+
+// The views the CLI renders, so it need not reach into the store.
+pub use crate::store::exports::OnLeave;
+pub use crate::store::queue::DaemonState;
+pub use crate::store::{RunCounts, RunIssue, RunRecord, RunStatus, StoreError};
 
 /// Longest definition name accepted.
 const MAX_NAME_LEN: usize = 64;
@@ -103,6 +110,11 @@ impl Context {
             cancel: self.cancel.clone(),
             abort: self.abort.clone(),
         }
+    }
+
+    /// Closes the store, checkpointing its WAL: the last thing a command does.
+    pub async fn close(&self) {
+        self.store.close().await;
     }
 
     /// The secrets key; created on first use unless it comes from a systemd credential.
