@@ -352,6 +352,37 @@ mod tests {
     }
 
     #[test]
+    fn a_run_error_is_worded_by_the_cli_and_keeps_its_cause() {
+        let io = std::io::Error::other("disk full");
+        let trigger = crate::scheduler::TriggerError::Io {
+            action: "write",
+            path: PathBuf::from("/run/acexport/triggers/x.json"),
+            source: io,
+        };
+        let err = CliError::from(RunError::from(trigger));
+        let cause = std::error::Error::source(&err).expect("the io error is kept");
+        assert_eq!(cause.to_string(), "disk full");
+        assert_eq!(
+            error_chain(&err),
+            "cannot write /run/acexport/triggers/x.json: disk full"
+        );
+        assert_eq!(err.exit_code(), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_keeps_the_io_error_as_its_cause() {
+        let err = secret_from_file("API key", Path::new("/nonexistent/acexport-key"))
+            .expect_err("no such file");
+        assert!(matches!(err, CliError::Read { .. }), "{err:?}");
+        assert!(std::error::Error::source(&err).is_some());
+        assert!(
+            err.to_string()
+                .starts_with("cannot read the API key file /nonexistent/acexport-key: "),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_error_chain_skips_causes_the_message_already_states() {
         #[derive(Debug, thiserror::Error)]
         #[error("outer: {0}")]

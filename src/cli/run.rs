@@ -421,6 +421,61 @@ mod tests {
     }
 
     #[test]
+    fn the_disabled_refusal_suggests_a_dry_run_only_where_one_works() {
+        let run = RunError::Disabled {
+            export: "weekly".to_owned(),
+            dry_run_allowed: true,
+        };
+        assert_eq!(
+            run_error_text(&run),
+            "export \"weekly\" is disabled; `acexport export enable weekly` first (a --dry-run \
+             works on a disabled export)"
+        );
+        let trigger = RunError::Disabled {
+            export: "weekly".to_owned(),
+            dry_run_allowed: false,
+        };
+        assert_eq!(
+            run_error_text(&trigger),
+            "export \"weekly\" is disabled; `acexport export enable weekly` first"
+        );
+    }
+
+    #[test]
+    fn a_follow_that_fails_tells_where_to_look_next() {
+        let stopped = RunError::DaemonStopped {
+            export: "weekly".to_owned(),
+            run_id: 4,
+        };
+        assert_eq!(
+            run_error_text(&stopped),
+            "the daemon stopped while running weekly (run 4); the run resumes when it starts \
+             again (see `acexport status`)"
+        );
+        let late = RunError::HandOverTimedOut {
+            export: "weekly".to_owned(),
+            waited: Duration::from_secs(30),
+        };
+        assert_eq!(
+            run_error_text(&late),
+            "the daemon did not pick up the run of weekly within 30 s; check `acexport status` \
+             and its log"
+        );
+    }
+
+    #[test]
+    fn an_idle_export_cannot_be_cancelled_and_the_command_fails() {
+        let err = CliError::NothingToCancel {
+            export: "weekly".to_owned(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "export \"weekly\" is neither queued nor running"
+        );
+        assert_eq!(err.exit_code(), super::super::EXIT_FAILURE);
+    }
+
+    #[test]
     fn the_json_outcome_has_exactly_the_documented_counts() {
         let o = RunOutcome {
             run_id: Some(3),
