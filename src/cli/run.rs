@@ -245,18 +245,7 @@ pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliErr
     };
     let outcome = match ctx.route_run(request).await? {
         RunRoute::Here(run) => {
-            // Ctrl-C or SIGTERM stops at the next batch boundary (the imports in hand are
-            // confirmed and kept); a second one abandons them. Either way the run is resumable.
-            let (cancel, abort) = (ctx.cancel.clone(), ctx.abort.clone());
-            let signals = tokio::spawn(async move {
-                crate::daemon::termination().await;
-                eprintln!(
-                    "\nStopping at the next batch boundary; press Ctrl-C again to stop at once."
-                );
-                cancel.cancel();
-                crate::daemon::termination().await;
-                abort.cancel();
-            });
+            let signals = stop_on_termination(ctx);
             let result = ctx.run_here(run, TerminalProgress::for_stderr()).await;
             signals.abort();
             TerminalProgress::finish();
@@ -277,6 +266,20 @@ pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliErr
     };
     print_outcome(&outcome, args.json)?;
     exit_for(outcome.status)
+}
+
+/// Ctrl-C or SIGTERM stops a run in this process at the next batch boundary (the imports in
+/// hand are confirmed and kept); a second one abandons them. Either way the run is resumable.
+/// Abort the returned task when the run is over.
+fn stop_on_termination(ctx: &Context) -> tokio::task::JoinHandle<()> {
+    let (cancel, abort) = (ctx.cancel.clone(), ctx.abort.clone());
+    tokio::spawn(async move {
+        crate::daemon::termination().await;
+        eprintln!("\nStopping at the next batch boundary; press Ctrl-C again to stop at once.");
+        cancel.cancel();
+        crate::daemon::termination().await;
+        abort.cancel();
+    })
 }
 
 /// The text `acexport` prints for a failed run operation.
