@@ -27,9 +27,7 @@ pub struct SandboxArgs {
 
 /// `acexport daemon`: runs until SIGTERM or SIGINT; SIGHUP reloads the settings.
 pub async fn daemon(loaded: Loaded) -> Result<(), CliError> {
-    crate::daemon::run_with_signals(loaded)
-        .await
-        .map_err(|e| CliError::Input(e.to_string()))
+    Ok(crate::daemon::run_with_signals(loaded).await?)
 }
 
 /// `acexport demo`.

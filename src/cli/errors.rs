@@ -1,34 +1,8 @@
 //! Service errors as the command line says them: the service names no flag (a control socket
 //! serves the same operations), so the flags that fix each refusal are named here.
 
-use super::CliError;
 use crate::service::connections::PRIVACY_NOTICE;
 use crate::service::{MappedField, Remedy, ServiceError};
-
-/// A service error rendered for the command line. Its causes are the service error's own, so
-/// the error chain printed by `main` reads as it would for the service error.
-#[derive(Debug)]
-pub struct ServiceFailure(pub ServiceError);
-
-impl std::fmt::Display for ServiceFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&service_error_text(&self.0))
-    }
-}
-
-impl std::error::Error for ServiceFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        // The service error itself is what `Display` renders; skipping it keeps its flag-free
-        // wording out of the chain.
-        std::error::Error::source(&self.0)
-    }
-}
-
-impl From<ServiceError> for CliError {
-    fn from(e: ServiceError) -> CliError {
-        CliError::Service(ServiceFailure(e))
-    }
-}
 
 /// The text of a service error on the command line, naming the flags that fix it.
 pub fn service_error_text(e: &ServiceError) -> String {
@@ -118,6 +92,7 @@ fn field_flag(field: MappedField) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::CliError;
     use crate::scheduler::Schedule;
 
     /// Every variant whose text differs on the command line, with the flag it must name.

@@ -6,11 +6,9 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::output::{self, NONE, Table};
 use super::{CliError, run::ExportRunArgs};
-use crate::service::Context;
 use crate::service::exports::{ExportInput, ExportPatch, ExportView, parse_field_mapping};
+use crate::service::{Context, OnLeave, RunRecord};
 use crate::settings::Settings;
-use crate::store::RunRecord;
-use crate::store::exports::OnLeave;
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCommand {

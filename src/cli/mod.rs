@@ -15,15 +15,17 @@ pub mod run;
 pub mod runs;
 pub mod segment;
 
+use std::fmt;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
-use crate::service::Context;
+use crate::daemon::DaemonError;
+use crate::service::runs::RunError;
+use crate::service::{Context, ServiceError, StoreError};
 use crate::settings::{Loaded, Settings, SettingsError};
-use crate::store::StoreError;
 
 /// Exit status for invalid settings (`EX_CONFIG` from sysexits.h); systemd's unit does not
 /// restart on it, since restarting cannot fix a bad file.
@@ -81,21 +83,33 @@ impl Command {
     }
 }
 
-/// Why a command failed. Each message says what to fix and names the thing at fault.
+/// Why a command failed. Each message says what to fix and names the thing at fault; typed
+/// errors are carried whole, so the chain printed by `main` keeps their causes.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
     /// Rendered with the flags that fix it (`errors::service_error_text`).
     #[error(transparent)]
-    Service(errors::ServiceFailure),
+    Service(Worded<ServiceError>),
+    #[error(transparent)]
+    Run(Worded<RunError>),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An option value that cannot be used, or a secret that cannot be read.
     #[error("{0}")]
     Input(String),
-    #[error("run {id} does not exist; `acexport runs` lists the recent runs")]
-    RunNotFound { id: i64 },
+    /// A secret's file or standard input could not be read (`what`: "the API key file X").
+    #[error("cannot read {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("export {export:?} is neither queued nor running")]
+    NothingToCancel { export: String },
     #[error("`acexport {command}` is not implemented yet")]
     NotImplemented { command: &'static str },
     #[error("the sandbox stopped: {0}")]
@@ -106,6 +120,18 @@ pub enum CliError {
     /// this status and say nothing more.
     #[error("")]
     Quiet(u8),
+}
+
+impl From<ServiceError> for CliError {
+    fn from(error: ServiceError) -> CliError {
+        CliError::Service(Worded(error))
+    }
+}
+
+impl From<RunError> for CliError {
+    fn from(error: RunError) -> CliError {
+        CliError::Run(Worded(error))
+    }
 }
 
 impl CliError {
@@ -121,6 +147,41 @@ impl CliError {
     /// Stdout was closed by the reader (`acexport runs | head`): nothing left to say.
     pub fn is_closed_pipe(&self) -> bool {
         matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// A typed error as the command line words it (flag and command names included); its text
+/// replaces the error's own, its causes stay in the chain.
+#[derive(Debug)]
+pub struct Worded<E>(pub E);
+
+/// The command line's text for a typed error.
+pub trait CliText {
+    fn cli_text(&self) -> String;
+}
+
+impl CliText for ServiceError {
+    fn cli_text(&self) -> String {
+        errors::service_error_text(self)
+    }
+}
+
+impl CliText for RunError {
+    fn cli_text(&self) -> String {
+        run::run_error_text(self)
+    }
+}
+
+impl<E: CliText> fmt::Display for Worded<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.cli_text())
+    }
+}
+
+impl<E: CliText + std::error::Error> std::error::Error for Worded<E> {
+    /// The error's own causes: its text is already the worded message.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -180,7 +241,7 @@ where
 {
     let ctx = Context::open(loaded.settings).await?;
     let result = f(&ctx).await;
-    ctx.store.close().await;
+    ctx.close().await;
     result
 }
 
@@ -200,11 +261,9 @@ fn check_config(loaded: &Loaded) -> Result<(), CliError> {
 /// Reads a secret (API key, database URL) from a file. The value is never echoed; only the
 /// path appears in errors.
 pub fn secret_from_file(what: &str, path: &Path) -> Result<SecretString, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        CliError::Input(format!(
-            "cannot read the {what} file {}: {e}",
-            path.display()
-        ))
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        what: format!("the {what} file {}", path.display()),
+        source,
     })?;
     one_secret(what, &text, &format!("the {what} file {}", path.display()))
 }
@@ -236,7 +295,10 @@ pub fn secret_from_stdin(what: &str) -> Result<SecretString, CliError> {
     } else {
         stdin.lock().read_to_string(&mut text)
     };
-    read.map_err(|e| CliError::Input(format!("cannot read the {what} from standard input: {e}")))?;
+    read.map_err(|source| CliError::Read {
+        what: format!("the {what} from standard input"),
+        source,
+    })?;
     one_secret(what, &text, "standard input")
 }
 
@@ -287,6 +349,37 @@ mod tests {
         let settings = CliError::Settings(SettingsError::Invalid("x".to_owned()));
         assert_eq!(settings.exit_code(), 78);
         assert_eq!(CliError::Input("x".to_owned()).exit_code(), 1);
+    }
+
+    #[test]
+    fn a_run_error_is_worded_by_the_cli_and_keeps_its_cause() {
+        let io = std::io::Error::other("disk full");
+        let trigger = crate::scheduler::TriggerError::Io {
+            action: "write",
+            path: PathBuf::from("/run/acexport/triggers/x.json"),
+            source: io,
+        };
+        let err = CliError::from(RunError::from(trigger));
+        let cause = std::error::Error::source(&err).expect("the io error is kept");
+        assert_eq!(cause.to_string(), "disk full");
+        assert_eq!(
+            error_chain(&err),
+            "cannot write /run/acexport/triggers/x.json: disk full"
+        );
+        assert_eq!(err.exit_code(), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_keeps_the_io_error_as_its_cause() {
+        let err = secret_from_file("API key", Path::new("/nonexistent/acexport-key"))
+            .expect_err("no such file");
+        assert!(matches!(err, CliError::Read { .. }), "{err:?}");
+        assert!(std::error::Error::source(&err).is_some());
+        assert!(
+            err.to_string()
+                .starts_with("cannot read the API key file /nonexistent/acexport-key: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,9 +1,6 @@
 //! Commands that run exports or talk to the running daemon: `export run`, `trigger`, `cancel`
-//! and `status`.
-//!
-//! One process owns each ActiveCampaign account's budget: while the daemon runs, `export run`
-//! hands the run to it (as a signal file) and follows the run in the database instead of
-//! running beside it with a budget of its own.
+//! and `status`. The service decides where a run goes (handed to the daemon when one is up)
+//! and follows it; this file draws the progress, handles Ctrl-C and prints.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -13,17 +10,17 @@ use clap::{ArgGroup, Args};
 use serde_json::json;
 
 use super::CliError;
+use super::errors::service_error_text;
 use super::output::{self, Table};
-use crate::daemon::status::status_report;
-use crate::pipeline::{Progress, RunOptions, RunOutcome};
-use crate::scheduler::{TriggerRequest, write_trigger};
-use crate::service::Context;
-use crate::store::{RunCounts, RunRecord, RunStatus, TriggerKind, os_user};
+use crate::pipeline::{Progress, RunOutcome};
+use crate::service::runs::{CancelOutcome, RunError, RunRequest, RunRoute, TriggerTarget};
+use crate::service::status::status_report;
+use crate::service::{Context, RunCounts, RunStatus};
 
 /// Exit status of a run that finished `partial` (some contacts failed).
 pub const EXIT_PARTIAL: u8 = 2;
-/// How long `export run` waits for the daemon to pick up its request.
-const HANDOVER_WAIT: Duration = Duration::from_secs(30);
+/// Who asks, in the signal file `export run` hands to the daemon.
+const EXPORT_RUN_ORIGIN: &str = "acexport export run";
 
 #[derive(Debug, Args)]
 pub struct ExportRunArgs {
@@ -240,152 +237,91 @@ fn print_outcome(o: &RunOutcome, as_json: bool) -> Result<(), CliError> {
 
 /// `acexport export run NAME`: in the foreground, or through the daemon when it runs.
 pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliError> {
-    let export = ctx.find_export(&args.name).await?;
-    if !export.enabled && !args.dry_run {
-        return Err(CliError::Input(format!(
-            "export {:?} is disabled; `acexport export enable {}` first (a --dry-run works \
-             on a disabled export)",
-            export.name, export.name
-        )));
-    }
-    let daemon_up = ctx.store.daemon_state().await?.is_some_and(|d| d.is_live());
-    if daemon_up && !args.dry_run {
-        return follow_daemon_run(ctx, &export.name, export.id, args).await;
-    }
-    // Ctrl-C or SIGTERM stops at the next batch boundary (the imports in hand are confirmed
-    // and kept); a second one abandons them. Either way the run is resumable.
+    let request = RunRequest {
+        export: args.name,
+        full: args.full,
+        dry_run: args.dry_run,
+        origin: EXPORT_RUN_ORIGIN.to_owned(),
+    };
+    let outcome = match ctx.route_run(request).await? {
+        RunRoute::Here(run) => {
+            let signals = stop_on_termination(ctx);
+            let result = ctx.run_here(run, TerminalProgress::for_stderr()).await;
+            signals.abort();
+            TerminalProgress::finish();
+            result?
+        }
+        RunRoute::HandedOver(hand_over) => {
+            if !args.json {
+                eprintln!(
+                    "The daemon is running; the run of {} was handed to it. Following it here.",
+                    hand_over.export
+                );
+            }
+            let progress = TerminalProgress::for_stderr();
+            let result = ctx.follow_run(&hand_over, progress.as_ref()).await;
+            TerminalProgress::finish();
+            result?
+        }
+    };
+    print_outcome(&outcome, args.json)?;
+    exit_for(outcome.status)
+}
+
+/// Ctrl-C or SIGTERM stops a run in this process at the next batch boundary (the imports in
+/// hand are confirmed and kept); a second one abandons them. Either way the run is resumable.
+/// Abort the returned task when the run is over.
+fn stop_on_termination(ctx: &Context) -> tokio::task::JoinHandle<()> {
     let control = ctx.control.clone();
-    let signals = tokio::spawn(async move {
+    tokio::spawn(async move {
         crate::daemon::termination().await;
         eprintln!("\nStopping at the next batch boundary; press Ctrl-C again to stop at once.");
         control.shutdown();
         crate::daemon::termination().await;
         control.abort();
-    });
-    let options = RunOptions {
-        trigger: TriggerKind::Manual,
-        full: args.full,
-        dry_run: args.dry_run,
-        cancel_via_store: true,
-    };
-    let result = ctx
-        .run_export(&export.name, options, TerminalProgress::for_stderr())
-        .await;
-    signals.abort();
-    TerminalProgress::finish();
-    let outcome = result.map_err(|e| CliError::Input(e.to_string()))?;
-    print_outcome(&outcome, args.json)?;
-    exit_for(outcome.status)
+    })
 }
 
-/// Hands the run to the daemon and follows it until it finishes.
-async fn follow_daemon_run(
-    ctx: &Context,
-    name: &str,
-    export_id: i64,
-    args: ExportRunArgs,
-) -> Result<(), CliError> {
-    let before = ctx
-        .store
-        .runs(Some(export_id), 1)
-        .await?
-        .first()
-        .map_or(0, |r| r.id);
-    let request = TriggerRequest::Run {
-        export: name.to_owned(),
-        full: args.full,
-    };
-    let by = format!("acexport export run ({})", os_user());
-    write_trigger(&ctx.settings.daemon.trigger_dir, &request, Some(&by))
-        .map_err(|e| CliError::Input(e.to_string()))?;
-    if !args.json {
-        eprintln!("The daemon is running; the run of {name} was handed to it. Following it here.");
+/// The text `acexport` prints for a failed run operation.
+pub fn run_error_text(e: &RunError) -> String {
+    match e {
+        RunError::Disabled {
+            export,
+            dry_run_allowed,
+        } => {
+            let mut text =
+                format!("export {export:?} is disabled; `acexport export enable {export}` first");
+            if *dry_run_allowed {
+                text.push_str(" (a --dry-run works on a disabled export)");
+            }
+            text
+        }
+        RunError::DaemonStopped { export, run_id } => format!(
+            "the daemon stopped while running {export} (run {run_id}); the run resumes when it \
+             starts again (see `acexport status`)"
+        ),
+        RunError::HandOverTimedOut { export, waited } => format!(
+            "the daemon did not pick up the run of {export} within {} s; check `acexport \
+             status` and its log",
+            waited.as_secs()
+        ),
+        RunError::RunNotFound { id } => {
+            format!("run {id} does not exist; `acexport runs` lists the recent runs")
+        }
+        RunError::Service(e) => service_error_text(e),
+        RunError::Trigger(_) | RunError::Pipeline(_) | RunError::Store(_) => e.to_string(),
     }
-    let progress = TerminalProgress::for_stderr();
-    let asked = Instant::now();
-    let run: RunRecord = loop {
-        if let Some(run) = ctx.store.runs(Some(export_id), 1).await?.into_iter().next()
-            && run.id > before
-        {
-            if run.status != RunStatus::Running {
-                break run;
-            }
-            progress.report(&run.phase, &run.counts);
-            if !ctx.store.daemon_state().await?.is_some_and(|d| d.is_live()) {
-                TerminalProgress::finish();
-                return Err(CliError::Input(format!(
-                    "the daemon stopped while running {name} (run {}); the run resumes when it \
-                     starts again (see `acexport status`)",
-                    run.id
-                )));
-            }
-        }
-        if asked.elapsed() > HANDOVER_WAIT
-            && ctx
-                .store
-                .runs(Some(export_id), 1)
-                .await?
-                .first()
-                .is_none_or(|r| r.id <= before)
-            && !ctx
-                .store
-                .queued_runs()
-                .await?
-                .iter()
-                .any(|(q, _)| q.export_id == export_id)
-        {
-            TerminalProgress::finish();
-            return Err(CliError::Input(format!(
-                "the daemon did not pick up the run of {name} within {} s; check `acexport \
-                 status` and its log",
-                HANDOVER_WAIT.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    TerminalProgress::finish();
-    let seconds = match (
-        crate::store::from_text(&run.started_at),
-        run.finished_at.as_deref().and_then(crate::store::from_text),
-    ) {
-        (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1000.0,
-        _ => 0.0,
-    };
-    let outcome = RunOutcome {
-        run_id: Some(run.id),
-        export: run.export,
-        status: run.status,
-        counts: run.counts,
-        error: run.error,
-        plan: None,
-        seconds,
-    };
-    print_outcome(&outcome, args.json)?;
-    exit_for(outcome.status)
 }
 
 /// `acexport trigger NAME|--all`: drops a signal file for the daemon.
 pub async fn trigger(ctx: &Context, args: TriggerArgs) -> Result<(), CliError> {
-    let request = match &args.name {
-        Some(name) => {
-            let export = ctx.find_export(name).await?;
-            if !export.enabled {
-                return Err(CliError::Input(format!(
-                    "export {name:?} is disabled; `acexport export enable {name}` first"
-                )));
-            }
-            TriggerRequest::Run {
-                export: export.name,
-                full: args.full,
-            }
-        }
-        None => TriggerRequest::RunAll { full: args.full },
+    let target = match args.name {
+        Some(name) => TriggerTarget::Export(name),
+        None => TriggerTarget::All,
     };
-    let path = write_trigger(&ctx.settings.daemon.trigger_dir, &request, Some(&os_user()))
-        .map_err(|e| CliError::Input(e.to_string()))?;
-    let daemon_up = ctx.store.daemon_state().await?.is_some_and(|d| d.is_live());
-    let mut text = format!("Signal file written: {}\n", path.display());
-    if daemon_up {
+    let triggered = ctx.trigger_run(target, args.full).await?;
+    let mut text = format!("Signal file written: {}\n", triggered.signal_file.display());
+    if triggered.daemon_up {
         text.push_str(
             "The daemon picks it up within a second; follow it with `acexport status`.\n",
         );
@@ -397,38 +333,16 @@ pub async fn trigger(ctx: &Context, args: TriggerArgs) -> Result<(), CliError> {
     output::emit(&text)
 }
 
-/// `acexport cancel NAME`. With a daemon up, the cancel is handed to it by a signal file (it
-/// stops its run directly); otherwise it is recorded for the foreground run to find.
+/// `acexport cancel NAME`.
 pub async fn cancel(ctx: &Context, args: CancelArgs) -> Result<(), CliError> {
-    let export = ctx.find_export(&args.name).await?;
-    let daemon_up = ctx.store.daemon_state().await?.is_some_and(|d| d.is_live());
-    let outcome = if daemon_up {
-        let running = ctx.store.running_run(export.id).await?.map(|r| r.id);
-        let queued = ctx
-            .store
-            .queued_runs()
-            .await?
-            .iter()
-            .any(|(q, _)| q.export_id == export.id);
-        let request = TriggerRequest::Cancel {
-            export: export.name.clone(),
-        };
-        write_trigger(&ctx.settings.daemon.trigger_dir, &request, Some(&os_user()))
-            .map_err(|e| CliError::Input(e.to_string()))?;
-        (queued, running)
-    } else {
-        ctx.store.cancel_export(export.id).await?
-    };
-    match outcome {
-        (_, Some(run_id)) => output::emit(&format!(
-            "Cancel requested: run {run_id} of {} stops at its next batch boundary.",
-            export.name
+    match ctx.cancel_run(&args.name).await? {
+        CancelOutcome::Stopping { export, run_id } => output::emit(&format!(
+            "Cancel requested: run {run_id} of {export} stops at its next batch boundary."
         )),
-        (true, None) => output::emit(&format!("The queued run of {} was removed.", export.name)),
-        (false, None) => Err(CliError::Input(format!(
-            "export {:?} is neither queued nor running",
-            export.name
-        ))),
+        CancelOutcome::Dequeued { export } => {
+            output::emit(&format!("The queued run of {export} was removed."))
+        }
+        CancelOutcome::NothingToCancel { export } => Err(CliError::NothingToCancel { export }),
     }
 }
 
@@ -507,6 +421,61 @@ mod tests {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn the_disabled_refusal_suggests_a_dry_run_only_where_one_works() {
+        let run = RunError::Disabled {
+            export: "weekly".to_owned(),
+            dry_run_allowed: true,
+        };
+        assert_eq!(
+            run_error_text(&run),
+            "export \"weekly\" is disabled; `acexport export enable weekly` first (a --dry-run \
+             works on a disabled export)"
+        );
+        let trigger = RunError::Disabled {
+            export: "weekly".to_owned(),
+            dry_run_allowed: false,
+        };
+        assert_eq!(
+            run_error_text(&trigger),
+            "export \"weekly\" is disabled; `acexport export enable weekly` first"
+        );
+    }
+
+    #[test]
+    fn a_follow_that_fails_tells_where_to_look_next() {
+        let stopped = RunError::DaemonStopped {
+            export: "weekly".to_owned(),
+            run_id: 4,
+        };
+        assert_eq!(
+            run_error_text(&stopped),
+            "the daemon stopped while running weekly (run 4); the run resumes when it starts \
+             again (see `acexport status`)"
+        );
+        let late = RunError::HandOverTimedOut {
+            export: "weekly".to_owned(),
+            waited: Duration::from_secs(30),
+        };
+        assert_eq!(
+            run_error_text(&late),
+            "the daemon did not pick up the run of weekly within 30 s; check `acexport status` \
+             and its log"
+        );
+    }
+
+    #[test]
+    fn an_idle_export_cannot_be_cancelled_and_the_command_fails() {
+        let err = CliError::NothingToCancel {
+            export: "weekly".to_owned(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "export \"weekly\" is neither queued nor running"
+        );
+        assert_eq!(err.exit_code(), super::super::EXIT_FAILURE);
     }
 
     #[test]

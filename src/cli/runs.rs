@@ -1,14 +1,12 @@
-//! `acexport runs` and `acexport runs show RUN_ID`: the run history kept in the store, with the
-//! profiles a run rejected or ActiveCampaign refused (emails masked).
+//! `acexport runs` and `acexport runs show RUN_ID`: the run history, with the profiles a run
+//! rejected or ActiveCampaign refused (emails masked).
 
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use super::CliError;
 use super::output::{self, NONE, Table};
-use crate::service::Context;
-use crate::store::runs::RunIssue;
-use crate::store::{RunRecord, from_text};
+use crate::service::runs::{RunsQuery, run_duration};
+use crate::service::{Context, RunRecord};
 
 /// Runs listed unless `--limit` says otherwise.
 const DEFAULT_RUNS: u32 = 20;
@@ -45,31 +43,26 @@ pub enum RunsCommand {
     },
 }
 
-/// `runs show --json`.
-#[derive(Debug, Serialize)]
-struct RunDetail {
-    run: RunRecord,
-    issues: Vec<RunIssue>,
-}
-
 pub async fn run(ctx: &Context, args: RunsArgs) -> Result<(), CliError> {
     match args.command {
         Some(RunsCommand::Show { run_id, json }) => show(ctx, run_id, json).await,
-        None => list(ctx, args.export.as_deref(), args.limit, args.json).await,
+        None => {
+            let query = RunsQuery {
+                export: args.export,
+                limit: args.limit,
+            };
+            list(ctx, &query, args.json).await
+        }
     }
 }
 
-async fn list(ctx: &Context, export: Option<&str>, limit: u32, json: bool) -> Result<(), CliError> {
-    let export_id = match export {
-        Some(name) => Some(ctx.find_export(name).await?.id),
-        None => None,
-    };
-    let runs = ctx.store.runs(export_id, limit).await?;
+async fn list(ctx: &Context, query: &RunsQuery, json: bool) -> Result<(), CliError> {
+    let runs = ctx.list_runs(query).await?;
     if json {
         return output::emit_json(&runs);
     }
     if runs.is_empty() {
-        return output::emit(match export {
+        return output::emit(match query.export {
             Some(_) => "No runs of this export yet.",
             None => "No runs yet.",
         });
@@ -109,15 +102,11 @@ async fn list(ctx: &Context, export: Option<&str>, limit: u32, json: bool) -> Re
 }
 
 async fn show(ctx: &Context, run_id: i64, json: bool) -> Result<(), CliError> {
-    let run = ctx
-        .store
-        .run(run_id)
-        .await?
-        .ok_or(CliError::RunNotFound { id: run_id })?;
-    let issues = ctx.store.run_issues(run_id, MAX_ISSUES_SHOWN).await?;
+    let detail = ctx.show_run(run_id, MAX_ISSUES_SHOWN).await?;
     if json {
-        return output::emit_json(&RunDetail { run, issues });
+        return output::emit_json(&detail);
     }
+    let (run, issues) = (detail.run, detail.issues);
     let c = &run.counts;
     let mut text = output::fields(&[
         ("run", run.id.to_string()),
@@ -178,17 +167,10 @@ fn trigger_text(r: &RunRecord) -> String {
 
 /// Finished runs: start to finish. A run in progress: time so far.
 fn duration_text(r: &RunRecord) -> String {
-    let Some(start) = from_text(&r.started_at) else {
-        return NONE.to_owned();
-    };
-    let end = match &r.finished_at {
-        Some(finished) => match from_text(finished) {
-            Some(end) => end,
-            None => return NONE.to_owned(),
-        },
-        None => chrono::Utc::now(),
-    };
-    human_duration((end - start).num_milliseconds().max(0))
+    run_duration(r, chrono::Utc::now()).map_or_else(
+        || NONE.to_owned(),
+        |d| human_duration(d.num_milliseconds().max(0)),
+    )
 }
 
 /// `850ms`, `12.3s`, `4m05s`, `2h03m`.

@@ -10,7 +10,6 @@
 //! live in the database: nothing queued is lost by a restart, and runs left `running` by a
 //! crash are resumed.
 
-pub mod status;
 pub mod systemd;
 
 use std::collections::HashMap;

@@ -6,7 +6,9 @@
 pub mod connections;
 pub mod exports;
 pub mod jobs;
+pub mod runs;
 pub mod segments;
+pub mod status;
 
 pub use exports::MappedField;
 
@@ -21,7 +23,12 @@ use crate::scheduler::ScheduleError;
 use crate::secrets::{Purpose, SecretKey, SecretsError};
 use crate::settings::Settings;
 use crate::source::SourceError;
-use crate::store::{ConnectionDef, Store, StoreError};
+use crate::store::{ConnectionDef, Store};
+
+// The views the CLI renders, so it need not reach into the store.
+pub use crate::store::exports::OnLeave;
+pub use crate::store::queue::DaemonState;
+pub use crate::store::{RunCounts, RunIssue, RunRecord, RunStatus, StoreError};
 
 /// Longest definition name accepted.
 const MAX_NAME_LEN: usize = 64;
@@ -188,6 +195,11 @@ impl Context {
             key: OnceLock::new(),
             control: self.control.clone(),
         }
+    }
+
+    /// Closes the store, checkpointing its WAL: the last thing a command does.
+    pub async fn close(&self) {
+        self.store.close().await;
     }
 
     /// The secrets key; created on first use unless it comes from a systemd credential.

@@ -132,7 +132,15 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.queued, r.name)).collect())
     }
 
-    /// When an export's schedule last fired, and for which expression.
+    /// Whether a run of the export waits in the queue.
+    pub async fn is_queued(&self, export_id: i64) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM run_queue WHERE export_id = ?)")
+            .bind(export_id)
+            .fetch_one(self.pool())
+            .await
+            .doing("reading the run queue")
+    }
+
     /// Every enabled export with its own schedule and its schedule mark, in one query: the
     /// daemon asks twice a second and needs nothing else of the definitions.
     pub async fn schedule_candidates(&self) -> Result<Vec<ScheduleCandidate>, StoreError> {

@@ -1,12 +1,12 @@
-//! `acexport status`: whether the daemon is up, what runs, what waits, and per export the
+//! The status report: whether the daemon is up, what runs, what waits, and per export the
 //! next scheduled time and the last result. Read from the database, so it works from any
 //! process that can read it.
 
 use chrono::Utc;
 use serde::Serialize;
 
+use super::{Context, ServiceError};
 use crate::scheduler::Schedule;
-use crate::service::{Context, ServiceError};
 use crate::store::queue::DaemonState;
 use crate::store::{RunRecord, to_text};
 
@@ -43,6 +43,7 @@ pub struct StatusReport {
     pub exports: Vec<ExportStatus>,
 }
 
+/// What the daemon is doing, from the database.
 pub async fn status_report(ctx: &Context) -> Result<StatusReport, ServiceError> {
     let state = ctx.store.daemon_state().await?;
     let up = state.as_ref().is_some_and(DaemonState::is_live);
