@@ -69,7 +69,6 @@ pub fn service_error_text(e: &ServiceError) -> String {
         | ServiceError::SegmentTwice { .. }
         | ServiceError::UnknownCustomField { .. }
         | ServiceError::FieldMappedTwice { .. }
-        | ServiceError::Invalid(_)
         | ServiceError::Host(_)
         | ServiceError::ActiveCampaign(_)
         | ServiceError::Source(_)

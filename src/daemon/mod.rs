@@ -52,6 +52,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("cannot watch the trigger folder: {0}")]
     Triggers(#[from] crate::scheduler::TriggerError),
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 /// The exports this daemon runs now: their names and run controls (a cancel reaches the run
@@ -511,11 +513,7 @@ pub async fn run_with_signals(loaded: Loaded) -> Result<(), DaemonError> {
     let ctx = Context::open(loaded.settings.clone()).await?;
     let daemon = Daemon::build(loaded, ctx).await?;
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| {
-        DaemonError::Service(ServiceError::Invalid(format!(
-            "cannot install the SIGHUP handler: {e}"
-        )))
-    })?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = reload_tx.try_send(());

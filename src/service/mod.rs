@@ -119,9 +119,6 @@ pub enum ServiceError {
     UnknownCustomField { id: i64, host: String, known: usize },
     #[error("custom field {id} is mapped twice")]
     FieldMappedTwice { id: i64 },
-    /// A failure outside the definitions that has no variant of its own yet.
-    #[error("{0}")]
-    Invalid(String),
     #[error(transparent)]
     Host(#[from] HostError),
     #[error(transparent)]
