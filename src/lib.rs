@@ -6,6 +6,7 @@ pub mod activecampaign;
 pub mod cli;
 pub mod daemon;
 pub mod pipeline;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;
