@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::faults::{ConnHandle, FaultAction};
 use super::limits::{BULK_WINDOW, GENERAL_WINDOW, SlidingWindow};
-use super::state::{BatchStatus, ContactUpdate, Id, ImportContact, ListStatus, SandboxContact};
+use super::state::{BatchStatus, ImportContact, SandboxContact};
 use super::state::{RequestRecord, State as SandboxState};
 use super::{SandboxOptions, lock};
 
@@ -133,12 +133,8 @@ pub(crate) async fn process_imports(
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/api/3/users/me", get(users_me))
-        .route("/api/3/lists", get(lists))
         .route("/api/3/lists/{id}", get(list))
         .route("/api/3/fields", get(fields))
-        .route("/api/3/contacts", get(contacts))
-        .route("/api/3/contact/sync", post(contact_sync))
-        .route("/api/3/contactLists", post(contact_lists))
         .route(BULK_IMPORT_PATH, post(bulk_import))
         .route("/api/3/import/info", get(import_info))
         .fallback(unknown_endpoint)
@@ -163,24 +159,11 @@ pub(crate) enum ApiError {
     NotFound { kind: &'static str, id: String },
     #[error(
         "No endpoint {method} {path} in the sandbox's ActiveCampaign API v3 (it serves users/me, \
-         lists, fields, contacts, contact/sync, contactLists, import/bulk_import, import/info)"
+         lists/{{id}}, fields, import/bulk_import, import/info)"
     )]
     UnknownEndpoint { method: String, path: String },
     #[error("Query parameter '{name}' must be a non-negative integer")]
     InvalidQuery { name: &'static str },
-    #[error("The body of {endpoint} is not valid: {reason}")]
-    InvalidBody {
-        endpoint: &'static str,
-        reason: String,
-    },
-    #[error("{title}")]
-    Unprocessable {
-        title: &'static str,
-        code: &'static str,
-        pointer: &'static str,
-    },
-    #[error("Contact not found")]
-    UnknownContact,
     #[error("'batchId' is a required field.")]
     MissingBatchId,
     #[error(
@@ -235,22 +218,11 @@ impl IntoResponse for ApiError {
                 axum::Json(json!({"message": message})),
             )
                 .into_response(),
-            ApiError::UnknownContact => {
-                let body =
-                    json!({"errors": [{"status": 404, "title": "Not Found", "detail": message}]});
-                (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
-            }
-            ApiError::InvalidQuery { .. } | ApiError::InvalidBody { .. } => (
+            ApiError::InvalidQuery { .. } => (
                 StatusCode::BAD_REQUEST,
                 axum::Json(json!({"message": message})),
             )
                 .into_response(),
-            ApiError::Unprocessable { code, pointer, .. } => {
-                let body = json!({"errors": [{
-                    "title": message, "detail": "", "code": code, "source": {"pointer": pointer}
-                }]});
-                (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
-            }
             ApiError::MissingBatchId => {
                 let body = json!({"success": 0, "message": message});
                 (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
@@ -480,22 +452,6 @@ fn list_json(id: u64, name: &str) -> Value {
     })
 }
 
-async fn lists(State(shared): State<Arc<Shared>>, Query(q): Query<PageQuery>) -> Response {
-    let (offset, limit) = match page(q.limit.as_deref(), q.offset.as_deref()) {
-        Ok(page) => page,
-        Err(error) => return error.into_response(),
-    };
-    let page: Vec<Value> = shared
-        .lists
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|(id, name)| list_json(*id, name))
-        .collect();
-    let total = shared.lists.len().to_string();
-    axum::Json(json!({"lists": page, "meta": {"total": total}})).into_response()
-}
-
 async fn list(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let found = id
         .parse::<u64>()
@@ -541,183 +497,6 @@ fn contact_json(contact: &SandboxContact) -> Value {
         "deleted": "0",
         "orgid": "0",
     })
-}
-
-#[derive(Debug, Deserialize)]
-struct ContactsQuery {
-    email: Option<String>,
-    limit: Option<String>,
-    offset: Option<String>,
-}
-
-async fn contacts(State(shared): State<Arc<Shared>>, Query(q): Query<ContactsQuery>) -> Response {
-    let (offset, limit) = match page(q.limit.as_deref(), q.offset.as_deref()) {
-        Ok(page) => page,
-        Err(error) => return error.into_response(),
-    };
-    let (found, total) = {
-        let state = lock(&shared.state);
-        match &q.email {
-            Some(email) => {
-                let found: Vec<SandboxContact> = state.contact(email).into_iter().collect();
-                let total = found.len();
-                (found, total)
-            }
-            None => state.contact_page(offset, limit),
-        }
-    };
-    let contacts: Vec<Value> = found.iter().map(contact_json).collect();
-    let meta =
-        json!({"total": total.to_string(), "page_input": {"limit": limit, "offset": offset}});
-    axum::Json(json!({"contacts": contacts, "meta": meta})).into_response()
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncBody {
-    contact: SyncContact,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SyncContact {
-    #[serde(default)]
-    email: Option<String>,
-    #[serde(default)]
-    first_name: Option<String>,
-    #[serde(default)]
-    last_name: Option<String>,
-    #[serde(default)]
-    phone: Option<String>,
-    #[serde(default)]
-    field_values: Vec<SyncField>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SyncField {
-    field: Id,
-    value: String,
-}
-
-async fn contact_sync(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let body: SyncBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(error) => {
-            let reason = error.to_string();
-            return ApiError::InvalidBody {
-                endpoint: "contact/sync",
-                reason,
-            }
-            .into_response();
-        }
-    };
-    let SyncContact {
-        email,
-        first_name,
-        last_name,
-        phone,
-        field_values,
-    } = body.contact;
-    let Some(email) = email.filter(|e| !e.trim().is_empty()) else {
-        return ApiError::Unprocessable {
-            title: "Email address is required",
-            code: "field_missing",
-            pointer: "/data/attributes/email",
-        }
-        .into_response();
-    };
-    if !email_is_valid(&email) {
-        return ApiError::Unprocessable {
-            title: "Contact Email Address is not valid.",
-            code: "email_invalid",
-            pointer: "/data/attributes/email",
-        }
-        .into_response();
-    }
-    let update = ContactUpdate {
-        first_name,
-        last_name,
-        phone,
-        fields: field_values
-            .into_iter()
-            .map(|field| (field.field.0, field.value))
-            .collect(),
-    };
-    let (contact, _created) = lock(&shared.state).sync_contact(&email, update);
-    let field_values: Vec<Value> = contact
-        .fields
-        .iter()
-        .map(|(field, value)| {
-            json!({
-                "contact": contact.id.to_string(), "field": field.to_string(), "value": value,
-                "owner": contact.id.to_string()
-            })
-        })
-        .collect();
-    let body = json!({"fieldValues": field_values, "contact": contact_json(&contact)});
-    (StatusCode::CREATED, axum::Json(body)).into_response()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ContactListBody {
-    contact_list: ContactListRequest,
-}
-
-#[derive(Debug, Deserialize)]
-struct ContactListRequest {
-    list: Id,
-    contact: Id,
-    status: Id,
-}
-
-async fn contact_lists(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let body: ContactListBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(error) => {
-            let reason = error.to_string();
-            return ApiError::InvalidBody {
-                endpoint: "contactLists",
-                reason,
-            }
-            .into_response();
-        }
-    };
-    let ContactListRequest {
-        list,
-        contact,
-        status,
-    } = body.contact_list;
-    if !shared.known_lists.contains(&list.0) {
-        let id = list.0.to_string();
-        return ApiError::NotFound { kind: "_List", id }.into_response();
-    }
-    let list_status = match status.0 {
-        1 => ListStatus::Active,
-        2 => ListStatus::Unsubscribed,
-        _ => {
-            return ApiError::Unprocessable {
-                title: "Status must be 1 (subscribe) or 2 (unsubscribe)",
-                code: "field_invalid",
-                pointer: "/data/attributes/status",
-            }
-            .into_response();
-        }
-    };
-    let updated = lock(&shared.state).set_list_status(contact.0, list.0, list_status);
-    match updated {
-        Err(_) => ApiError::UnknownContact.into_response(),
-        Ok(contact_now) => {
-            let contacts: Vec<Value> = contact_now.iter().map(contact_json).collect();
-            let body = json!({
-                "contacts": contacts,
-                "contactList": {
-                    "contact": contact.0.to_string(), "list": list.0.to_string(),
-                    "status": status.0, "id": format!("{}{:03}", contact.0, list.0)
-                }
-            });
-            axum::Json(body).into_response()
-        }
-    }
 }
 
 /// Whether ActiveCampaign would accept `email`, by its documented rules: a non-empty part before
