@@ -7,6 +7,7 @@ pub mod cli;
 pub mod daemon;
 pub mod pipeline;
 pub mod redact;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;

@@ -1,20 +1,26 @@
 //! Long-running commands: `daemon`, `demo` and `sandbox`. They stop on SIGINT or SIGTERM
 //! (systemd's stop), finishing the work in hand.
 
+#[cfg(feature = "sandbox")]
 use std::net::{Ipv4Addr, SocketAddr};
 
+#[cfg(feature = "sandbox")]
 use clap::Args;
 
 use super::CliError;
+#[cfg(feature = "sandbox")]
 use crate::sandbox::{self, SandboxOptions};
 use crate::settings::Loaded;
 
 /// Where `acexport sandbox` listens unless told otherwise: loopback only, so the sandbox is
 /// never reachable from the network.
+#[cfg(feature = "sandbox")]
 const SANDBOX_DEFAULT_PORT: u16 = 8085;
 /// The sandbox's default `Api-Token`; it guards nothing real.
+#[cfg(feature = "sandbox")]
 const SANDBOX_DEFAULT_TOKEN: &str = "sandbox-token";
 
+#[cfg(feature = "sandbox")]
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// Loopback port to listen on
@@ -31,11 +37,13 @@ pub async fn daemon(loaded: Loaded) -> Result<(), CliError> {
 }
 
 /// `acexport demo`.
+#[cfg(feature = "sandbox")]
 pub async fn demo(loaded: Loaded) -> Result<(), CliError> {
     super::demo::run(loaded).await
 }
 
 /// `acexport sandbox`: serves until SIGINT or SIGTERM.
+#[cfg(feature = "sandbox")]
 pub async fn sandbox(args: SandboxArgs) -> Result<(), CliError> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
     let opts = SandboxOptions {

@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod daemon;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod errors;
 pub mod export;
@@ -60,6 +61,7 @@ pub enum Command {
     /// Run history
     Runs(runs::RunsArgs),
     /// Try acexport end to end against a built-in sandbox
+    #[cfg(feature = "sandbox")]
     Demo,
     /// Run the scheduler and workers (the systemd service)
     Daemon,
@@ -70,16 +72,19 @@ pub enum Command {
     /// What the daemon is doing: running exports, queue, next schedules
     Status(run::StatusArgs),
     /// Serve an ActiveCampaign-compatible sandbox API on loopback
+    #[cfg(feature = "sandbox")]
     Sandbox(daemon::SandboxArgs),
 }
 
 impl Command {
     /// Commands that print their own progress and summary; their logs default to warnings.
     pub fn reports_itself(&self) -> bool {
-        matches!(
-            self,
-            Command::Demo | Command::Export(export::ExportCommand::Run(_))
-        )
+        match self {
+            #[cfg(feature = "sandbox")]
+            Command::Demo => true,
+            Command::Export(export::ExportCommand::Run(_)) => true,
+            _ => false,
+        }
     }
 }
 
@@ -228,8 +233,10 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
         Command::Status(args) => {
             with_context(loaded, async |ctx| run::status(ctx, args).await).await
         }
+        #[cfg(feature = "sandbox")]
         Command::Demo => daemon::demo(loaded).await,
         Command::Daemon => daemon::daemon(loaded).await,
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => daemon::sandbox(args).await,
     }
 }

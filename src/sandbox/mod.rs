@@ -6,8 +6,11 @@
 //! [`Sandbox::start`], point a connection at [`Sandbox::host`], and inspect what arrived through
 //! the inspection methods; [`Sandbox::inject`] makes it misbehave on purpose.
 //!
-//! Layout: `state` holds the data, `api` the routes and handlers, `limits` the sliding windows,
-//! `faults` the injected failures; this file is the public face and the server start.
+//! Layout: `state` holds the data, `api` the routes and handlers (split into gate, auth, catalog,
+//! bulk, inspection and error envelopes), `limits` the sliding windows, `faults` the injected
+//! failures; this file is the public face and the server start. Only the endpoints acexport
+//! calls are served. The whole module exists only with the `sandbox` cargo feature (on by
+//! default), so a `--no-default-features` build carries neither it nor axum.
 
 mod api;
 mod faults;

@@ -199,19 +199,6 @@ struct ListCounts {
     unsubscribed: usize,
 }
 
-/// Contact fields a `contact/sync` call sets; `None` leaves the stored value untouched.
-#[derive(Debug, Default)]
-pub(crate) struct ContactUpdate {
-    pub(crate) first_name: Option<String>,
-    pub(crate) last_name: Option<String>,
-    pub(crate) phone: Option<String>,
-    pub(crate) fields: Vec<(u64, String)>,
-}
-
-/// A `contactLists` call named a contact the sandbox does not know.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct UnknownContact;
-
 /// All mutable sandbox state.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -220,8 +207,6 @@ pub(crate) struct State {
     contacts: Vec<StoredContact>,
     /// Lower-cased email → index in `contacts`.
     by_email: HashMap<String, usize>,
-    /// Ids handed out when contacts are not stored.
-    issued_ids: u64,
     /// Lower-cased emails on the exclusion list.
     excluded: HashSet<String>,
     /// `(lower-cased email, list)` pairs marked unsubscribed by `Sandbox::unsubscribe` when
@@ -247,7 +232,6 @@ impl State {
             store_contacts,
             contacts: Vec::new(),
             by_email: HashMap::new(),
-            issued_ids: 0,
             excluded: HashSet::new(),
             unsubscribed_marks: HashSet::new(),
             list_counts: HashMap::new(),
@@ -317,18 +301,6 @@ impl State {
             .collect()
     }
 
-    /// A page of stored contacts, and the total count.
-    pub(crate) fn contact_page(&self, offset: usize, limit: usize) -> (Vec<SandboxContact>, usize) {
-        let page = self
-            .contacts
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|s| s.contact.clone())
-            .collect();
-        (page, self.contacts.len())
-    }
-
     pub(crate) fn list_status(&self, email: &str, list_id: u64) -> Option<ListStatus> {
         if !self.store_contacts {
             let marked = self
@@ -368,65 +340,6 @@ impl State {
         self.contacts[index]
             .lists
             .insert(list_id, ListStatus::Unsubscribed);
-    }
-
-    /// Upserts a contact from `contact/sync`; returns it and whether it was created.
-    pub(crate) fn sync_contact(
-        &mut self,
-        email: &str,
-        update: ContactUpdate,
-    ) -> (SandboxContact, bool) {
-        if !self.store_contacts {
-            self.issued_ids += 1;
-            let contact = SandboxContact {
-                id: self.issued_ids,
-                email: email.to_owned(),
-                first_name: update.first_name,
-                last_name: update.last_name,
-                phone: update.phone,
-                fields: update.fields.into_iter().collect(),
-                tags: BTreeSet::new(),
-            };
-            return (contact, true);
-        }
-        let (index, created) = self.upsert(email);
-        let contact = &mut self.contacts[index].contact;
-        if update.first_name.is_some() {
-            contact.first_name = update.first_name;
-        }
-        if update.last_name.is_some() {
-            contact.last_name = update.last_name;
-        }
-        if update.phone.is_some() {
-            contact.phone = update.phone;
-        }
-        contact.fields.extend(update.fields);
-        (contact.clone(), created)
-    }
-
-    /// Sets a contact's status on a list (`contactLists`); this re-subscribes an unsubscribed
-    /// contact, as ActiveCampaign warns it does.
-    pub(crate) fn set_list_status(
-        &mut self,
-        contact_id: u64,
-        list_id: u64,
-        status: ListStatus,
-    ) -> Result<Option<SandboxContact>, UnknownContact> {
-        if !self.store_contacts {
-            if contact_id == 0 || contact_id > self.issued_ids {
-                return Err(UnknownContact);
-            }
-            self.count_list_change(list_id, status);
-            return Ok(None);
-        }
-        let index = usize::try_from(contact_id)
-            .ok()
-            .and_then(|id| id.checked_sub(1))
-            .filter(|&index| index < self.contacts.len())
-            .ok_or(UnknownContact)?;
-        let stored = &mut self.contacts[index];
-        stored.lists.insert(list_id, status);
-        Ok(Some(stored.contact.clone()))
     }
 
     /// Registers an accepted bulk import; it stays queued until `ready_at` and reports
@@ -504,7 +417,6 @@ impl State {
                     outcome.success.push(created_id);
                 }
             } else {
-                self.issued_ids += 1;
                 for list in &contact.subscribe {
                     self.count_list_change(list.listid.0, ListStatus::Active);
                 }

@@ -132,7 +132,7 @@ async fn a_wrong_token_is_answered_with_403_in_the_errors_envelope() {
 async fn a_missing_token_is_answered_with_403() {
     let (sandbox, _) = start(options()).await;
 
-    let response = reqwest::get(format!("{}/api/3/lists", sandbox.host()))
+    let response = reqwest::get(format!("{}/api/3/lists/1", sandbox.host()))
         .await
         .expect("request completes");
 
@@ -176,16 +176,6 @@ async fn an_unknown_list_is_a_404_naming_its_id() {
         body(response).await,
         json!({"message": "No Result found for _List with id 7"})
     );
-}
-
-#[tokio::test]
-async fn lists_report_their_total_as_a_string() {
-    let (_sandbox, client) = start(options()).await;
-
-    let body = body(client.get("/lists").await).await;
-
-    assert_eq!(body["lists"].as_array().map(Vec::len), Some(2));
-    assert_eq!(body["meta"]["total"], "2");
 }
 
 #[tokio::test]
@@ -735,86 +725,6 @@ async fn shutdown_does_not_wait_for_a_delayed_response() {
     assert!(answer.is_err(), "expected a dropped connection: {answer:?}");
 }
 
-// --- contacts, contact/sync, contactLists ---
-
-#[tokio::test]
-async fn contacts_by_email_match_regardless_of_case() {
-    let (sandbox, client) = start(options()).await;
-    sandbox.unsubscribe("Jane@Example.com", 1);
-
-    let response = client
-        .http
-        .get(format!("{}/contacts", client.base))
-        .query(&[("email", "jane@EXAMPLE.com")])
-        .header("Api-Token", TOKEN)
-        .send()
-        .await
-        .expect("request completes");
-
-    let body = body(response).await;
-    assert_eq!(body["contacts"][0]["email"], "Jane@Example.com");
-    assert_eq!(body["contacts"][0]["id"], "1");
-    assert_eq!(body["meta"]["total"], "1");
-}
-
-#[tokio::test]
-async fn contacts_by_an_unknown_email_are_an_empty_array() {
-    let (_sandbox, client) = start(options()).await;
-
-    let response = client.get("/contacts?email=nobody%40example.com").await;
-
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = body(response).await;
-    assert_eq!(body["contacts"], json!([]));
-    assert_eq!(body["meta"]["total"], "0");
-}
-
-#[tokio::test]
-async fn contact_sync_creates_a_contact_with_its_field_values() {
-    let (sandbox, client) = start(options()).await;
-    let sync = json!({"contact": {
-        "email": "sam@example.com", "firstName": "Sam",
-        "fieldValues": [{"field": "2", "value": "Albany"}]
-    }});
-
-    let response = client.post("/contact/sync", &sync).await;
-
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body = body(response).await;
-    assert_eq!(body["contact"]["firstName"], "Sam");
-    let stored = sandbox.contact("sam@example.com").expect("created");
-    assert_eq!(body["contact"]["id"], stored.id.to_string());
-    assert_eq!(stored.fields.get(&2).map(String::as_str), Some("Albany"));
-}
-
-#[tokio::test]
-async fn contact_lists_with_status_1_subscribes_the_contact() {
-    let (sandbox, client) = start(options()).await;
-    let created = body(
-        client
-            .post(
-                "/contact/sync",
-                &json!({"contact": {"email": "sam@example.com"}}),
-            )
-            .await,
-    )
-    .await;
-    let id = created["contact"]["id"].clone();
-
-    let response = client
-        .post(
-            "/contactLists",
-            &json!({"contactList": {"list": "2", "contact": id, "status": 1}}),
-        )
-        .await;
-
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        sandbox.list_status("sam@example.com", 2),
-        Some(ListStatus::Active)
-    );
-}
-
 // --- inspection and lifecycle ---
 
 #[tokio::test]
@@ -849,7 +759,7 @@ async fn the_request_log_records_bulk_contact_counts() {
 async fn max_requests_in_window_counts_only_the_matching_paths() {
     let (sandbox, client) = start(options()).await;
     client.get("/users/me").await;
-    client.get("/lists").await;
+    client.get("/lists/2").await;
     client.get("/lists/1").await;
 
     let lists = sandbox.max_requests_in_window(Duration::from_secs(60), Some("/lists"));
