@@ -13,6 +13,7 @@ mod api;
 mod faults;
 mod limits;
 mod state;
+pub mod world;
 
 use std::fmt;
 use std::future::Future;
