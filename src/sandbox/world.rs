@@ -57,9 +57,9 @@ pub enum WorldError {
     },
     #[error("settings text for the world is not TOML")]
     SettingsText(#[source] toml::de::Error),
-    #[error("settings key {key} does not fit the settings")]
-    SettingsKey {
-        key: String,
+    #[error("the settings set for the world ({keys}) do not fit the settings")]
+    SettingsKeys {
+        keys: String,
         #[source]
         source: toml::de::Error,
     },
@@ -248,10 +248,12 @@ impl World {
         self.dir.path().join(name)
     }
 
+    /// Where the world keeps its store, unless a `store.path` setting moved it.
     pub fn store_path(&self) -> PathBuf {
         state_dir(self.dir.path()).join("acexport.db")
     }
 
+    /// The daemon's signal-file folder, unless a `daemon.trigger_dir` setting moved it.
     pub fn trigger_dir(&self) -> PathBuf {
         state_dir(self.dir.path()).join("triggers")
     }
@@ -364,8 +366,8 @@ fn settings_for(dir: &Path, overrides: toml::Table) -> Result<Settings, WorldErr
     let settings: Settings =
         toml::Value::Table(table)
             .try_into()
-            .map_err(|source| WorldError::SettingsKey {
-                key: keys.join(", "),
+            .map_err(|source| WorldError::SettingsKeys {
+                keys: keys.join(", "),
                 source,
             })?;
     settings.validate()?;
