@@ -2,22 +2,18 @@
 //! the built-in sandbox (with ActiveCampaign's real limits), writes a sample segment of a few
 //! thousand synthetic profiles (some invalid, some duplicated), defines a connection, a segment
 //! and an export, runs the export, then runs it again to show that nothing unchanged is sent.
+//! The folder, settings and sandbox are a [`World`], as in the integration tests.
 
 use std::fmt::Write as _;
-
-use secrecy::SecretString;
 
 use super::CliError;
 use super::output;
 use super::run::{TerminalProgress, outcome_text};
 use crate::pipeline::RunOptions;
-use crate::sandbox::{Sandbox, SandboxOptions};
-use crate::service::Context;
-use crate::service::connections::AddConnection;
+use crate::sandbox::SandboxOptions;
+use crate::sandbox::world::{World, WorldError, export_input};
 use crate::service::exports::ExportInput;
-use crate::service::segments::SegmentInput;
-use crate::settings::{Loaded, Settings};
-use crate::store::exports::OnLeave;
+use crate::settings::Loaded;
 use crate::store::{RunStatus, TriggerKind};
 
 /// Profiles in the sample segment.
@@ -63,19 +59,31 @@ fn sample_csv() -> String {
     out
 }
 
+/// A demo world error as the CLI reports it, with the messages the demo always had.
+fn world_error(error: WorldError) -> CliError {
+    match error {
+        WorldError::Folder(e) => CliError::Input(format!("cannot create a temporary folder: {e}")),
+        WorldError::Write { path, source } => {
+            CliError::Input(format!("cannot write {}: {source}", path.display()))
+        }
+        WorldError::Sandbox(e) => CliError::Sandbox(e),
+        WorldError::Settings(e) => CliError::Settings(e),
+        WorldError::Service(e) => CliError::from(e),
+        other => CliError::Input(super::error_chain(&other)),
+    }
+}
+
 pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
-    let dir = tempfile::tempdir()
-        .map_err(|e| CliError::Input(format!("cannot create a temporary folder: {e}")))?;
-    let options = SandboxOptions {
-        token: TOKEN.to_owned(),
-        ..SandboxOptions::default()
-    };
-    let sandbox = Sandbox::start(options).await.map_err(CliError::Sandbox)?;
-    let mut settings = Settings::default();
-    settings.store.path = dir.path().join("acexport.db");
-    settings.secrets.key_file = dir.path().join("secrets.key");
-    settings.daemon.trigger_dir = dir.path().join("triggers");
-    let ctx = Context::open(settings).await?;
+    // ActiveCampaign's real limits (the sandbox's defaults) and the built-in settings.
+    let world = World::builder()
+        .sandbox_options(SandboxOptions {
+            token: TOKEN.to_owned(),
+            ..SandboxOptions::default()
+        })
+        .build()
+        .await
+        .map_err(world_error)?;
+    let ctx = world.open_context().await.map_err(world_error)?;
     let control = ctx.control.clone();
     let signals = tokio::spawn(async move {
         crate::daemon::termination().await;
@@ -86,56 +94,35 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
         "acexport demo — everything happens in {} and against a sandbox on {}, never a real \
          account.\nThe sandbox enforces ActiveCampaign's limits: 5 requests/s and 100 bulk \
          imports/min.\n",
-        dir.path().display(),
-        sandbox.host()
+        world.dir.path().display(),
+        world.host()
     ))?;
-    let connection = ctx
-        .add_connection(AddConnection {
-            name: "demo".to_owned(),
-            host: sandbox.host(),
-            api_key: SecretString::from(TOKEN),
-            allow_contributors: false,
-            accept_data_transfer: true,
-        })
-        .await?;
+    let connection = world
+        .add_connection(&ctx, "demo")
+        .await
+        .map_err(world_error)?;
     output::emit(&format!(
         "1. Connection `demo` verified (acexport connection add demo --host {} --api-key-stdin \
          --accept-data-transfer); key shown as {}.",
-        sandbox.host(),
+        world.host(),
         connection.api_key
     ))?;
-    let csv = dir.path().join("customers.csv");
-    std::fs::write(&csv, sample_csv())
-        .map_err(|e| CliError::Input(format!("cannot write {}: {e}", csv.display())))?;
-    let segment = ctx
-        .add_segment(
-            "customers",
-            SegmentInput::Csv {
-                path: csv,
-                delimiter: b',',
-            },
-        )
-        .await?;
+    let segment = world
+        .add_csv_segment(&ctx, "customers", &sample_csv())
+        .await
+        .map_err(world_error)?;
     output::emit(&format!(
         "2. Segment `customers`: {} rows ({} profiles, {} invalid addresses, {} duplicates).",
         segment.rows, PROFILES, INVALID, DUPLICATES
     ))?;
-    ctx.add_export(ExportInput {
-        name: "newsletter".to_owned(),
-        connection: "demo".to_owned(),
-        list_id: 1,
-        segments: vec!["customers".to_owned()],
-        email: "email".to_owned(),
+    let export = ExportInput {
         first_name: Some("first_name".to_owned()),
         last_name: Some("last_name".to_owned()),
         phone: Some("phone".to_owned()),
-        fields: Vec::new(),
         tags: vec!["acexport-demo".to_owned()],
-        schedule: None,
-        on_leave: OnLeave::Keep,
-        enabled: true,
-    })
-    .await?;
+        ..export_input("newsletter", "demo", &["customers"])
+    };
+    world.add_export(&ctx, export).await.map_err(world_error)?;
     output::emit(
         "3. Export `newsletter`: customers → list 1 (Newsletter), mapping email, first and last \
          name, phone.\n\n4. First run: every valid profile is new.",
@@ -151,7 +138,7 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
         let outcome = ctx
             .run_export("newsletter", options, TerminalProgress::for_stderr())
             .await
-            .map_err(|e| CliError::Input(e.to_string()))?;
+            .map_err(|e| CliError::from(crate::service::runs::RunError::from(e)))?;
         TerminalProgress::finish();
         output::emit(&outcome_text(&outcome))?;
         if outcome.status != RunStatus::Succeeded {
@@ -179,12 +166,12 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
             first.id,
             first.id,
             table.render(),
-            sandbox.members(1, crate::sandbox::ListStatus::Active),
+            world.sandbox.members(1, crate::sandbox::ListStatus::Active),
         ))?;
     }
     signals.abort();
     ctx.store.close().await;
-    sandbox.shutdown().await;
+    world.shutdown().await;
     match status {
         RunStatus::Succeeded => Ok(()),
         _ => Err(CliError::Quiet(super::EXIT_FAILURE)),

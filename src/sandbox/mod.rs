@@ -16,6 +16,7 @@ mod api;
 mod faults;
 mod limits;
 mod state;
+pub mod world;
 
 use std::fmt;
 use std::future::Future;

@@ -25,12 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use acexport::pipeline::{RunOptions, RunOutcome, Silent};
-use acexport::sandbox::{Sandbox, SandboxOptions, SandboxStats};
+use acexport::sandbox::world::World;
+use acexport::sandbox::{SandboxOptions, SandboxStats};
 use acexport::service::Context;
-use acexport::service::connections::AddConnection;
 use acexport::service::exports::ExportInput;
 use acexport::service::segments::SegmentInput;
-use acexport::settings::Settings;
 use acexport::store::RunStatus;
 use acexport::store::TriggerKind;
 use acexport::store::exports::OnLeave;
@@ -288,25 +287,21 @@ async fn run_throughput(options: &Options) -> Result<bool, String> {
 
 /// A fresh store, sandbox and segment of `size` profiles, exported three times.
 async fn bench_one(size: usize, source: SourceKind) -> Result<Vec<Measurement>, String> {
-    let sandbox = Sandbox::start(SandboxOptions {
-        token: TOKEN.to_owned(),
-        requests_per_second: None,
-        bulk_imports_per_minute: None,
-        import_delay: Duration::ZERO,
-        // The stand-in for ActiveCampaign shares the process: it keeps only counters and a short
-        // history, so the peak RSS measured is acexport's.
-        store_contacts: false,
-        history: SANDBOX_HISTORY,
-        ..SandboxOptions::default()
-    })
-    .await
-    .map_err(|e| format!("cannot start the sandbox: {e}"))?;
     let bench = Bench::new(
-        &sandbox,
+        |sandbox| {
+            sandbox.requests_per_second = None;
+            sandbox.bulk_imports_per_minute = None;
+            sandbox.import_delay = Duration::ZERO;
+            // The stand-in for ActiveCampaign shares the process: it keeps only counters and a
+            // short history, so the peak RSS measured is acexport's.
+            sandbox.store_contacts = false;
+            sandbox.history = SANDBOX_HISTORY;
+        },
         UNBOUND_REQUESTS_PER_SECOND,
         UNBOUND_BULK_IMPORTS_PER_MINUTE,
     )
     .await?;
+    let sandbox = &bench.world.sandbox;
     bench.write_source(source, size, false).await?;
     bench.add_segment_and_export(source).await?;
 
@@ -362,8 +357,7 @@ async fn bench_one(size: usize, source: SourceKind) -> Result<Vec<Measurement>, 
             check: check(&outcome, &expected, &before, &after),
         });
     }
-    bench.ctx.store.close().await;
-    sandbox.shutdown().await;
+    bench.close().await;
     Ok(measured)
 }
 
@@ -414,46 +408,49 @@ fn check(
     Ok(())
 }
 
-/// A store and a connection to the sandbox, in a temporary folder.
+/// A world (folder, settings, sandbox) and a store holding connection `ac` to its sandbox.
 struct Bench {
-    dir: tempfile::TempDir,
+    world: World,
     ctx: Context,
 }
 
 impl Bench {
-    async fn new(sandbox: &Sandbox, requests_per_second: u32, bulk: u32) -> Result<Bench, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
-        let mut settings = Settings::default();
-        settings.store.path = dir.path().join("acexport.db");
-        settings.secrets.key_file = dir.path().join("secrets.key");
-        settings.daemon.trigger_dir = dir.path().join("triggers");
-        settings.activecampaign.requests_per_second = requests_per_second;
-        settings.activecampaign.bulk_imports_per_minute = bulk;
-        settings.export.max_profiles = 100_000_000;
-        settings
-            .validate()
-            .map_err(|e| format!("benchmark settings refused: {e}"))?;
-        let ctx = Context::open(settings)
+    async fn new(
+        sandbox: impl FnOnce(&mut SandboxOptions),
+        requests_per_second: u32,
+        bulk: u32,
+    ) -> Result<Bench, String> {
+        let world = World::builder()
+            .token(TOKEN)
+            .sandbox(sandbox)
+            .setting("activecampaign.requests_per_second", requests_per_second)
+            .setting("activecampaign.bulk_imports_per_minute", bulk)
+            .setting("export.max_profiles", 100_000_000)
+            .build()
             .await
-            .map_err(|e| format!("cannot open the store: {e}"))?;
-        ctx.add_connection(AddConnection {
-            name: "ac".into(),
-            host: sandbox.host(),
-            api_key: SecretString::from(TOKEN),
-            allow_contributors: false,
-            accept_data_transfer: true,
-        })
-        .await
-        .map_err(|e| format!("cannot add the connection: {e}"))?;
-        Ok(Bench { dir, ctx })
+            .map_err(|e| format!("cannot set up the benchmark: {}", error_chain(&e)))?;
+        let ctx = world
+            .open_context()
+            .await
+            .map_err(|e| format!("cannot open the store: {}", error_chain(&e)))?;
+        world
+            .add_connection(&ctx, "ac")
+            .await
+            .map_err(|e| format!("cannot add the connection: {}", error_chain(&e)))?;
+        Ok(Bench { world, ctx })
+    }
+
+    async fn close(self) {
+        self.ctx.store.close().await;
+        self.world.shutdown().await;
     }
 
     fn csv_path(&self) -> PathBuf {
-        self.dir.path().join("profiles.csv")
+        self.world.path("profiles.csv")
     }
 
     fn sqlite_path(&self) -> PathBuf {
-        self.dir.path().join("profiles.db")
+        self.world.path("profiles.db")
     }
 
     /// Writes the segment: `size` profiles, or with `churned` 1% changed and 1% gone.
@@ -522,6 +519,17 @@ impl Bench {
             .await
             .map_err(|e| format!("the run could not be recorded: {e}"))
     }
+}
+
+/// `error` and its causes, for messages that must say why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether profile `i` left the segment in the churned version.
@@ -724,25 +732,21 @@ fn table(all: &[Measurement]) -> String {
 async fn run_budget(options: &Options) -> Result<bool, String> {
     let mut ok = true;
     for &size in &options.sizes {
-        let sandbox = Sandbox::start(SandboxOptions {
-            token: TOKEN.to_owned(),
-            requests_per_second: Some(SCALED_REQUESTS_PER_SECOND),
-            bulk_imports_per_minute: Some(SCALED_BULK_IMPORTS_PER_MINUTE),
-            // Real imports take seconds to minutes; scaled down too.
-            import_delay: options.import_delay,
-            store_contacts: false,
-            // Every request, for the densest second and the polls per import.
-            history: usize::MAX,
-            ..SandboxOptions::default()
-        })
-        .await
-        .map_err(|e| format!("cannot start the sandbox: {e}"))?;
         let bench = Bench::new(
-            &sandbox,
+            |sandbox| {
+                sandbox.requests_per_second = Some(SCALED_REQUESTS_PER_SECOND);
+                sandbox.bulk_imports_per_minute = Some(SCALED_BULK_IMPORTS_PER_MINUTE);
+                // Real imports take seconds to minutes; scaled down too.
+                sandbox.import_delay = options.import_delay;
+                sandbox.store_contacts = false;
+                // Every request, for the densest second and the polls per import.
+                sandbox.history = usize::MAX;
+            },
             SCALED_REQUESTS_PER_SECOND,
             SCALED_BULK_IMPORTS_PER_MINUTE,
         )
         .await?;
+        let sandbox = &bench.world.sandbox;
         bench.write_source(SourceKind::Csv, size, false).await?;
         bench.add_segment_and_export(SourceKind::Csv).await?;
         let load = load_average();
@@ -812,8 +816,7 @@ async fn run_budget(options: &Options) -> Result<bool, String> {
         );
         println!("load after: {}", load_average());
         ok &= checked.is_ok() && stats.too_many_requests == 0 && stats.bulk_rate_limited == 0;
-        bench.ctx.store.close().await;
-        sandbox.shutdown().await;
+        bench.close().await;
     }
     Ok(ok)
 }

@@ -2,51 +2,42 @@
 //! SQLite file and the sandbox over loopback. Definitions are written through the library
 //! into the same database before the daemon starts.
 
+use std::ops::Deref;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use acexport::sandbox::{ListStatus, Sandbox, SandboxOptions};
+use acexport::sandbox::world::{World, export_input, test_sandbox_options};
+use acexport::sandbox::{ListStatus, SandboxOptions};
 use acexport::scheduler::{TriggerRequest, write_trigger};
 use acexport::service::Context;
-use acexport::service::connections::AddConnection;
 use acexport::service::exports::ExportInput;
-use acexport::service::segments::SegmentInput;
-use acexport::settings::Settings;
-use acexport::store::exports::OnLeave;
 use acexport::store::{RunRecord, RunStatus};
-use secrecy::SecretString;
 
 const TOKEN: &str = "daemon-test-token-0042";
 
+/// One test's world (folder, settings file, sandbox) with export `people-list` of segment
+/// `people` defined, and a context on its store to read what the daemon wrote. It derefs to the
+/// world, so tests reach `env.config`, `env.sandbox` and `env.dir` directly.
 struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    sandbox: Sandbox,
+    world: World,
     ctx: Context,
+}
+
+impl Deref for Env {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
+    }
 }
 
 fn sandbox_options(latency_ms: u64) -> SandboxOptions {
     SandboxOptions {
-        token: TOKEN.to_owned(),
-        requests_per_second: None,
-        bulk_imports_per_minute: None,
-        import_delay: Duration::from_millis(5),
         latency: Duration::from_millis(latency_ms),
-        ..SandboxOptions::default()
+        ..test_sandbox_options(TOKEN)
     }
-}
-
-fn settings_text(dir: &Path, extra: &str) -> String {
-    format!(
-        "[store]\npath = \"{db}\"\n[secrets]\nkey_file = \"{key}\"\n[daemon]\ntrigger_dir = \
-         \"{triggers}\"\nworkers = 2\n[activecampaign]\nrequests_per_second = 1000\n\
-         bulk_imports_per_minute = 60000\nretry_base_ms = 10\nmax_attempts = 3\ntimeout_secs = 5\n{extra}",
-        db = dir.join("acexport.db").display(),
-        key = dir.join("secrets.key").display(),
-        triggers = dir.join("triggers").display(),
-    )
 }
 
 fn csv(n: usize) -> String {
@@ -70,63 +61,32 @@ impl Env {
         schedule: Option<&str>,
         requests_per_second: u32,
     ) -> Env {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("acexport.toml");
-        let text = settings_text(dir.path(), "").replace(
-            "requests_per_second = 1000",
-            &format!("requests_per_second = {requests_per_second}"),
-        );
-        std::fs::write(&config, text).expect("settings");
-        let sandbox = Sandbox::start(sandbox).await.expect("sandbox");
-        let settings = Settings::load(Some(&config)).expect("settings").settings;
-        let ctx = Context::open(settings).await.expect("ctx");
-        ctx.add_connection(AddConnection {
-            name: "ac".into(),
-            host: sandbox.host(),
-            api_key: SecretString::from(TOKEN),
-            allow_contributors: false,
-            accept_data_transfer: true,
-        })
-        .await
-        .expect("connection");
-        let path = dir.path().join("people.csv");
-        std::fs::write(&path, csv(profiles)).expect("csv");
-        ctx.add_segment(
-            "people",
-            SegmentInput::Csv {
-                path,
-                delimiter: b',',
-            },
-        )
-        .await
-        .expect("segment");
-        ctx.add_export(ExportInput {
-            name: "people-list".into(),
-            connection: "ac".into(),
-            list_id: 1,
-            segments: vec!["people".into()],
-            email: "email".into(),
+        let world = World::builder()
+            .sandbox_options(sandbox)
+            .workers(2)
+            .setting("activecampaign.requests_per_second", requests_per_second)
+            .setting("activecampaign.bulk_imports_per_minute", 60_000)
+            .setting("activecampaign.retry_base_ms", 10)
+            .setting("activecampaign.max_attempts", 3)
+            .setting("activecampaign.timeout_secs", 5)
+            .build()
+            .await
+            .expect("world");
+        let ctx = world.open_context().await.expect("ctx");
+        world.add_connection(&ctx, "ac").await.expect("connection");
+        world
+            .add_csv_segment(&ctx, "people", &csv(profiles))
+            .await
+            .expect("segment");
+        let export = ExportInput {
             first_name: Some("first".into()),
             last_name: Some("last".into()),
             phone: Some("phone".into()),
-            fields: vec![],
-            tags: vec![],
             schedule: schedule.map(str::to_owned),
-            on_leave: OnLeave::Keep,
-            enabled: true,
-        })
-        .await
-        .expect("export");
-        Env {
-            dir,
-            config,
-            sandbox,
-            ctx,
-        }
-    }
-
-    fn trigger_dir(&self) -> PathBuf {
-        self.dir.path().join("triggers")
+            ..export_input("people-list", "ac", &["people"])
+        };
+        world.add_export(&ctx, export).await.expect("export");
+        Env { world, ctx }
     }
 
     /// Drops a signal file asking for a run of the test export.
@@ -135,7 +95,7 @@ impl Env {
             export: "people-list".into(),
             full: false,
         };
-        write_trigger(&self.trigger_dir(), &request, None).expect("trigger");
+        write_trigger(&self.world.trigger_dir(), &request, None).expect("trigger");
     }
 
     fn log_path(&self) -> PathBuf {
@@ -148,7 +108,7 @@ impl Env {
             .append(true)
             .open(self.log_path())
             .expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_acexport"));
+        let mut cmd = self.command(env!("CARGO_BIN_EXE_acexport"));
         cmd.arg("--config").arg(&self.config).arg("daemon");
         cmd.env(
             "RUST_LOG",
@@ -511,7 +471,8 @@ async fn a_second_daemon_on_the_same_database_is_refused() {
     let mut first = env.start(None);
     env.wait_ready().await;
 
-    let output = Command::new(env!("CARGO_BIN_EXE_acexport"))
+    let output = env
+        .command(env!("CARGO_BIN_EXE_acexport"))
         .arg("--config")
         .arg(&env.config)
         .arg("daemon")
@@ -530,7 +491,7 @@ async fn export_run_hands_over_to_a_running_daemon_and_follows_it() {
     let mut daemon = env.start(None);
     env.wait_ready().await;
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_acexport"))
+    let output = tokio::process::Command::from(env.command(env!("CARGO_BIN_EXE_acexport")))
         .arg("--config")
         .arg(&env.config)
         .args(["export", "run", "people-list", "--json"])
@@ -598,7 +559,7 @@ async fn logs_carry_run_ids_but_never_profile_data_or_the_key() {
 }
 
 fn cli(env: &Env, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_acexport"))
+    env.command(env!("CARGO_BIN_EXE_acexport"))
         .arg("--config")
         .arg(&env.config)
         .args(args)
@@ -687,7 +648,8 @@ async fn the_watchdog_is_fed_when_systemd_asks_for_it() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let log = std::fs::File::create(env.log_path()).expect("log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_acexport"))
+    let mut daemon = env
+        .command(env!("CARGO_BIN_EXE_acexport"))
         .arg("--config")
         .arg(&env.config)
         .arg("daemon")
@@ -713,7 +675,8 @@ async fn the_watchdog_is_fed_when_systemd_asks_for_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_foreground_run_killed_with_sigkill_is_resumed_by_the_next_export_run() {
     let env = Env::with_settings(sandbox_options(20), 12_000, None, 40).await;
-    let mut run = Command::new(env!("CARGO_BIN_EXE_acexport"))
+    let mut run = env
+        .command(env!("CARGO_BIN_EXE_acexport"))
         .arg("--config")
         .arg(&env.config)
         .args(["export", "run", "people-list"])
@@ -783,8 +746,8 @@ async fn sighup_with_a_valid_settings_file_applies_the_new_refresh_schedule() {
     let mut daemon = env.start(None);
     env.wait_ready().await;
 
-    let text = settings_text(env.dir.path(), "[schedule]\nrefresh = \"* * * * * *\"\n");
-    std::fs::write(&env.config, text).expect("new settings");
+    env.rewrite_settings(|s| s.schedule.refresh = Some("* * * * * *".to_owned()))
+        .expect("new settings");
     signal(&daemon, "HUP");
 
     let runs = env

@@ -10,7 +10,6 @@ use acexport::sandbox::{Fault, FaultAction, ListStatus, Sandbox, SandboxOptions}
 use acexport::service::Context;
 use acexport::service::connections::AddConnection;
 use acexport::service::exports::ExportInput;
-use acexport::service::segments::SegmentInput;
 use acexport::settings::Settings;
 use acexport::store::RunStatus;
 use acexport::store::TriggerKind;
@@ -19,33 +18,29 @@ use secrecy::SecretString;
 
 const TOKEN: &str = "engine-test-token-0001";
 
+/// One test's world (folder, settings file, sandbox) and a context on its store holding
+/// connection `ac`. It derefs to the world, so tests reach `h.sandbox` and `h.dir` directly.
 struct Harness {
-    dir: tempfile::TempDir,
+    world: acexport::sandbox::world::World,
     ctx: Context,
-    sandbox: Sandbox,
 }
 
-fn fast_sandbox() -> SandboxOptions {
-    SandboxOptions {
-        token: TOKEN.to_owned(),
-        requests_per_second: None,
-        bulk_imports_per_minute: None,
-        import_delay: Duration::from_millis(5),
-        ..SandboxOptions::default()
+impl std::ops::Deref for Harness {
+    type Target = acexport::sandbox::world::World;
+
+    fn deref(&self) -> &Self::Target {
+        &self.world
     }
 }
 
+fn fast_sandbox() -> SandboxOptions {
+    acexport::sandbox::world::test_sandbox_options(TOKEN)
+}
+
+/// The settings of the harness's world in `dir` as a new process reads them: its settings
+/// file, without a test's tweak.
 fn settings_in(dir: &std::path::Path) -> Settings {
-    let mut s = Settings::default();
-    s.store.path = dir.join("acexport.db");
-    s.secrets.key_file = dir.join("secrets.key");
-    s.daemon.trigger_dir = dir.join("triggers");
-    s.activecampaign.requests_per_second = 1000;
-    s.activecampaign.bulk_imports_per_minute = 60_000;
-    s.activecampaign.retry_base_ms = 10;
-    s.activecampaign.max_attempts = 4;
-    s.activecampaign.timeout_secs = 5;
-    s
+    acexport::sandbox::world::World::load_settings(dir).expect("settings")
 }
 
 /// `n` profiles: email, first, last, phone, tier.
@@ -61,21 +56,21 @@ fn csv_rows(n: usize) -> String {
 
 impl Harness {
     async fn new(sandbox: SandboxOptions, tweak: impl FnOnce(&mut Settings)) -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sandbox = Sandbox::start(sandbox).await.expect("sandbox");
-        let mut settings = settings_in(dir.path());
+        let world = acexport::sandbox::world::World::builder()
+            .sandbox_options(sandbox)
+            .setting("activecampaign.requests_per_second", 1000)
+            .setting("activecampaign.bulk_imports_per_minute", 60_000)
+            .setting("activecampaign.retry_base_ms", 10)
+            .setting("activecampaign.max_attempts", 4)
+            .setting("activecampaign.timeout_secs", 5)
+            .build()
+            .await
+            .expect("world");
+        let mut settings = settings_in(world.dir.path());
         tweak(&mut settings);
         let ctx = Context::open(settings).await.expect("context");
-        ctx.add_connection(AddConnection {
-            name: "ac".into(),
-            host: sandbox.host(),
-            api_key: SecretString::from(TOKEN),
-            allow_contributors: false,
-            accept_data_transfer: true,
-        })
-        .await
-        .expect("connection");
-        Harness { dir, ctx, sandbox }
+        world.add_connection(&ctx, "ac").await.expect("connection");
+        Harness { world, ctx }
     }
 
     fn csv(&self, name: &str, text: &str) -> PathBuf {
@@ -85,15 +80,8 @@ impl Harness {
     }
 
     async fn segment(&self, name: &str, text: &str) {
-        let path = self.csv(&format!("{name}.csv"), text);
-        self.ctx
-            .add_segment(
-                name,
-                SegmentInput::Csv {
-                    path,
-                    delimiter: b',',
-                },
-            )
+        self.world
+            .add_csv_segment(&self.ctx, name, text)
             .await
             .expect("segment");
     }

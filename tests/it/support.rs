@@ -1,20 +1,17 @@
-//! Test harness for the command line: a fresh folder with its own settings file, store and
-//! secrets key per test, an in-process ActiveCampaign sandbox on loopback, and a runner for
-//! the real `acexport` binary with a clean environment.
+//! Test harness for the command line: a [`World`] per test (its own folder, settings file,
+//! store, secrets key and sandbox on loopback) and a runner for the real `acexport` binary in it.
 //!
 //! Every command run through [`TestEnv`] is checked for the API key in its stdout and stderr,
 //! so each test also checks that no command prints the key.
 
-use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use acexport::pipeline::{RunOptions, RunOutcome, Silent};
-use acexport::sandbox::{Sandbox, SandboxOptions};
-use acexport::service::Context;
-use acexport::settings::Settings;
+use acexport::sandbox::world::World;
 use acexport::store::TriggerKind;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -25,21 +22,20 @@ pub const API_KEY: &str = "sbx-9f2c4e7a1b3d5f60a8c2e4f6b1d3";
 pub const WRONG_KEY: &str = "wrong-1234567890abcdef1234567";
 /// A command that takes longer than this is stuck (waiting on stdin, say), not slow.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the sandbox keeps a bulk import queued: short, so runs finish quickly.
-const IMPORT_DELAY: Duration = Duration::from_millis(5);
-/// Variables of the test runner that would point the binary at other state.
-const FOREIGN_VARIABLES: &[&str] = &[
-    "STATE_DIRECTORY",
-    "CREDENTIALS_DIRECTORY",
-    "XDG_STATE_HOME",
-    "RUST_LOG",
-];
 
-/// One test's world: settings file, store folder and a running sandbox.
+/// One test's world and the binary run in it. It derefs to the [`World`], so tests reach
+/// `env.config`, `env.sandbox`, `env.host()` and `env.path()` directly; its own
+/// `add_connection`, `add_csv_segment` and `add_export` go through the binary, as a user would.
 pub struct TestEnv {
-    pub dir: tempfile::TempDir,
-    pub config: PathBuf,
-    pub sandbox: Sandbox,
+    world: World,
+}
+
+impl Deref for TestEnv {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
+    }
 }
 
 impl TestEnv {
@@ -47,40 +43,18 @@ impl TestEnv {
         TestEnv::with_settings("").await
     }
 
-    /// A test environment whose settings file ends with `extra` (whole TOML sections).
+    /// A test environment whose settings file also holds `extra` (whole TOML sections).
     pub async fn with_settings(extra: &str) -> TestEnv {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let state = dir.path().join("state");
-        let config = dir.path().join("acexport.toml");
-        let text = format!(
-            "[store]\npath = {store:?}\n\n[secrets]\nkey_file = {key:?}\n\n[daemon]\n\
-             trigger_dir = {triggers:?}\n\n[activecampaign]\nretry_base_ms = 10\n\
-             max_attempts = 2\ntimeout_secs = 10\n\n{extra}\n",
-            store = state.join("acexport.db"),
-            key = state.join("secrets.key"),
-            triggers = state.join("triggers"),
-        );
-        std::fs::write(&config, text).expect("write settings");
-        let sandbox = Sandbox::start(SandboxOptions {
-            token: API_KEY.to_owned(),
-            // Limits are the sandbox's own tests' business; here they would only slow things.
-            requests_per_second: None,
-            bulk_imports_per_minute: None,
-            import_delay: IMPORT_DELAY,
-            ..SandboxOptions::default()
-        })
-        .await
-        .expect("start the sandbox");
-        TestEnv {
-            dir,
-            config,
-            sandbox,
-        }
-    }
-
-    /// What a connection's `--host` is given: `http://127.0.0.1:PORT`.
-    pub fn host(&self) -> String {
-        self.sandbox.host()
+        let world = World::builder()
+            .token(API_KEY)
+            .setting("activecampaign.retry_base_ms", 10)
+            .setting("activecampaign.max_attempts", 2)
+            .setting("activecampaign.timeout_secs", 10)
+            .settings_toml(extra)
+            .build()
+            .await
+            .expect("build the test world");
+        TestEnv { world }
     }
 
     /// How messages name the sandbox: `127.0.0.1:PORT`.
@@ -88,19 +62,11 @@ impl TestEnv {
         self.sandbox.addr().to_string()
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     /// Writes a file in the test folder and returns its path as a string for arguments.
     pub fn write(&self, name: &str, contents: &str) -> String {
         let path = self.path(name);
         std::fs::write(&path, contents).expect("write test file");
         path.display().to_string()
-    }
-
-    pub fn store_path(&self) -> PathBuf {
-        self.path("state/acexport.db")
     }
 
     pub async fn run(&self, args: &[&str]) -> Output {
@@ -122,22 +88,8 @@ impl TestEnv {
         input: Option<&str>,
         vars: &[(&str, &str)],
     ) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_acexport"));
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .kill_on_drop(true);
-        for (key, _) in std::env::vars_os() {
-            let foreign = key
-                .to_str()
-                .is_none_or(|k| k.starts_with("ACEXPORT_") || FOREIGN_VARIABLES.contains(&k));
-            if foreign {
-                command.env_remove(&key);
-            }
-        }
-        command
-            .env("ACEXPORT_CONFIG", &self.config)
-            .env("HOME", self.dir.path());
+        let mut command = Command::from(self.command(env!("CARGO_BIN_EXE_acexport")));
+        command.args(args).kill_on_drop(true);
         command.envs(vars.iter().copied());
         command
             .stdin(if input.is_some() {
@@ -210,10 +162,7 @@ impl TestEnv {
     /// Runs export `name` through the library with this test's settings, as `export run`
     /// will, so the history commands have runs to show.
     pub async fn run_export_in_process(&self, name: &str) -> RunOutcome {
-        let loaded = Settings::load_from(Some(&self.config), &BTreeMap::new()).expect("settings");
-        let ctx = Context::open(loaded.settings)
-            .await
-            .expect("open the store");
+        let ctx = self.open_context().await.expect("open the store");
         let options = RunOptions {
             trigger: TriggerKind::Manual,
             full: false,
