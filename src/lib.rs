@@ -1,6 +1,10 @@
 //! acexport: exports customer segments into ActiveCampaign lists, on a refresh schedule and on
 //! demand. The binary (`src/main.rs`) is a thin shell over this library so that tests drive the
 //! same code paths as production.
+//!
+//! Data flows one way: `cli` and `daemon` → `service` (every user operation, typed) →
+//! `pipeline` (the engine: matching → plan → deliver → record) → `store`, `activecampaign`,
+//! `source`. The engine never imports the service, and the CLI never touches the store.
 
 pub mod activecampaign;
 pub mod cli;

@@ -1,7 +1,8 @@
 //! The export engine, one readable chain: preflight → read and plan (stream every segment
 //! through the data matching, diff against the delivery state) → deliver (bulk imports,
-//! confirmed) → finish. The run row exists before any work, progress is committed per batch,
-//! and the finish is recorded on every path.
+//! confirmed) → record (the `Recorder`). The run row exists before any work, progress is
+//! committed per batch, and the finish is recorded on every path. The engine takes what it
+//! needs as an [`ExportJob`] prepared by its caller and stops through one [`RunControl`].
 
 pub mod control;
 pub mod deliver;

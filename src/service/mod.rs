@@ -1,7 +1,8 @@
-//! Operations on definitions (add a connection, add an export, ...), kept out of the CLI so a
-//! later control socket can serve the same operations with per-user roles. Every operation
-//! checks everything first and writes in one transaction: a refused definition is never
-//! half-saved.
+//! Every operation a user can ask for (definitions, runs, history, status), kept out of the
+//! CLI so a control socket can serve the same operations with per-user roles. Requests,
+//! results and errors are typed, and errors name no command-line flag (the CLI words them).
+//! Every definition change checks everything first and writes in one transaction: a refused
+//! definition is never half-saved.
 
 pub mod connections;
 pub mod exports;
