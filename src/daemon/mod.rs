@@ -136,7 +136,7 @@ impl Daemon {
             store
                 .enqueue_run(
                     export_id,
-                    TriggerKind::Resume.as_str(),
+                    TriggerKind::Resume,
                     false,
                     None,
                     Some("daemon start"),
@@ -260,13 +260,7 @@ impl Daemon {
                     return;
                 }
             };
-            let trigger = match queued.trigger.parse::<TriggerKind>() {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(export = %export.name, error = %e, "Queued run dropped");
-                    continue;
-                }
-            };
+            let trigger = queued.trigger;
             let control = self.ctx.control.for_run();
             running.insert(export.id, (export.name.clone(), control.clone()));
             let ctx = Arc::clone(&self.ctx);
@@ -288,7 +282,7 @@ impl Daemon {
                     Err(PipelineError::AlreadyRunning { run_id, .. }) => {
                         // Another process (a foreground `export run`) runs it: run after it.
                         tracing::warn!(export = %export.name, run_id, "Export runs in another process; queued again");
-                        if let Err(e) = store.enqueue_run(export.id, options.trigger.as_str(), options.full, None, None).await {
+                        if let Err(e) = store.enqueue_run(export.id, options.trigger, options.full, None, None).await {
                             tracing::error!(export = %export.name, error = %e, "Cannot queue the run again");
                         }
                     }
@@ -337,7 +331,7 @@ impl Daemon {
                                 export.export_id,
                                 &key,
                                 slot,
-                                Some(TriggerKind::Schedule.as_str()),
+                                Some(TriggerKind::Schedule),
                             )
                             .await
                     }
@@ -376,7 +370,7 @@ impl Daemon {
                     Ok(None) => Ok(Some(format!("unknown export {export:?}"))),
                     Ok(Some(e)) if !e.enabled => Ok(Some(format!("export {export:?} is disabled"))),
                     Ok(Some(e)) => store
-                        .enqueue_run(e.id, TriggerKind::SignalFile.as_str(), *full, Some(&file.key), by.as_deref())
+                        .enqueue_run(e.id, TriggerKind::SignalFile, *full, Some(&file.key), by.as_deref())
                         .await
                         .map(|fresh| {
                             if fresh {
@@ -391,7 +385,7 @@ impl Daemon {
                         let mut result = Ok(None);
                         for e in exports.iter().filter(|e| e.enabled) {
                             let key = format!("{}#{}", file.key, e.id);
-                            if let Err(err) = store.enqueue_run(e.id, TriggerKind::SignalFile.as_str(), *full, Some(&key), by.as_deref()).await {
+                            if let Err(err) = store.enqueue_run(e.id, TriggerKind::SignalFile, *full, Some(&key), by.as_deref()).await {
                                 result = Err(err);
                                 break;
                             }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{Context, ServiceError};
 use crate::scheduler::Schedule;
 use crate::store::queue::DaemonState;
-use crate::store::{RunRecord, to_text};
+use crate::store::{RunRecord, TriggerKind, to_text};
 
 #[derive(Debug, Serialize)]
 pub struct DaemonInfo {
@@ -20,7 +20,7 @@ pub struct DaemonInfo {
 #[derive(Debug, Serialize)]
 pub struct QueuedInfo {
     pub export: String,
-    pub trigger: String,
+    pub trigger: TriggerKind,
     pub full: bool,
     pub requested_at: String,
 }

@@ -4,13 +4,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Doing, Store, StoreError, from_text, now_text, to_text};
+use super::{Doing, Store, StoreError, TriggerKind, from_text, now_text, to_text};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct QueuedRun {
     pub id: i64,
     pub export_id: i64,
-    pub trigger: String,
+    pub trigger: TriggerKind,
     pub full: bool,
     pub requested_at: String,
     pub requested_by: Option<String>,
@@ -55,7 +55,7 @@ impl Store {
     pub async fn enqueue_run(
         &self,
         export_id: i64,
-        trigger: &str,
+        trigger: TriggerKind,
         full: bool,
         key: Option<&str>,
         requested_by: Option<&str>,
@@ -173,7 +173,7 @@ impl Store {
         export_id: i64,
         schedule: &str,
         slot: DateTime<Utc>,
-        queue: Option<&str>,
+        queue: Option<TriggerKind>,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         sqlx::query(

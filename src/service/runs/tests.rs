@@ -82,7 +82,7 @@ async fn a_queued_hand_over_is_followed_past_the_wait_until_its_run_finishes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ctx = context_with_an_export(dir.path()).await;
     ctx.store
-        .enqueue_run(1, "signal-file", false, None, None)
+        .enqueue_run(1, crate::store::TriggerKind::SignalFile, false, None, None)
         .await
         .expect("queue");
     let asked = hand_over(Duration::ZERO);
