@@ -59,17 +59,13 @@ fn sample_csv() -> String {
     out
 }
 
-/// A demo world error as the CLI reports it, with the messages the demo always had.
+/// A demo world error as the CLI reports it: service errors worded with their flags, the
+/// rest with their causes.
 fn world_error(error: WorldError) -> CliError {
     match error {
-        WorldError::Folder(e) => CliError::Input(format!("cannot create a temporary folder: {e}")),
-        WorldError::Write { path, source } => {
-            CliError::Input(format!("cannot write {}: {source}", path.display()))
-        }
-        WorldError::Sandbox(e) => CliError::Sandbox(e),
         WorldError::Settings(e) => CliError::Settings(e),
         WorldError::Service(e) => CliError::from(e),
-        other => CliError::Input(super::error_chain(&other)),
+        other => CliError::World(other),
     }
 }
 

@@ -117,6 +117,10 @@ pub enum CliError {
     NothingToCancel { export: String },
     #[error("`acexport {command}` is not implemented yet")]
     NotImplemented { command: &'static str },
+    /// The demo's folder, settings or sandbox could not be set up.
+    #[cfg(feature = "sandbox")]
+    #[error(transparent)]
+    World(crate::sandbox::world::WorldError),
     #[error("the sandbox stopped: {0}")]
     Sandbox(std::io::Error),
     #[error("cannot write the output: {0}")]
