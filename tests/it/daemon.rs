@@ -102,7 +102,7 @@ impl Env {
         self.dir.path().join("daemon.log")
     }
 
-    fn start(&self, notify: Option<&Path>) -> Child {
+    fn start(&self, notify: Option<&Path>) -> DaemonProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -119,7 +119,7 @@ impl Env {
             cmd.env("NOTIFY_SOCKET", socket);
         }
         cmd.stdout(Stdio::null()).stderr(log);
-        cmd.spawn().expect("daemon starts")
+        DaemonProcess(cmd.spawn().expect("daemon starts"))
     }
 
     fn log(&self) -> String {
@@ -161,6 +161,32 @@ impl Env {
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A daemon started by a test, killed when the test ends without stopping it (a failed
+/// assertion), so that no daemon outlives its test.
+struct DaemonProcess(Child);
+
+impl std::ops::Deref for DaemonProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DaemonProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
