@@ -55,8 +55,11 @@ pub enum PipelineError {
     Job(#[from] JobError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A task of the run panicked or was lost.
+    #[error("internal error: a task of the run failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(&'static str),
     /// Stopped on request before the work was done (not a failure).
     #[error("stopped: {0:?}")]
     Stopped(StopReason),

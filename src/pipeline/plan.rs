@@ -253,9 +253,9 @@ impl Planner<'_> {
             // streaming.
             const SLOT: &str = "acexport-email-slot";
             let template = self.matching.unsubscribe_payload(SLOT);
-            let (before, after) = template
-                .split_once(&format!("\"{SLOT}\""))
-                .ok_or_else(|| PipelineError::Internal("unsubscribe template".to_owned()))?;
+            let (before, after) = template.split_once(&format!("\"{SLOT}\"")).ok_or_else(|| {
+                PipelineError::Internal("the unsubscribe template has no email slot")
+            })?;
             self.tables.plan_unsubscribes(before, after).await?;
         }
         Ok(())

@@ -155,7 +155,7 @@ impl Delivery<'_> {
                             flow.error.get_or_insert(e);
                         }
                         Err(e) => {
-                            flow.error.get_or_insert(PipelineError::Internal(e.to_string()));
+                            flow.error.get_or_insert(PipelineError::Task(e));
                         }
                     }
                 }
@@ -218,8 +218,7 @@ fn take_results(
             // Aborted after a key rejection: nothing of it is committed.
             Err(e) if e.is_cancelled() => continue,
             Err(e) => {
-                flow.error
-                    .get_or_insert(PipelineError::Internal(e.to_string()));
+                flow.error.get_or_insert(PipelineError::Task(e));
                 continue;
             }
         };
