@@ -129,7 +129,6 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
             trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
-            cancel_via_store: false,
         };
         let outcome = ctx
             .run_export("newsletter", options, TerminalProgress::for_stderr())

@@ -61,6 +61,7 @@ pub fn service_error_text(e: &ServiceError) -> String {
         ),
         // Their own text names no flag and says what to fix.
         ServiceError::NotFound { .. }
+        | ServiceError::ConnectionGone { .. }
         | ServiceError::Duplicate { .. }
         | ServiceError::InvalidName { .. }
         | ServiceError::SegmentDatabaseEnvUnset { .. }

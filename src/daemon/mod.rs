@@ -270,7 +270,6 @@ impl Daemon {
                 trigger,
                 full: queued.full,
                 dry_run: false,
-                cancel_via_store: false,
             };
             let store = self.ctx.store.clone();
             tracker.spawn(async move {
@@ -279,6 +278,8 @@ impl Daemon {
                 let progress = Arc::new(BoardProgress { export: export.name.clone(), board });
                 match ctx.run_export_with(&export.name, options.clone(), &control, progress).await {
                     Ok(_) => {}
+                    // Cancelled meanwhile: the cancel was for that run too; nothing to run after it.
+                    Err(PipelineError::AlreadyRunning { .. }) if control.stop_reason().is_some() => {}
                     Err(PipelineError::AlreadyRunning { run_id, .. }) => {
                         // Another process (a foreground `export run`) runs it: run after it.
                         tracing::warn!(export = %export.name, run_id, "Export runs in another process; queued again");
@@ -400,21 +401,14 @@ impl Daemon {
                     Ok(Some(e)) => match store.consume_trigger_key(&file.key).await {
                         // Consumed before a crash: acting again could cancel a newer run.
                         Ok(false) => Ok(None),
-                        Ok(true) => match store.dequeue_export(e.id).await {
-                            Ok(dequeued) => {
-                                // A run of this daemon hears the cancel at once; one in another
-                                // process (a foreground `export run`) through the database.
+                        Ok(true) => match store.cancel_export(e.id).await {
+                            Ok((dequeued, flagged)) => {
+                                // A run of this daemon stops through its control, at once. The
+                                // flag is for a run in another process (a foreground `export
+                                // run`), which looks for it in the database.
                                 let here = running.get(&e.id).map(|(_, control)| control.cancel()).is_some();
-                                let elsewhere = if here { Ok(None) } else { store.request_cancel(e.id).await };
-                                let elsewhere = match elsewhere {
-                                    Ok(run) => run,
-                                    Err(err) => {
-                                        tracing::error!(export = %e.name, error = %err, "Cannot record a cancel request");
-                                        None
-                                    }
-                                };
-                                tracing::info!(export = %e.name, dequeued, running = here || elsewhere.is_some(), "Cancel requested");
-                                if dequeued || here || elsewhere.is_some() {
+                                tracing::info!(export = %e.name, dequeued, running = here || flagged.is_some(), "Cancel requested");
+                                if dequeued || here || flagged.is_some() {
                                     Ok(None)
                                 } else {
                                     Ok(Some(format!("export {export:?} is neither queued nor running")))

@@ -9,7 +9,8 @@
 //!
 //! A process holds one control; each run gets its own with [`RunControl::for_run`], sharing
 //! the process's shutdown and abort and adding a cancel of its own, so cancelling one run
-//! leaves the others alone.
+//! leaves the others alone. The process running a run cancels it through its control; another
+//! process records the cancel in the database, where the run looks for it.
 
 use tokio_util::sync::CancellationToken;
 

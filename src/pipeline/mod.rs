@@ -103,9 +103,6 @@ pub struct RunOptions {
     pub full: bool,
     /// Plan only: send nothing, change no state.
     pub dry_run: bool,
-    /// Also stop when another process records a cancel for this run in the database (a
-    /// foreground run; the daemon hears its cancels directly).
-    pub cancel_via_store: bool,
 }
 
 /// Receives progress; the CLI draws a bar, the daemon updates systemd's STATUS.
@@ -178,9 +175,9 @@ pub async fn run(
         tracing::info!(trigger = %options.trigger, full = run.full, resumes = ?run.resumes_run_id, "Run started");
         let mut recorder = Recorder::for_run(store.clone(), run.id, progress);
         let control = control.for_run();
-        let _watcher = options
-            .cancel_via_store
-            .then(|| watch_store_cancel(store.clone(), run.id, control.clone()));
+        // `acexport cancel` in another process reaches the run through the database; a cancel
+        // from the process running it reaches it through its control.
+        let _watcher = watch_store_cancel(store.clone(), run.id, control.clone());
         let result = async {
             let job = job.await?;
             execute(store, export, &run, job, &mut recorder, &control).await
@@ -254,9 +251,8 @@ async fn full_floor(store: &Store, run: &RunRecord) -> Result<i64, PipelineError
     Ok(floor)
 }
 
-/// Cancels the run when another process records a cancel for it (`acexport cancel` while
-/// this process runs the export in the foreground). Stops with the run: the task is aborted
-/// when the returned guard is dropped.
+/// Cancels the run when another process records a cancel for it (`acexport cancel`). Stops
+/// with the run: the task is aborted when the returned guard is dropped.
 fn watch_store_cancel(store: Store, run_id: i64, control: RunControl) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(STORE_CANCEL_POLL);

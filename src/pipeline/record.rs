@@ -60,14 +60,6 @@ impl Recorder {
         }
     }
 
-    /// The run id, when recording a run.
-    pub fn run_id(&self) -> Option<i64> {
-        match &self.target {
-            Target::Run { run_id, .. } => Some(*run_id),
-            Target::Plan(_) => None,
-        }
-    }
-
     /// A source row the data matching refused.
     pub async fn rejected(
         &mut self,

@@ -49,7 +49,10 @@ impl Context {
             .store
             .connection_by_id(export.connection_id)
             .await?
-            .ok_or_else(|| ServiceError::not_found("connection", &export.name))?;
+            .ok_or_else(|| ServiceError::ConnectionGone {
+                export: export.name.clone(),
+                connection_id: export.connection_id,
+            })?;
         let client = self.client(&connection)?;
         let mut segments = Vec::with_capacity(export.segments.len());
         for s in &export.segments {

@@ -43,6 +43,9 @@ pub enum ServiceError {
     NotFound { kind: &'static str, name: String },
     #[error("{kind} {name:?} already exists; choose another name or update it")]
     Duplicate { kind: &'static str, name: String },
+    /// The store lost an export's connection (the foreign key should prevent it).
+    #[error("export {export:?} refers to connection id {connection_id}, which no longer exists")]
+    ConnectionGone { export: String, connection_id: i64 },
     #[error(
         "{kind} name {name:?} is invalid: use 1 to {max} letters, digits, '-', '_' or '.' (not \
          starting with '.')",

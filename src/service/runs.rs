@@ -163,8 +163,6 @@ impl Context {
                     trigger: TriggerKind::Manual,
                     full: request.full,
                     dry_run: request.dry_run,
-                    // Another process's `acexport cancel` reaches this run through the database.
-                    cancel_via_store: true,
                 },
             }));
         }
@@ -275,29 +273,12 @@ impl Context {
     /// Removes an export's queued run and asks its running run to stop at the next batch
     /// boundary.
     ///
-    /// With a daemon up, the cancel is handed to it as a signal file: it drops the queued run
-    /// and stops its running one directly. Otherwise the queued run is removed here and the
-    /// cancel recorded for the process running the export in the foreground to find.
+    /// The cancel is recorded in the database, tied to the run it names, for whichever process
+    /// runs the export (the daemon or a foreground `export run`) to find within a second.
     pub async fn cancel_run(&self, export: &str) -> Result<CancelOutcome, RunError> {
         let export = self.find_export(export).await?;
-        if !self.daemon_is_up().await? {
-            let (dequeued, running) = self.store.cancel_export(export.id).await?;
-            return Ok(cancel_outcome(export.name, dequeued, running));
-        }
-        let running = self.store.running_run(export.id).await?.map(|r| r.id);
-        let queued = self.store.is_queued(export.id).await?;
-        let outcome = cancel_outcome(export.name.clone(), queued, running);
-        if !matches!(outcome, CancelOutcome::NothingToCancel { .. }) {
-            let request = TriggerRequest::Cancel {
-                export: export.name,
-            };
-            write_trigger(
-                &self.settings.daemon.trigger_dir,
-                &request,
-                Some(&os_user()),
-            )?;
-        }
-        Ok(outcome)
+        let (dequeued, running) = self.store.cancel_export(export.id).await?;
+        Ok(cancel_outcome(export.name, dequeued, running))
     }
 
     /// The latest runs, optionally of one export.

@@ -406,3 +406,78 @@ async fn upsert_state(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::exports::tests::test_store_with_export;
+
+    fn member(email: &str) -> (String, Vec<u8>, String) {
+        (
+            email.to_owned(),
+            vec![1; 32],
+            format!("{{\"email\":\"{email}\"}}"),
+        )
+    }
+
+    #[tokio::test]
+    async fn outbox_kinds_and_delivery_statuses_are_stored_as_their_words() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let (run, _lock) = store
+            .start_run(export_id, crate::store::TriggerKind::Manual, false)
+            .await
+            .expect("start");
+        let members = [member("a@example.com"), member("b@example.com")];
+        let staged: Vec<Staged<'_>> = members
+            .iter()
+            .map(|(email, hash, payload)| Staged {
+                email,
+                hash,
+                payload,
+            })
+            .collect();
+        let mut tables = WorkTables::create(&store).await.expect("tables");
+        let chunk = tables
+            .stage_chunk(export_id, None, &staged)
+            .await
+            .expect("stage");
+        let words: Vec<String> = sqlx::query_scalar("SELECT kind FROM temp.outbox ORDER BY seq")
+            .fetch_all(&mut tables.conn)
+            .await
+            .expect("kinds");
+        let mut outbox: Vec<OutboxItem> = tables
+            .read_outbox(0, 10)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect();
+        let failed = outbox.split_off(1);
+
+        let confirmed = Confirmed {
+            delivered: &outbox,
+            failed: &failed,
+            ..Confirmed::default()
+        };
+        store
+            .record_confirmed(export_id, run.id, confirmed, &RunCounts::default())
+            .await
+            .expect("record");
+        let statuses: Vec<(String, String)> =
+            sqlx::query_as("SELECT email, status FROM delivery_state ORDER BY email")
+                .fetch_all(store.pool())
+                .await
+                .expect("statuses");
+
+        assert_eq!((chunk.fresh, chunk.planned), (2, 2));
+        assert_eq!(words, ["new", "new"]);
+        assert_eq!(outbox[0].kind, OutboxKind::New);
+        assert_eq!(
+            statuses,
+            [
+                ("a@example.com".to_owned(), "delivered".to_owned()),
+                ("b@example.com".to_owned(), "failed".to_owned())
+            ]
+        );
+    }
+}

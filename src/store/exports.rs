@@ -354,12 +354,17 @@ async fn write_export_parts(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::store) mod tests {
     use super::*;
     use crate::store::connections::tests::store_with_connection;
     use crate::store::segments::{NewSegment, SegmentKind};
 
-    async fn insert(store: &Store, connection_id: i64, name: &str, on_leave: OnLeave) -> i64 {
+    pub(in crate::store) async fn insert(
+        store: &Store,
+        connection_id: i64,
+        name: &str,
+        on_leave: OnLeave,
+    ) -> i64 {
         let segment_id = store
             .insert_segment(NewSegment {
                 name,
@@ -435,5 +440,14 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("\"on_leave\""), "{text}");
         assert!(text.contains("delete"), "{text}");
+    }
+
+    /// A store with one connection and one export; returns the export's id.
+    pub(in crate::store) async fn test_store_with_export(
+        name: &str,
+    ) -> (tempfile::TempDir, Store, i64) {
+        let (dir, store, connection_id) = store_with_connection().await;
+        let id = insert(&store, connection_id, name, OnLeave::Keep).await;
+        (dir, store, id)
     }
 }

@@ -91,27 +91,25 @@ impl Store {
         Ok(fresh)
     }
 
-    /// Takes the oldest queued run whose export is not in `busy`.
+    /// Takes the oldest queued run whose export is not in `busy`. The row is removed before it
+    /// is read, so one that cannot be read (written by another version) is dropped with an
+    /// error rather than blocking the queue behind it.
     pub async fn take_queued(&self, busy: &[i64]) -> Result<Option<QueuedRun>, StoreError> {
+        use sqlx::FromRow;
         let mut tx = self.write().await?;
         let busy_json = serde_json::to_string(busy).unwrap_or_else(|_| "[]".to_owned());
-        let next: Option<QueuedRun> = sqlx::query_as(
-            "SELECT * FROM run_queue WHERE export_id NOT IN (SELECT value FROM json_each(?)) \
-             ORDER BY id LIMIT 1",
+        let next = sqlx::query(
+            "DELETE FROM run_queue WHERE id = (SELECT id FROM run_queue WHERE export_id NOT IN \
+             (SELECT value FROM json_each(?)) ORDER BY id LIMIT 1) RETURNING *",
         )
         .bind(busy_json)
         .fetch_optional(&mut *tx)
         .await
         .doing("reading the run queue")?;
-        if let Some(q) = &next {
-            sqlx::query("DELETE FROM run_queue WHERE id = ?")
-                .bind(q.id)
-                .execute(&mut *tx)
-                .await
-                .doing("reading the run queue")?;
-        }
         tx.commit().await.doing("reading the run queue")?;
-        Ok(next)
+        next.map(|row| QueuedRun::from_row(&row))
+            .transpose()
+            .doing("reading a queued run (it was dropped)")
     }
 
     /// Queued runs with their export's name, oldest first.
@@ -271,4 +269,46 @@ async fn consume_key(tx: &mut sqlx::SqliteConnection, key: &str) -> Result<bool,
     .doing("recording a signal file")?
     .rows_affected();
     Ok(inserted > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::exports::OnLeave;
+    use crate::store::exports::tests::test_store_with_export;
+
+    #[tokio::test]
+    async fn a_queued_run_that_cannot_be_read_is_dropped_without_blocking_the_queue() {
+        let (_dir, store, first) = test_store_with_export("first").await;
+        let connection = store
+            .export_by_id(first)
+            .await
+            .expect("read")
+            .expect("export");
+        let second = crate::store::exports::tests::insert(
+            &store,
+            connection.connection_id,
+            "second",
+            OnLeave::Keep,
+        )
+        .await;
+        for id in [first, second] {
+            store
+                .enqueue_run(id, TriggerKind::SignalFile, false, None, None)
+                .await
+                .expect("queue");
+        }
+        sqlx::query("UPDATE run_queue SET trigger = 'telepathy' WHERE export_id = ?")
+            .bind(first)
+            .execute(store.pool())
+            .await
+            .expect("update");
+
+        let unreadable = store.take_queued(&[]).await;
+        let next = store.take_queued(&[]).await.expect("next").expect("queued");
+
+        assert!(unreadable.is_err_and(|e| e.to_string().contains("telepathy")));
+        assert_eq!(next.export_id, second);
+        assert!(store.take_queued(&[]).await.expect("empty").is_none());
+    }
 }

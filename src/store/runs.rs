@@ -475,36 +475,6 @@ impl Store {
         Ok((dequeued, running))
     }
 
-    /// Removes an export's queued run; whether there was one.
-    pub async fn dequeue_export(&self, export_id: i64) -> Result<bool, StoreError> {
-        let mut tx = self.write().await?;
-        let dequeued = sqlx::query("DELETE FROM run_queue WHERE export_id = ?")
-            .bind(export_id)
-            .execute(&mut *tx)
-            .await
-            .doing("removing a queued run")?
-            .rows_affected()
-            > 0;
-        tx.commit().await.doing("removing a queued run")?;
-        Ok(dequeued)
-    }
-
-    /// Records a cancel request for the export's running run, for the process that runs it
-    /// to find; returns that run.
-    pub async fn request_cancel(&self, export_id: i64) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.write().await?;
-        let running: Option<i64> = sqlx::query_scalar(
-            "UPDATE runs SET cancel_requested = 1 WHERE export_id = ? AND status = 'running' \
-             RETURNING id",
-        )
-        .bind(export_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .doing("requesting a cancel")?;
-        tx.commit().await.doing("requesting a cancel")?;
-        Ok(running)
-    }
-
     pub async fn cancel_requested(&self, run_id: i64) -> Result<bool, StoreError> {
         sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = ?")
             .bind(run_id)
@@ -548,5 +518,136 @@ impl Store {
     /// The most recent finished run per export, for `status`.
     pub async fn last_run(&self, export_id: i64) -> Result<Option<RunRecord>, StoreError> {
         Ok(self.runs(Some(export_id), 1).await?.into_iter().next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::exports::tests::test_store_with_export;
+
+    async fn stored(store: &Store, column: &str, id: i64) -> String {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT {column} FROM runs WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_one(store.pool())
+        .await
+        .expect("stored word")
+    }
+
+    #[tokio::test]
+    async fn every_trigger_and_status_is_stored_as_its_word_and_read_back() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let triggers = [
+            TriggerKind::Manual,
+            TriggerKind::Schedule,
+            TriggerKind::SignalFile,
+            TriggerKind::Resume,
+        ];
+        let statuses = [
+            RunStatus::Succeeded,
+            RunStatus::Partial,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+            RunStatus::Interrupted,
+        ];
+        for (trigger, status) in triggers.into_iter().zip(statuses) {
+            let (run, _lock) = store
+                .start_run(export_id, trigger, false)
+                .await
+                .expect("start");
+            assert_eq!(stored(&store, "status", run.id).await, "running");
+            store
+                .finish_run(run.id, status, &RunCounts::default(), None)
+                .await
+                .expect("finish");
+
+            let read = store.run(run.id).await.expect("read").expect("exists");
+
+            assert_eq!(stored(&store, "trigger", run.id).await, trigger.as_str());
+            assert_eq!(stored(&store, "status", run.id).await, status.as_str());
+            assert_eq!((read.trigger, read.status), (trigger, status));
+            assert_eq!(
+                serde_json::to_value(trigger).expect("json"),
+                trigger.as_str()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_status_is_an_error_not_a_failed_run() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let (run, _lock) = store
+            .start_run(export_id, TriggerKind::Manual, false)
+            .await
+            .expect("start");
+        sqlx::query("UPDATE runs SET status = 'exploded' WHERE id = ?")
+            .bind(run.id)
+            .execute(store.pool())
+            .await
+            .expect("update");
+
+        let err = store.run(run.id).await.expect_err("unknown status");
+
+        assert!(err.to_string().contains("exploded"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn issue_kinds_are_stored_as_their_words() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let (run, _lock) = store
+            .start_run(export_id, TriggerKind::Manual, false)
+            .await
+            .expect("start");
+        let issue = |kind| RunIssue {
+            kind,
+            source: "members".to_owned(),
+            row: Some(2),
+            email: Some("j***@example.com".to_owned()),
+            reason: "email has no @".to_owned(),
+        };
+        let mut tx = store.write().await.expect("write");
+        Store::record_issues(
+            &mut tx,
+            run.id,
+            &[issue(IssueKind::Rejected), issue(IssueKind::Failed)],
+        )
+        .await
+        .expect("record");
+        tx.commit().await.expect("commit");
+
+        let words: Vec<String> =
+            sqlx::query_scalar("SELECT kind FROM run_issues WHERE run_id = ? ORDER BY rowid")
+                .bind(run.id)
+                .fetch_all(store.pool())
+                .await
+                .expect("kinds");
+        let read = store.run_issues(run.id, 10).await.expect("issues");
+
+        assert_eq!(words, ["rejected", "failed"]);
+        assert_eq!(
+            read.iter().map(|i| i.kind).collect::<Vec<_>>(),
+            [IssueKind::Rejected, IssueKind::Failed]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancel_removes_the_queued_run_and_flags_the_running_one() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let (run, _lock) = store
+            .start_run(export_id, TriggerKind::Manual, false)
+            .await
+            .expect("start");
+        store
+            .enqueue_run(export_id, TriggerKind::SignalFile, false, None, None)
+            .await
+            .expect("queue");
+
+        let (dequeued, flagged) = store.cancel_export(export_id).await.expect("cancel");
+
+        assert_eq!((dequeued, flagged), (true, Some(run.id)));
+        assert!(store.cancel_requested(run.id).await.expect("flag"));
+        assert!(!store.is_queued(export_id).await.expect("queue"));
     }
 }

@@ -512,7 +512,6 @@ impl Bench {
             trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
-            cancel_via_store: true,
         };
         self.ctx
             .run_export("bench", options, Arc::new(Silent))

@@ -666,6 +666,38 @@ async fn trigger_all_status_and_cancel_work_through_the_command_line() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_signal_file_stops_the_running_export_at_a_batch_boundary() {
+    let env = Env::with_settings(sandbox_options(20), 12_000, None, 40).await;
+    let mut daemon = env.start(None);
+    env.wait_ready().await;
+    env.trigger_run();
+    env.wait_for("progress", Duration::from_secs(20), |r| {
+        r.first().is_some_and(|r| r.counts.upserted > 0)
+    })
+    .await;
+
+    let cancel = TriggerRequest::Cancel {
+        export: "people-list".into(),
+    };
+    write_trigger(&env.world.trigger_dir(), &cancel, None).expect("cancel trigger");
+
+    let runs = env
+        .wait_for("the cancelled run", Duration::from_secs(20), |r| {
+            r.first().is_some_and(finished)
+        })
+        .await;
+    assert_eq!(runs[0].status, RunStatus::Cancelled);
+    assert!(runs[0].counts.upserted < 12_000);
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
+    assert_eq!(
+        env.runs().await.len(),
+        1,
+        "a cancelled run is not run again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_watchdog_is_fed_when_systemd_asks_for_it() {
     let env = Env::new(sandbox_options(0), 5, None).await;
     let socket_path = env.dir.path().join("watchdog.sock");

@@ -116,7 +116,6 @@ impl Harness {
             trigger: TriggerKind::Manual,
             full,
             dry_run,
-            cancel_via_store: true,
         };
         self.ctx
             .run_export("weekly", options, Arc::new(Silent))
@@ -581,7 +580,6 @@ async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches()
         trigger: TriggerKind::Manual,
         full: false,
         dry_run: false,
-        cancel_via_store: true,
     };
     let second = ctx
         .run_export("weekly", options, Arc::new(Silent))

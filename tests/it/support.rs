@@ -167,7 +167,6 @@ impl TestEnv {
             trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
-            cancel_via_store: true,
         };
         let outcome = ctx
             .run_export(name, options, Arc::new(Silent))
