@@ -9,12 +9,12 @@ use std::fmt::Write as _;
 use super::CliError;
 use super::output;
 use super::run::{TerminalProgress, outcome_text};
-use crate::pipeline::RunOptions;
 use crate::sandbox::SandboxOptions;
 use crate::sandbox::world::{World, WorldError, export_input};
 use crate::service::exports::ExportInput;
+use crate::service::runs::RunsQuery;
+use crate::service::{RunOptions, RunStatus, TriggerKind};
 use crate::settings::Loaded;
-use crate::store::{RunStatus, TriggerKind};
 
 /// Profiles in the sample segment.
 const PROFILES: usize = 3_000;
@@ -144,9 +144,15 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
             output::emit("5. Second run of the unchanged segment: nothing is sent again.")?;
         }
     }
-    if let Some(first) = ctx.store.runs(None, 2).await?.last() {
+    let latest = ctx
+        .list_runs(&RunsQuery {
+            export: None,
+            limit: 2,
+        })
+        .await?;
+    if let Some(first) = latest.last() {
         let mut table = output::Table::new(["SOURCE", "ROW", "EMAIL", "REASON"]);
-        for issue in ctx.store.run_issues(first.id, 5).await? {
+        for issue in ctx.show_run(first.id, 5).await?.issues {
             table.row(vec![
                 issue.source,
                 issue.row.map(|r| r.to_string()).unwrap_or_default(),
@@ -165,7 +171,7 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
         ))?;
     }
     signals.abort();
-    ctx.store.close().await;
+    ctx.close().await;
     world.shutdown().await;
     match status {
         RunStatus::Succeeded => Ok(()),

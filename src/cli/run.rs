@@ -12,10 +12,9 @@ use serde_json::json;
 use super::CliError;
 use super::errors::service_error_text;
 use super::output::{self, Table};
-use crate::pipeline::{Progress, RunOutcome};
 use crate::service::runs::{CancelOutcome, RunError, RunRequest, RunRoute, TriggerTarget};
 use crate::service::status::status_report;
-use crate::service::{Context, RunCounts, RunStatus};
+use crate::service::{Context, Progress, RunCounts, RunOutcome, RunStatus};
 
 /// Exit status of a run that finished `partial` (some contacts failed).
 pub const EXIT_PARTIAL: u8 = 2;
@@ -76,7 +75,7 @@ impl TerminalProgress {
                 last: Mutex::new(None),
             })
         } else {
-            Arc::new(crate::pipeline::Silent)
+            Arc::new(crate::service::Silent)
         }
     }
 

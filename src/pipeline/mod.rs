@@ -28,7 +28,7 @@ use crate::store::{
 };
 pub use control::{RunControl, StopReason};
 use matching::Matching;
-use plan::{PlanTotals, Planner, SegmentSource};
+use plan::{AbortOnDrop, PlanTotals, Planner, SegmentSource};
 use record::Recorder;
 
 /// How often a foreground run looks for a cancel another process recorded in the database.
@@ -268,15 +268,6 @@ fn watch_store_cancel(store: Store, run_id: i64, control: RunControl) -> AbortOn
             }
         }
     }))
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Preflight: the key still works and the list still exists. Nothing is sent otherwise.

@@ -92,8 +92,9 @@ async fn map_rows(
     }
 }
 
-/// Aborts the task when dropped (planning stopped early), so it stops reading the source.
-struct AbortOnDrop(JoinHandle<()>);
+/// Aborts the task when dropped, so a helper task (the matching, a cancel watcher) ends with
+/// what it serves, also when that stops early.
+pub(super) struct AbortOnDrop(pub(super) JoinHandle<()>);
 
 impl AbortOnDrop {
     /// Waits for the task's end; an error if it panicked.

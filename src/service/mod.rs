@@ -27,9 +27,10 @@ use crate::source::SourceError;
 use crate::store::{ConnectionDef, Store};
 
 // The views the CLI renders, so it need not reach into the store.
+pub use crate::pipeline::{Progress, RunOptions, RunOutcome, Silent};
 pub use crate::store::exports::OnLeave;
 pub use crate::store::queue::DaemonState;
-pub use crate::store::{RunCounts, RunIssue, RunRecord, RunStatus, StoreError};
+pub use crate::store::{RunCounts, RunIssue, RunRecord, RunStatus, StoreError, TriggerKind};
 
 /// Longest definition name accepted.
 const MAX_NAME_LEN: usize = 64;
