@@ -1,38 +1,21 @@
 //! Connections to ActiveCampaign accounts.
 
-use serde::Serialize;
 use sqlx::Row;
 
+use super::words::stored_words;
 use super::{Doing, Store, StoreError, now_text};
 
-/// The outcome of the last check of a connection's key against ActiveCampaign, stored as its
-/// lowercase name (`verified`, `rejected`, `unreachable`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectionStatus {
-    /// ActiveCampaign accepted the key.
-    Verified,
-    /// ActiveCampaign refused the key (revoked, or the user lost access): runs cannot succeed
-    /// until it is replaced.
-    Rejected,
-    /// ActiveCampaign could not be reached or answered with an error: the key may still work.
-    Unreachable,
-}
-
-impl ConnectionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectionStatus::Verified => "verified",
-            ConnectionStatus::Rejected => "rejected",
-            ConnectionStatus::Unreachable => "unreachable",
-        }
-    }
-}
-
-impl std::fmt::Display for ConnectionStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+stored_words! {
+    /// The outcome of the last check of a connection's key against ActiveCampaign.
+    pub enum ConnectionStatus ("connection status") {
+        /// ActiveCampaign accepted the key.
+        Verified = "verified",
+        /// ActiveCampaign refused the key (revoked, or the user lost access): runs cannot
+        /// succeed until it is replaced.
+        Rejected = "rejected",
+        /// ActiveCampaign could not be reached or answered with an error: the key may still
+        /// work.
+        Unreachable = "unreachable",
     }
 }
 

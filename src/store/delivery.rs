@@ -10,6 +10,7 @@
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
+use super::words::stored_words;
 use super::{Doing, RunCounts, RunIssue, Store, StoreError};
 
 /// Members staged per statement: a whole chunk of the pipeline (2,048 rows, 3 values each)
@@ -18,24 +19,24 @@ const STAGE_ROWS_PER_STATEMENT: usize = 4096;
 /// Delivery-state rows written per statement (5 values each).
 const STATE_ROWS_PER_STATEMENT: usize = 500;
 
-/// What the delivery state says of a member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    /// Confirmed by ActiveCampaign with these values.
-    Delivered,
-    /// Sent but not imported: sent again by the next run.
-    Failed,
+stored_words! {
+    /// What the delivery state says of a member.
+    pub enum DeliveryStatus ("delivery status") {
+        /// Confirmed by ActiveCampaign with these values.
+        Delivered = "delivered",
+        /// Sent but not imported: sent again by the next run.
+        Failed = "failed",
+    }
 }
 
-/// Why a member is in the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum OutboxKind {
-    New,
-    Changed,
-    /// Left every segment; unsubscribed from the list (on-leave `unsubscribe`).
-    Leave,
+stored_words! {
+    /// Why a member is in the outbox.
+    pub enum OutboxKind ("outbox kind") {
+        New = "new",
+        Changed = "changed",
+        /// Left every segment; unsubscribed from the list (on-leave `unsubscribe`).
+        Leave = "leave",
+    }
 }
 
 /// A mapped member to stage, borrowed from the matching's output.

@@ -4,32 +4,16 @@
 use serde::Serialize;
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::words::stored_words;
 use super::{Doing, Store, StoreError, now_text};
 
-/// What happens to list members who left every segment of the export.
-/// Stored as its lowercase name (`keep`, `unsubscribe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum OnLeave {
-    /// Leave them on the list and forget them (Customer Insights' behaviour).
-    Keep,
-    /// Unsubscribe them from the list.
-    Unsubscribe,
-}
-
-impl OnLeave {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnLeave::Keep => "keep",
-            OnLeave::Unsubscribe => "unsubscribe",
-        }
-    }
-}
-
-impl std::fmt::Display for OnLeave {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+stored_words! {
+    /// What happens to list members who left every segment of the export.
+    pub enum OnLeave ("on-leave choice") {
+        /// Leave them on the list and forget them (Customer Insights' behaviour).
+        Keep = "keep",
+        /// Unsubscribe them from the list.
+        Unsubscribe = "unsubscribe",
     }
 }
 

@@ -13,6 +13,7 @@ pub mod locks;
 pub mod queue;
 pub mod runs;
 pub mod segments;
+pub mod words;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

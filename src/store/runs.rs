@@ -6,128 +6,49 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::locks::Lock;
+use super::words::stored_words;
 use super::{Doing, Store, StoreError, now_text};
 
-/// How a run ended, or that it is still running. Stored as the lowercase word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum RunStatus {
-    Running,
-    Succeeded,
-    Partial,
-    Failed,
-    Cancelled,
-    Interrupted,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Partial => "partial",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::Interrupted => "interrupted",
-        }
+stored_words! {
+    /// How a run ended, or that it is still running.
+    pub enum RunStatus ("run status") {
+        Running = "running",
+        Succeeded = "succeeded",
+        Partial = "partial",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        Interrupted = "interrupted",
     }
 }
 
-impl std::fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+stored_words! {
+    /// Who or what asked for a run.
+    pub enum TriggerKind ("run trigger") {
+        /// `acexport export run` in the foreground.
+        Manual = "manual",
+        /// The export's own schedule or the system refresh schedule.
+        Schedule = "schedule",
+        /// A signal file (`acexport trigger`, or any tool dropping one).
+        SignalFile = "signal-file",
+        /// The daemon resuming an interrupted run at start.
+        Resume = "resume",
     }
 }
 
-/// Who or what asked for a run. Stored as the kebab-case word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[serde(rename_all = "kebab-case")]
-#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
-pub enum TriggerKind {
-    /// `acexport export run` in the foreground.
-    Manual,
-    /// The export's own schedule or the system refresh schedule.
-    Schedule,
-    /// A signal file (`acexport trigger`, or any tool dropping one).
-    SignalFile,
-    /// The daemon resuming an interrupted run at start.
-    Resume,
-}
-
-impl TriggerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TriggerKind::Manual => "manual",
-            TriggerKind::Schedule => "schedule",
-            TriggerKind::SignalFile => "signal-file",
-            TriggerKind::Resume => "resume",
-        }
-    }
-}
-
-impl std::fmt::Display for TriggerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for TriggerKind {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            TriggerKind::Manual,
-            TriggerKind::Schedule,
-            TriggerKind::SignalFile,
-            TriggerKind::Resume,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-        .ok_or_else(|| UnknownValue {
-            what: "run trigger",
-            value: s.chars().take(40).collect(),
-        })
-    }
-}
-
+/// Tests and tools compare a trigger with its word.
 impl PartialEq<&str> for TriggerKind {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
 }
 
-/// A stored word this build does not know (a database written by another version).
-#[derive(Debug, thiserror::Error)]
-#[error("unknown {what} {value:?} in the database")]
-pub struct UnknownValue {
-    pub what: &'static str,
-    pub value: String,
-}
-
-/// Why a profile did not arrive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum IssueKind {
-    /// Refused by the data matching before sending (bad email, ...).
-    Rejected,
-    /// Sent, and not imported by ActiveCampaign.
-    Failed,
-}
-
-impl IssueKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IssueKind::Rejected => "rejected",
-            IssueKind::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for IssueKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+stored_words! {
+    /// Why a profile did not arrive.
+    pub enum IssueKind ("issue kind") {
+        /// Refused by the data matching before sending (bad email, ...).
+        Rejected = "rejected",
+        /// Sent, and not imported by ActiveCampaign.
+        Failed = "failed",
     }
 }
 

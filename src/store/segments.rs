@@ -1,39 +1,23 @@
 //! Segments: where an export's profiles come from.
 
-use serde::Serialize;
 use sqlx::Sqlite;
 use sqlx::error::BoxDynError;
 use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
 
 use super::connections::Sealed;
+use super::words::stored_words;
 use super::{Doing, Store, StoreError, now_text};
 
-/// Where a segment's profiles come from, stored as its lowercase name (`csv`, `jsonl`, `sql`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum SegmentKind {
-    /// A CSV file (`path`, `delimiter`).
-    Csv,
-    /// A JSON Lines file (`path`).
-    Jsonl,
-    /// A read-only query (`query`) against a database (`database_sealed` or `database_env`).
-    Sql,
-}
-
-impl SegmentKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SegmentKind::Csv => "csv",
-            SegmentKind::Jsonl => "jsonl",
-            SegmentKind::Sql => "sql",
-        }
-    }
-}
-
-impl std::fmt::Display for SegmentKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+stored_words! {
+    /// Where a segment's profiles come from.
+    pub enum SegmentKind ("segment kind") {
+        /// A CSV file (`path`, `delimiter`).
+        Csv = "csv",
+        /// A JSON Lines file (`path`).
+        Jsonl = "jsonl",
+        /// A read-only query (`query`) against a database (`database_sealed` or
+        /// `database_env`).
+        Sql = "sql",
     }
 }
 
