@@ -214,6 +214,26 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Waits until the test export's run has delivered its first contacts.
+async fn wait_for_progress(env: &Env) {
+    env.wait_for("progress", Duration::from_secs(20), |r| {
+        r.first().is_some_and(|r| r.counts.upserted > 0)
+    })
+    .await;
+}
+
+/// Waits for the test export's run to end, and checks that it was cancelled before it had
+/// delivered all 12,000 profiles.
+async fn assert_cancelled_midway(env: &Env) {
+    let runs = env
+        .wait_for("the cancelled run", Duration::from_secs(20), |r| {
+            r.first().is_some_and(finished)
+        })
+        .await;
+    assert_eq!(runs[0].status, RunStatus::Cancelled);
+    assert!(runs[0].counts.upserted < 12_000);
+}
+
 fn finished(r: &RunRecord) -> bool {
     r.status != RunStatus::Running
 }
@@ -633,10 +653,7 @@ async fn trigger_all_status_and_cancel_work_through_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    env.wait_for("progress", Duration::from_secs(20), |r| {
-        r.first().is_some_and(|r| r.counts.upserted > 0)
-    })
-    .await;
+    wait_for_progress(&env).await;
 
     let out = cli(&env, &["status", "--json"]);
     assert!(
@@ -654,13 +671,7 @@ async fn trigger_all_status_and_cancel_work_through_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let runs = env
-        .wait_for("the cancelled run", Duration::from_secs(20), |r| {
-            r.first().is_some_and(finished)
-        })
-        .await;
-    assert_eq!(runs[0].status, RunStatus::Cancelled);
-    assert!(runs[0].counts.upserted < 12_000);
+    assert_cancelled_midway(&env).await;
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
 }
@@ -671,23 +682,14 @@ async fn a_cancel_signal_file_stops_the_running_export_at_a_batch_boundary() {
     let mut daemon = env.start(None);
     env.wait_ready().await;
     env.trigger_run();
-    env.wait_for("progress", Duration::from_secs(20), |r| {
-        r.first().is_some_and(|r| r.counts.upserted > 0)
-    })
-    .await;
+    wait_for_progress(&env).await;
 
     let cancel = TriggerRequest::Cancel {
         export: "people-list".into(),
     };
     write_trigger(&env.world.trigger_dir(), &cancel, None).expect("cancel trigger");
 
-    let runs = env
-        .wait_for("the cancelled run", Duration::from_secs(20), |r| {
-            r.first().is_some_and(finished)
-        })
-        .await;
-    assert_eq!(runs[0].status, RunStatus::Cancelled);
-    assert!(runs[0].counts.upserted < 12_000);
+    assert_cancelled_midway(&env).await;
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
     assert_eq!(
