@@ -29,6 +29,9 @@ use crate::store::{RunCounts, StoreError, TriggerKind};
 
 /// Fallback rescan of the trigger folder when inotify events are lost.
 const TRIGGER_RESCAN: Duration = Duration::from_secs(5);
+/// How long a queued run waits before it is queued again behind a run of its export in another
+/// process.
+const REQUEUE_WAIT: Duration = Duration::from_secs(2);
 /// How often the scheduling loop wakes (slots are whole seconds at the finest).
 const TICK: Duration = Duration::from_millis(500);
 /// How often the heartbeat and STATUS are refreshed.
@@ -278,13 +281,22 @@ impl Daemon {
                 let progress = Arc::new(BoardProgress { export: export.name.clone(), board });
                 match ctx.run_export_with(&export.name, options.clone(), &control, progress).await {
                     Ok(_) => {}
-                    // Cancelled meanwhile: the cancel was for that run too; nothing to run after it.
-                    Err(PipelineError::AlreadyRunning { .. }) if control.stop_reason().is_some() => {}
                     Err(PipelineError::AlreadyRunning { run_id, .. }) => {
                         // Another process (a foreground `export run`) runs it: run after it.
-                        tracing::warn!(export = %export.name, run_id, "Export runs in another process; queued again");
-                        if let Err(e) = store.enqueue_run(export.id, options.trigger, options.full, None, None).await {
-                            tracing::error!(export = %export.name, error = %e, "Cannot queue the run again");
+                        // Wait a little first, so that the queue is not taken and put back
+                        // hundreds of times a second while that run goes on.
+                        tokio::select! {
+                            () = tokio::time::sleep(REQUEUE_WAIT) => {}
+                            () = control.stopping() => {}
+                        }
+                        if control.is_cancelled() {
+                            tracing::info!(export = %export.name, "Queued run cancelled");
+                            return;
+                        }
+                        match store.requeue_behind(export.id, options.trigger, options.full, run_id).await {
+                            Ok(true) => tracing::warn!(export = %export.name, run_id, "Export runs in another process; queued again"),
+                            Ok(false) => tracing::info!(export = %export.name, run_id, "Export runs in another process, which was asked to cancel; not queued again"),
+                            Err(e) => tracing::error!(export = %export.name, error = %e, "Cannot queue the run again"),
                         }
                     }
                     Err(e) => tracing::error!(export = %export.name, error = %e, "Run could not be recorded"),
@@ -403,8 +415,8 @@ impl Daemon {
                         Ok(false) => Ok(None),
                         Ok(true) => match store.cancel_export(e.id).await {
                             Ok((dequeued, flagged)) => {
-                                // A run of this daemon stops through its control, at once. The
-                                // flag is for a run in another process (a foreground `export
+                                // A run of this daemon stops through its control, at once; the
+                                // flag reaches a run in another process (a foreground `export
                                 // run`), which looks for it in the database.
                                 let here = running.get(&e.id).map(|(_, control)| control.cancel()).is_some();
                                 tracing::info!(export = %e.name, dequeued, running = here || flagged.is_some(), "Cancel requested");

@@ -62,6 +62,11 @@ impl RunControl {
         self.abort.cancel();
     }
 
+    /// Whether the run was cancelled (for good), as opposed to stopped by a shutdown.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
     }

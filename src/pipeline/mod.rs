@@ -31,7 +31,7 @@ use matching::Matching;
 use plan::{AbortOnDrop, PlanTotals, Planner, SegmentSource};
 use record::Recorder;
 
-/// How often a foreground run looks for a cancel another process recorded in the database.
+/// How often a run looks for a cancel another process recorded in the database.
 const STORE_CANCEL_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
@@ -254,20 +254,25 @@ async fn full_floor(store: &Store, run: &RunRecord) -> Result<i64, PipelineError
 /// Cancels the run when another process records a cancel for it (`acexport cancel`). Stops
 /// with the run: the task is aborted when the returned guard is dropped.
 fn watch_store_cancel(store: Store, run_id: i64, control: RunControl) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(STORE_CANCEL_POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = control.stopping() => return,
-            }
-            if store.cancel_requested(run_id).await.unwrap_or(false) {
-                control.cancel();
-                return;
+    let span = tracing::Span::current();
+    AbortOnDrop(tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(STORE_CANCEL_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = control.stopping() => return,
+                }
+                if store.cancel_requested(run_id).await.unwrap_or(false) {
+                    tracing::info!("Cancel requested; stopping at the next batch boundary");
+                    control.cancel();
+                    return;
+                }
             }
         }
-    }))
+        .instrument(span),
+    ))
 }
 
 /// Preflight: the key still works and the list still exists. Nothing is sent otherwise.

@@ -82,6 +82,38 @@ impl Store {
         Ok(true)
     }
 
+    /// Queues the export again behind `blocking_run`, a run of it in another process, unless
+    /// that run was asked to cancel: the cancel was meant for the queued run too. Checked in
+    /// the same transaction as the insert, so a cancel recorded meanwhile is never missed.
+    /// Returns whether it was queued.
+    pub async fn requeue_behind(
+        &self,
+        export_id: i64,
+        trigger: TriggerKind,
+        full: bool,
+        blocking_run: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let queued = sqlx::query(
+            "INSERT INTO run_queue (export_id, trigger, full, requested_at) \
+             SELECT ?, ?, ?, ? WHERE NOT EXISTS \
+             (SELECT 1 FROM runs WHERE id = ? AND cancel_requested = 1) \
+             ON CONFLICT(export_id) DO UPDATE SET full = full OR excluded.full",
+        )
+        .bind(export_id)
+        .bind(trigger)
+        .bind(full)
+        .bind(now_text())
+        .bind(blocking_run)
+        .execute(&mut *tx)
+        .await
+        .doing("queueing a run again")?
+        .rows_affected()
+            > 0;
+        tx.commit().await.doing("queueing a run again")?;
+        Ok(queued)
+    }
+
     /// Marks a signal-file key consumed without queueing (cancel requests, refusals); false
     /// when it was consumed already.
     pub async fn consume_trigger_key(&self, key: &str) -> Result<bool, StoreError> {
@@ -310,5 +342,28 @@ mod tests {
         assert!(unreadable.is_err_and(|e| e.to_string().contains("telepathy")));
         assert_eq!(next.export_id, second);
         assert!(store.take_queued(&[]).await.expect("empty").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_run_is_queued_again_behind_another_process_unless_that_run_was_cancelled() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let (blocking, _lock) = store
+            .start_run(export_id, TriggerKind::Manual, false)
+            .await
+            .expect("start");
+
+        let behind_a_live_run = store
+            .requeue_behind(export_id, TriggerKind::Schedule, false, blocking.id)
+            .await
+            .expect("requeue");
+        store.cancel_export(export_id).await.expect("cancel");
+        let behind_a_cancelled_run = store
+            .requeue_behind(export_id, TriggerKind::Schedule, false, blocking.id)
+            .await
+            .expect("requeue");
+
+        assert!(behind_a_live_run);
+        assert!(!behind_a_cancelled_run);
+        assert!(!store.is_queued(export_id).await.expect("queue"));
     }
 }

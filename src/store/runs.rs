@@ -30,7 +30,8 @@ stored_words! {
         Schedule = "schedule",
         /// A signal file (`acexport trigger`, or any tool dropping one).
         SignalFile = "signal-file",
-        /// The daemon resuming an interrupted run at start.
+        /// The daemon resuming an interrupted run at start (the first migration's comment calls
+        /// it `daemon-resume`; the stored word has always been `resume`).
         Resume = "resume",
     }
 }

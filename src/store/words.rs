@@ -88,6 +88,9 @@ macro_rules! stored_words {
             fn decode(
                 value: sqlx::sqlite::SqliteValueRef<'r>,
             ) -> Result<Self, sqlx::error::BoxDynError> {
+                if sqlx::ValueRef::is_null(&value) {
+                    return Err(format!("missing {}", $what).into());
+                }
                 let word = <&str as sqlx::Decode<'r, sqlx::Sqlite>>::decode(value)?;
                 Ok(word.parse::<$name>()?)
             }

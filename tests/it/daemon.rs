@@ -13,7 +13,7 @@ use acexport::sandbox::{ListStatus, SandboxOptions};
 use acexport::scheduler::{TriggerRequest, write_trigger};
 use acexport::service::Context;
 use acexport::service::exports::ExportInput;
-use acexport::store::{RunRecord, RunStatus};
+use acexport::store::{RunCounts, RunRecord, RunStatus, TriggerKind};
 
 const TOKEN: &str = "daemon-test-token-0042";
 
@@ -697,6 +697,68 @@ async fn a_cancel_signal_file_stops_the_running_export_at_a_batch_boundary() {
         1,
         "a cancelled run is not run again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_reaches_a_run_waiting_behind_the_same_export_in_another_process() {
+    let env = Env::new(sandbox_options(0), 5, None).await;
+    let export_id = env.ctx.find_export("people-list").await.expect("export").id;
+    // This test process plays a foreground `export run`: it holds the export's run.
+    let (foreground, lock) = env
+        .ctx
+        .store
+        .start_run(export_id, TriggerKind::Manual, false)
+        .await
+        .expect("start");
+    let mut daemon = env.start(None);
+    env.wait_ready().await;
+    env.trigger_run();
+    wait_for_log(&env, "Signal file: run queued").await;
+    let start = Instant::now();
+    while env.ctx.store.is_queued(export_id).await.expect("queue") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the daemon took no run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let out = cli(&env, &["cancel", "people-list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_log(&env, "which was asked to cancel; not queued again").await;
+    env.ctx
+        .store
+        .finish_run(
+            foreground.id,
+            RunStatus::Cancelled,
+            &RunCounts::default(),
+            None,
+        )
+        .await
+        .expect("finish");
+    drop(lock);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    assert!(!env.ctx.store.is_queued(export_id).await.expect("queue"));
+    assert_eq!(env.runs().await.len(), 1, "the cancelled request never ran");
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
+}
+
+async fn wait_for_log(env: &Env, text: &str) {
+    let start = Instant::now();
+    while !env.log().contains(text) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no {text:?} in the log:\n{}",
+            env.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
