@@ -1,6 +1,7 @@
 //! Commands that run exports, hand them to the daemon, stop them or show what runs:
-//! `export run`, `trigger`, `cancel` and `status`. The service decides where a run goes (handed to the daemon when one is up)
-//! and follows it; this file draws the progress, handles Ctrl-C and prints.
+//! `export run`, `trigger`, `cancel` and `status`. The service decides where a run goes
+//! (handed to the daemon when one is up) and follows it; this file draws the progress, handles
+//! Ctrl-C and prints.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};

@@ -333,13 +333,8 @@ fn look(latest: Option<RunRecord>, after_run_id: i64) -> Look {
 /// A finished run as the outcome of a run in this process would report it (no plan: the
 /// daemon never dry-runs).
 fn outcome_of(run: RunRecord) -> RunOutcome {
-    let seconds = match (
-        from_text(&run.started_at),
-        run.finished_at.as_deref().and_then(from_text),
-    ) {
-        (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1000.0,
-        _ => 0.0,
-    };
+    let seconds =
+        run_duration(&run, Utc::now()).map_or(0.0, |d| d.num_milliseconds() as f64 / 1000.0);
     RunOutcome {
         run_id: Some(run.id),
         export: run.export,
