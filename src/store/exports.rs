@@ -341,7 +341,7 @@ async fn write_export_parts(
 pub(in crate::store) mod tests {
     use super::*;
     use crate::store::connections::tests::store_with_connection;
-    use crate::store::segments::{NewSegment, SegmentKind};
+    use crate::store::segments::SegmentKind;
 
     pub(in crate::store) async fn insert(
         store: &Store,
@@ -349,22 +349,7 @@ pub(in crate::store) mod tests {
         name: &str,
         on_leave: OnLeave,
     ) -> i64 {
-        let segment_id = store
-            .insert_segment(NewSegment {
-                name,
-                kind: SegmentKind::Csv,
-                path: Some("/data/members.csv"),
-                delimiter: None,
-                query: None,
-                database_sealed: None,
-                database_env: None,
-                database_shown: None,
-                columns: &["email".to_owned()],
-                row_count: 1,
-            })
-            .await
-            .expect("segment")
-            .expect("new segment");
+        let segment_id = crate::store::segments::tests::insert(store, name, SegmentKind::Csv).await;
         store
             .insert_export(&ExportSpec {
                 name: name.to_owned(),

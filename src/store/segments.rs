@@ -151,7 +151,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::store) mod tests {
     use super::*;
 
     async fn store() -> (tempfile::TempDir, Store) {
@@ -162,7 +162,8 @@ mod tests {
         (dir, store)
     }
 
-    async fn insert(store: &Store, name: &str, kind: SegmentKind) -> i64 {
+    /// A segment with columns `email` and `tier`.
+    pub(in crate::store) async fn insert(store: &Store, name: &str, kind: SegmentKind) -> i64 {
         let columns = ["email".to_owned(), "tier".to_owned()];
         store
             .insert_segment(NewSegment {
