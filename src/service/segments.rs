@@ -103,15 +103,12 @@ impl Context {
                     (Some(sealed), _) => {
                         self.secret_key()?.open(Purpose::DatabaseUrl, &sealed.0)?
                     }
-                    (None, Some(var)) => match std::env::var(var) {
-                        Ok(v) if !v.is_empty() => SecretString::from(v),
-                        _ => {
-                            return Err(ServiceError::SegmentDatabaseEnvUnset {
-                                segment: s.name.clone(),
-                                var: var.clone(),
-                            });
+                    (None, Some(var)) => database_url_from_env(var).ok_or_else(|| {
+                        ServiceError::SegmentDatabaseEnvUnset {
+                            segment: s.name.clone(),
+                            var: var.clone(),
                         }
-                    },
+                    })?,
                     (None, None) => {
                         return Err(ServiceError::SegmentWithoutDatabase {
                             segment: s.name.clone(),
@@ -224,9 +221,9 @@ impl Context {
                         let sealed = self.secret_key()?.seal(Purpose::DatabaseUrl, &url);
                         (url, Some(Sealed(sealed)), None)
                     }
-                    (None, Some(var)) => match std::env::var(&var) {
-                        Ok(v) if !v.is_empty() => (SecretString::from(v), None, Some(var)),
-                        _ => return Err(ServiceError::DatabaseEnvUnset { var }),
+                    (None, Some(var)) => match database_url_from_env(&var) {
+                        Some(url) => (url, None, Some(var)),
+                        None => return Err(ServiceError::DatabaseEnvUnset { var }),
                     },
                     (None, None) => return Err(ServiceError::NoDatabase),
                 };
@@ -296,4 +293,13 @@ impl Context {
 /// Stored paths are absolute: the daemon's working folder is not the user's.
 fn absolute(path: PathBuf) -> Result<PathBuf, ServiceError> {
     std::path::absolute(&path).map_err(|source| ServiceError::ResolvePath { path, source })
+}
+
+/// A database URL from the environment variable `var`, read at each use so it never has to be
+/// stored; `None` when it is unset, empty or not Unicode.
+fn database_url_from_env(var: &str) -> Option<SecretString> {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(SecretString::from)
 }
