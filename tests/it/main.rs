@@ -8,4 +8,5 @@ mod cli_settings;
 mod daemon;
 mod deploy;
 mod engine;
+mod layout;
 mod support;
