@@ -9,6 +9,7 @@
 pub mod activecampaign;
 pub mod cli;
 pub mod daemon;
+pub mod escape;
 pub mod pipeline;
 pub mod redact;
 #[cfg(feature = "sandbox")]
