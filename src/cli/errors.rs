@@ -71,12 +71,17 @@ pub fn service_error_text(e: &ServiceError) -> String {
                      instead)",
                     kind_phrase(*kind)
                 ),
+                PatchMismatch::QueryWithoutDatabase { kind } => format!(
+                    "--sql needs --database URL, --database-env VAR or --database-stdin, since \
+                     the segment reads {} and has no database to keep",
+                    kind_phrase(*kind)
+                ),
             };
             format!("segment {segment:?} was not changed: {problem}")
         }
         ServiceError::ColumnsStillMapped { segment, missing } => format!(
-            "segment {segment:?} was not changed: its new source lacks columns that exports map \
-             ({}); keep them in the source, or first map other columns in those exports with \
+            "segment {segment:?} was not changed: its new source lacks columns that exports map: \
+             {}. Keep them in the source, or first map other columns in those exports with \
              `acexport export update`",
             describe_columns_in_use(missing)
         ),
@@ -180,6 +185,15 @@ mod tests {
                     },
                 },
                 "--database, --database-env and --database-stdin apply only to an SQL query",
+            ),
+            (
+                ServiceError::SegmentPatchMismatch {
+                    segment: "vips".to_owned(),
+                    problem: PatchMismatch::QueryWithoutDatabase {
+                        kind: SegmentKind::Csv,
+                    },
+                },
+                "--sql needs --database URL, --database-env VAR or --database-stdin",
             ),
             (
                 ServiceError::ColumnsStillMapped {

@@ -88,8 +88,8 @@ pub enum ServiceError {
     },
     /// A segment's new source lacks columns that exports reading it map; nothing was saved.
     #[error(
-        "segment {segment:?} was not changed: its new source lacks columns that exports map \
-         ({}); keep them in the source, or change those exports' mappings first",
+        "segment {segment:?} was not changed: its new source lacks columns that exports map: \
+         {}. Keep them in the source, or change those exports' mappings first",
         segments::describe_columns_in_use(.missing)
     )]
     ColumnsStillMapped {

@@ -83,6 +83,8 @@ pub enum PatchMismatch {
     DelimiterNotCsv { kind: SegmentKind },
     /// A database for a source that is not SQL (`kind` is the kind after the patch).
     DatabaseNotSql { kind: SegmentKind },
+    /// A query for a segment that reads a file (`kind`), so has no database to keep.
+    QueryWithoutDatabase { kind: SegmentKind },
 }
 
 impl std::fmt::Display for PatchMismatch {
@@ -99,6 +101,11 @@ impl std::fmt::Display for PatchMismatch {
             PatchMismatch::DatabaseNotSql { kind } => write!(
                 f,
                 "a database applies only to an SQL query, and the segment would read {}",
+                kind_phrase(*kind)
+            ),
+            PatchMismatch::QueryWithoutDatabase { kind } => write!(
+                f,
+                "a query needs a database, and the segment reads {}, which has none to keep",
                 kind_phrase(*kind)
             ),
         }
@@ -217,7 +224,9 @@ fn patched_source(
         Some(NewSource::Jsonl(path)) => PatchedSource::Jsonl { path },
         Some(NewSource::Sql(query)) => {
             if database.is_none() && current.kind != SegmentKind::Sql {
-                return Err(ServiceError::NoDatabase);
+                return Err(mismatch(PatchMismatch::QueryWithoutDatabase {
+                    kind: current.kind,
+                }));
             }
             PatchedSource::Sql { query, database }
         }
@@ -743,11 +752,11 @@ mod tests {
 
     #[test]
     fn a_patch_that_does_not_fit_the_segment_is_refused_saying_why() {
-        let cases: Vec<(SegmentKind, SegmentPatch, Option<PatchMismatch>)> = vec![
+        let cases: Vec<(SegmentKind, SegmentPatch, PatchMismatch)> = vec![
             (
                 SegmentKind::Csv,
                 SegmentPatch::default(),
-                Some(PatchMismatch::Empty),
+                PatchMismatch::Empty,
             ),
             (
                 SegmentKind::Jsonl,
@@ -755,9 +764,9 @@ mod tests {
                     delimiter: Some(b';'),
                     ..SegmentPatch::default()
                 },
-                Some(PatchMismatch::DelimiterNotCsv {
+                PatchMismatch::DelimiterNotCsv {
                     kind: SegmentKind::Jsonl,
-                }),
+                },
             ),
             (
                 SegmentKind::Csv,
@@ -766,9 +775,9 @@ mod tests {
                     delimiter: Some(b';'),
                     database: env("CRM_DB"),
                 },
-                Some(PatchMismatch::DelimiterNotCsv {
+                PatchMismatch::DelimiterNotCsv {
                     kind: SegmentKind::Sql,
-                }),
+                },
             ),
             (
                 SegmentKind::Csv,
@@ -776,9 +785,9 @@ mod tests {
                     database: env("CRM_DB"),
                     ..SegmentPatch::default()
                 },
-                Some(PatchMismatch::DatabaseNotSql {
+                PatchMismatch::DatabaseNotSql {
                     kind: SegmentKind::Csv,
-                }),
+                },
             ),
             (
                 SegmentKind::Sql,
@@ -787,18 +796,19 @@ mod tests {
                     database: env("CRM_DB"),
                     ..SegmentPatch::default()
                 },
-                Some(PatchMismatch::DatabaseNotSql {
+                PatchMismatch::DatabaseNotSql {
                     kind: SegmentKind::Jsonl,
-                }),
+                },
             ),
-            // A file segment turned into a query has no database to keep.
             (
                 SegmentKind::Jsonl,
                 SegmentPatch {
                     source: Some(NewSource::Sql("SELECT 1".to_owned())),
                     ..SegmentPatch::default()
                 },
-                None,
+                PatchMismatch::QueryWithoutDatabase {
+                    kind: SegmentKind::Jsonl,
+                },
             ),
         ];
         for (kind, patch, expected) in cases {
@@ -806,14 +816,11 @@ mod tests {
 
             let err = patched_source(&stored(kind), patch).expect_err(&described);
 
-            match (err, expected) {
-                (ServiceError::SegmentPatchMismatch { segment, problem }, Some(expected)) => {
-                    assert_eq!(segment, "members", "{described}");
-                    assert_eq!(problem, expected, "{described}");
-                }
-                (ServiceError::NoDatabase, None) => {}
-                (err, _) => panic!("{described}: unexpected {err:?}"),
-            }
+            let ServiceError::SegmentPatchMismatch { segment, problem } = err else {
+                panic!("{described}: unexpected {err:?}");
+            };
+            assert_eq!(segment, "members", "{described}");
+            assert_eq!(problem, expected, "{described}");
         }
     }
 
