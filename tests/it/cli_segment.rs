@@ -603,3 +603,91 @@ async fn update_without_anything_to_change_is_a_usage_error_naming_what_can_chan
         "names what can change: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_query_on_a_database_from_an_unset_variable_is_refused_naming_the_segments_variable()
+{
+    let env = TestEnv::new().await;
+    let url = sqlite_database(&env).await;
+    env.run_env(
+        &[
+            "segment",
+            "add",
+            "active",
+            "--sql",
+            "SELECT email FROM members",
+            "--database-env",
+            "CRM_DB_URL",
+        ],
+        &[("CRM_DB_URL", &url)],
+    )
+    .await
+    .assert_ok();
+    let before = stored_segment(&env, "active").await;
+
+    let out = env
+        .run(&[
+            "segment",
+            "update",
+            "active",
+            "--sql",
+            "SELECT email, first_name FROM members",
+        ])
+        .await;
+
+    out.assert_fails_with(
+        1,
+        "segment \"active\" reads its database URL from the environment variable CRM_DB_URL",
+    );
+    assert_eq!(stored_segment(&env, "active").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_query_keeps_reading_the_database_url_from_the_segments_variable() {
+    let env = TestEnv::new().await;
+    let url = sqlite_database(&env).await;
+    let vars = [("CRM_DB_URL", url.as_str())];
+    env.run_env(
+        &[
+            "segment",
+            "add",
+            "active",
+            "--sql",
+            "SELECT email FROM members",
+            "--database-env",
+            "CRM_DB_URL",
+        ],
+        &vars,
+    )
+    .await
+    .assert_ok();
+
+    let out = env
+        .run_env(
+            &[
+                "segment",
+                "update",
+                "active",
+                "--sql",
+                "SELECT email, first_name FROM members",
+            ],
+            &vars,
+        )
+        .await;
+
+    out.assert_ok();
+    let stored = stored_segment(&env, "active").await;
+    assert_eq!(
+        stored["columns"],
+        serde_json::json!(["email", "first_name"])
+    );
+    assert_eq!(
+        stored["source"],
+        format!("{url} :: SELECT email, first_name FROM members")
+    );
+    let without_the_variable = env.run(&["segment", "show", "active"]).await;
+    without_the_variable.assert_fails_with(
+        1,
+        "segment \"active\" reads its database URL from the environment variable CRM_DB_URL",
+    );
+}
