@@ -203,10 +203,7 @@ impl AddArgs {
                 "--sql needs --database URL, --database-env VAR or --database-stdin".to_owned(),
             ));
         };
-        let (database_url, database_env) = match database {
-            DatabaseInput::Url(url) => (Some(url), None),
-            DatabaseInput::Env(var) => (None, Some(var)),
-        };
+        let (database_url, database_env) = database.into_parts();
         Ok(SegmentInput::Sql {
             query,
             database_url,

@@ -46,7 +46,7 @@ pub enum DatabaseInput {
 
 impl DatabaseInput {
     /// As [`SegmentInput::Sql`] holds it: the URL or the variable.
-    fn into_parts(self) -> (Option<SecretString>, Option<String>) {
+    pub fn into_parts(self) -> (Option<SecretString>, Option<String>) {
         match self {
             DatabaseInput::Url(url) => (Some(url), None),
             DatabaseInput::Env(var) => (None, Some(var)),
