@@ -2,6 +2,7 @@
 //! serves the same operations), so the flags that fix each refusal are named here.
 
 use crate::service::connections::PRIVACY_NOTICE;
+use crate::service::segments::{PatchMismatch, describe_columns_in_use, kind_phrase};
 use crate::service::{MappedField, Remedy, ServiceError};
 
 /// The text of a service error on the command line, naming the flags that fix it.
@@ -54,6 +55,36 @@ pub fn service_error_text(e: &ServiceError) -> String {
             field_flag(*field),
             columns.join(", ")
         ),
+        ServiceError::SegmentPatchMismatch { segment, problem } => {
+            let problem = match problem {
+                PatchMismatch::Empty => "give at least one of --csv, --jsonl, --sql, --delimiter, \
+                                         --database, --database-env or --database-stdin"
+                    .to_owned(),
+                PatchMismatch::DelimiterNotCsv { kind } => format!(
+                    "--delimiter applies only to a CSV file, and the segment would read {} (give \
+                     --csv PATH with it to read a CSV file instead)",
+                    kind_phrase(*kind)
+                ),
+                PatchMismatch::DatabaseNotSql { kind } => format!(
+                    "--database, --database-env and --database-stdin apply only to an SQL query, \
+                     and the segment would read {} (give --sql QUERY with them to read a query \
+                     instead)",
+                    kind_phrase(*kind)
+                ),
+                PatchMismatch::QueryWithoutDatabase { kind } => format!(
+                    "--sql needs --database URL, --database-env VAR or --database-stdin, since \
+                     the segment reads {} and has no database to keep",
+                    kind_phrase(*kind)
+                ),
+            };
+            format!("segment {segment:?} was not changed: {problem}")
+        }
+        ServiceError::ColumnsStillMapped { segment, missing } => format!(
+            "segment {segment:?} was not changed: its new source lacks columns that exports map: \
+             {}. Keep them in the source, or first map other columns in those exports with \
+             `acexport export update`",
+            describe_columns_in_use(missing)
+        ),
         ServiceError::ConnectionRejected { connection, detail } => format!(
             "connection {connection:?} was rejected by ActiveCampaign ({}); fix it with \
              `acexport connection update` first",
@@ -94,6 +125,7 @@ mod tests {
     use super::*;
     use crate::cli::CliError;
     use crate::scheduler::Schedule;
+    use crate::service::segments::{ColumnInUse, SegmentKind};
 
     /// Every variant whose text differs on the command line, with the flag it must name.
     fn flagged() -> Vec<(ServiceError, &'static str)> {
@@ -129,6 +161,51 @@ mod tests {
             (ServiceError::NoSegment, "--segment"),
             (ServiceError::InvalidListId(0), "--list 0"),
             (ServiceError::BadSchedule(schedule), "--schedule: "),
+            (
+                ServiceError::SegmentPatchMismatch {
+                    segment: "vips".to_owned(),
+                    problem: PatchMismatch::Empty,
+                },
+                "--csv, --jsonl, --sql, --delimiter",
+            ),
+            (
+                ServiceError::SegmentPatchMismatch {
+                    segment: "vips".to_owned(),
+                    problem: PatchMismatch::DelimiterNotCsv {
+                        kind: SegmentKind::Jsonl,
+                    },
+                },
+                "--delimiter applies only to a CSV file, and the segment would read a JSONL file",
+            ),
+            (
+                ServiceError::SegmentPatchMismatch {
+                    segment: "vips".to_owned(),
+                    problem: PatchMismatch::DatabaseNotSql {
+                        kind: SegmentKind::Csv,
+                    },
+                },
+                "--database, --database-env and --database-stdin apply only to an SQL query",
+            ),
+            (
+                ServiceError::SegmentPatchMismatch {
+                    segment: "vips".to_owned(),
+                    problem: PatchMismatch::QueryWithoutDatabase {
+                        kind: SegmentKind::Csv,
+                    },
+                },
+                "--sql needs --database URL, --database-env VAR or --database-stdin",
+            ),
+            (
+                ServiceError::ColumnsStillMapped {
+                    segment: "vips".to_owned(),
+                    missing: vec![ColumnInUse {
+                        export: "weekly".to_owned(),
+                        field: MappedField::Custom(3),
+                        column: "tier".to_owned(),
+                    }],
+                },
+                "`acexport export update`",
+            ),
             (
                 ServiceError::UnknownColumn {
                     field: MappedField::FirstName,

@@ -1,6 +1,6 @@
 //! `acexport segment ...`: where profiles come from. A database URL holding a password is
-//! refused as an option value (shell history, `ps`); it comes from stdin (sealed in the store)
-//! or from an environment variable read at every run.
+//! refused as an option value (shell history, `ps`), by `add` and `update` alike; it comes from
+//! stdin (sealed in the store) or from an environment variable read at every run.
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use super::output::{self, Table};
 use super::{CliError, secret_from_stdin};
 use crate::service::Context;
-use crate::service::segments::{SegmentInput, SegmentView};
+use crate::service::segments::{DatabaseInput, NewSource, SegmentInput, SegmentPatch, SegmentView};
 
 /// Rows `segment preview` shows unless `--limit` says otherwise.
 const DEFAULT_PREVIEW_ROWS: u16 = 10;
@@ -41,6 +41,9 @@ pub enum SegmentCommand {
               value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_PREVIEW_ROWS)))]
         limit: u16,
     },
+    /// Change a segment's file, query, database or delimiter; the new source is read through
+    /// once, and the change is refused if it lacks a column an export maps
+    Update(UpdateArgs),
     /// Remove a segment (refused while an export uses it)
     Remove { name: String },
 }
@@ -74,6 +77,81 @@ pub struct AddArgs {
     /// Read the database URL from standard input; it is sealed in the store
     #[arg(long, requires = "sql")]
     pub database_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("change")
+        .required(true)
+        .multiple(true)
+        .args(["csv", "jsonl", "sql", "delimiter", "database", "database_env", "database_stdin"])
+))]
+#[command(group(ArgGroup::new("source").args(["csv", "jsonl", "sql"])))]
+#[command(group(
+    ArgGroup::new("database_source").args(["database", "database_env", "database_stdin"])
+))]
+pub struct UpdateArgs {
+    /// Name of the segment
+    pub name: String,
+    /// Read this CSV file instead (its first line names the columns)
+    #[arg(long, value_name = "PATH", conflicts_with = "database_source")]
+    pub csv: Option<PathBuf>,
+    /// CSV delimiter: , ; | or tab [default: the current one, else ,]
+    #[arg(long, value_name = "C", conflicts_with_all = ["jsonl", "sql"],
+          value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+    /// Read this JSONL file instead
+    #[arg(long, value_name = "PATH", conflicts_with = "database_source")]
+    pub jsonl: Option<PathBuf>,
+    /// Run this SQL query instead (on the current database unless one is given)
+    #[arg(long, value_name = "QUERY")]
+    pub sql: Option<String>,
+    /// Database URL without a password (sqlite:PATH, postgres://USER@HOST/DB)
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// Environment variable holding the database URL, read at every run (not stored)
+    #[arg(long, value_name = "VAR")]
+    pub database_env: Option<String>,
+    /// Read the database URL from standard input; it is sealed in the store
+    #[arg(long)]
+    pub database_stdin: bool,
+    /// Print the segment as JSON, as `segment show --json` does
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl UpdateArgs {
+    fn patch(self) -> Result<SegmentPatch, CliError> {
+        let source = match (self.csv, self.jsonl, self.sql) {
+            (Some(path), _, _) => Some(NewSource::Csv(path)),
+            (None, Some(path), _) => Some(NewSource::Jsonl(path)),
+            (None, None, Some(query)) => Some(NewSource::Sql(query)),
+            (None, None, None) => None,
+        };
+        Ok(SegmentPatch {
+            source,
+            delimiter: self.delimiter,
+            database: database_input(self.database, self.database_env, self.database_stdin)?,
+        })
+    }
+}
+
+/// `--database`, `--database-env` or `--database-stdin` (at most one: clap checks it), read
+/// the same way for `segment add` and `segment update`.
+fn database_input(
+    url: Option<String>,
+    env: Option<String>,
+    stdin: bool,
+) -> Result<Option<DatabaseInput>, CliError> {
+    Ok(match (url, env) {
+        (Some(url), _) => {
+            refuse_password_in_url(&url)?;
+            Some(DatabaseInput::Url(url.into()))
+        }
+        (None, Some(var)) => Some(DatabaseInput::Env(var)),
+        (None, None) if stdin => Some(DatabaseInput::Url(secret_from_stdin("database URL")?)),
+        (None, None) => None,
+    })
 }
 
 /// `--delimiter`: one of the separators CSV exports actually use.
@@ -119,19 +197,13 @@ impl AddArgs {
                 "give one of --csv, --jsonl or --sql".to_owned(),
             ));
         };
-        let (database_url, database_env) = match (self.database, self.database_env) {
-            (Some(url), _) => {
-                refuse_password_in_url(&url)?;
-                (Some(url.into()), None)
-            }
-            (None, Some(var)) => (None, Some(var)),
-            (None, None) if self.database_stdin => (Some(secret_from_stdin("database URL")?), None),
-            (None, None) => {
-                return Err(CliError::Input(
-                    "--sql needs --database URL, --database-env VAR or --database-stdin".to_owned(),
-                ));
-            }
+        let Some(database) = database_input(self.database, self.database_env, self.database_stdin)?
+        else {
+            return Err(CliError::Input(
+                "--sql needs --database URL, --database-env VAR or --database-stdin".to_owned(),
+            ));
         };
+        let (database_url, database_env) = database.into_parts();
         Ok(SegmentInput::Sql {
             query,
             database_url,
@@ -196,6 +268,22 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
             let mut text = table.render();
             if table.is_empty() {
                 text.push_str("(no rows)\n");
+            }
+            output::emit(&text)
+        }
+        SegmentCommand::Update(args) => {
+            let name = args.name.clone();
+            let json = args.json;
+            let view = ctx.update_segment(&name, args.patch()?).await?;
+            if json {
+                return output::emit_json(&view);
+            }
+            let mut text = format!("Segment {:?} updated.\n{}", view.name, describe(&view));
+            if !view.exports.is_empty() {
+                text.push_str(
+                    "Its exports keep their delivery state: their next run sends only what \
+                     changed.\n",
+                );
             }
             output::emit(&text)
         }

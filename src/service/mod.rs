@@ -80,6 +80,22 @@ pub enum ServiceError {
     SegmentDatabaseEnvUnset { segment: String, var: String },
     #[error("segment {segment:?} has no database")]
     SegmentWithoutDatabase { segment: String },
+    /// A segment update that does not fit the segment; nothing was saved.
+    #[error("segment {segment:?} was not changed: {problem}")]
+    SegmentPatchMismatch {
+        segment: String,
+        problem: segments::PatchMismatch,
+    },
+    /// A segment's new source lacks columns that exports reading it map; nothing was saved.
+    #[error(
+        "segment {segment:?} was not changed: its new source lacks columns that exports map: \
+         {}. Keep them in the source, or change those exports' mappings first",
+        segments::describe_columns_in_use(.missing)
+    )]
+    ColumnsStillMapped {
+        segment: String,
+        missing: Vec<segments::ColumnInUse>,
+    },
     #[error("cannot resolve the path {}: {source}", .path.display())]
     ResolvePath {
         path: PathBuf,

@@ -1,19 +1,21 @@
 //! Segments: a CSV or JSONL file, or an SQL query against the user's SQLite or PostgreSQL
 //! database (read-only). Adding one reads it through once, so a broken file is refused with
-//! the line at fault before it is saved.
+//! the line at fault before it is saved. Updating one reads its new source the same way, and
+//! is refused while an export maps a column the new source lacks.
 
 use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::{Context, Remedy, ServiceError, check_name};
+use super::{Context, MappedField, Remedy, ServiceError, check_name};
 use crate::secrets::Purpose;
 use crate::source::{self, Row, SourceDef};
 use crate::store::SegmentDef;
 use crate::store::connections::Sealed;
-use crate::store::segments::NewSegment;
+use crate::store::exports::{ColumnRole, MappedColumn};
 pub use crate::store::segments::SegmentKind;
+use crate::store::segments::{NewSegment, SegmentUpdate};
 
 /// Where a new segment's profiles come from, as the user gave it.
 #[derive(Debug)]
@@ -31,6 +33,228 @@ pub enum SegmentInput {
         database_url: Option<SecretString>,
         database_env: Option<String>,
     },
+}
+
+/// A database for an SQL segment, as the user gave it.
+#[derive(Debug)]
+pub enum DatabaseInput {
+    /// The URL itself, sealed in the store.
+    Url(SecretString),
+    /// The environment variable holding the URL, read at each use.
+    Env(String),
+}
+
+impl DatabaseInput {
+    /// As [`SegmentInput::Sql`] holds it: the URL or the variable.
+    pub fn into_parts(self) -> (Option<SecretString>, Option<String>) {
+        match self {
+            DatabaseInput::Url(url) => (Some(url), None),
+            DatabaseInput::Env(var) => (None, Some(var)),
+        }
+    }
+}
+
+/// A segment's new file or query; its kind may differ from the current one.
+#[derive(Debug)]
+pub enum NewSource {
+    Csv(PathBuf),
+    Jsonl(PathBuf),
+    Sql(String),
+}
+
+/// Changes to a segment's source; `None` keeps the current value. Changing the kind is
+/// allowed (a CSV segment may become an SQL one), as adding allows any kind: the exports
+/// reading it only need the columns they map.
+#[derive(Debug, Default)]
+pub struct SegmentPatch {
+    pub source: Option<NewSource>,
+    /// The CSV delimiter.
+    pub delimiter: Option<u8>,
+    /// The SQL query's database.
+    pub database: Option<DatabaseInput>,
+}
+
+/// Why a [`SegmentPatch`] does not fit the segment it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchMismatch {
+    /// The patch changes nothing.
+    Empty,
+    /// A delimiter for a source that is not CSV (`kind` is the kind after the patch).
+    DelimiterNotCsv { kind: SegmentKind },
+    /// A database for a source that is not SQL (`kind` is the kind after the patch).
+    DatabaseNotSql { kind: SegmentKind },
+    /// A query for a segment that reads a file (`kind`), so has no database to keep.
+    QueryWithoutDatabase { kind: SegmentKind },
+}
+
+impl std::fmt::Display for PatchMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PatchMismatch::Empty => {
+                f.write_str("nothing to change: give a new file, query, database or delimiter")
+            }
+            PatchMismatch::DelimiterNotCsv { kind } => write!(
+                f,
+                "a delimiter applies only to a CSV file, and the segment would read {}",
+                kind_phrase(*kind)
+            ),
+            PatchMismatch::DatabaseNotSql { kind } => write!(
+                f,
+                "a database applies only to an SQL query, and the segment would read {}",
+                kind_phrase(*kind)
+            ),
+            PatchMismatch::QueryWithoutDatabase { kind } => write!(
+                f,
+                "a query needs a database, and the segment reads {}, which has none to keep",
+                kind_phrase(*kind)
+            ),
+        }
+    }
+}
+
+/// How messages say what a segment reads.
+pub fn kind_phrase(kind: SegmentKind) -> &'static str {
+    match kind {
+        SegmentKind::Csv => "a CSV file",
+        SegmentKind::Jsonl => "a JSONL file",
+        SegmentKind::Sql => "an SQL query",
+    }
+}
+
+/// A column an export maps from a segment, and the field it fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInUse {
+    pub export: String,
+    pub field: MappedField,
+    pub column: String,
+}
+
+impl From<MappedColumn> for ColumnInUse {
+    fn from(m: MappedColumn) -> ColumnInUse {
+        let field = match m.role {
+            ColumnRole::Email => MappedField::Email,
+            ColumnRole::FirstName => MappedField::FirstName,
+            ColumnRole::LastName => MappedField::LastName,
+            ColumnRole::Phone => MappedField::Phone,
+            ColumnRole::Field(id) => MappedField::Custom(id),
+        };
+        ColumnInUse {
+            export: m.export,
+            field,
+            column: m.column,
+        }
+    }
+}
+
+/// `export "weekly" maps "first_name" (first name), "tier" (custom field 3); export ...`,
+/// one clause per export, in the order given (sorted by export).
+pub fn describe_columns_in_use(columns: &[ColumnInUse]) -> String {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut current: Option<&str> = None;
+    for c in columns {
+        let mapping = format!("{:?} ({})", c.column, c.field);
+        match (current, clauses.last_mut()) {
+            (Some(export), Some(clause)) if export == c.export => {
+                clause.push_str(", ");
+                clause.push_str(&mapping);
+            }
+            _ => {
+                clauses.push(format!("export {:?} maps {mapping}", c.export));
+                current = Some(&c.export);
+            }
+        }
+    }
+    clauses.join("; ")
+}
+
+/// The source a segment reads after a patch, before it is resolved.
+#[derive(Debug)]
+enum PatchedSource {
+    Csv {
+        path: PathBuf,
+        delimiter: u8,
+    },
+    Jsonl {
+        path: PathBuf,
+    },
+    /// `database: None` keeps the segment's current database.
+    Sql {
+        query: String,
+        database: Option<DatabaseInput>,
+    },
+}
+
+/// What `current` reads after `patch`: a value the patch does not give is kept, or defaults
+/// (`,` for a delimiter) when the kind changes. A CSV or JSONL segment that becomes an SQL one
+/// needs a database.
+fn patched_source(
+    current: &SegmentDef,
+    patch: SegmentPatch,
+) -> Result<PatchedSource, ServiceError> {
+    let mismatch = |problem| ServiceError::SegmentPatchMismatch {
+        segment: current.name.clone(),
+        problem,
+    };
+    let SegmentPatch {
+        source,
+        delimiter,
+        database,
+    } = patch;
+    if source.is_none() && delimiter.is_none() && database.is_none() {
+        return Err(mismatch(PatchMismatch::Empty));
+    }
+    let current_path = || PathBuf::from(current.path.clone().unwrap_or_default());
+    let kind = match &source {
+        Some(NewSource::Csv(_)) => SegmentKind::Csv,
+        Some(NewSource::Jsonl(_)) => SegmentKind::Jsonl,
+        Some(NewSource::Sql(_)) => SegmentKind::Sql,
+        None => current.kind,
+    };
+    if delimiter.is_some() && kind != SegmentKind::Csv {
+        return Err(mismatch(PatchMismatch::DelimiterNotCsv { kind }));
+    }
+    if database.is_some() && kind != SegmentKind::Sql {
+        return Err(mismatch(PatchMismatch::DatabaseNotSql { kind }));
+    }
+    Ok(match source {
+        Some(NewSource::Csv(path)) => PatchedSource::Csv {
+            path,
+            delimiter: delimiter.unwrap_or_else(|| csv_delimiter(current)),
+        },
+        Some(NewSource::Jsonl(path)) => PatchedSource::Jsonl { path },
+        Some(NewSource::Sql(query)) => {
+            if database.is_none() && current.kind != SegmentKind::Sql {
+                return Err(mismatch(PatchMismatch::QueryWithoutDatabase {
+                    kind: current.kind,
+                }));
+            }
+            PatchedSource::Sql { query, database }
+        }
+        None => match current.kind {
+            SegmentKind::Csv => PatchedSource::Csv {
+                path: current_path(),
+                delimiter: delimiter.unwrap_or_else(|| csv_delimiter(current)),
+            },
+            SegmentKind::Jsonl => PatchedSource::Jsonl {
+                path: current_path(),
+            },
+            SegmentKind::Sql => PatchedSource::Sql {
+                query: current.query.clone().unwrap_or_default(),
+                database,
+            },
+        },
+    })
+}
+
+/// The delimiter a CSV segment reads with; `,` for a segment that is not CSV yet.
+fn csv_delimiter(s: &SegmentDef) -> u8 {
+    match s.kind {
+        SegmentKind::Csv => s
+            .delimiter
+            .and_then(|d| u8::try_from(d).ok())
+            .unwrap_or(b','),
+        SegmentKind::Jsonl | SegmentKind::Sql => b',',
+    }
 }
 
 /// A new segment's source, resolved: how to read it now, and what the store keeps of it.
@@ -187,6 +411,100 @@ impl Context {
         self.segment_view(self.find_segment(name).await?).await
     }
 
+    /// Changes a segment's source. The new source is read through once, as when adding, then
+    /// saved in one transaction, unless an export reading the segment maps a column it lacks.
+    /// The exports keep their delivery state: their next run sends only members whose mapped
+    /// values differ from what was delivered.
+    pub async fn update_segment(
+        &self,
+        name: &str,
+        patch: SegmentPatch,
+    ) -> Result<SegmentView, ServiceError> {
+        let current = self.find_segment(name).await?;
+        let input = match patched_source(&current, patch)? {
+            PatchedSource::Csv { path, delimiter } => SegmentInput::Csv { path, delimiter },
+            PatchedSource::Jsonl { path } => SegmentInput::Jsonl { path },
+            PatchedSource::Sql {
+                query,
+                database: Some(database),
+            } => {
+                let (database_url, database_env) = database.into_parts();
+                SegmentInput::Sql {
+                    query,
+                    database_url,
+                    database_env,
+                }
+            }
+            PatchedSource::Sql {
+                query,
+                database: None,
+            } => self.kept_database(&current, query)?,
+        };
+        let resolved = self.resolve_source(input)?;
+        let description = source::describe(&resolved.def).await?;
+        let outcome = self
+            .store
+            .update_segment(
+                current.id,
+                NewSegment {
+                    name,
+                    kind: resolved.kind,
+                    path: resolved.path.as_deref(),
+                    delimiter: resolved.delimiter,
+                    query: resolved.query.as_deref(),
+                    database_sealed: resolved.database_sealed,
+                    database_env: resolved.database_env.as_deref(),
+                    database_shown: resolved.database_shown.as_deref(),
+                    columns: &description.columns,
+                    row_count: description.rows,
+                },
+            )
+            .await?;
+        match outcome {
+            SegmentUpdate::Saved => {}
+            SegmentUpdate::ColumnsInUse(missing) => {
+                return Err(ServiceError::ColumnsStillMapped {
+                    segment: name.to_owned(),
+                    missing: missing.into_iter().map(ColumnInUse::from).collect(),
+                });
+            }
+            SegmentUpdate::Gone => return Err(ServiceError::not_found("segment", name)),
+        }
+        tracing::info!(segment = %name, kind = %resolved.kind, rows = description.rows, "Segment updated");
+        self.segment_view(self.find_segment(name).await?).await
+    }
+
+    /// An SQL segment's new query with its current database, as [`Self::resolve_source`]
+    /// takes it: the sealed URL opened (it is sealed again), or the same variable.
+    fn kept_database(&self, s: &SegmentDef, query: String) -> Result<SegmentInput, ServiceError> {
+        let (database_url, database_env) = match (&s.database_sealed, &s.database_env) {
+            (Some(sealed), _) => (
+                Some(self.secret_key()?.open(Purpose::DatabaseUrl, &sealed.0)?),
+                None,
+            ),
+            (None, Some(var)) => {
+                // Named as the segment's own variable, not as one given for this update.
+                if database_url_from_env(var).is_none() {
+                    return Err(ServiceError::SegmentDatabaseEnvUnset {
+                        segment: s.name.clone(),
+                        var: var.clone(),
+                    });
+                }
+                (None, Some(var.clone()))
+            }
+            (None, None) => {
+                return Err(ServiceError::SegmentWithoutDatabase {
+                    segment: s.name.clone(),
+                });
+            }
+        };
+        Ok(SegmentInput::Sql {
+            query,
+            database_url,
+            database_env,
+        })
+    }
+
     /// Checks the source the user gave and resolves it: absolute paths, the database URL
     /// sealed or read from its variable.
     fn resolve_source(&self, input: SegmentInput) -> Result<ResolvedSource, ServiceError> {
@@ -302,4 +620,229 @@ fn database_url_from_env(var: &str) -> Option<SecretString> {
         .ok()
         .filter(|v| !v.is_empty())
         .map(SecretString::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::segments::Columns;
+
+    /// A stored segment of `kind`: `/data/members.csv` with `;` for CSV, `/data/members.jsonl`
+    /// for JSONL, a query on the database in `$CRM_DB` for SQL.
+    fn stored(kind: SegmentKind) -> SegmentDef {
+        let (path, delimiter, query, database_env) = match kind {
+            SegmentKind::Csv => (Some("/data/members.csv"), Some(i64::from(b';')), None, None),
+            SegmentKind::Jsonl => (Some("/data/members.jsonl"), None, None, None),
+            SegmentKind::Sql => (
+                None,
+                None,
+                Some("SELECT email FROM members"),
+                Some("CRM_DB"),
+            ),
+        };
+        SegmentDef {
+            id: 1,
+            name: "members".to_owned(),
+            kind,
+            path: path.map(str::to_owned),
+            delimiter,
+            query: query.map(str::to_owned),
+            database_sealed: None,
+            database_env: database_env.map(str::to_owned),
+            database_shown: None,
+            columns: Columns(vec!["email".to_owned()]),
+            row_count: 2,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn env(var: &str) -> Option<DatabaseInput> {
+        Some(DatabaseInput::Env(var.to_owned()))
+    }
+
+    /// A patched source in a few words, for comparing in a table.
+    fn summary(source: &PatchedSource) -> String {
+        match source {
+            PatchedSource::Csv { path, delimiter } => {
+                format!("csv {} {}", path.display(), char::from(*delimiter))
+            }
+            PatchedSource::Jsonl { path } => format!("jsonl {}", path.display()),
+            PatchedSource::Sql { query, database } => {
+                let database = match database {
+                    None => "kept".to_owned(),
+                    Some(DatabaseInput::Env(var)) => format!("${var}"),
+                    Some(DatabaseInput::Url(_)) => "url".to_owned(),
+                };
+                format!("sql {query} on {database}")
+            }
+        }
+    }
+
+    #[test]
+    fn a_patch_changes_what_it_gives_and_keeps_the_rest() {
+        let csv = |path: &str| Some(NewSource::Csv(PathBuf::from(path)));
+        let cases: Vec<(SegmentKind, SegmentPatch, &str)> = vec![
+            (
+                SegmentKind::Csv,
+                SegmentPatch {
+                    source: csv("/data/new.csv"),
+                    ..SegmentPatch::default()
+                },
+                "csv /data/new.csv ;",
+            ),
+            (
+                SegmentKind::Csv,
+                SegmentPatch {
+                    delimiter: Some(b'|'),
+                    ..SegmentPatch::default()
+                },
+                "csv /data/members.csv |",
+            ),
+            (
+                SegmentKind::Jsonl,
+                SegmentPatch {
+                    source: csv("/data/new.csv"),
+                    ..SegmentPatch::default()
+                },
+                "csv /data/new.csv ,",
+            ),
+            (
+                SegmentKind::Csv,
+                SegmentPatch {
+                    source: Some(NewSource::Jsonl(PathBuf::from("/data/new.jsonl"))),
+                    ..SegmentPatch::default()
+                },
+                "jsonl /data/new.jsonl",
+            ),
+            (
+                SegmentKind::Sql,
+                SegmentPatch {
+                    source: Some(NewSource::Sql("SELECT email, tier FROM members".to_owned())),
+                    ..SegmentPatch::default()
+                },
+                "sql SELECT email, tier FROM members on kept",
+            ),
+            (
+                SegmentKind::Sql,
+                SegmentPatch {
+                    database: env("CRM_REPLICA"),
+                    ..SegmentPatch::default()
+                },
+                "sql SELECT email FROM members on $CRM_REPLICA",
+            ),
+            (
+                SegmentKind::Csv,
+                SegmentPatch {
+                    source: Some(NewSource::Sql("SELECT email FROM crm".to_owned())),
+                    database: env("CRM_DB"),
+                    ..SegmentPatch::default()
+                },
+                "sql SELECT email FROM crm on $CRM_DB",
+            ),
+        ];
+        for (kind, patch, expected) in cases {
+            let described = format!("{kind} {patch:?}");
+
+            let source = patched_source(&stored(kind), patch).expect(&described);
+
+            assert_eq!(summary(&source), expected, "{described}");
+        }
+    }
+
+    #[test]
+    fn a_patch_that_does_not_fit_the_segment_is_refused_saying_why() {
+        let cases: Vec<(SegmentKind, SegmentPatch, PatchMismatch)> = vec![
+            (
+                SegmentKind::Csv,
+                SegmentPatch::default(),
+                PatchMismatch::Empty,
+            ),
+            (
+                SegmentKind::Jsonl,
+                SegmentPatch {
+                    delimiter: Some(b';'),
+                    ..SegmentPatch::default()
+                },
+                PatchMismatch::DelimiterNotCsv {
+                    kind: SegmentKind::Jsonl,
+                },
+            ),
+            (
+                SegmentKind::Csv,
+                SegmentPatch {
+                    source: Some(NewSource::Sql("SELECT 1".to_owned())),
+                    delimiter: Some(b';'),
+                    database: env("CRM_DB"),
+                },
+                PatchMismatch::DelimiterNotCsv {
+                    kind: SegmentKind::Sql,
+                },
+            ),
+            (
+                SegmentKind::Csv,
+                SegmentPatch {
+                    database: env("CRM_DB"),
+                    ..SegmentPatch::default()
+                },
+                PatchMismatch::DatabaseNotSql {
+                    kind: SegmentKind::Csv,
+                },
+            ),
+            (
+                SegmentKind::Sql,
+                SegmentPatch {
+                    source: Some(NewSource::Jsonl(PathBuf::from("/data/new.jsonl"))),
+                    database: env("CRM_DB"),
+                    ..SegmentPatch::default()
+                },
+                PatchMismatch::DatabaseNotSql {
+                    kind: SegmentKind::Jsonl,
+                },
+            ),
+            (
+                SegmentKind::Jsonl,
+                SegmentPatch {
+                    source: Some(NewSource::Sql("SELECT 1".to_owned())),
+                    ..SegmentPatch::default()
+                },
+                PatchMismatch::QueryWithoutDatabase {
+                    kind: SegmentKind::Jsonl,
+                },
+            ),
+        ];
+        for (kind, patch, expected) in cases {
+            let described = format!("{kind} {patch:?}");
+
+            let err = patched_source(&stored(kind), patch).expect_err(&described);
+
+            let ServiceError::SegmentPatchMismatch { segment, problem } = err else {
+                panic!("{described}: unexpected {err:?}");
+            };
+            assert_eq!(segment, "members", "{described}");
+            assert_eq!(problem, expected, "{described}");
+        }
+    }
+
+    #[test]
+    fn columns_in_use_are_said_once_per_export() {
+        let uses = [
+            ("daily", MappedField::Email, "email"),
+            ("weekly", MappedField::FirstName, "first_name"),
+            ("weekly", MappedField::Custom(3), "tier"),
+        ]
+        .map(|(export, field, column)| ColumnInUse {
+            export: export.to_owned(),
+            field,
+            column: column.to_owned(),
+        });
+
+        let text = describe_columns_in_use(&uses);
+
+        assert_eq!(
+            text,
+            "export \"daily\" maps \"email\" (email); export \"weekly\" maps \"first_name\" \
+             (first name), \"tier\" (custom field 3)"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! matching (segment column for each ActiveCampaign field).
 
 use serde::Serialize;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 
 use super::words::stored_words;
 use super::{Doing, Store, StoreError, now_text};
@@ -69,6 +69,72 @@ pub struct ExportSpec {
     pub on_leave: OnLeave,
     pub schedule: Option<String>,
     pub enabled: bool,
+}
+
+/// What an export fills from a segment column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnRole {
+    Email,
+    FirstName,
+    LastName,
+    Phone,
+    /// An ActiveCampaign custom field, by id.
+    Field(i64),
+}
+
+/// A segment column an export maps, and what it fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedColumn {
+    pub export: String,
+    pub role: ColumnRole,
+    pub column: String,
+}
+
+/// Every column mapped by the exports that read a segment, by export name, then in the order
+/// email, first name, last name, phone, custom fields by id. The rank column (0 to 4) gives
+/// that order and says which role the row is.
+const SELECT_COLUMNS_MAPPED_FROM_SEGMENT: &str = "\
+    WITH users AS (SELECT DISTINCT export_id AS id FROM export_segments WHERE segment_id = ?1) \
+    SELECT e.name, 0 AS rank, NULL AS field_id, e.email_column AS column \
+      FROM exports e JOIN users USING (id) \
+    UNION ALL SELECT e.name, 1, NULL, e.first_name_column FROM exports e JOIN users USING (id) \
+      WHERE e.first_name_column IS NOT NULL \
+    UNION ALL SELECT e.name, 2, NULL, e.last_name_column FROM exports e JOIN users USING (id) \
+      WHERE e.last_name_column IS NOT NULL \
+    UNION ALL SELECT e.name, 3, NULL, e.phone_column FROM exports e JOIN users USING (id) \
+      WHERE e.phone_column IS NOT NULL \
+    UNION ALL SELECT e.name, 4, f.field_id, f.column FROM exports e JOIN users USING (id) \
+      JOIN export_fields f ON f.export_id = e.id \
+    ORDER BY 1, 2, 3";
+
+/// The columns the exports reading segment `segment_id` map, read on `conn` so a writer can
+/// check them in the transaction that changes the segment.
+pub(super) async fn columns_mapped_from_segment(
+    conn: &mut SqliteConnection,
+    segment_id: i64,
+) -> Result<Vec<MappedColumn>, StoreError> {
+    let rows = sqlx::query(SELECT_COLUMNS_MAPPED_FROM_SEGMENT)
+        .bind(segment_id)
+        .fetch_all(conn)
+        .await
+        .doing("reading the columns exports map from a segment")?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let role = match row.get::<i64, _>(1) {
+                0 => ColumnRole::Email,
+                1 => ColumnRole::FirstName,
+                2 => ColumnRole::LastName,
+                3 => ColumnRole::Phone,
+                _ => ColumnRole::Field(row.get(2)),
+            };
+            MappedColumn {
+                export: row.get(0),
+                role,
+                column: row.get(3),
+            }
+        })
+        .collect())
 }
 
 const SELECT_EXPORT: &str = "SELECT e.*, c.name AS connection FROM exports e \
@@ -409,6 +475,66 @@ pub(in crate::store) mod tests {
         let text = err.to_string();
         assert!(text.contains("\"on_leave\""), "{text}");
         assert!(text.contains("delete"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_columns_mapped_from_a_segment_are_every_role_of_every_export_reading_it() {
+        let (_dir, store, connection_id) = store_with_connection().await;
+        let members =
+            crate::store::segments::tests::insert(&store, "members", SegmentKind::Csv).await;
+        let other = crate::store::segments::tests::insert(&store, "other", SegmentKind::Csv).await;
+        let spec = |name: &str, segment_ids: Vec<i64>| ExportSpec {
+            name: name.to_owned(),
+            connection_id,
+            list_id: 1,
+            list_name: "Newsletter".to_owned(),
+            email_column: "email".to_owned(),
+            first_name_column: Some("first".to_owned()),
+            last_name_column: None,
+            phone_column: Some("mobile".to_owned()),
+            fields: vec![
+                FieldMapping {
+                    field_id: 12,
+                    column: "tier".to_owned(),
+                },
+                FieldMapping {
+                    field_id: 3,
+                    column: "city".to_owned(),
+                },
+            ],
+            tags: Vec::new(),
+            segment_ids,
+            on_leave: OnLeave::Keep,
+            schedule: None,
+            enabled: true,
+        };
+        for export in [
+            spec("weekly", vec![other, members]),
+            spec("daily", vec![members]),
+            spec("unrelated", vec![other]),
+        ] {
+            store.insert_export(&export).await.expect("export");
+        }
+        let mut conn = store.pool().acquire().await.expect("connection");
+
+        let mapped = columns_mapped_from_segment(&mut conn, members)
+            .await
+            .expect("read");
+
+        let seen: Vec<(&str, ColumnRole, &str)> = mapped
+            .iter()
+            .map(|m| (m.export.as_str(), m.role, m.column.as_str()))
+            .collect();
+        let one_export = |name| {
+            [
+                (name, ColumnRole::Email, "email"),
+                (name, ColumnRole::FirstName, "first"),
+                (name, ColumnRole::Phone, "mobile"),
+                (name, ColumnRole::Field(3), "city"),
+                (name, ColumnRole::Field(12), "tier"),
+            ]
+        };
+        assert_eq!(seen, [one_export("daily"), one_export("weekly")].concat());
     }
 
     /// A store with one connection and one export; returns the export's id.

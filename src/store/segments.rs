@@ -5,6 +5,7 @@ use sqlx::error::BoxDynError;
 use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
 
 use super::connections::Sealed;
+use super::exports::{MappedColumn, columns_mapped_from_segment};
 use super::words::stored_words;
 use super::{Doing, Store, StoreError, now_text};
 
@@ -77,6 +78,17 @@ pub struct NewSegment<'a> {
     pub row_count: u64,
 }
 
+/// What became of a segment update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentUpdate {
+    Saved,
+    /// Columns that exports reading the segment map and the new source lacks; nothing was
+    /// saved.
+    ColumnsInUse(Vec<MappedColumn>),
+    /// The segment was removed meanwhile; nothing was saved.
+    Gone,
+}
+
 impl Store {
     pub async fn segment(&self, name: &str) -> Result<Option<SegmentDef>, StoreError> {
         sqlx::query_as("SELECT * FROM segments WHERE name = ?")
@@ -123,6 +135,67 @@ impl Store {
         }
         tx.commit().await.doing("saving a segment")?;
         Ok(id)
+    }
+
+    /// Replaces segment `id`'s source, columns and row count (its name stays; `s.name` is for
+    /// the audit entry). Refused, saving nothing, if an export reading the segment maps a
+    /// column missing from `s.columns`: checked inside the write transaction, so an export
+    /// saved meanwhile cannot slip a mapping past the check. Delivery state is not touched: it
+    /// belongs to the exports, and a member whose mapped values are unchanged in the new
+    /// source is still up to date in ActiveCampaign.
+    pub async fn update_segment(
+        &self,
+        id: i64,
+        s: NewSegment<'_>,
+    ) -> Result<SegmentUpdate, StoreError> {
+        let mut tx = self.write().await?;
+        let old_kind: Option<SegmentKind> =
+            sqlx::query_scalar("SELECT kind FROM segments WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .doing("updating a segment")?;
+        let Some(old_kind) = old_kind else {
+            return Ok(SegmentUpdate::Gone);
+        };
+        let missing: Vec<MappedColumn> = columns_mapped_from_segment(&mut tx, id)
+            .await?
+            .into_iter()
+            .filter(|mapped| !s.columns.contains(&mapped.column))
+            .collect();
+        if !missing.is_empty() {
+            // Dropping the transaction rolls it back; nothing was written yet anyway.
+            return Ok(SegmentUpdate::ColumnsInUse(missing));
+        }
+        let columns = serde_json::to_string(s.columns).unwrap_or_else(|_| "[]".to_owned());
+        sqlx::query(
+            "UPDATE segments SET kind = ?, path = ?, delimiter = ?, query = ?, \
+             database_sealed = ?, database_env = ?, database_shown = ?, columns_json = ?, \
+             row_count = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(s.kind)
+        .bind(s.path)
+        .bind(s.delimiter.map(i64::from))
+        .bind(s.query)
+        .bind(s.database_sealed)
+        .bind(s.database_env)
+        .bind(s.database_shown)
+        .bind(columns)
+        .bind(s.row_count as i64)
+        .bind(now_text())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .doing("updating a segment")?;
+        // The kinds only, as for `segment.add`: the log is kept free of paths and queries.
+        let detail = if old_kind == s.kind {
+            s.kind.as_str().to_owned()
+        } else {
+            format!("{old_kind} -> {}", s.kind)
+        };
+        super::audit(&mut tx, "segment.update", s.name, Some(&detail)).await?;
+        tx.commit().await.doing("updating a segment")?;
+        Ok(SegmentUpdate::Saved)
     }
 
     /// Names of the exports that read a segment.
@@ -192,6 +265,132 @@ pub(in crate::store) mod tests {
         .execute(store.pool())
         .await
         .expect("update");
+    }
+
+    /// The new source of segment `name`: a query with the given columns.
+    fn new_source<'a>(name: &'a str, columns: &'a [String]) -> NewSegment<'a> {
+        NewSegment {
+            name,
+            kind: SegmentKind::Sql,
+            path: None,
+            delimiter: None,
+            query: Some("SELECT email, tier FROM members"),
+            database_sealed: None,
+            database_env: Some("CRM_DB"),
+            database_shown: None,
+            columns,
+            row_count: 7,
+        }
+    }
+
+    async fn audit_details(store: &Store, action: &str) -> Vec<Option<String>> {
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = ? ORDER BY id")
+            .bind(action)
+            .fetch_all(store.pool())
+            .await
+            .expect("audit log")
+    }
+
+    #[tokio::test]
+    async fn an_update_replaces_the_source_and_keeps_the_exports_delivery_state() {
+        let (_dir, store, export_id) =
+            crate::store::exports::tests::test_store_with_export("weekly").await;
+        let segment = store
+            .segment("weekly")
+            .await
+            .expect("read")
+            .expect("exists");
+        sqlx::query(
+            "INSERT INTO delivery_state (export_id, email, hash, status, run_id) \
+             VALUES (?, 'ada@example.com', x'00', 'delivered', 1)",
+        )
+        .bind(export_id)
+        .execute(store.pool())
+        .await
+        .expect("delivery state");
+        let columns = ["email".to_owned(), "tier".to_owned(), "city".to_owned()];
+
+        let outcome = store
+            .update_segment(segment.id, new_source("weekly", &columns))
+            .await
+            .expect("update");
+
+        assert_eq!(outcome, SegmentUpdate::Saved);
+        let saved = store
+            .segment("weekly")
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(saved.kind, SegmentKind::Sql);
+        assert_eq!(saved.path, None);
+        assert_eq!(
+            saved.query.as_deref(),
+            Some("SELECT email, tier FROM members")
+        );
+        assert_eq!(saved.columns, Columns(columns.to_vec()));
+        assert_eq!(saved.row_count, 7);
+        assert_eq!(saved.created_at, segment.created_at);
+        let delivered: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM delivery_state WHERE export_id = ?")
+                .bind(export_id)
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+        assert_eq!(delivered, 1);
+        assert_eq!(
+            audit_details(&store, "segment.update").await,
+            [Some("csv -> sql".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_update_losing_a_mapped_column_names_it_and_saves_nothing() {
+        let (_dir, store, _export_id) =
+            crate::store::exports::tests::test_store_with_export("weekly").await;
+        let before = store
+            .segment("weekly")
+            .await
+            .expect("read")
+            .expect("exists");
+        let columns = ["mail".to_owned(), "tier".to_owned()];
+
+        let outcome = store
+            .update_segment(before.id, new_source("weekly", &columns))
+            .await
+            .expect("update");
+
+        assert_eq!(
+            outcome,
+            SegmentUpdate::ColumnsInUse(vec![MappedColumn {
+                export: "weekly".to_owned(),
+                role: crate::store::exports::ColumnRole::Email,
+                column: "email".to_owned(),
+            }])
+        );
+        let after = store
+            .segment("weekly")
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(format!("{after:?}"), format!("{before:?}"));
+        assert!(audit_details(&store, "segment.update").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_update_of_a_removed_segment_is_gone_and_saves_nothing() {
+        let (_dir, store) = store().await;
+        let id = insert(&store, "vips", SegmentKind::Csv).await;
+        store.remove_segment(id, "vips").await.expect("remove");
+        let columns = ["email".to_owned()];
+
+        let outcome = store
+            .update_segment(id, new_source("vips", &columns))
+            .await
+            .expect("update");
+
+        assert_eq!(outcome, SegmentUpdate::Gone);
+        assert!(store.segments().await.expect("list").is_empty());
+        assert!(audit_details(&store, "segment.update").await.is_empty());
     }
 
     #[tokio::test]

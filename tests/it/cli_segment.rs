@@ -344,3 +344,350 @@ async fn an_sql_segment_without_a_database_names_the_three_ways_to_give_one() {
 
     out.assert_fails_with(1, "--database URL, --database-env VAR or --database-stdin");
 }
+
+// `segment update`: the new source is read through once (as `segment add` reads it), then
+// saved in one transaction; exports keep their delivery state while their columns remain.
+
+/// `segment list --json`'s entry for `name`: what the store holds, without reading the source
+/// again (as `show` would), so a refused update can be seen to have saved nothing.
+async fn stored_segment(env: &TestEnv, name: &str) -> serde_json::Value {
+    env.list_json("segment")
+        .await
+        .into_iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("segment {name} is stored"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_points_a_csv_segment_at_another_file_and_reads_its_rows() {
+    let env = TestEnv::new().await;
+    let csv = env.write("members.csv", MEMBERS_CSV);
+    env.run(&["segment", "add", "members", "--csv", &csv])
+        .await
+        .assert_ok();
+    let moved = env.write(
+        "members-2024.csv",
+        &format!("{MEMBERS_CSV}linus@example.com,Linus,bronze\n"),
+    );
+
+    let out = env
+        .run(&["segment", "update", "members", "--csv", &moved, "--json"])
+        .await;
+
+    out.assert_ok();
+    let printed: serde_json::Value =
+        serde_json::from_str(&out.stdout_text()).expect("update --json prints JSON");
+    assert_eq!(printed["source"], moved);
+    assert_eq!(printed["rows"], 4);
+    let stored = stored_segment(&env, "members").await;
+    assert_eq!(stored["source"], moved);
+    assert_eq!(stored["rows"], 4);
+    assert_eq!(
+        stored["columns"],
+        serde_json::json!(["email", "first_name", "tier"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_update_to_a_file_with_the_same_content_the_next_run_sends_nothing() {
+    let env = TestEnv::new().await;
+    env.add_export().await;
+    env.run(&["export", "run", "weekly"]).await.assert_ok();
+    let imports = env.requests_to("bulk_import");
+    assert!(imports > 0, "the first run sends the members");
+    let same = std::fs::read_to_string(env.path("members.csv")).expect("the segment's file");
+    let moved = env.write("moved.csv", &same);
+
+    env.run(&["segment", "update", "members", "--csv", &moved])
+        .await
+        .assert_ok();
+    let out = env.run(&["export", "run", "weekly", "--json"]).await;
+
+    out.assert_ok();
+    let run: serde_json::Value = serde_json::from_str(&out.stdout_text()).expect("run JSON");
+    assert_eq!(run["counts"]["unchanged"], 2, "{run}");
+    assert_eq!(run["counts"]["upserted"], 0, "{run}");
+    assert_eq!(env.requests_to("bulk_import"), imports, "nothing sent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_that_drops_mapped_columns_is_refused_naming_export_and_columns_and_saves_nothing()
+ {
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    env.add_csv_segment("members").await;
+    env.run(&crate::support::export_add_args(&[
+        "--first-name",
+        "first_name",
+        "--field",
+        "3=tier",
+    ]))
+    .await
+    .assert_ok();
+    let before = stored_segment(&env, "members").await;
+    let narrower = env.write(
+        "narrower.csv",
+        "email,last_name\nada@example.com,Lovelace\n",
+    );
+
+    let out = env
+        .run(&["segment", "update", "members", "--csv", &narrower])
+        .await;
+
+    out.assert_fails_with(1, "export \"weekly\"");
+    let stderr = out.stderr_text();
+    assert!(stderr.contains("\"first_name\""), "{stderr}");
+    assert!(stderr.contains("\"tier\""), "{stderr}");
+    assert_eq!(stored_segment(&env, "members").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_of_an_unknown_segment_is_refused_naming_it() {
+    let env = TestEnv::new().await;
+    let csv = env.write("members.csv", MEMBERS_CSV);
+
+    let out = env
+        .run(&["segment", "update", "ghost", "--csv", &csv])
+        .await;
+
+    out.assert_fails_with(1, "segment \"ghost\" does not exist");
+    assert!(env.list_json("segment").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_to_a_file_that_cannot_be_read_is_refused_naming_it_and_keeps_the_segment() {
+    let env = TestEnv::new().await;
+    env.add_csv_segment("members").await;
+    let before = stored_segment(&env, "members").await;
+    let missing = env.path("nowhere.csv").display().to_string();
+
+    let out = env
+        .run(&["segment", "update", "members", "--csv", &missing])
+        .await;
+
+    out.assert_fails_with(1, &missing);
+    assert_eq!(stored_segment(&env, "members").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_to_a_broken_file_is_refused_naming_its_line_and_keeps_the_segment() {
+    let env = TestEnv::new().await;
+    env.add_csv_segment("members").await;
+    let before = stored_segment(&env, "members").await;
+    let ragged = env.write(
+        "ragged.csv",
+        "email,first_name,last_name,tier\nada@example.com,Ada\n",
+    );
+
+    let out = env
+        .run(&["segment", "update", "members", "--csv", &ragged])
+        .await;
+
+    out.assert_fails_with(1, &format!("{ragged} line 2"));
+    assert_eq!(stored_segment(&env, "members").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_changes_an_sql_segments_query_and_keeps_its_database() {
+    let env = TestEnv::new().await;
+    let url = sqlite_database(&env).await;
+    env.run(&[
+        "segment",
+        "add",
+        "active",
+        "--sql",
+        "SELECT email, first_name FROM members WHERE active = 1",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+
+    let out = env
+        .run(&[
+            "segment",
+            "update",
+            "active",
+            "--sql",
+            "SELECT email FROM members",
+        ])
+        .await;
+
+    out.assert_ok();
+    let stored = stored_segment(&env, "active").await;
+    assert_eq!(stored["rows"], 3);
+    assert_eq!(stored["columns"], serde_json::json!(["email"]));
+    assert_eq!(
+        stored["source"],
+        format!("{url} :: SELECT email FROM members")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_turns_a_csv_segment_into_an_sql_one_with_the_database_on_stdin() {
+    let env = TestEnv::new().await;
+    env.add_csv_segment("members").await;
+    let url = sqlite_database(&env).await;
+
+    let out = env
+        .run_stdin(
+            &[
+                "segment",
+                "update",
+                "members",
+                "--sql",
+                "SELECT email, first_name FROM members",
+                "--database-stdin",
+            ],
+            &format!("{url}\n"),
+        )
+        .await;
+
+    out.assert_ok();
+    let stored = stored_segment(&env, "members").await;
+    assert_eq!(stored["kind"], "sql");
+    assert_eq!(stored["rows"], 3);
+    assert_eq!(
+        stored["columns"],
+        serde_json::json!(["email", "first_name"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_refuses_a_database_url_with_a_password_without_repeating_it() {
+    let env = TestEnv::new().await;
+    let url = sqlite_database(&env).await;
+    env.run(&[
+        "segment",
+        "add",
+        "active",
+        "--sql",
+        "SELECT email FROM members",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+    let before = stored_segment(&env, "active").await;
+
+    let out = env
+        .run(&[
+            "segment",
+            "update",
+            "active",
+            "--database",
+            "postgres://app:Hunter2Secret@127.0.0.1:5432/crm",
+        ])
+        .await;
+
+    out.assert_fails_with(1, "--database-stdin");
+    assert!(
+        !out.stderr_text().contains("Hunter2Secret"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(stored_segment(&env, "active").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_without_anything_to_change_is_a_usage_error_naming_what_can_change() {
+    let env = TestEnv::new().await;
+    env.add_csv_segment("members").await;
+
+    let out = env.run(&["segment", "update", "members"]).await;
+
+    assert_eq!(out.code(), Some(2), "{}", out.stderr_text());
+    let stderr = out.stderr_text();
+    assert!(
+        stderr.contains("--csv") && stderr.contains("--delimiter"),
+        "names what can change: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_query_on_a_database_from_an_unset_variable_is_refused_naming_the_segments_variable()
+{
+    let env = TestEnv::new().await;
+    let url = sqlite_database(&env).await;
+    env.run_env(
+        &[
+            "segment",
+            "add",
+            "active",
+            "--sql",
+            "SELECT email FROM members",
+            "--database-env",
+            "CRM_DB_URL",
+        ],
+        &[("CRM_DB_URL", &url)],
+    )
+    .await
+    .assert_ok();
+    let before = stored_segment(&env, "active").await;
+
+    let out = env
+        .run(&[
+            "segment",
+            "update",
+            "active",
+            "--sql",
+            "SELECT email, first_name FROM members",
+        ])
+        .await;
+
+    out.assert_fails_with(
+        1,
+        "segment \"active\" reads its database URL from the environment variable CRM_DB_URL",
+    );
+    assert_eq!(stored_segment(&env, "active").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_query_keeps_reading_the_database_url_from_the_segments_variable() {
+    let env = TestEnv::new().await;
+    let url = sqlite_database(&env).await;
+    let vars = [("CRM_DB_URL", url.as_str())];
+    env.run_env(
+        &[
+            "segment",
+            "add",
+            "active",
+            "--sql",
+            "SELECT email FROM members",
+            "--database-env",
+            "CRM_DB_URL",
+        ],
+        &vars,
+    )
+    .await
+    .assert_ok();
+
+    let out = env
+        .run_env(
+            &[
+                "segment",
+                "update",
+                "active",
+                "--sql",
+                "SELECT email, first_name FROM members",
+            ],
+            &vars,
+        )
+        .await;
+
+    out.assert_ok();
+    let stored = stored_segment(&env, "active").await;
+    assert_eq!(
+        stored["columns"],
+        serde_json::json!(["email", "first_name"])
+    );
+    assert_eq!(
+        stored["source"],
+        format!("{url} :: SELECT email, first_name FROM members")
+    );
+    let without_the_variable = env.run(&["segment", "show", "active"]).await;
+    without_the_variable.assert_fails_with(
+        1,
+        "segment \"active\" reads its database URL from the environment variable CRM_DB_URL",
+    );
+}
