@@ -196,6 +196,19 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Whether anything in the store depends on the secrets key: a sealed API key or database
+    /// URL, or delivery state fingerprinted with it.
+    pub async fn holds_sealed_values(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM connections) \
+             OR EXISTS (SELECT 1 FROM segments WHERE database_sealed IS NOT NULL) \
+             OR EXISTS (SELECT 1 FROM delivery_state)",
+        )
+        .fetch_one(self.pool())
+        .await
+        .doing("looking for values sealed with the secrets key")
+    }
 }
 
 /// Reads the applied schema version without writing anything and refuses a newer one.
@@ -337,6 +350,37 @@ mod tests {
             before,
             std::fs::read(&path).expect("read"),
             "file unchanged"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_holds_sealed_values_once_a_connection_or_sealed_database_url_is_saved() {
+        let (_dir, store, connection_id) = connections::tests::store_with_connection().await;
+        assert!(
+            store.holds_sealed_values().await.expect("q"),
+            "a connection"
+        );
+
+        sqlx::query("DELETE FROM connections WHERE id = ?")
+            .bind(connection_id)
+            .execute(store.pool())
+            .await
+            .expect("delete");
+        assert!(!store.holds_sealed_values().await.expect("q"), "nothing");
+
+        let segment = segments::tests::insert(&store, "db", segments::SegmentKind::Sql).await;
+        assert!(
+            !store.holds_sealed_values().await.expect("q"),
+            "no sealed URL"
+        );
+        sqlx::query("UPDATE segments SET database_sealed = x'01' WHERE id = ?")
+            .bind(segment)
+            .execute(store.pool())
+            .await
+            .expect("update");
+        assert!(
+            store.holds_sealed_values().await.expect("q"),
+            "a sealed URL"
         );
     }
 
