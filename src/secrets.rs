@@ -359,7 +359,7 @@ fn loose_key_faults(mode: u32) -> String {
 }
 
 /// Creates `dir` (and parents) readable by the owner only; an existing folder is left as it is.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.exists() {
         return Ok(());
     }

@@ -21,7 +21,7 @@ const LOOSE_BITS: u32 = 0o027;
 const NEW_FOLDER_MODE: u32 = 0o700;
 
 /// The mode a folder with `mode` should have: `None` when it is tight already.
-pub(super) fn tightened(mode: u32) -> Option<u32> {
+fn tightened(mode: u32) -> Option<u32> {
     (mode & LOOSE_BITS != 0).then_some(mode & 0o7777 & !LOOSE_BITS)
 }
 

@@ -5,10 +5,13 @@
 //! (a saved definition or confirmed batch must survive power loss), a busy timeout, foreign
 //! keys, and `BEGIN IMMEDIATE` for every write transaction so concurrent writers (CLI and
 //! daemon) wait for each other instead of failing with SQLITE_BUSY_SNAPSHOT.
+//!
+//! The state folder is guarded by [`folder`].
 
 pub mod connections;
 pub mod delivery;
 pub mod exports;
+mod folder;
 pub mod locks;
 pub mod queue;
 pub mod runs;
@@ -49,6 +52,22 @@ pub enum StoreError {
     },
     #[error("cannot open the database {path}: {source}")]
     Connect { path: PathBuf, source: sqlx::Error },
+    #[error("cannot create or check the state folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the state folder {path} has mode {mode:04o}: others can enter it or its group can write \
+         it. It belongs to uid {owner}, not to the user running acexport, so it was left as it \
+         is; fix it with `chmod {fix:04o} {path}`"
+    )]
+    LooseFolder {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+        fix: u32,
+    },
     #[error(
         "the database {path} was written by a newer acexport (schema version {found}; this \
          build knows up to {known}). Upgrade acexport, or restore a backup made by this version. \
@@ -90,14 +109,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating it 0600 if missing) and migrates the database at `path`. A database
-    /// written by a newer acexport is refused before anything is written to it.
+    /// Opens (creating it 0600 if missing) and migrates the database at `path`. Its folder is
+    /// created owner-only, or tightened or refused when others can enter it (see [`folder`]).
+    /// A database written by a newer acexport is refused before anything is written to it.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::secrets::create_private_dir(dir).map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            folder::ensure_private(dir)?;
         }
         if !path.exists() {
             // Create the file ourselves so it is owner-only from the first byte; SQLite gives

@@ -1,6 +1,6 @@
-//! The secrets key file under attack (issue 10, finding 6): a missing key is never silently
-//! replaced, and a key file others can read or write is refused as ssh refuses a loose private
-//! key.
+//! The secrets key file and the state folder under attack (issue 10, findings 6 and 7): a
+//! missing key is never silently replaced, a key file others can read or write is refused as
+//! ssh refuses a loose private key, and a state folder open to others is closed.
 //!
 //! Some tests change a file's owner or group: they need to run as root, as this project's
 //! test runs do.
@@ -16,6 +16,13 @@ const FOREIGN_ID: u32 = 54_321;
 
 fn key_path(env: &TestEnv) -> PathBuf {
     env.settings().expect("settings").secrets.key_file
+}
+
+fn state_dir(env: &TestEnv) -> PathBuf {
+    env.store_path()
+        .parent()
+        .expect("the store is in a folder")
+        .to_path_buf()
 }
 
 fn mode_of(path: &Path) -> u32 {
@@ -181,4 +188,64 @@ async fn a_symlinked_key_file_is_judged_by_the_file_it_points_to() {
     set_mode(&real, 0o644);
     let out = env.run(&["connection", "list"]).await;
     out.assert_fails_with(1, &format!("chmod 0640 {}", key.display()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_existing_state_folder_open_to_others_is_closed_to_them_and_a_warning_says_so() {
+    let env = TestEnv::new().await;
+    let dir = state_dir(&env);
+    std::fs::create_dir(&dir).expect("create the state folder");
+    set_mode(&dir, 0o755);
+
+    let out = env.run(&["connection", "list"]).await;
+
+    out.assert_ok();
+    assert_eq!(mode_of(&dir), 0o750);
+    let stderr = out.stderr_text();
+    assert!(stderr.contains("WARN"), "{stderr}");
+    assert!(stderr.contains(&dir.display().to_string()), "{stderr}");
+    let again = env.run(&["connection", "list"]).await;
+    again.assert_ok();
+    assert!(!again.stderr_text().contains("WARN"), "warned once only");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_folder_its_group_can_write_is_closed_to_group_writes() {
+    let env = TestEnv::new().await;
+    let dir = state_dir(&env);
+    std::fs::create_dir(&dir).expect("create the state folder");
+    set_mode(&dir, 0o770);
+
+    env.run(&["connection", "list"]).await.assert_ok();
+
+    assert_eq!(mode_of(&dir), 0o750);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_folder_open_to_others_and_owned_by_another_user_is_refused_with_the_chmod() {
+    let env = TestEnv::new().await;
+    let dir = state_dir(&env);
+    std::fs::create_dir(&dir).expect("create the state folder");
+    chown(&dir, Some(FOREIGN_ID), None);
+    set_mode(&dir, 0o755);
+
+    let out = env.run(&["connection", "list"]).await;
+
+    out.assert_fails_with(1, &format!("chmod 0750 {}", dir.display()));
+    assert_eq!(mode_of(&dir), 0o755, "left as it was");
+    assert!(!env.store_path().exists(), "no database created in it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_install_state_folder_mode_0750_is_kept() {
+    let env = TestEnv::new().await;
+    let dir = state_dir(&env);
+    std::fs::create_dir(&dir).expect("create the state folder");
+    set_mode(&dir, 0o750);
+
+    let out = env.run(&["connection", "list"]).await;
+
+    out.assert_ok();
+    assert_eq!(mode_of(&dir), 0o750);
+    assert!(!out.stderr_text().contains("WARN"), "{}", out.stderr_text());
 }
