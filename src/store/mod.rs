@@ -6,7 +6,10 @@
 //! keys, and `BEGIN IMMEDIATE` for every write transaction so concurrent writers (CLI and
 //! daemon) wait for each other instead of failing with SQLITE_BUSY_SNAPSHOT.
 //!
-//! The state folder is guarded by [`folder`].
+//! Privacy choices: `secure_delete` overwrites deleted rows (a removed export's emails in its
+//! delivery state) with zeros instead of leaving them in free pages, and a removal empties the
+//! write-ahead log, which still holds older copies of those pages. The folder is guarded by
+//! [`folder`].
 
 pub mod connections;
 pub mod delivery;
@@ -42,6 +45,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const POOL_CACHE_SIZE: &str = "-512";
 /// How long a writer waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long emptying the write-ahead log after a removal waits for readers of an older
+/// snapshot (a run in progress) to move on: short, since the command that removed waits for it
+/// and the daemon's writers wait behind it.
+const WAL_EMPTY_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -168,6 +175,9 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("temp_store", "file")
+            // Deleted rows are overwritten with zeros, not left in free pages: a removed
+            // export's emails must not stay in the file. Its cost is measured by the benchmark.
+            .pragma("secure_delete", "ON")
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -225,6 +235,41 @@ impl Store {
         .fetch_one(self.pool())
         .await
         .doing("looking for values sealed with the secrets key")
+    }
+
+    /// Empties the write-ahead log after rows were removed: its frames still hold the pages as
+    /// they were before (a removed export's emails), while `secure_delete` only zeroes the new
+    /// copies. A TRUNCATE checkpoint copies every frame into the database and cuts the log to
+    /// zero bytes. A reader of an older snapshot (a run in progress) can hold it off; the log
+    /// is then emptied when the last process closes the database, and a warning says so. The
+    /// removal itself is committed either way, so failures are reported, not returned.
+    async fn empty_wal(&self) {
+        let emptied = async {
+            let mut conn = Self::options(&self.path)
+                .busy_timeout(WAL_EMPTY_WAIT)
+                .connect()
+                .await?;
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut conn)
+                .await?;
+            conn.close().await?;
+            Ok::<bool, sqlx::Error>(busy == 0)
+        }
+        .await;
+        match emptied {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                database = %self.path.display(),
+                "Another process is reading the database: the removed rows stay in its \
+                 write-ahead log until every process has closed it"
+            ),
+            Err(error) => tracing::warn!(
+                database = %self.path.display(),
+                %error,
+                "Cannot empty the write-ahead log: the removed rows stay in it until every \
+                 process has closed the database"
+            ),
+        }
     }
 }
 
@@ -368,6 +413,26 @@ mod tests {
             std::fs::read(&path).expect("read"),
             "file unchanged"
         );
+    }
+
+    #[tokio::test]
+    async fn every_connection_overwrites_deleted_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("acexport.db"))
+            .await
+            .expect("open");
+        let mut dedicated = store.dedicated_connection().await.expect("connection");
+
+        let pooled: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(store.pool())
+            .await
+            .expect("q");
+        let own: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(&mut dedicated)
+            .await
+            .expect("q");
+
+        assert_eq!((pooled, own), (1, 1));
     }
 
     #[tokio::test]

@@ -1,18 +1,28 @@
 //! The secrets key file and the state folder under attack (issue 10, findings 6 and 7): a
 //! missing key is never silently replaced, a key file others can read or write is refused as
-//! ssh refuses a loose private key, and a state folder open to others is closed.
+//! ssh refuses a loose private key, a state folder open to others is closed, and a removed
+//! export leaves none of its emails in the database file, its write-ahead log or its index.
 //!
 //! Some tests change a file's owner or group: they need to run as root, as this project's
 //! test runs do.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::support::{OutputExt, TestEnv};
+use crate::support::{OutputExt, TestEnv, contains, export_add_args};
 
 /// An owner and a group nobody on a test machine has: a file given them belongs to "another
 /// user" or "another group".
 const FOREIGN_ID: u32 = 54_321;
+
+/// Emails nothing else in a database holds: finding one (or its local part) in a file means a
+/// delivered profile was left behind.
+const EMAILS: [&str; 2] = [
+    "quilla.vantresca.7731@example.org",
+    "orrin.blackwood.5529@example.net",
+];
 
 fn key_path(env: &TestEnv) -> PathBuf {
     env.settings().expect("settings").secrets.key_file
@@ -248,4 +258,108 @@ async fn the_install_state_folder_mode_0750_is_kept() {
     out.assert_ok();
     assert_eq!(mode_of(&dir), 0o750);
     assert!(!out.stderr_text().contains("WARN"), "{}", out.stderr_text());
+}
+
+/// The database file, its write-ahead log and its shared-memory index, as far as they exist.
+fn database_files(db: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            std::fs::read(&path).ok().map(|bytes| (path, bytes))
+        })
+        .collect()
+}
+
+/// Where any of [`EMAILS`] (whole or its local part) is found in the database's files.
+fn emails_left(db: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for (path, bytes) in database_files(db) {
+        for email in EMAILS {
+            let local = email.split('@').next().unwrap_or(email);
+            if contains(&bytes, local.as_bytes()) {
+                found.push(format!("{email} in {}", path.display()));
+            }
+        }
+    }
+    found
+}
+
+/// A daemon on the test's world, killed if the test ends without stopping it.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the daemon and waits until it says it is ready: from then on it holds the database
+/// open, so a command's exit no longer removes the write-ahead log.
+async fn start_daemon(env: &TestEnv) -> Daemon {
+    let log_path = env.path("daemon.log");
+    let log = std::fs::File::create(&log_path).expect("daemon log");
+    let mut command = env.command(env!("CARGO_BIN_EXE_acexport"));
+    command
+        .arg("daemon")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let daemon = Daemon(command.spawn().expect("start the daemon"));
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("Daemon ready") {
+            return daemon;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "daemon not ready; log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_export_and_connection_leave_no_email_in_the_database_its_wal_or_shm() {
+    let env = env_with_connection().await;
+    let csv = env.write(
+        "members.csv",
+        &format!(
+            "email,first_name\n{},Quilla\n{},Orrin\n",
+            EMAILS[0], EMAILS[1]
+        ),
+    );
+    env.run(&["segment", "add", "members", "--csv", &csv])
+        .await
+        .assert_ok();
+    env.run(&export_add_args(&[])).await.assert_ok();
+    // With the daemon holding the database open, the run's pages stay in the write-ahead log
+    // after the command exits, as they do in production.
+    let mut daemon = start_daemon(&env).await;
+    env.run(&["export", "run", "weekly"]).await.assert_ok();
+    let db = env.store_path();
+    let stored = emails_left(&db);
+    assert!(
+        stored.iter().any(|f| f.ends_with("-wal")),
+        "the run's delivery state is in the log (else the scan proves nothing): {stored:?}"
+    );
+
+    env.run(&["export", "remove", "weekly"]).await.assert_ok();
+    env.run(&["connection", "remove", "crm", "--force"])
+        .await
+        .assert_ok();
+
+    let left = emails_left(&db);
+    assert!(
+        left.is_empty(),
+        "while the daemon holds the database: {left:?}"
+    );
+    daemon.0.kill().expect("stop the daemon");
+    daemon.0.wait().expect("wait for the daemon");
+    let left = emails_left(&db);
+    assert!(left.is_empty(), "after the daemon stopped: {left:?}");
 }
