@@ -112,8 +112,6 @@ impl Daemon {
             Ok(lock) => lock,
             Err(pid) => return Err(DaemonError::AlreadyRunning(pid)),
         };
-        // Fail at start, not at the first run, when the secrets key is unusable.
-        ctx.secret_key()?;
         Ok(Daemon {
             file: loaded.file,
             _lock: lock,

@@ -279,7 +279,7 @@ mod tests {
 
     fn hasher() -> ProfileHasher {
         let dir = tempfile::tempdir().expect("tempdir");
-        crate::secrets::SecretKey::load(&dir.path().join("k"), true)
+        crate::secrets::SecretKey::create(&dir.path().join("k"))
             .expect("key")
             .profile_hasher()
     }

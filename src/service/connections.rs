@@ -100,7 +100,7 @@ impl Context {
             .client_for(base.clone(), req.api_key.clone())?
             .users_me()
             .await?;
-        let sealed = self.secret_key()?.seal(Purpose::ApiKey, &req.api_key);
+        let sealed = self.secret_key().seal(Purpose::ApiKey, &req.api_key);
         let consent_by = os_user();
         let inserted = self
             .store
@@ -176,7 +176,7 @@ impl Context {
         let key = match &req.api_key {
             Some(key) => key.clone(),
             None => self
-                .secret_key()?
+                .secret_key()
                 .open(Purpose::ApiKey, &c.api_key_sealed.0)?,
         };
         if req.host.is_some() || req.api_key.is_some() {
@@ -190,7 +190,7 @@ impl Context {
             c.checked_at = now_text();
         }
         if let Some(api_key) = &req.api_key {
-            c.api_key_sealed = Sealed(self.secret_key()?.seal(Purpose::ApiKey, api_key));
+            c.api_key_sealed = Sealed(self.secret_key().seal(Purpose::ApiKey, api_key));
             c.api_key_hint = hint(api_key);
         }
         c.base_url = base.as_str().to_owned();

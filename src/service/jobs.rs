@@ -65,7 +65,7 @@ impl Context {
         Ok(ExportJob {
             client,
             segments,
-            hasher: self.secret_key()?.profile_hasher(),
+            hasher: self.secret_key().profile_hasher(),
             max_profiles: self.settings.export.max_profiles,
         })
     }

@@ -13,8 +13,8 @@ pub mod status;
 
 pub use exports::MappedField;
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use secrecy::SecretString;
 
@@ -182,13 +182,16 @@ impl ServiceError {
     }
 }
 
-/// What every operation needs: settings, the store, the secrets key (loaded on first use) and
-/// the process's run control.
+/// What every operation needs: settings, the store, the secrets key and the process's run
+/// control.
 #[derive(Debug)]
 pub struct Context {
     pub settings: Settings,
     pub store: Store,
-    key: OnceLock<SecretKey>,
+    /// Loaded when the context opens, so that every command (and the daemon's start) refuses a
+    /// missing or loose key file, not only those that unseal something. It belongs with the
+    /// store: a reload keeps both until a restart.
+    key: Arc<SecretKey>,
     /// The process's stop requests (shutdown, abort); every run in the process gets a control
     /// of its own under it.
     pub control: RunControl,
@@ -196,21 +199,31 @@ pub struct Context {
 
 impl Context {
     pub async fn open(settings: Settings) -> Result<Context, ServiceError> {
+        // The key file is judged before the store is touched: a refused file changes nothing.
+        let key_path = settings.secrets_key_path();
+        let found = SecretKey::read(&key_path)?;
         let store = Store::open(&settings.store.path).await?;
+        let key = match found {
+            Some(key) => key,
+            None => first_key(&settings, &key_path, &store).await?,
+        };
         Ok(Context {
             settings,
             store,
-            key: OnceLock::new(),
+            key: Arc::new(key),
             control: RunControl::new(),
         })
     }
 
-    /// The same store and run control with other settings (a reload).
+    /// The same store, secrets key and run control with other settings (a reload).
     pub fn with_settings(&self, settings: Settings) -> Context {
+        if settings.secrets_key_path() != self.settings.secrets_key_path() {
+            tracing::warn!("secrets.key_file changed; the new key file is used after a restart");
+        }
         Context {
             settings,
             store: self.store.clone(),
-            key: OnceLock::new(),
+            key: Arc::clone(&self.key),
             control: self.control.clone(),
         }
     }
@@ -220,21 +233,15 @@ impl Context {
         self.store.close().await;
     }
 
-    /// The secrets key; created on first use unless it comes from a systemd credential.
-    pub fn secret_key(&self) -> Result<&SecretKey, ServiceError> {
-        if let Some(key) = self.key.get() {
-            return Ok(key);
-        }
-        let path = self.settings.secrets_key_path();
-        let create = path == self.settings.secrets.key_file;
-        let key = SecretKey::load(&path, create)?;
-        Ok(self.key.get_or_init(|| key))
+    /// The secrets key.
+    pub fn secret_key(&self) -> &SecretKey {
+        &self.key
     }
 
     /// A client for a stored connection.
     pub fn client(&self, connection: &ConnectionDef) -> Result<Client, ServiceError> {
         let key = self
-            .secret_key()?
+            .secret_key()
             .open(Purpose::ApiKey, &connection.api_key_sealed.0)?;
         let base = BaseUrl::parse(&connection.base_url)?;
         self.client_for(base, key)
@@ -244,6 +251,24 @@ impl Context {
         let options = ClientOptions::from_settings(&self.settings.activecampaign);
         Ok(Client::new(base, key, options, self.control.abort_token())?)
     }
+}
+
+/// The key for a store whose key file does not exist. A new one is created only while nothing
+/// in the store is sealed under a key: otherwise the old key is lost, and a new one would leave
+/// the stored API keys unopenable and change every delivery fingerprint, so that every contact
+/// is sent again. A systemd credential is never created (it is read-only by design).
+async fn first_key(
+    settings: &Settings,
+    path: &Path,
+    store: &Store,
+) -> Result<SecretKey, ServiceError> {
+    if path != settings.secrets.key_file || store.holds_sealed_values().await? {
+        return Err(SecretsError::Missing {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(SecretKey::create(path)?)
 }
 
 /// Names are shown in tables, logs and trigger files: keep them simple and unambiguous.

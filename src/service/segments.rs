@@ -324,9 +324,7 @@ impl Context {
             }),
             SegmentKind::Sql => {
                 let url = match (&s.database_sealed, &s.database_env) {
-                    (Some(sealed), _) => {
-                        self.secret_key()?.open(Purpose::DatabaseUrl, &sealed.0)?
-                    }
+                    (Some(sealed), _) => self.secret_key().open(Purpose::DatabaseUrl, &sealed.0)?,
                     (None, Some(var)) => database_url_from_env(var).ok_or_else(|| {
                         ServiceError::SegmentDatabaseEnvUnset {
                             segment: s.name.clone(),
@@ -536,7 +534,7 @@ impl Context {
             } => {
                 let (url, database_sealed, database_env) = match (database_url, database_env) {
                     (Some(url), _) => {
-                        let sealed = self.secret_key()?.seal(Purpose::DatabaseUrl, &url);
+                        let sealed = self.secret_key().seal(Purpose::DatabaseUrl, &url);
                         (url, Some(Sealed(sealed)), None)
                     }
                     (None, Some(var)) => match database_url_from_env(&var) {

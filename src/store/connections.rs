@@ -159,6 +159,9 @@ impl Store {
         .doing("updating a connection")?;
         super::audit(&mut tx, "connection.update", &c.name, Some(&c.base_url)).await?;
         tx.commit().await.doing("updating a connection")?;
+        if moved {
+            self.empty_wal().await;
+        }
         Ok(moved)
     }
 
@@ -195,7 +198,8 @@ impl Store {
     }
 
     /// Removes a connection, its sealed key and, with them, the given exports and every
-    /// delivery state and history row they own (cascades), in one transaction.
+    /// delivery state and history row they own (cascades), in one transaction, leaving no copy
+    /// of them in the database's files (`secure_delete`, then the log emptied).
     pub async fn remove_connection(&self, id: i64, name: &str) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
         let removed_exports = sqlx::query("DELETE FROM exports WHERE connection_id = ?")
@@ -212,6 +216,7 @@ impl Store {
         let detail = format!("{removed_exports} export(s) removed with it");
         super::audit(&mut tx, "connection.remove", name, Some(&detail)).await?;
         tx.commit().await.doing("removing a connection")?;
+        self.empty_wal().await;
         Ok(removed_exports)
     }
 }

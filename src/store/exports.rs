@@ -331,6 +331,9 @@ impl Store {
         let detail = moved.then_some("destination changed; delivery state reset");
         super::audit(&mut tx, "export.update", &spec.name, detail).await?;
         tx.commit().await.doing("updating an export")?;
+        if moved {
+            self.empty_wal().await;
+        }
         Ok(moved)
     }
 
@@ -347,7 +350,8 @@ impl Store {
         Ok(())
     }
 
-    /// Removes an export with its delivery state, history and queue entries (cascades).
+    /// Removes an export with its delivery state, history and queue entries (cascades), leaving
+    /// no copy of them in the database's files (`secure_delete`, then the log emptied).
     pub async fn remove_export(&self, id: i64, name: &str) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         sqlx::query("DELETE FROM exports WHERE id = ?")
@@ -363,6 +367,7 @@ impl Store {
         )
         .await?;
         tx.commit().await.doing("removing an export")?;
+        self.empty_wal().await;
         Ok(())
     }
 }

@@ -29,14 +29,17 @@ pub fn try_lock(path: &Path) -> Result<Option<Lock>, StoreError> {
         source,
     };
     if let Some(dir) = path.parent() {
-        crate::secrets::create_private_dir(dir).map_err(io)?;
+        super::folder::ensure_private(dir)?;
     }
+    // O_NOFOLLOW: a link planted in place of a lock file is refused, not opened (and created
+    // at its target).
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
         .map_err(io)?;
     match file.try_lock() {
@@ -61,5 +64,19 @@ mod tests {
         assert!(try_lock(&path).expect("io").is_none(), "held");
         drop(first);
         assert!(try_lock(&path).expect("io").is_some(), "released");
+    }
+
+    #[test]
+    fn a_link_planted_in_place_of_a_lock_file_is_refused_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let locks = dir.path().join("locks");
+        std::fs::create_dir(&locks).expect("mkdir");
+        let target = dir.path().join("acexport.db");
+        std::os::unix::fs::symlink(&target, locks.join("x.lock")).expect("symlink");
+
+        let err = try_lock(&locks.join("x.lock")).expect_err("refused");
+
+        assert!(err.to_string().contains("x.lock"), "{err}");
+        assert!(!target.exists(), "nothing created at the link's target");
     }
 }

@@ -5,10 +5,16 @@
 //! (a saved definition or confirmed batch must survive power loss), a busy timeout, foreign
 //! keys, and `BEGIN IMMEDIATE` for every write transaction so concurrent writers (CLI and
 //! daemon) wait for each other instead of failing with SQLITE_BUSY_SNAPSHOT.
+//!
+//! Privacy choices: `secure_delete` overwrites deleted rows (a removed export's emails in its
+//! delivery state) with zeros instead of leaving them in free pages, and a removal empties the
+//! write-ahead log, which still holds older copies of those pages. The folder is guarded by
+//! [`folder`].
 
 pub mod connections;
 pub mod delivery;
 pub mod exports;
+mod folder;
 pub mod locks;
 pub mod queue;
 pub mod runs;
@@ -39,6 +45,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const POOL_CACHE_SIZE: &str = "-512";
 /// How long a writer waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long emptying the write-ahead log after a removal waits for readers of an older
+/// snapshot (a run in progress) to move on: short, since the command that removed waits for it
+/// and the daemon's writers wait behind it.
+const WAL_EMPTY_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +59,22 @@ pub enum StoreError {
     },
     #[error("cannot open the database {path}: {source}")]
     Connect { path: PathBuf, source: sqlx::Error },
+    #[error("cannot create or check the state folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the state folder {path} has mode {mode:04o}: others can enter it or its group can write \
+         it. It belongs to uid {owner}, not to the user running acexport, so it was left as it \
+         is; fix it with `chmod {fix:04o} {path}`"
+    )]
+    LooseFolder {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+        fix: u32,
+    },
     #[error(
         "the database {path} was written by a newer acexport (schema version {found}; this \
          build knows up to {known}). Upgrade acexport, or restore a backup made by this version. \
@@ -90,14 +116,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating it 0600 if missing) and migrates the database at `path`. A database
-    /// written by a newer acexport is refused before anything is written to it.
+    /// Opens (creating it 0600 if missing) and migrates the database at `path`. Its folder is
+    /// created owner-only, or tightened or refused when others can enter it (see [`folder`]).
+    /// A database written by a newer acexport is refused before anything is written to it.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::secrets::create_private_dir(dir).map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            folder::ensure_private(dir)?;
         }
         if !path.exists() {
             // Create the file ourselves so it is owner-only from the first byte; SQLite gives
@@ -151,6 +175,9 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("temp_store", "file")
+            // Deleted rows are overwritten with zeros, not left in free pages: a removed
+            // export's emails must not stay in the file. Its cost is measured by the benchmark.
+            .pragma("secure_delete", "ON")
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -195,6 +222,54 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Whether anything in the store depends on the secrets key: a sealed API key or database
+    /// URL, or delivery state fingerprinted with it.
+    pub async fn holds_sealed_values(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM connections) \
+             OR EXISTS (SELECT 1 FROM segments WHERE database_sealed IS NOT NULL) \
+             OR EXISTS (SELECT 1 FROM delivery_state)",
+        )
+        .fetch_one(self.pool())
+        .await
+        .doing("looking for values sealed with the secrets key")
+    }
+
+    /// Empties the write-ahead log after rows were removed: its frames still hold the pages as
+    /// they were before (a removed export's emails), while `secure_delete` only zeroes the new
+    /// copies. A TRUNCATE checkpoint copies every frame into the database and cuts the log to
+    /// zero bytes. A reader of an older snapshot (a run in progress) can hold it off; the log
+    /// is then emptied when the last process closes the database, and a warning says so. The
+    /// removal itself is committed either way, so failures are reported, not returned.
+    async fn empty_wal(&self) {
+        let emptied = async {
+            let mut conn = Self::options(&self.path)
+                .busy_timeout(WAL_EMPTY_WAIT)
+                .connect()
+                .await?;
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut conn)
+                .await?;
+            conn.close().await?;
+            Ok::<bool, sqlx::Error>(busy == 0)
+        }
+        .await;
+        match emptied {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                database = %self.path.display(),
+                "Another process is reading the database: the removed rows stay in its \
+                 write-ahead log until every process has closed it"
+            ),
+            Err(error) => tracing::warn!(
+                database = %self.path.display(),
+                %error,
+                "Cannot empty the write-ahead log: the removed rows stay in it until every \
+                 process has closed the database"
+            ),
+        }
     }
 }
 
@@ -337,6 +412,57 @@ mod tests {
             before,
             std::fs::read(&path).expect("read"),
             "file unchanged"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_connection_overwrites_deleted_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("acexport.db"))
+            .await
+            .expect("open");
+        let mut dedicated = store.dedicated_connection().await.expect("connection");
+
+        let pooled: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(store.pool())
+            .await
+            .expect("q");
+        let own: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(&mut dedicated)
+            .await
+            .expect("q");
+
+        assert_eq!((pooled, own), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_store_holds_sealed_values_once_a_connection_or_sealed_database_url_is_saved() {
+        let (_dir, store, connection_id) = connections::tests::store_with_connection().await;
+        assert!(
+            store.holds_sealed_values().await.expect("q"),
+            "a connection"
+        );
+
+        sqlx::query("DELETE FROM connections WHERE id = ?")
+            .bind(connection_id)
+            .execute(store.pool())
+            .await
+            .expect("delete");
+        assert!(!store.holds_sealed_values().await.expect("q"), "nothing");
+
+        let segment = segments::tests::insert(&store, "db", segments::SegmentKind::Sql).await;
+        assert!(
+            !store.holds_sealed_values().await.expect("q"),
+            "no sealed URL"
+        );
+        sqlx::query("UPDATE segments SET database_sealed = x'01' WHERE id = ?")
+            .bind(segment)
+            .execute(store.pool())
+            .await
+            .expect("update");
+        assert!(
+            store.holds_sealed_values().await.expect("q"),
+            "a sealed URL"
         );
     }
 
