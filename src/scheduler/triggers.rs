@@ -130,11 +130,8 @@ pub enum TriggerError {
 }
 
 /// A path for a message, escaped: its last part may be a name a writer chose.
-fn shown_path(path: &Path) -> Cow<'_, str> {
-    match untrusted(&path.to_string_lossy()) {
-        Cow::Borrowed(_) => path.to_string_lossy(),
-        Cow::Owned(shown) => Cow::Owned(shown),
-    }
+fn shown_path(path: &Path) -> String {
+    untrusted(&path.to_string_lossy()).into_owned()
 }
 
 impl TriggerError {

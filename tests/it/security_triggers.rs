@@ -88,7 +88,7 @@ async fn trigger_names_that_would_forge_a_log_line_are_rejected_and_shown_escape
         std::fs::write(path, br#"{"all":true}"#).expect("drop");
     }
 
-    let rejected = "Signal file rejected; moved to rejected/ file=";
+    let rejected = "Signal file rejected; its reason is in rejected/ file=";
     wait_for_log(
         &env,
         &format!(r"{rejected}evil\n{forged}\u{{1b}}[2K.trigger"),

@@ -40,13 +40,15 @@ fn names_in(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Claims `dir`, expecting one rejection and nothing else; returns it with its reason file
+/// (one the daemon named: names someone planted in `rejected/` are not counted).
 fn only_rejection(dir: &Path) -> (Rejection, String) {
     let claimed = claim_all(dir).expect("claim");
     assert!(claimed.requests.is_empty(), "{:?}", claimed.requests);
     assert_eq!(claimed.rejected.len(), 1, "{:?}", claimed.rejected);
     let reasons: Vec<_> = names_in(&dir.join(REJECTED_DIR))
         .into_iter()
-        .filter(|name| name.ends_with(REASON_SUFFIX))
+        .filter(|name| name.ends_with(REASON_SUFFIX) && is_key(name))
         .collect();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     let text = fs::read_to_string(dir.join(REJECTED_DIR).join(&reasons[0])).expect("reason");
@@ -542,4 +544,81 @@ fn a_non_utf8_name_is_rejected_and_shown_escaped() {
     assert_eq!(rejection.name, "bad\\xff.trigger");
     assert!(text.starts_with("bad\\xff.trigger: "), "{text:?}");
     assert!(!dir.join(name).exists(), "moved out of the trigger folder");
+}
+
+#[test]
+fn a_hard_link_to_a_daemon_file_is_deleted_and_only_an_owner_only_copy_is_kept() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (root, dir) = prepared_trigger_dir();
+    let victim = victim(root.path());
+    fs::hard_link(&victim, dir.join(PROCESSING_DIR).join("kill")).expect("plant the link");
+
+    let claimed = claim_all(&dir).expect("claim");
+
+    assert_eq!(claimed.rejected.len(), 1, "{claimed:?}");
+    let meta = fs::metadata(&victim).expect("victim still there");
+    assert_eq!(
+        meta.nlink(),
+        1,
+        "a name in the trigger folder still reaches the victim"
+    );
+    assert_eq!(
+        fs::read(&victim).expect("read victim"),
+        b"precious database pages"
+    );
+    for name in names_in(&dir.join(REJECTED_DIR)) {
+        let mode = fs::metadata(dir.join(REJECTED_DIR).join(&name))
+            .expect("stat")
+            .permissions()
+            .mode();
+        let allowed = if name.ends_with(REASON_SUFFIX) {
+            0o640
+        } else {
+            0o600
+        };
+        assert_eq!(mode & 0o777 & !allowed, 0, "{name} has mode {mode:o}");
+    }
+}
+
+#[test]
+fn a_reason_quoting_the_file_s_content_shows_it_escaped() {
+    let (_root, dir) = prepared_trigger_dir();
+    drop_raw(&dir, "odd.trigger", br#"{"\u001b[31mred":1}"#);
+
+    let (rejection, text) = only_rejection(&dir);
+
+    assert!(rejection.reason.contains(r"\u{1b}[31mred"), "{rejection:?}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+}
+
+#[test]
+fn a_reason_name_taken_by_someone_else_is_left_alone_and_another_name_used() {
+    let (_root, dir) = prepared_trigger_dir();
+    let planted = dir.join(REJECTED_DIR).join("kill.reason");
+    fs::write(&planted, b"theirs").expect("plant");
+    fs::write(dir.join(PROCESSING_DIR).join("kill"), b"x").expect("drop the bad file");
+
+    let (rejection, text) = only_rejection(&dir);
+
+    assert_eq!(fs::read(&planted).expect("read"), b"theirs");
+    assert_eq!(rejection.name, "kill");
+    assert!(text.starts_with("kill: "), "{text:?}");
+}
+
+#[test]
+fn a_subfolder_replaced_by_a_link_is_named_in_an_error_that_says_what_to_do() {
+    let (root, dir) = prepared_trigger_dir();
+    fs::remove_dir(dir.join(REJECTED_DIR)).expect("remove rejected/");
+    std::os::unix::fs::symlink(root.path(), dir.join(REJECTED_DIR)).expect("plant the link");
+
+    let err = claim_all(&dir).expect_err("refused");
+
+    let shown = dir.join(REJECTED_DIR).display().to_string();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{shown} is a symbolic link or not a folder; links in the trigger folder are never \
+             followed: remove it, and the daemon creates the folder again"
+        )
+    );
 }
