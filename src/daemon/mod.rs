@@ -371,7 +371,7 @@ impl Daemon {
             }
         };
         for r in claimed.rejected {
-            tracing::warn!(file = %r.name, reason = %r.reason, "Signal file rejected; moved to rejected/");
+            tracing::warn!(file = %r.name, reason = %r.reason, "Signal file rejected; its reason is in rejected/");
         }
         let store = &self.ctx.store;
         for file in claimed.requests {
@@ -439,9 +439,11 @@ impl Daemon {
                 }
                 Ok(Some(reason)) => match file.reject(&reason) {
                     Ok(r) => {
-                        tracing::warn!(file = %r.name, reason = %r.reason, "Signal file rejected; moved to rejected/")
+                        tracing::warn!(file = %r.name, reason = %r.reason, "Signal file rejected; its reason is in rejected/")
                     }
-                    Err(e) => tracing::warn!(error = %e, "Cannot move a rejected signal file"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot reject a signal file; it is tried again at the next wake")
+                    }
                 },
                 // Left in processing/: retried at the next wake with the same key.
                 Err(e) => {

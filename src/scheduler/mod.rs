@@ -4,7 +4,9 @@
 //! decides what to do with a slot or a request, and no export work happens in this module.
 //!
 //! Files: `schedule.rs` (cron slots), `triggers.rs` (the trigger-file protocol: writing,
-//! claiming, rejecting), `watcher.rs` (waking the daemon when a trigger may have arrived).
+//! claiming, rejecting), `triggers/folder.rs` (every access to the trigger folder, through
+//! directory descriptors that never follow a link planted there), `watcher.rs` (waking the
+//! daemon when a trigger may have arrived).
 
 mod schedule;
 mod triggers;

@@ -18,35 +18,41 @@
 //!   (claim time + random + original name). After the request is committed to the daemon's
 //!   queue the file is deleted. A file left in `processing/` by a crash is picked up again under
 //!   the same key, so the queue can deduplicate it: each file is acted on exactly once.
-//! - A file that cannot be used (malformed, too big, unknown export...) is moved to
-//!   `rejected/<key>`, next to `rejected/<key>.reason`, a one-line text saying what is wrong.
+//! - A file that cannot be used (malformed, too big, not a regular file, a name with control,
+//!   invisible or non-UTF-8 characters, an unknown export...) is deleted; `rejected/<key>`
+//!   keeps a copy of its first 4096 bytes, next to `rejected/<key>.reason`, a one-line text
+//!   saying what is wrong (names and reasons escaped). The last 100 rejections are kept.
 //!
-//! [`write_trigger`] implements the writer's side; `acexport` commands use it. Noticing that a
-//! file arrived is the watcher's job (`watcher.rs`).
+//! [`write_trigger`] implements the writer's side; `acexport` commands use it. Every access to
+//! the folder goes through `triggers/folder.rs`, which never follows a link planted there.
+//! Noticing that a file arrived is the watcher's job (`watcher.rs`).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+mod folder;
+
+use std::borrow::Cow;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+
+use crate::escape::{untrusted, untrusted_capped};
+pub(super) use folder::ensure_dir;
+use folder::{Area, Folder, Head, REASON_SUFFIX};
 
 /// Largest accepted trigger file; a request is a few dozen bytes, so more means a wrong file.
 const MAX_TRIGGER_BYTES: u64 = 4096; // protocol limit, see the module doc
 /// Suffix of a final (ready to claim) trigger file name.
 const TRIGGER_SUFFIX: &str = ".trigger";
-/// Claimed files, named by their key, until the caller finishes or rejects them.
-const PROCESSING_DIR: &str = "processing";
-/// Files that could not be used, each with a `<key>.reason` sibling.
-const REJECTED_DIR: &str = "rejected";
-/// Suffix of the text file explaining a rejection.
-const REASON_SUFFIX: &str = ".reason";
 /// Longest file name Linux accepts (NAME_MAX); a key must leave room for `.reason`.
 const MAX_FILE_NAME_BYTES: usize = 255;
-/// The trigger directory and its subdirectories: the service user and its group (the tools
-/// that drop triggers) may write, others may not look.
-#[cfg(unix)]
-const DIR_MODE: u32 = 0o770;
+/// Why a file with a name that cannot be shown as it is was rejected.
+const UNSAFE_NAME: &str =
+    "has control, invisible or non-UTF-8 characters in its name (shown escaped here)";
+/// The original-name part of a rejected entry's key when the name cannot be shown.
+const UNSAFE_NAME_LABEL: &str = "unsafe-name";
 
 /// What a trigger file asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +76,10 @@ pub struct TriggerFile {
     pub request: TriggerRequest,
     /// Free text from the writer saying who asked.
     pub requested_by: Option<String>,
-    /// Where the claimed file is now (`processing/<key>`).
-    path: PathBuf,
-    /// The trigger directory, to reach `rejected/`.
-    dir: PathBuf,
+    /// What was read and parsed, kept in `rejected/` if the caller refuses the request.
+    content: Vec<u8>,
+    /// The trigger folder, to delete the claimed file or reach `rejected/`.
+    folder: Arc<Folder>,
 }
 
 /// The outcome of one [`claim_all`].
@@ -88,9 +94,10 @@ pub struct Claimed {
 /// A trigger file that was moved to `rejected/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// The file's name as the writer dropped it.
+    /// The file's name as the writer dropped it, escaped ([`crate::escape::untrusted`]) or,
+    /// when not UTF-8, shown byte by byte (`\xff`).
     pub name: String,
-    /// What is wrong with it (also written to `rejected/<key>.reason`).
+    /// What is wrong with it, escaped (also written to `rejected/<key>.reason`).
     pub reason: String,
 }
 
@@ -98,12 +105,19 @@ pub struct Rejection {
 /// [`Rejection`]s instead.
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
-    #[error("cannot {action} {path}: {source}")]
+    /// The path is shown escaped: file names in the trigger folder come from its writers.
+    #[error("cannot {action} {}: {source}", shown_path(path))]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: io::Error,
+        source: std::io::Error,
     },
+    #[error(
+        "{} is a symbolic link or not a folder; links in the trigger folder are never \
+         followed: remove it, and the daemon creates the folder again",
+        shown_path(path)
+    )]
+    NotAFolder { path: PathBuf },
     #[error("trigger request is invalid: {reason}")]
     InvalidRequest { reason: String },
     #[error("cannot watch trigger directory {path}: {source}")]
@@ -115,8 +129,13 @@ pub enum TriggerError {
     NoRuntime { path: PathBuf },
 }
 
+/// A path for a message, escaped: its last part may be a name a writer chose.
+fn shown_path(path: &Path) -> String {
+    untrusted(&path.to_string_lossy()).into_owned()
+}
+
 impl TriggerError {
-    fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TriggerError {
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TriggerError {
         let path = path.to_owned();
         move |source| TriggerError::Io {
             action,
@@ -190,10 +209,10 @@ impl WireRequest {
             }
         };
         if let Some(by) = &self.requested_by
-            && by.chars().any(char::is_control)
+            && !is_plain(by)
         {
-            // It ends up in log lines; control characters could forge them.
-            return Err("\"requested_by\" contains control characters".into());
+            // It ends up in log lines and the run's record, where these would change the text.
+            return Err("\"requested_by\" contains control or invisible characters".into());
         }
         Ok((request, self.requested_by))
     }
@@ -203,8 +222,10 @@ fn check_export_name(field: &str, name: String) -> Result<String, String> {
     if name.trim().is_empty() {
         return Err(format!("\"{field}\" is empty: name an export"));
     }
-    if name.chars().any(char::is_control) {
-        return Err(format!("\"{field}\" contains control characters"));
+    if !is_plain(&name) {
+        return Err(format!(
+            "\"{field}\" contains control or invisible characters"
+        ));
     }
     Ok(name)
 }
@@ -226,9 +247,29 @@ fn parse_trigger(bytes: &[u8]) -> Result<(TriggerRequest, Option<String>), Strin
     wire.into_request()
 }
 
-/// Whether `name` is a trigger ready to claim (not a writer's temporary or hidden name).
-pub(super) fn is_final_name(name: &str) -> bool {
-    !name.starts_with('.') && name.len() > TRIGGER_SUFFIX.len() && name.ends_with(TRIGGER_SUFFIX)
+/// Whether `text` shows as it is: nothing in it that [`untrusted`] would escape.
+fn is_plain(text: &str) -> bool {
+    matches!(
+        untrusted_capped(text, text.chars().count()),
+        Cow::Borrowed(_)
+    )
+}
+
+/// `name` as text when it can be shown as it is; otherwise `Err` with how to show it:
+/// escaped, or byte by byte when it is not UTF-8. Never the raw name.
+fn plain_name(name: &OsStr) -> Result<&str, String> {
+    match name.to_str() {
+        Some(text) if is_plain(text) => Ok(text),
+        Some(text) => Err(untrusted(text).into_owned()),
+        None => Err(name.as_bytes().escape_ascii().to_string()),
+    }
+}
+
+/// Whether `name` (raw bytes: any name in the folder) is a trigger ready to claim, not a
+/// writer's temporary or hidden name.
+pub(super) fn is_final_name(name: &[u8]) -> bool {
+    let suffix = TRIGGER_SUFFIX.as_bytes();
+    !name.starts_with(b".") && name.len() > suffix.len() && name.ends_with(suffix)
 }
 
 /// A UTC timestamp that sorts as text and is safe in file names.
@@ -270,37 +311,9 @@ fn name_from_key(key: &str) -> &str {
     }
 }
 
-/// Creates `dir` (and missing parents) with [`DIR_MODE`] if it does not exist.
-pub(super) fn ensure_dir(dir: &Path) -> Result<(), TriggerError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        builder.mode(DIR_MODE);
-        builder
-            .create(dir)
-            .map_err(TriggerError::io("create directory", dir))?;
-        // The umask (often 022) would drop group write, which trigger writers need.
-        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
-            .map_err(TriggerError::io("set permissions on", dir))?;
-    }
-    #[cfg(not(unix))]
-    builder
-        .create(dir)
-        .map_err(TriggerError::io("create directory", dir))?;
-    Ok(())
-}
-
-/// Makes renames and creations in `dir` durable: a claim lost to a power cut would bring the
-/// file back under its old name and a new key, and run it twice.
-fn sync_dir(dir: &Path) -> Result<(), TriggerError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(TriggerError::io("sync directory", dir))
+/// Whether `name` is a key made by [`new_key`] (and so sorts by claim time).
+fn is_key(name: &str) -> bool {
+    name_from_key(name).len() != name.len()
 }
 
 /// Write a request atomically (unique name `<utc-timestamp>-<random>.trigger`, temp file +
@@ -326,178 +339,162 @@ pub fn write_trigger(
     }
     ensure_dir(dir)?;
     let name = format!("{}{TRIGGER_SUFFIX}", unique_stem());
-    let temp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(&name);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .and_then(|mut file| {
-            file.write_all(&body)?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&temp, &target));
-    if let Err(source) = written {
-        // Best effort: a leftover temp name is ignored by claimers anyway.
-        let _ = fs::remove_file(&temp);
-        return Err(TriggerError::Io {
-            action: "write trigger file",
-            path: target,
-            source,
-        });
-    }
-    sync_dir(dir)?;
+    folder::write_new(dir, &format!(".{name}.tmp"), &name, &body)
+        .map_err(TriggerError::io("write trigger file", &target))?;
     Ok(target)
 }
 
 /// Exactly-once consumption: claim every final-named file in `dir` by renaming it into
 /// `dir/processing/<unique-key>` (the key embeds a timestamp + random so it never repeats),
 /// then parse it. Files already in `processing/` (left by a crash) are returned too, with their
-/// existing key, so the caller can deduplicate by key in its database. Malformed files are
-/// moved to `dir/rejected/` with a sibling `<key>.reason` text file and returned as rejections.
+/// existing key, so the caller can deduplicate by key in its database. Files that cannot be
+/// used are deleted, with a bounded copy and a `<key>.reason` text file left in `rejected/`,
+/// and returned as rejections; so are names that cannot be shown as they are, from where they
+/// lie.
 ///
 /// Meant for one claimer per directory (the daemon): a second concurrent claimer would also
 /// see the first one's files in `processing/`.
 pub fn claim_all(dir: &Path) -> Result<Claimed, TriggerError> {
-    let processing = dir.join(PROCESSING_DIR);
-    ensure_dir(&processing)?;
-    ensure_dir(&dir.join(REJECTED_DIR))?;
+    let folder = Arc::new(Folder::open(dir)?);
+    let mut claimed = Claimed::default();
 
     // Claim in name order: writers' names start with a timestamp, so this is arrival order.
-    let mut names = list_names(dir)?;
-    names.retain(|name| is_final_name(name));
+    let mut names = folder.names(Area::Top)?;
+    names.retain(|name| is_final_name(name.as_bytes()));
     names.sort();
     let mut claimed_any = false;
     for name in &names {
-        let from = dir.join(name);
-        match fs::rename(&from, processing.join(new_key(name))) {
-            Ok(()) => claimed_any = true,
-            // Gone between listing and renaming: someone else took it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(TriggerError::Io {
-                    action: "claim trigger file",
-                    path: from,
-                    source,
-                });
+        match plain_name(name) {
+            Ok(plain) => claimed_any |= folder.claim(name, &new_key(plain))?,
+            // Rejected where it lies: such a name is not carried into a key.
+            Err(_) => {
+                if let Examined::Rejected(rejection) = examine(&folder, Area::Top, name)? {
+                    claimed.rejected.push(rejection);
+                }
             }
         }
     }
     if claimed_any {
-        sync_dir(&processing)?;
-        sync_dir(dir)?;
+        folder.sync(Area::Processing)?;
+        folder.sync(Area::Top)?;
     }
 
     // Keys sort by claim time, so crash leftovers come first.
-    let mut keys = list_names(&processing)?;
+    let mut keys = folder.names(Area::Processing)?;
     keys.sort();
-    let mut claimed = Claimed::default();
     for key in keys {
-        let path = processing.join(&key);
-        let name = name_from_key(&key).to_owned();
-        match read_trigger(&path) {
-            Ok((request, requested_by)) => claimed.requests.push(TriggerFile {
-                key,
-                name,
-                request,
-                requested_by,
-                path,
-                dir: dir.to_owned(),
-            }),
-            Err(reason) => {
-                let rejection = move_to_rejected(dir, &key, name, reason)?;
-                claimed.rejected.push(rejection);
-            }
+        match examine(&folder, Area::Processing, &key)? {
+            Examined::Request(request) => claimed.requests.push(request),
+            Examined::Rejected(rejection) => claimed.rejected.push(rejection),
         }
     }
     Ok(claimed)
 }
 
-/// UTF-8 entry names in `dir`. Other names cannot end in `.trigger` as text and are ignored.
-fn list_names(dir: &Path) -> Result<Vec<String>, TriggerError> {
-    let entries = fs::read_dir(dir).map_err(TriggerError::io("list", dir))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(TriggerError::io("list", dir))?;
-        if let Ok(name) = entry.file_name().into_string() {
-            names.push(name);
-        }
-    }
-    Ok(names)
+/// What became of one file.
+enum Examined {
+    Request(TriggerFile),
+    Rejected(Rejection),
 }
 
-/// Reads and parses a claimed file; the error is a reason for `rejected/`.
-fn read_trigger(path: &Path) -> Result<(TriggerRequest, Option<String>), String> {
-    // Not following links: a link could make the daemon read any file it can.
-    let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot be inspected: {e}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
+/// Reads and parses `name` in `area` (a key in `processing/`, or a name that cannot be shown
+/// in the trigger folder itself), rejecting it when it cannot be used.
+fn examine(folder: &Arc<Folder>, area: Area, name: &OsStr) -> Result<Examined, TriggerError> {
+    // One byte over the limit tells a file that is too big.
+    let head = folder.read(area, name, MAX_TRIGGER_BYTES + 1);
+    let key = match plain_name(name) {
+        Ok(key) => key,
+        Err(shown) => {
+            let kept = head.as_ref().ok().map(|head| head.bytes.as_slice());
+            return reject(folder, area, name, shown, UNSAFE_NAME, kept).map(Examined::Rejected);
+        }
+    };
+    let shown = name_from_key(key).to_owned();
+    let head = match head {
+        Ok(head) => head,
+        Err(reason) => {
+            return reject(folder, area, name, shown, &reason, None).map(Examined::Rejected);
+        }
+    };
+    match parse_head(&head) {
+        Ok((request, requested_by)) => Ok(Examined::Request(TriggerFile {
+            key: key.to_owned(),
+            name: shown,
+            request,
+            requested_by,
+            content: head.bytes,
+            folder: Arc::clone(folder),
+        })),
+        Err(reason) => {
+            reject(folder, area, name, shown, &reason, Some(&head.bytes)).map(Examined::Rejected)
+        }
     }
-    if meta.len() > MAX_TRIGGER_BYTES {
-        return Err(too_big(meta.len()));
+}
+
+/// Checks a file's size and parses its bytes; the error is a reason for `rejected/`.
+fn parse_head(head: &Head) -> Result<(TriggerRequest, Option<String>), String> {
+    // The file may have grown since `fstat`: what was read counts too.
+    let len = head.size.max(head.bytes.len() as u64);
+    if len > MAX_TRIGGER_BYTES {
+        return Err(too_big(len));
     }
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|file| file.take(MAX_TRIGGER_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("cannot be read: {e}"))?;
-    if bytes.len() as u64 > MAX_TRIGGER_BYTES {
-        return Err(too_big(bytes.len() as u64));
-    }
-    parse_trigger(&bytes)
+    parse_trigger(&head.bytes)
 }
 
 fn too_big(len: u64) -> String {
     format!("is {len} bytes, more than the {MAX_TRIGGER_BYTES} a trigger file may hold")
 }
 
-/// Moves `processing/<key>` to `rejected/<key>` and writes `rejected/<key>.reason`.
-fn move_to_rejected(
-    dir: &Path,
-    key: &str,
-    name: String,
-    reason: String,
+/// Rejects `name` in `area`, shown as `shown` (already escaped), for `reason` (escaped here).
+/// It keeps its key in `rejected/` when the key is one of ours; any other name gets a new key.
+fn reject(
+    folder: &Folder,
+    area: Area,
+    name: &OsStr,
+    shown: String,
+    reason: &str,
+    kept: Option<&[u8]>,
 ) -> Result<Rejection, TriggerError> {
-    let rejected = dir.join(REJECTED_DIR);
-    ensure_dir(&rejected)?;
-    // The reason first: a crash in between leaves the file in processing/, to be rejected
-    // again, rather than a rejected file without a reason.
-    let reason_path = rejected.join(format!("{key}{REASON_SUFFIX}"));
-    fs::write(&reason_path, format!("{name}: {reason}\n"))
-        .map_err(TriggerError::io("write rejection reason", &reason_path))?;
-    let from = dir.join(PROCESSING_DIR).join(key);
-    match fs::rename(&from, rejected.join(key)) {
-        Ok(()) => {}
-        // Already gone (finished or rejected elsewhere): the reason file still explains it.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(TriggerError::Io {
-                action: "move rejected trigger file",
-                path: from,
-                source,
-            });
-        }
-    }
-    Ok(Rejection { name, reason })
+    let plain = plain_name(name).ok();
+    let label = plain.map_or(UNSAFE_NAME_LABEL, name_from_key);
+    let entry = match plain {
+        Some(key) if area == Area::Processing && is_key(key) => key.to_owned(),
+        _ => new_key(label),
+    };
+    let reason = untrusted(reason).into_owned();
+    folder.reject(
+        area,
+        name,
+        entry,
+        label,
+        kept,
+        &format!("{shown}: {reason}\n"),
+    )?;
+    Ok(Rejection {
+        name: shown,
+        reason,
+    })
 }
 
 impl TriggerFile {
     /// After the caller committed the request (keyed by `key`) to its queue: delete the
     /// claimed file. Deleting a file that is already gone is not an error.
     pub fn finish(self) -> Result<(), TriggerError> {
-        match fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(TriggerError::Io {
-                action: "delete claimed trigger file",
-                path: self.path,
-                source,
-            }),
-        }
+        self.folder.remove(Area::Processing, OsStr::new(&self.key))
     }
 
-    /// The caller refused it (unknown or disabled export): move to rejected/ with the reason.
+    /// The caller refused it (unknown or disabled export): delete it, keeping a copy and the
+    /// reason in `rejected/`.
     pub fn reject(self, reason: &str) -> Result<Rejection, TriggerError> {
-        move_to_rejected(&self.dir, &self.key, self.name, reason.to_owned())
+        reject(
+            &self.folder,
+            Area::Processing,
+            OsStr::new(&self.key),
+            self.name,
+            reason,
+            Some(&self.content),
+        )
     }
 }
 

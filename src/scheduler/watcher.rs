@@ -9,6 +9,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::triggers::{TriggerError, ensure_dir, is_final_name};
+use std::os::unix::ffi::OsStrExt;
 
 /// `tokio::time::interval` panics on a zero period; also keeps a typo from busy-looping.
 const MIN_RESCAN: Duration = Duration::from_secs(1);
@@ -104,8 +105,7 @@ fn is_relevant(event: &notify::Event) -> bool {
         || event.paths.is_empty()
         || event.paths.iter().any(|path| {
             path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(is_final_name)
+                .is_some_and(|name| is_final_name(name.as_bytes()))
         })
 }
 

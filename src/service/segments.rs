@@ -477,7 +477,7 @@ impl Context {
     fn kept_database(&self, s: &SegmentDef, query: String) -> Result<SegmentInput, ServiceError> {
         let (database_url, database_env) = match (&s.database_sealed, &s.database_env) {
             (Some(sealed), _) => (
-                Some(self.secret_key()?.open(Purpose::DatabaseUrl, &sealed.0)?),
+                Some(self.secret_key().open(Purpose::DatabaseUrl, &sealed.0)?),
                 None,
             ),
             (None, Some(var)) => {

@@ -20,7 +20,7 @@ const TOKEN: &str = "daemon-test-token-0042";
 /// One test's world (folder, settings file, sandbox) with export `people-list` of segment
 /// `people` defined, and a context on its store to read what the daemon wrote. It derefs to the
 /// world, so tests reach `env.config`, `env.sandbox` and `env.dir` directly.
-struct Env {
+pub(super) struct Env {
     world: World,
     ctx: Context,
 }
@@ -33,7 +33,7 @@ impl Deref for Env {
     }
 }
 
-fn sandbox_options(latency_ms: u64) -> SandboxOptions {
+pub(super) fn sandbox_options(latency_ms: u64) -> SandboxOptions {
     SandboxOptions {
         latency: Duration::from_millis(latency_ms),
         ..test_sandbox_options(TOKEN)
@@ -51,7 +51,11 @@ fn csv(n: usize) -> String {
 }
 
 impl Env {
-    async fn new(sandbox: SandboxOptions, profiles: usize, schedule: Option<&str>) -> Env {
+    pub(super) async fn new(
+        sandbox: SandboxOptions,
+        profiles: usize,
+        schedule: Option<&str>,
+    ) -> Env {
         Env::with_settings(sandbox, profiles, schedule, 1000).await
     }
 
@@ -90,7 +94,7 @@ impl Env {
     }
 
     /// Drops a signal file asking for a run of the test export.
-    fn trigger_run(&self) {
+    pub(super) fn trigger_run(&self) {
         let request = TriggerRequest::Run {
             export: "people-list".into(),
             full: false,
@@ -102,7 +106,7 @@ impl Env {
         self.dir.path().join("daemon.log")
     }
 
-    fn start(&self, notify: Option<&Path>) -> DaemonProcess {
+    pub(super) fn start(&self, notify: Option<&Path>) -> DaemonProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -122,18 +126,23 @@ impl Env {
         DaemonProcess(cmd.spawn().expect("daemon starts"))
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    async fn runs(&self) -> Vec<RunRecord> {
+    pub(super) async fn runs(&self) -> Vec<RunRecord> {
         let mut runs = self.ctx.store.runs(None, 100).await.expect("runs");
         runs.reverse();
         runs
     }
 
     /// Polls the database until `check` holds (the daemon writes it from another process).
-    async fn wait_for<F>(&self, what: &str, timeout: Duration, check: F) -> Vec<RunRecord>
+    pub(super) async fn wait_for<F>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: F,
+    ) -> Vec<RunRecord>
     where
         F: Fn(&[RunRecord]) -> bool,
     {
@@ -152,7 +161,7 @@ impl Env {
         }
     }
 
-    async fn wait_ready(&self) {
+    pub(super) async fn wait_ready(&self) {
         let start = Instant::now();
         while !self.log().contains("Daemon ready") {
             assert!(
@@ -167,7 +176,7 @@ impl Env {
 
 /// A daemon started by a test, killed when the test ends without stopping it (a failed
 /// assertion), so that no daemon outlives its test.
-struct DaemonProcess(Child);
+pub(super) struct DaemonProcess(Child);
 
 impl std::ops::Deref for DaemonProcess {
     type Target = Child;
@@ -191,7 +200,7 @@ impl Drop for DaemonProcess {
     }
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(super) fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(child.id().to_string())
@@ -200,7 +209,7 @@ fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+pub(super) fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -234,7 +243,7 @@ async fn assert_cancelled_midway(env: &Env) {
     assert!(runs[0].counts.upserted < 12_000);
 }
 
-fn finished(r: &RunRecord) -> bool {
+pub(super) fn finished(r: &RunRecord) -> bool {
     r.status != RunStatus::Running
 }
 
@@ -749,7 +758,7 @@ async fn a_cancel_reaches_a_run_waiting_behind_the_same_export_in_another_proces
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
 }
 
-async fn wait_for_log(env: &Env, text: &str) {
+pub(super) async fn wait_for_log(env: &Env, text: &str) {
     let start = Instant::now();
     while !env.log().contains(text) {
         assert!(

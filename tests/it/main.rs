@@ -10,4 +10,5 @@ mod deploy;
 mod engine;
 mod layout;
 mod security_state;
+mod security_triggers;
 mod support;
