@@ -2,14 +2,18 @@
 //! attempt, is classified by [`retry::classify`], and retried with bounded, jittered backoff.
 //! Errors never carry the API key, and URLs (which may hold an email in a query) are stripped
 //! from transport errors.
+//!
+//! No redirect is followed: a 3xx is an error naming both hosts. reqwest would follow it and
+//! keep the `Api-Token` header (it drops only the standard credential headers), sending the key
+//! to whatever host the answer names, over plain http too.
 
 use std::error::Error as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use reqwest::{Method, StatusCode};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
@@ -17,12 +21,15 @@ use super::budget::{AccountBudget, RequestKind, budget_for};
 use super::host::BaseUrl;
 use super::retry::{Attempt, Verdict, backoff, classify};
 use super::wire;
+use crate::escape::untrusted_capped;
 use crate::settings::ActiveCampaignSettings;
 
 /// ActiveCampaign's largest page (`limit` max, AC pagination docs).
 const MAX_PAGE: usize = 100;
 /// Connect timeout: an unreachable host should fail fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest redirect target shown, in characters: a DNS name (253) with a port.
+const MAX_SHOWN_TARGET_CHARS: usize = 260;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcError {
@@ -44,6 +51,17 @@ pub enum AcError {
     },
     #[error("ActiveCampaign at {host} kept throttling for more than {waited_secs} s; giving up")]
     Throttled { host: String, waited_secs: u64 },
+    /// A 3xx answer: never followed, so the key only ever goes to the configured host.
+    #[error(
+        "{host} answered with a redirect to {target} (HTTP {status}); acexport never follows \
+         redirects, so the API key is only ever sent to the host you configured"
+    )]
+    Redirect {
+        host: String,
+        /// The host the answer pointed to (escaped and capped), or what was wrong with it.
+        target: String,
+        status: u16,
+    },
     #[error("cannot reach ActiveCampaign at {host}: {detail}")]
     Unreachable { host: String, detail: String },
     #[error("secure connection to {host} failed (TLS): {detail}")]
@@ -68,6 +86,12 @@ impl AcError {
     /// The key is invalid or lacks permission: the connection must be marked rejected.
     pub fn is_rejected_key(&self) -> bool {
         matches!(self, AcError::Rejected { .. })
+    }
+
+    /// Every later request of the run would fail the same way (a rejected key, a redirect):
+    /// the run stops instead of sending the rest.
+    pub fn stops_the_run(&self) -> bool {
+        matches!(self, AcError::Rejected { .. } | AcError::Redirect { .. })
     }
 }
 
@@ -146,6 +170,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .user_agent(concat!("acexport/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT.min(options.timeout))
             .timeout(options.timeout)
             .build()
@@ -332,13 +357,13 @@ impl Client {
             }
             let result = self.wait_or_abort(send(request)).await?;
             let (verdict, last) = match &result {
-                Ok((status, retry_after, bytes)) => (
+                Ok(answer) => (
                     classify(Attempt::Response {
-                        status: *status,
-                        retry_after: retry_after.as_deref(),
-                        body: bytes,
+                        status: answer.status,
+                        retry_after: answer.retry_after.as_deref(),
+                        body: &answer.body,
                     }),
-                    LastProblem::Status(*status),
+                    LastProblem::Status(answer.status),
                 ),
                 Err(e) => {
                     let attempt = if e.is_timeout() {
@@ -356,8 +381,8 @@ impl Client {
             };
             match verdict {
                 Verdict::Success => {
-                    let (_, _, body) = result.map_err(|_| AcError::Aborted)?;
-                    return Ok(Answer::Body(body));
+                    let answer = result.map_err(|_| AcError::Aborted)?;
+                    return Ok(Answer::Body(answer.body));
                 }
                 Verdict::Throttled(wait) => {
                     throttled += wait;
@@ -384,14 +409,18 @@ impl Client {
                     self.wait_or_abort(tokio::time::sleep(wait)).await?;
                 }
                 Verdict::Permanent => {
-                    if let Ok((StatusCode::BAD_REQUEST, _, bytes)) = &result
+                    if let Ok(answer) = &result
+                        && answer.status == StatusCode::BAD_REQUEST
                         && kind == RequestKind::BulkImport
-                        && let Some(rejected) = wire::parse_bulk_rejection(bytes)
+                        && let Some(rejected) = wire::parse_bulk_rejection(&answer.body)
                     {
                         return Ok(Answer::BulkRejected(rejected));
                     }
                     return Err(match result {
-                        Ok((status, _, bytes)) => self.permanent_error(status, &bytes),
+                        Ok(answer) if answer.status.is_redirection() => {
+                            self.redirect_error(&url, &answer)
+                        }
+                        Ok(answer) => self.permanent_error(answer.status, &answer.body),
                         Err(e) => AcError::Tls {
                             host,
                             detail: error_chain(&e),
@@ -420,6 +449,15 @@ impl Client {
         }
     }
 
+    /// A 3xx answer, naming where it pointed.
+    fn redirect_error(&self, url: &str, answer: &Received) -> AcError {
+        AcError::Redirect {
+            host: self.host().to_owned(),
+            target: redirect_target(url, answer.location.as_deref()),
+            status: answer.status.as_u16(),
+        }
+    }
+
     /// Awaits `fut` unless the run is aborted first (`AcError::Aborted`).
     pub async fn wait_or_abort<T>(&self, fut: impl Future<Output = T>) -> Result<T, AcError> {
         tokio::select! {
@@ -430,21 +468,53 @@ impl Client {
     }
 }
 
-type Sent = Result<(StatusCode, Option<String>, bytes::Bytes), reqwest::Error>;
+/// Where a redirect from `url` points: the host and port only (a path or query could hold
+/// anything), escaped and capped, since the server chose it.
+fn redirect_target(url: &str, location: Option<&str>) -> String {
+    let Some(location) = location else {
+        return "no location".to_owned();
+    };
+    let target = match Url::parse(url).and_then(|base| base.join(location)) {
+        Ok(to) => match (to.host_str(), to.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => "a location without a host".to_owned(),
+        },
+        Err(_) => "an unreadable location".to_owned(),
+    };
+    untrusted_capped(&target, MAX_SHOWN_TARGET_CHARS).into_owned()
+}
 
-async fn send(request: reqwest::RequestBuilder) -> Sent {
+/// What one attempt got back.
+struct Received {
+    status: StatusCode,
+    retry_after: Option<String>,
+    /// Where a 3xx pointed; reported, never followed.
+    location: Option<String>,
+    body: bytes::Bytes,
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<Received, reqwest::Error> {
     let response = request.send().await.map_err(reqwest::Error::without_url)?;
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let retry_after = header(RETRY_AFTER);
+    let location = header(LOCATION);
     let body = response
         .bytes()
         .await
         .map_err(reqwest::Error::without_url)?;
-    Ok((status, retry_after, body))
+    Ok(Received {
+        status,
+        retry_after,
+        location,
+        body,
+    })
 }
 
 enum LastProblem {
@@ -511,4 +581,38 @@ fn is_tls(e: &reqwest::Error) -> bool {
     ];
     let chain = error_chain(e).to_ascii_lowercase();
     TLS_FAILURES.iter().any(|needle| chain.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_is_shown_by_the_host_it_points_to_and_nothing_else() {
+        let from = "https://acme.api-us1.com/api/3/users/me";
+        for (location, shown) in [
+            (
+                Some("https://evil.example/api/3/users/me?k=1"),
+                "evil.example",
+            ),
+            (Some("http://user:pw@127.0.0.2:8080/x"), "127.0.0.2:8080"),
+            (Some("/elsewhere"), "acme.api-us1.com"),
+            (Some("//other.example/x"), "other.example"),
+            (Some("https://"), "an unreadable location"),
+            (Some("data:text/plain,hello"), "a location without a host"),
+            (None, "no location"),
+        ] {
+            assert_eq!(redirect_target(from, location), shown, "{location:?}");
+        }
+    }
+
+    #[test]
+    fn a_hostile_redirect_target_is_capped() {
+        let long = format!("https://{}.example/", "a".repeat(400));
+        let shown = redirect_target("https://acme.api-us1.com/", Some(&long));
+        assert!(
+            shown.chars().count() <= MAX_SHOWN_TARGET_CHARS + 1,
+            "{shown}"
+        );
+    }
 }

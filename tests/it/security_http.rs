@@ -1,0 +1,367 @@
+//! A hostile ActiveCampaign host, as an attacker would set one up on loopback: it redirects to
+//! another host, proxies wait in the environment, and error bodies echo the API key and the
+//! contacts. The key never leaves for another host, no proxy is used unless the settings name
+//! one, and no server text reaches the database, the logs or the terminal as it was sent.
+//!
+//! The hostile servers here are plain `TcpListener`s speaking just enough HTTP/1.1, so that
+//! they see every byte a client sends them (a connection counts even without a request).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{API_KEY, OutputExt, TestEnv};
+
+/// A second loopback address: "another host" for a redirect, still on this machine.
+const OTHER_LOOPBACK: &str = "127.0.0.2";
+/// Longest request head a test server reads.
+const MAX_HEAD: usize = 64 * 1024;
+/// What ActiveCampaign's `users/me` says, for servers that answer as ActiveCampaign would.
+const USER_ME: &str = r#"{"user":{"id":"7","username":"other-host-user","email":"u@x.example"}}"#;
+
+/// One request as a test server read it.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    /// The request target as sent: a path, or an absolute URL when sent to a proxy.
+    target: String,
+    /// The whole head, lower-cased, to look for headers.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Received {
+    /// The value of header `name` (lower case), if sent.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim())
+        })
+    }
+}
+
+/// How a test server answers one request.
+enum Reply {
+    Answer {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    },
+    /// Passed on to the sandbox, whose answer is returned: the server behaves.
+    Forward,
+}
+
+impl Reply {
+    fn json(status: u16, body: impl Into<String>) -> Reply {
+        Reply::Answer {
+            status,
+            headers: vec![("Content-Type", "application/json".to_owned())],
+            body: body.into(),
+        }
+    }
+
+    fn redirect(status: u16, location: String) -> Reply {
+        Reply::Answer {
+            status,
+            headers: vec![("Location", location)],
+            body: String::new(),
+        }
+    }
+}
+
+type Answer = dyn Fn(&Received) -> Reply + Send + Sync;
+
+/// A loopback HTTP server answering each request with `answer`, one request per connection.
+struct TestServer {
+    addr: SocketAddr,
+    /// Connections accepted, whether or not a request followed.
+    connections: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestServer {
+    /// Listens on `ip` (a loopback address), forwarding to `sandbox` when told to.
+    async fn start(
+        ip: &str,
+        sandbox: Option<SocketAddr>,
+        answer: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> TestServer {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind on loopback");
+        let addr = listener.local_addr().expect("local address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let answer: Arc<Answer> = Arc::new(answer);
+        let task = tokio::spawn({
+            let (connections, received) = (connections.clone(), received.clone());
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let (received, answer) = (received.clone(), answer.clone());
+                    tokio::spawn(serve(stream, sandbox, received, answer));
+                }
+            }
+        });
+        TestServer {
+            addr,
+            connections,
+            received,
+            task,
+        }
+    }
+
+    /// `http://ADDR`, as a connection's host or a proxy URL.
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("requests").clone()
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    sandbox: Option<SocketAddr>,
+    received: Arc<Mutex<Vec<Received>>>,
+    answer: Arc<Answer>,
+) {
+    let Some(request) = read_request(&mut stream).await else {
+        return;
+    };
+    received.lock().expect("requests").push(request.clone());
+    let (status, headers, body) = match answer(&request) {
+        Reply::Answer {
+            status,
+            headers,
+            body,
+        } => (status, headers, body.into_bytes()),
+        Reply::Forward => {
+            let sandbox = sandbox.expect("a forwarding server knows the sandbox");
+            forward(&request, sandbox).await
+        }
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} Test\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn read_request(stream: &mut TcpStream) -> Option<Received> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buf.len() > MAX_HEAD {
+            return None;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut words = head.split_whitespace();
+    let method = words.next()?.to_owned();
+    let target = words.next()?.to_owned();
+    let head = head.to_ascii_lowercase();
+    let mut request = Received {
+        method,
+        target,
+        head,
+        body: buf[head_end..].to_vec(),
+    };
+    let length: usize = request
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while request.body.len() < length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.body.extend_from_slice(&chunk[..n]);
+    }
+    Some(request)
+}
+
+/// Sends `request` on to the sandbox and returns its answer.
+async fn forward(
+    request: &Received,
+    sandbox: SocketAddr,
+) -> (u16, Vec<(&'static str, String)>, Vec<u8>) {
+    let path = match request.target.find("://") {
+        Some(i) => request.target[i + 3..]
+            .find('/')
+            .map_or("/", |p| &request.target[i + 3 + p..]),
+        None => request.target.as_str(),
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("forwarding client");
+    let method = reqwest::Method::from_bytes(request.method.as_bytes()).expect("method");
+    let mut outgoing = client
+        .request(method, format!("http://{sandbox}{path}"))
+        .body(request.body.clone());
+    for name in ["api-token", "content-type"] {
+        if let Some(value) = request.header(name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let response = outgoing.send().await.expect("the sandbox answers");
+    let status = response.status().as_u16();
+    let body = response.bytes().await.expect("the sandbox's body").to_vec();
+    (
+        status,
+        vec![("Content-Type", "application/json".to_owned())],
+        body,
+    )
+}
+
+/// `connection add crm --host HOST` with the key on stdin, the transfer accepted.
+async fn add_connection(env: &TestEnv, host: &str) -> std::process::Output {
+    env.run_stdin(
+        &[
+            "connection",
+            "add",
+            "crm",
+            "--host",
+            host,
+            "--api-key-stdin",
+            "--accept-data-transfer",
+        ],
+        API_KEY,
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 2: redirects
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_to_another_host_fails_connection_add_and_the_key_never_reaches_that_host() {
+    let env = TestEnv::new().await;
+    let other = TestServer::start(OTHER_LOOPBACK, None, |_| Reply::json(200, USER_ME)).await;
+    let location = format!("{}/api/3/users/me", other.url());
+    let redirecting = TestServer::start("127.0.0.1", None, move |_| {
+        Reply::redirect(302, location.clone())
+    })
+    .await;
+
+    let out = add_connection(&env, &redirecting.url()).await;
+
+    out.assert_fails_with(
+        1,
+        &format!(
+            "{} answered with a redirect to {} (HTTP 302)",
+            redirecting.addr, other.addr
+        ),
+    );
+    assert!(
+        out.stderr_text().contains("never follows redirects"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(other.connections(), 0, "the other host was contacted");
+    assert_eq!(redirecting.received().len(), 1, "a redirect is not retried");
+    assert!(env.list_json("connection").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_during_connection_test_fails_it_and_the_connection_is_not_verified() {
+    let env = TestEnv::new().await;
+    let other = TestServer::start(OTHER_LOOPBACK, None, |_| Reply::json(200, USER_ME)).await;
+    let hostile = Arc::new(AtomicBool::new(false));
+    let location = format!("{}/api/3/users/me", other.url());
+    let server = TestServer::start("127.0.0.1", Some(env.sandbox.addr()), {
+        let hostile = hostile.clone();
+        move |_| {
+            if hostile.load(Ordering::SeqCst) {
+                Reply::redirect(301, location.clone())
+            } else {
+                Reply::Forward
+            }
+        }
+    })
+    .await;
+    add_connection(&env, &server.url()).await.assert_ok();
+    hostile.store(true, Ordering::SeqCst);
+
+    let out = env.run(&["connection", "test", "crm"]).await;
+
+    out.assert_fails_with(1, &format!("redirect to {} (HTTP 301)", other.addr));
+    assert_eq!(other.connections(), 0, "the other host was contacted");
+    let saved = env.show_json("connection", "crm").await;
+    assert_ne!(saved["status"], "verified", "{saved}");
+    let detail = saved["status_detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("redirect"), "{saved}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_307_on_a_bulk_import_fails_the_run_and_the_contacts_never_reach_the_other_host() {
+    let env = TestEnv::new().await;
+    let other = TestServer::start(OTHER_LOOPBACK, None, |_| {
+        Reply::json(200, r#"{"success":1,"batchId":"stolen"}"#)
+    })
+    .await;
+    let location = format!("{}/api/3/import/bulk_import", other.url());
+    let server = TestServer::start("127.0.0.1", Some(env.sandbox.addr()), move |request| {
+        if request.target.ends_with("import/bulk_import") {
+            Reply::redirect(307, location.clone())
+        } else {
+            Reply::Forward
+        }
+    })
+    .await;
+    add_connection(&env, &server.url()).await.assert_ok();
+    env.add_csv_segment("members").await;
+    env.run(&crate::support::export_add_args(&[]))
+        .await
+        .assert_ok();
+
+    let out = env.run(&["export", "run", "weekly"]).await;
+
+    assert_eq!(
+        other.connections(),
+        0,
+        "the contacts went to the other host"
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.stderr_text());
+    let runs = env.run(&["runs", "--export", "weekly", "--json"]).await;
+    runs.assert_ok();
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&runs.stdout_text()).expect("runs --json");
+    assert_eq!(runs[0]["status"], "failed", "{runs:?}");
+    let error = runs[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "{} answered with a redirect to {} (HTTP 307)",
+            server.addr, other.addr
+        )),
+        "{error}"
+    );
+}
