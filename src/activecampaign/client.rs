@@ -22,7 +22,7 @@ use super::host::BaseUrl;
 use super::retry::{Attempt, Verdict, backoff, classify};
 use super::wire;
 use crate::escape::untrusted_capped;
-use crate::settings::ActiveCampaignSettings;
+use crate::settings::{ActiveCampaignSettings, ProxyUrl};
 
 /// ActiveCampaign's largest page (`limit` max, AC pagination docs).
 const MAX_PAGE: usize = 100;
@@ -62,6 +62,8 @@ pub enum AcError {
         target: String,
         status: u16,
     },
+    #[error("the proxy {proxy} (activecampaign.proxy) cannot be used")]
+    Proxy { proxy: String },
     #[error("cannot reach ActiveCampaign at {host}: {detail}")]
     Unreachable { host: String, detail: String },
     #[error("secure connection to {host} failed (TLS): {detail}")]
@@ -107,6 +109,8 @@ pub struct ClientOptions {
     pub retry_cap: Duration,
     /// Longest total wait on throttling before a call gives up.
     pub max_throttle_wait: Duration,
+    /// The proxy the settings name, if any; the environment's proxy variables are ignored.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl ClientOptions {
@@ -119,6 +123,7 @@ impl ClientOptions {
             retry_base: Duration::from_millis(s.retry_base_ms),
             retry_cap: Duration::from_secs(30),
             max_throttle_wait: Duration::from_secs(900),
+            proxy: s.proxy.clone(),
         }
     }
 }
@@ -167,17 +172,26 @@ impl Client {
         token.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert("Api-Token", token);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("acexport/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
+            // reqwest reads HTTP(S)_PROXY and ALL_PROXY by default: whoever sets one in the
+            // service's environment would receive every key. Only the settings name a proxy.
+            .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT.min(options.timeout))
-            .timeout(options.timeout)
-            .build()
-            .map_err(|e| AcError::Unreachable {
-                host: base.host().to_owned(),
-                detail: error_chain(&e.without_url()),
+            .timeout(options.timeout);
+        if let Some(proxy) = &options.proxy {
+            // The URL was checked when the settings were loaded; its error would name it.
+            let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|_| AcError::Proxy {
+                proxy: proxy.redacted(),
             })?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().map_err(|e| AcError::Unreachable {
+            host: base.host().to_owned(),
+            detail: error_chain(&e.without_url()),
+        })?;
         let budget = budget_for(
             base.host(),
             options.requests_per_second,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{API_KEY, OutputExt, TestEnv};
+use crate::support::{API_KEY, OutputExt, TestEnv, closed_port};
 
 /// A second loopback address: "another host" for a redirect, still on this machine.
 const OTHER_LOOPBACK: &str = "127.0.0.2";
@@ -363,5 +363,160 @@ async fn a_307_on_a_bulk_import_fails_the_run_and_the_contacts_never_reach_the_o
             server.addr, other.addr
         )),
         "{error}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 3: proxies
+
+/// Panics naming `what` if any of `secrets` is in `text`.
+fn assert_none_in(text: &str, secrets: &[&str], what: &str) {
+    for secret in secrets {
+        assert!(!text.contains(secret), "{what} holds {secret:?}:\n{text}");
+    }
+}
+
+/// Every spelling of the proxy variables curl-like tools read, pointing at `proxy`.
+fn proxy_variables(proxy: &str) -> Vec<(&'static str, String)> {
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|name| (name, proxy.to_owned()))
+    .chain([("NO_PROXY", String::new()), ("no_proxy", String::new())])
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_variables_in_the_environment_are_ignored_and_the_host_is_reached_directly() {
+    let env = TestEnv::new().await;
+    let proxy = TestServer::start("127.0.0.1", None, |_| Reply::json(502, "{}")).await;
+    let vars = proxy_variables(&proxy.url());
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let host = env.host();
+
+    let out = env
+        .run_with(
+            &[
+                "connection",
+                "add",
+                "crm",
+                "--host",
+                &host,
+                "--api-key-stdin",
+                "--accept-data-transfer",
+            ],
+            Some(API_KEY),
+            &vars,
+        )
+        .await;
+
+    out.assert_ok();
+    assert_eq!(proxy.connections(), 0, "the environment's proxy was used");
+    assert_eq!(env.requests_to("users/me"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loopback_proxy_named_in_the_settings_is_used_and_its_password_never_shown() {
+    let proxy = TestServer::start("127.0.0.1", None, |request| {
+        if request.target.ends_with("/api/3/users/me") {
+            Reply::json(200, r#"{"user":{"id":"7","username":"via-proxy"}}"#)
+        } else {
+            Reply::json(404, "{}")
+        }
+    })
+    .await;
+    let proxy_url = format!("http://proxy-user:proxy-pw-5eCret@{}", proxy.addr);
+    let env = TestEnv::with_settings(&format!("[activecampaign]\nproxy = \"{proxy_url}\"\n")).await;
+    let env_proxy = TestServer::start("127.0.0.1", None, |_| Reply::json(502, "{}")).await;
+    let vars = proxy_variables(&env_proxy.url());
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Nothing listens there: only a proxy can answer for it.
+    let host = format!("http://127.0.0.1:{}", closed_port());
+
+    let out = env
+        .run_with(
+            &[
+                "connection",
+                "add",
+                "crm",
+                "--host",
+                &host,
+                "--api-key-stdin",
+                "--accept-data-transfer",
+            ],
+            Some(API_KEY),
+            &vars,
+        )
+        .await;
+    let config = env.run(&["check-config"]).await;
+
+    out.assert_ok();
+    assert_eq!(
+        env.show_json("connection", "crm").await["export_user"],
+        "via-proxy"
+    );
+    let seen = proxy.received();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target, format!("{host}/api/3/users/me"));
+    assert!(seen[0].header("proxy-authorization").is_some(), "{seen:?}");
+    assert_eq!(
+        env_proxy.connections(),
+        0,
+        "the environment's proxy was used"
+    );
+    config.assert_ok();
+    let shown = config.stdout_text();
+    assert!(shown.contains("activecampaign.proxy = "), "{shown}");
+    assert!(shown.contains(&proxy.addr.to_string()), "{shown}");
+    for output in [&out, &config] {
+        assert_none_in(&output.stdout_text(), &["proxy-pw-5eCret"], "stdout");
+        assert_none_in(&output.stderr_text(), &["proxy-pw-5eCret"], "stderr");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_that_is_neither_https_nor_on_loopback_is_refused_naming_the_key() {
+    let env = TestEnv::new().await;
+    for proxy in [
+        "http://user:pw-hidden-1@192.0.2.10:3128",
+        "socks5://127.0.0.1:1080",
+        "ftp://proxy.example",
+        "not a url",
+    ] {
+        let bad = env.write(
+            "bad.toml",
+            &format!("[activecampaign]\nproxy = \"{proxy}\"\n"),
+        );
+
+        let out = env.run(&["--config", &bad, "check-config"]).await;
+
+        out.assert_fails_with(78, "settings key activecampaign.proxy");
+        assert!(out.stderr_text().contains("https"), "{}", out.stderr_text());
+        assert_none_in(&out.stderr_text(), &["pw-hidden-1"], "stderr");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_proxy_is_accepted_by_check_config() {
+    let env = TestEnv::new().await;
+    let good = env.write(
+        "good.toml",
+        "[activecampaign]\nproxy = \"https://proxy.example:8443\"\n",
+    );
+
+    let out = env.run(&["--config", &good, "check-config"]).await;
+
+    out.assert_ok();
+    assert!(
+        out.stdout_text()
+            .contains("activecampaign.proxy = \"https://proxy.example:8443\""),
+        "{}",
+        out.stdout_text()
     );
 }
