@@ -389,7 +389,7 @@ impl Client {
                     };
                     (
                         classify(attempt),
-                        LastProblem::Transport(attempt, error_chain(e)),
+                        LastProblem::Transport(attempt, self.transport_detail(e)),
                     )
                 }
             };
@@ -437,7 +437,7 @@ impl Client {
                         Ok(answer) => self.permanent_error(answer.status, &answer.body),
                         Err(e) => AcError::Tls {
                             host,
-                            detail: error_chain(&e),
+                            detail: self.transport_detail(&e),
                         },
                     });
                 }
@@ -460,6 +460,15 @@ impl Client {
             host,
             status: status.as_u16(),
             message: wire::summarise_error(body),
+        }
+    }
+
+    /// A transport error on one line, saying which proxy it went through, if any.
+    fn transport_detail(&self, e: &reqwest::Error) -> String {
+        let chain = error_chain(e);
+        match &self.options.proxy {
+            Some(proxy) => format!("{chain} (through the proxy {})", proxy.redacted()),
+            None => chain,
         }
     }
 
