@@ -3,6 +3,11 @@
 //! Errors never carry the API key, and URLs (which may hold an email in a query) are stripped
 //! from transport errors.
 //!
+//! What a server says in an error body is never kept as it was sent: only ActiveCampaign's
+//! message fields are read, and they are scrubbed of the connection's key, of the values of
+//! the contacts in the request, of addresses and of phone-like numbers, escaped and capped
+//! ([`ServerTextScrubber`]), before any error carries them.
+//!
 //! No redirect is followed: a 3xx is an error naming both hosts. reqwest would follow it and
 //! keep the `Api-Token` header (it drops only the standard credential headers), sending the key
 //! to whatever host the answer names, over plain http too.
@@ -22,6 +27,7 @@ use super::host::BaseUrl;
 use super::retry::{Attempt, Verdict, backoff, classify};
 use super::wire;
 use crate::escape::untrusted_capped;
+use crate::redact::ServerTextScrubber;
 use crate::settings::{ActiveCampaignSettings, ProxyUrl};
 
 /// ActiveCampaign's largest page (`limit` max, AC pagination docs).
@@ -30,19 +36,31 @@ const MAX_PAGE: usize = 100;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest redirect target shown, in characters: a DNS name (253) with a port.
 const MAX_SHOWN_TARGET_CHARS: usize = 260;
+/// Most bytes of an error body read: ActiveCampaign's are a few hundred bytes, and only their
+/// message fields are kept; a hostile server could send gigabytes.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Longest batch id accepted from a bulk import: ActiveCampaign's are UUIDs (36 characters).
+const MAX_BATCH_ID_CHARS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcError {
-    #[error("ActiveCampaign rejected the API key for {host} (HTTP 403{detail})")]
-    Rejected { host: String, detail: String },
+    /// `answer`: the status and ActiveCampaign's scrubbed message (see [`describe_answer`]).
+    #[error("ActiveCampaign rejected the API key for {host} ({answer})")]
+    Rejected { host: String, answer: String },
     #[error("{what} not found in ActiveCampaign at {host}")]
     NotFound { host: String, what: String },
-    #[error("ActiveCampaign at {host} refused the request (HTTP {status}): {message}")]
+    /// `answer`: the status and ActiveCampaign's scrubbed message (see [`describe_answer`]).
+    #[error("ActiveCampaign at {host} refused the request ({answer})")]
     Refused {
         host: String,
         status: u16,
-        message: String,
+        answer: String,
     },
+    #[error(
+        "the API key for {host} holds characters that cannot be sent in an HTTP header; paste \
+         it again as ActiveCampaign shows it (Settings > Developer)"
+    )]
+    UnsendableKey { host: String },
     #[error("ActiveCampaign at {host} answered HTTP {status} {attempts} times in a row; giving up")]
     Server {
         host: String,
@@ -139,6 +157,8 @@ enum Answer {
 pub struct Client {
     http: reqwest::Client,
     base: BaseUrl,
+    /// Removes this connection's key from whatever the server says.
+    scrub: ServerTextScrubber,
     budget: Arc<AccountBudget>,
     options: ClientOptions,
     /// Requests sent, retries included (reported in run counts).
@@ -163,11 +183,8 @@ impl Client {
         abort: CancellationToken,
     ) -> Result<Client, AcError> {
         let mut token =
-            HeaderValue::from_str(key.expose_secret()).map_err(|_| AcError::Refused {
+            HeaderValue::from_str(key.expose_secret()).map_err(|_| AcError::UnsendableKey {
                 host: base.host().to_owned(),
-                status: 0,
-                message: "the API key contains characters that cannot be sent in a header"
-                    .to_owned(),
             })?;
         token.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -200,6 +217,7 @@ impl Client {
         Ok(Client {
             http,
             base,
+            scrub: ServerTextScrubber::new(&key),
             budget,
             options,
             requests: AtomicU64::new(0),
@@ -289,7 +307,15 @@ impl Client {
             Answer::Body(body) => {
                 let parsed: wire::BulkAccepted = self.decode(&body, "import/bulk_import")?;
                 match parsed.batch_id {
-                    Some(batch_id) => Ok(wire::BulkOutcome::Queued { batch_id }),
+                    Some(batch_id) if self.usable_batch_id(&batch_id) => {
+                        Ok(wire::BulkOutcome::Queued { batch_id })
+                    }
+                    Some(_) => Err(AcError::Decode {
+                        host: self.host().to_owned(),
+                        detail: "bulk import accepted with a batchId that is not an id \
+                                 (ActiveCampaign sends a UUID)"
+                            .to_owned(),
+                    }),
                     None => Err(AcError::Decode {
                         host: self.host().to_owned(),
                         detail: "bulk import accepted without a batchId".to_owned(),
@@ -315,8 +341,18 @@ impl Client {
     ) -> Result<T, AcError> {
         serde_json::from_slice(body).map_err(|e| AcError::Decode {
             host: self.host().to_owned(),
-            detail: format!("{what}: {e}"),
+            detail: format!("{what}: {}", json_problem(&e)),
         })
+    }
+
+    /// A batch id goes into the run history and the next request: an id, not server prose.
+    fn usable_batch_id(&self, id: &str) -> bool {
+        !id.is_empty()
+            && id.chars().count() <= MAX_BATCH_ID_CHARS
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && self.scrub.hide_secrets(id) == id
     }
 
     /// One logical call: permit, send, classify, and retry or fail.
@@ -337,7 +373,7 @@ impl Client {
             Answer::BulkRejected(rejected) => Err(AcError::Refused {
                 host: self.host().to_owned(),
                 status: StatusCode::BAD_REQUEST.as_u16(),
-                message: format!("refused for {} named contact(s)", rejected.len()),
+                answer: format!("HTTP 400: refused for {} named contact(s)", rejected.len()),
             }),
         }
     }
@@ -423,18 +459,29 @@ impl Client {
                     self.wait_or_abort(tokio::time::sleep(wait)).await?;
                 }
                 Verdict::Permanent => {
+                    // A bulk import's answer may quote its contacts: remove their values too.
+                    let scrub = match (&body, kind) {
+                        (Some(sent), RequestKind::BulkImport) => {
+                            self.scrub.with_values(wire::bulk_contact_values(sent))
+                        }
+                        _ => self.scrub.clone(),
+                    };
                     if let Ok(answer) = &result
                         && answer.status == StatusCode::BAD_REQUEST
                         && kind == RequestKind::BulkImport
                         && let Some(rejected) = wire::parse_bulk_rejection(&answer.body)
                     {
+                        let rejected = rejected
+                            .into_iter()
+                            .map(|(index, reason)| (index, scrub.scrub(&reason)))
+                            .collect();
                         return Ok(Answer::BulkRejected(rejected));
                     }
                     return Err(match result {
                         Ok(answer) if answer.status.is_redirection() => {
                             self.redirect_error(&url, &answer)
                         }
-                        Ok(answer) => self.permanent_error(answer.status, &answer.body),
+                        Ok(answer) => self.permanent_error(&answer, &scrub),
                         Err(e) => AcError::Tls {
                             host,
                             detail: self.transport_detail(&e),
@@ -445,21 +492,19 @@ impl Client {
         }
     }
 
-    fn permanent_error(&self, status: StatusCode, body: &[u8]) -> AcError {
+    fn permanent_error(&self, answer: &Received, scrub: &ServerTextScrubber) -> AcError {
         let host = self.host().to_owned();
-        if status == StatusCode::FORBIDDEN {
-            let detail = wire::summarise_error(body);
-            let detail = if detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {detail}")
+        let described = describe_answer(answer, scrub);
+        if answer.status == StatusCode::FORBIDDEN {
+            return AcError::Rejected {
+                host,
+                answer: described,
             };
-            return AcError::Rejected { host, detail };
         }
         AcError::Refused {
             host,
-            status: status.as_u16(),
-            message: wire::summarise_error(body),
+            status: answer.status.as_u16(),
+            answer: described,
         }
     }
 
@@ -476,7 +521,7 @@ impl Client {
     fn redirect_error(&self, url: &str, answer: &Received) -> AcError {
         AcError::Redirect {
             host: self.host().to_owned(),
-            target: redirect_target(url, answer.location.as_deref()),
+            target: redirect_target(url, answer.location.as_deref(), &self.scrub),
             status: answer.status.as_u16(),
         }
     }
@@ -492,8 +537,9 @@ impl Client {
 }
 
 /// Where a redirect from `url` points: the host and port only (a path or query could hold
-/// anything), escaped and capped, since the server chose it.
-fn redirect_target(url: &str, location: Option<&str>) -> String {
+/// anything), without the key (a host name can hold it too), escaped and capped, since the
+/// server chose it.
+fn redirect_target(url: &str, location: Option<&str>, scrub: &ServerTextScrubber) -> String {
     let Some(location) = location else {
         return "no location".to_owned();
     };
@@ -505,7 +551,43 @@ fn redirect_target(url: &str, location: Option<&str>) -> String {
         },
         Err(_) => "an unreadable location".to_owned(),
     };
-    untrusted_capped(&target, MAX_SHOWN_TARGET_CHARS).into_owned()
+    untrusted_capped(&scrub.hide_secrets(&target), MAX_SHOWN_TARGET_CHARS).into_owned()
+}
+
+/// An error answer as errors carry it: `HTTP 404: <message>`, with ActiveCampaign's message
+/// fields only, scrubbed; never the body itself.
+fn describe_answer(answer: &Received, scrub: &ServerTextScrubber) -> String {
+    let status = answer.status.as_u16();
+    if answer.body_cut {
+        return format!(
+            "HTTP {status} with an unreadable body (more than {MAX_ERROR_BODY_BYTES} bytes)"
+        );
+    }
+    match wire::error_text(&answer.body) {
+        wire::ErrorText::Message(message) => format!("HTTP {status}: {}", scrub.scrub(&message)),
+        wire::ErrorText::NoMessage => format!("HTTP {status}"),
+        wire::ErrorText::Unreadable => format!(
+            "HTTP {status} with an unreadable body ({} bytes)",
+            answer.body.len()
+        ),
+    }
+}
+
+/// What is wrong with a JSON answer, without quoting it: serde's messages quote the values
+/// they stumbled on, and those are the server's text.
+fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let problem = match e.classify() {
+        Category::Io => "could not be read",
+        Category::Syntax => "is not JSON",
+        Category::Data => "does not hold the expected fields",
+        Category::Eof => "ends early",
+    };
+    format!(
+        "the body {problem} (line {}, column {})",
+        e.line(),
+        e.column()
+    )
 }
 
 /// What one attempt got back.
@@ -514,7 +596,10 @@ struct Received {
     retry_after: Option<String>,
     /// Where a 3xx pointed; reported, never followed.
     location: Option<String>,
+    /// The whole body of a success; of an error, at most [`MAX_ERROR_BODY_BYTES`].
     body: bytes::Bytes,
+    /// The error body was longer than [`MAX_ERROR_BODY_BYTES`] and was not read to its end.
+    body_cut: bool,
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Result<Received, reqwest::Error> {
@@ -528,15 +613,39 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Received, reqwest::Err
     };
     let retry_after = header(RETRY_AFTER);
     let location = header(LOCATION);
-    let body = response
-        .bytes()
+    if status.is_success() {
+        let body = response
+            .bytes()
+            .await
+            .map_err(reqwest::Error::without_url)?;
+        return Ok(Received {
+            status,
+            retry_after,
+            location,
+            body,
+            body_cut: false,
+        });
+    }
+    let mut response = response;
+    let mut body = bytes::BytesMut::new();
+    let mut body_cut = false;
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(reqwest::Error::without_url)?;
+        .map_err(reqwest::Error::without_url)?
+    {
+        if body.len() + chunk.len() > MAX_ERROR_BODY_BYTES {
+            body_cut = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(Received {
         status,
         retry_after,
         location,
-        body,
+        body: body.freeze(),
+        body_cut,
     })
 }
 
@@ -610,6 +719,11 @@ fn is_tls(e: &reqwest::Error) -> bool {
 mod tests {
     use super::*;
 
+    /// A scrubber for the key `k3y-0123456789abcdef`.
+    fn scrub() -> ServerTextScrubber {
+        ServerTextScrubber::new(&SecretString::from("k3y-0123456789abcdef"))
+    }
+
     #[test]
     fn a_redirect_is_shown_by_the_host_it_points_to_and_nothing_else() {
         let from = "https://acme.api-us1.com/api/3/users/me";
@@ -624,17 +738,87 @@ mod tests {
             (Some("https://"), "an unreadable location"),
             (Some("data:text/plain,hello"), "a location without a host"),
             (None, "no location"),
+            (
+                Some("https://K3Y-0123456789ABCDEF.evil.example/"),
+                "***.evil.example",
+            ),
         ] {
-            assert_eq!(redirect_target(from, location), shown, "{location:?}");
+            assert_eq!(
+                redirect_target(from, location, &scrub()),
+                shown,
+                "{location:?}"
+            );
         }
     }
 
     #[test]
     fn a_hostile_redirect_target_is_capped() {
         let long = format!("https://{}.example/", "a".repeat(400));
-        let shown = redirect_target("https://acme.api-us1.com/", Some(&long));
+        let shown = redirect_target("https://acme.api-us1.com/", Some(&long), &scrub());
         assert!(
             shown.chars().count() <= MAX_SHOWN_TARGET_CHARS + 1,
+            "{shown}"
+        );
+    }
+
+    fn answer(status: u16, body: &str) -> Received {
+        Received {
+            status: StatusCode::from_u16(status).expect("status"),
+            retry_after: None,
+            location: None,
+            body: bytes::Bytes::from(body.to_owned()),
+            body_cut: false,
+        }
+    }
+
+    #[test]
+    fn an_error_answer_is_described_by_its_status_and_scrubbed_message_only() {
+        let cases = [
+            (
+                answer(404, r#"{"message":"No Result found for _List with id 7"}"#),
+                "HTTP 404: No Result found for _List with id 7",
+            ),
+            (
+                answer(
+                    403,
+                    r#"{"message":"key k3y-0123456789abcdef of a@b.example","k":"x"}"#,
+                ),
+                "HTTP 403: key *** of [address]",
+            ),
+            (
+                answer(422, r#"{"owner":"k3y-0123456789abcdef"}"#),
+                "HTTP 422",
+            ),
+            (answer(400, ""), "HTTP 400"),
+            (
+                answer(400, "<html>k3y-0123456789abcdef</html>"),
+                "HTTP 400 with an unreadable body (33 bytes)",
+            ),
+            (
+                Received {
+                    body_cut: true,
+                    ..answer(400, "{")
+                },
+                "HTTP 400 with an unreadable body (more than 65536 bytes)",
+            ),
+        ];
+        for (answer, described) in cases {
+            assert_eq!(describe_answer(&answer, &scrub()), described);
+        }
+    }
+
+    #[test]
+    fn a_decoding_problem_does_not_quote_the_body() {
+        let e = serde_json::from_str::<wire::UserEnvelope>(
+            r#"{"user":{"id":{"secret":"k3y-0123456789abcdef"}}}"#,
+        )
+        .expect_err("not a user");
+
+        let shown = json_problem(&e);
+
+        assert!(!shown.contains("k3y"), "{shown}");
+        assert!(
+            shown.starts_with("the body does not hold the expected fields (line 1"),
             "{shown}"
         );
     }

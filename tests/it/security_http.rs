@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{API_KEY, OutputExt, TestEnv, closed_port};
+use crate::support::{API_KEY, OutputExt, TestEnv, closed_port, contains, database_bytes};
 
 /// A second loopback address: "another host" for a redirect, still on this machine.
 const OTHER_LOOPBACK: &str = "127.0.0.2";
@@ -519,4 +519,212 @@ async fn an_https_proxy_is_accepted_by_check_config() {
         "{}",
         out.stdout_text()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 5: server text
+
+/// Every text column that keeps what a server said: runs' errors, run issues' reasons and
+/// connections' status details.
+async fn stored_server_text(env: &TestEnv) -> Vec<String> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(env.store_path())
+        .read_only(true);
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("open the store");
+    let mut texts = Vec::new();
+    for query in [
+        "SELECT error FROM runs WHERE error IS NOT NULL",
+        "SELECT reason FROM run_issues",
+        "SELECT status_detail FROM connections WHERE status_detail IS NOT NULL",
+    ] {
+        let rows: Vec<(String,)> = sqlx::query_as(query)
+            .fetch_all(&pool)
+            .await
+            .expect("read the store");
+        texts.extend(rows.into_iter().map(|(text,)| text));
+    }
+    pool.close().await;
+    texts
+}
+
+/// What the echoing `users/me` says besides the key it was sent.
+const ECHOED_EMAIL: &str = "owner.person@example.com";
+const ECHOED_PHONE: &str = "202 555 0143";
+const ECHOED_NAME: &str = "Zelda Quux";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_body_echoing_the_key_and_a_person_is_stored_and_shown_scrubbed() {
+    let env = TestEnv::new().await;
+    let hostile = Arc::new(AtomicBool::new(false));
+    let server = TestServer::start("127.0.0.1", Some(env.sandbox.addr()), {
+        let hostile = hostile.clone();
+        move |request| {
+            if !hostile.load(Ordering::SeqCst) {
+                return Reply::Forward;
+            }
+            let key = request.header("api-token").unwrap_or_default();
+            let body = serde_json::json!({
+                "message": format!(
+                    "Api-Token {key} of {ECHOED_EMAIL} (tel. +1 {ECHOED_PHONE}) is \
+                     suspended\u{1b}[2J"
+                ),
+                "owner": {"name": ECHOED_NAME, "token": key},
+            });
+            Reply::json(403, body.to_string())
+        }
+    })
+    .await;
+    add_connection(&env, &server.url()).await.assert_ok();
+    hostile.store(true, Ordering::SeqCst);
+
+    let test = env.run(&["connection", "test", "crm"]).await;
+    let show = env.run(&["connection", "show", "crm"]).await;
+    let list = env.run(&["connection", "list"]).await;
+
+    test.assert_fails_with(1, "is suspended");
+    let secrets = [API_KEY, ECHOED_EMAIL, ECHOED_PHONE, ECHOED_NAME, "\u{1b}"];
+    for output in [&test, &show, &list] {
+        assert_none_in(&output.stdout_text(), &secrets, "stdout");
+        assert_none_in(&output.stderr_text(), &secrets, "stderr");
+    }
+    for text in stored_server_text(&env).await {
+        assert_none_in(&text, &secrets, "the database");
+    }
+    // Text only: a lone ESC byte may well stand in the file's binary parts.
+    let bytes = database_bytes(&env.store_path());
+    for secret in &secrets[..4] {
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "{secret:?} is in the database file"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_error_body_is_reported_by_its_size_only() {
+    let env = TestEnv::new().await;
+    let server = TestServer::start("127.0.0.1", None, |request| {
+        let key = request.header("api-token").unwrap_or_default();
+        Reply::Answer {
+            status: 400,
+            headers: vec![("Content-Type", "text/html".to_owned())],
+            body: format!("<html>bad token {key} for {ECHOED_EMAIL}</html>"),
+        }
+    })
+    .await;
+
+    let out = add_connection(&env, &server.url()).await;
+
+    let length = format!("<html>bad token {API_KEY} for {ECHOED_EMAIL}</html>").len();
+    out.assert_fails_with(
+        1,
+        &format!("HTTP 400 with an unreadable body ({length} bytes)"),
+    );
+    assert_none_in(&out.stderr_text(), &[ECHOED_EMAIL, "<html>"], "stderr");
+}
+
+/// Two contacts with names and phones no message of acexport's own would hold.
+const PEOPLE_CSV: &str = "email,first_name,last_name,phone\n\
+                          ada@example.com,Augusta,Byron-King,+44 20 7946 0958\n\
+                          alan@example.com,Mathison,Turingham,020-7946-0321\n";
+
+/// Every string value of every contact in a bulk import body.
+fn contact_values(body: &[u8]) -> Vec<String> {
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut values = Vec::new();
+    for contact in body["contacts"].as_array().into_iter().flatten() {
+        for value in contact.as_object().into_iter().flat_map(|c| c.values()) {
+            if let Some(text) = value.as_str() {
+                values.push(text.to_owned());
+            }
+        }
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_import_errors_echoing_the_key_and_the_contacts_are_stored_without_them() {
+    let env = TestEnv::new().await;
+    let echoed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let server = TestServer::start("127.0.0.1", Some(env.sandbox.addr()), {
+        let echoed = echoed.clone();
+        move |request| {
+            if !request.target.ends_with("import/bulk_import") {
+                return Reply::Forward;
+            }
+            let key = request.header("api-token").unwrap_or_default().to_owned();
+            let values = contact_values(&request.body);
+            echoed.lock().expect("echoed").extend(values.iter().cloned());
+            let said = format!("{} (token {key})", values.join(", "));
+            if values.len() > 4 {
+                // A validation refusal naming the first contact, as ActiveCampaign words it.
+                let body = serde_json::json!({
+                    "success": 0,
+                    "message": format!("JSON payload did not pass validation: {said}"),
+                    "failureReasons": [{"contact": 0, "failureReason": format!("Bad contact {said}")}],
+                });
+                Reply::json(400, body.to_string())
+            } else {
+                let body = serde_json::json!({
+                    "errors": [{"title": format!("Refused {said}"), "detail": format!("for {said}")}],
+                });
+                Reply::json(422, body.to_string())
+            }
+        }
+    })
+    .await;
+    add_connection(&env, &server.url()).await.assert_ok();
+    let csv = env.write("people.csv", PEOPLE_CSV);
+    env.run(&["segment", "add", "members", "--csv", &csv])
+        .await
+        .assert_ok();
+    env.run(&crate::support::export_add_args(&[
+        "--first-name",
+        "first_name",
+        "--last-name",
+        "last_name",
+        "--phone",
+        "phone",
+    ]))
+    .await
+    .assert_ok();
+
+    let run = env.run(&["export", "run", "weekly"]).await;
+    let runs = env.run(&["runs", "--export", "weekly", "--json"]).await;
+    let runs_json: Vec<serde_json::Value> =
+        serde_json::from_str(&runs.stdout_text()).expect("runs --json");
+    let run_id = runs_json[0]["id"].as_i64().expect("run id").to_string();
+    let show = env.run(&["runs", "show", &run_id]).await;
+
+    assert_eq!(
+        run.code(),
+        Some(2),
+        "both contacts failed: {}",
+        run.stderr_text()
+    );
+    let mut secrets: Vec<String> = echoed.lock().expect("echoed").clone();
+    secrets.sort();
+    secrets.dedup();
+    assert!(secrets.iter().any(|v| v.contains("Augusta")), "{secrets:?}");
+    assert!(
+        secrets.iter().any(|v| v.contains("Turingham")),
+        "{secrets:?}"
+    );
+    secrets.push(API_KEY.to_owned());
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let stored = stored_server_text(&env).await;
+    assert!(
+        stored.iter().any(|t| t.contains("Bad contact"))
+            && stored.iter().any(|t| t.contains("Refused")),
+        "the parsed messages are kept: {stored:?}"
+    );
+    for text in &stored {
+        assert_none_in(text, &secrets, "the database");
+    }
+    for output in [&run, &runs, &show] {
+        assert_none_in(&output.stdout_text(), &secrets, "stdout");
+        assert_none_in(&output.stderr_text(), &secrets, "stderr");
+    }
 }
