@@ -28,17 +28,17 @@ struct Received {
     method: String,
     /// The request target as sent: a path, or an absolute URL when sent to a proxy.
     target: String,
-    /// The whole head, lower-cased, to look for headers.
+    /// The whole head as sent, to look for headers.
     head: String,
     body: Vec<u8>,
 }
 
 impl Received {
-    /// The value of header `name` (lower case), if sent.
+    /// The value of header `name` (any case), if sent.
     fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|line| {
+        self.head.lines().skip(1).find_map(|line| {
             let (key, value) = line.split_once(':')?;
-            (key.trim() == name).then(|| value.trim())
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
         })
     }
 }
@@ -187,7 +187,6 @@ async fn read_request(stream: &mut TcpStream) -> Option<Received> {
     let mut words = head.split_whitespace();
     let method = words.next()?.to_owned();
     let target = words.next()?.to_owned();
-    let head = head.to_ascii_lowercase();
     let mut request = Received {
         method,
         target,
