@@ -157,7 +157,7 @@ enum Answer {
 pub struct Client {
     http: reqwest::Client,
     base: BaseUrl,
-    /// Removes this connection's key from whatever the server says.
+    /// Makes what the server says fit to keep; knows this connection's key.
     scrub: ServerTextScrubber,
     budget: Arc<AccountBudget>,
     options: ClientOptions,
