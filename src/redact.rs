@@ -5,6 +5,10 @@
 //! - [`hint`]: an API key as its last four characters, so a user can tell keys apart.
 //! - [`mask_email`]: a contact's address as `j***@example.com` in the history and reports.
 //! - [`mask_addresses`]: addresses inside ActiveCampaign's free-text messages.
+//! - [`mask_phone_numbers`]: phone-like digit runs inside the same messages.
+//! - [`ServerTextScrubber`]: what a server said, made fit to keep: without the connection's
+//!   key or the values of the contacts sent, addresses and phone numbers masked, escaped and
+//!   capped.
 //! - [`redact_host_input`]: a typed ActiveCampaign host without user info or query.
 //! - [`redact_url`]: a database URL (or connection string) with its passwords as `***`.
 //! - [`PasswordScrubber`]: the same passwords removed from a database driver's messages.
@@ -12,6 +16,8 @@
 use std::ops::Range;
 
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::escape::untrusted_capped;
 
 /// Secrets shorter than this show no characters at all in a [`hint`]: four characters of a
 /// short secret would give away too much of it.
@@ -21,6 +27,21 @@ const MIN_HINTED_SECRET_LEN: usize = 12;
 const MIN_SCRUBBED_PASSWORD_LEN: usize = 3;
 /// What a hidden password or password parameter is replaced with.
 const HIDDEN: &str = "***";
+/// Longest server message kept, in characters. ActiveCampaign's longest documented message
+/// ("JSON payload did not pass validation. Please fix failure Reasons and retry. The import
+/// was not queued for processing.") is 116; a longer one is not its wording or says nothing
+/// more of use.
+pub const MAX_SERVER_MESSAGE_CHARS: usize = 300;
+/// Fewest digits masked as a phone number: seven is a local number without its area code;
+/// shorter runs are ids, counts and positions that make a message useful.
+const MIN_PHONE_DIGITS: usize = 7;
+/// Contact values shorter than this are not removed from messages: one letter (an initial)
+/// would garble every word holding it while hiding nothing.
+const MIN_SCRUBBED_VALUE_CHARS: usize = 2;
+/// What masked server text shows in place of a contact's value, an address or a number.
+const VALUE: &str = "[value]";
+const ADDRESS: &str = "[address]";
+const NUMBER: &str = "[number]";
 
 /// Last four characters of a secret, for display ("…a1b2"), so a user can tell which API key a
 /// connection holds without the key being shown. Shorter secrets show nothing.
@@ -60,15 +81,164 @@ pub fn mask_email(email: &str) -> String {
 /// message that echoes a contact never reaches a log line or the run history.
 pub fn mask_addresses(text: &str) -> String {
     text.split(' ')
-        .map(|word| {
-            if word.contains('@') {
-                "[address]"
-            } else {
-                word
-            }
-        })
+        .map(|word| if word.contains('@') { ADDRESS } else { word })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Replaces phone-like runs in a server's free text with `[number]`: at least
+/// [`MIN_PHONE_DIGITS`] digits, which may be grouped by spaces, dots, dashes, slashes or
+/// parentheses and start with `+`. It errs towards masking: a long id or a date goes too.
+pub fn mask_phone_numbers(text: &str) -> String {
+    let is_separator = |c: char| matches!(c, ' ' | '-' | '.' | '/' | '(' | ')');
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < chars.len() {
+        let (start, c) = chars[i];
+        if !(c.is_ascii_digit() || c == '+' || c == '(') {
+            i += 1;
+            continue;
+        }
+        // Walk over digits and separators; the run ends at its last digit.
+        let (mut digits, mut last_digit, mut j) = (0, None, i);
+        while j < chars.len() {
+            let (_, d) = chars[j];
+            if d.is_ascii_digit() {
+                digits += 1;
+                last_digit = Some(j);
+            } else if !(is_separator(d) || (j == i && d == '+')) {
+                break;
+            }
+            j += 1;
+        }
+        match last_digit {
+            Some(end) if digits >= MIN_PHONE_DIGITS => {
+                let after = chars.get(end + 1).map_or(text.len(), |(at, _)| *at);
+                out.push_str(&text[copied..start]);
+                out.push_str(NUMBER);
+                copied = after;
+                i = end + 1;
+            }
+            _ => i = j.max(i + 1),
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// Makes what a server said fit to keep in the run history, a connection's status and the
+/// logs. A server may echo the key it was sent and the contacts it was given, so [`scrub`]
+/// removes the connection's own key wherever it appears and, for a bulk import, every value of
+/// the contacts in that request; masks addresses and phone-like numbers; escapes control
+/// characters; and caps the length. Names cannot be told from other words: they go only as
+/// values of the contacts sent. Its `Debug` shows none of what it hides.
+///
+/// [`scrub`]: ServerTextScrubber::scrub
+#[derive(Clone)]
+pub struct ServerTextScrubber {
+    /// The key (and any other secret), lower-cased: removed wherever found.
+    secrets: Vec<String>,
+    /// Contact values, lower-cased: removed where they stand as words of their own.
+    values: Vec<String>,
+}
+
+impl std::fmt::Debug for ServerTextScrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTextScrubber")
+            .field("values", &self.values.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTextScrubber {
+    /// A scrubber removing `secret` (an API key) from what a server says.
+    pub fn new(secret: &SecretString) -> Self {
+        let secret = secret.expose_secret().trim();
+        ServerTextScrubber {
+            secrets: (secret.chars().count() >= MIN_SCRUBBED_PASSWORD_LEN)
+                .then(|| secret.to_ascii_lowercase())
+                .into_iter()
+                .collect(),
+            values: Vec::new(),
+        }
+    }
+
+    /// This scrubber, also removing `values` (the contacts' emails, names, phones and fields
+    /// sent in the request the server answers).
+    pub fn with_values(&self, values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values
+            .into_iter()
+            .map(|v| v.trim().to_ascii_lowercase())
+            .filter(|v| v.chars().count() >= MIN_SCRUBBED_VALUE_CHARS)
+            .chain(self.values.iter().cloned())
+            .collect();
+        values.sort();
+        values.dedup();
+        ServerTextScrubber {
+            secrets: self.secrets.clone(),
+            values,
+        }
+    }
+
+    /// `text` without the secrets, and nothing else changed: for text that must stay readable
+    /// as it is, such as a host name.
+    pub fn hide_secrets(&self, text: &str) -> String {
+        replace_all(text, &self.secrets, HIDDEN, false)
+    }
+
+    /// A server's message made fit to keep (see the type's documentation).
+    pub fn scrub(&self, text: &str) -> String {
+        let text = self.hide_secrets(text);
+        let text = replace_all(&text, &self.values, VALUE, true);
+        let text = mask_phone_numbers(&mask_addresses(&text));
+        untrusted_capped(&text, MAX_SERVER_MESSAGE_CHARS).into_owned()
+    }
+}
+
+/// `text` with every occurrence of the `needles` (lower-cased) replaced by `marker`, ignoring
+/// ASCII case. With `whole_words`, a needle starting or ending with a letter or digit counts
+/// only where no letter or digit is glued to it ("Ada" goes, "Adams" stays).
+fn replace_all(text: &str, needles: &[String], marker: &str, whole_words: bool) -> String {
+    if needles.is_empty() {
+        return text.to_owned();
+    }
+    // ASCII lower-casing keeps byte offsets, so positions found here index `text`; a match of
+    // valid UTF-8 in valid UTF-8 starts and ends on character boundaries.
+    let lower = text.to_ascii_lowercase();
+    let glued = |at: Option<char>| at.is_some_and(char::is_alphanumeric);
+    let mut found: Vec<Range<usize>> = Vec::new();
+    for needle in needles.iter().filter(|n| !n.is_empty()) {
+        let starts_word = needle.starts_with(char::is_alphanumeric);
+        let ends_word = needle.ends_with(char::is_alphanumeric);
+        for (at, _) in lower.match_indices(needle.as_str()) {
+            let end = at + needle.len();
+            if whole_words
+                && ((starts_word && glued(lower[..at].chars().next_back()))
+                    || (ends_word && glued(lower[end..].chars().next())))
+            {
+                continue;
+            }
+            found.push(at..end);
+        }
+    }
+    found.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for range in found {
+        if range.end <= copied {
+            continue;
+        }
+        if range.start >= copied {
+            out.push_str(&text[copied..range.start]);
+            out.push_str(marker);
+        }
+        // An overlapping match widens the hidden part under the marker already written.
+        copied = range.end;
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// A typed ActiveCampaign host as an error repeats it: without user info, query or fragment,
@@ -233,6 +403,101 @@ mod tests {
         assert_eq!(
             mask_addresses("Contact jane@example.com is excluded"),
             "Contact [address] is excluded"
+        );
+    }
+
+    #[test]
+    fn phone_like_runs_are_masked_and_short_numbers_kept() {
+        let cases = [
+            ("call +1 (202) 555-0143 now", "call [number] now"),
+            ("tel. +44 20 7946 0958)", "tel. [number])"),
+            ("020-7946-0321", "[number]"),
+            ("5550143", "[number]"),
+            ("a.b 202.555.0143, ok", "a.b [number], ok"),
+            (
+                "No Result found for _List with id 7",
+                "No Result found for _List with id 7",
+            ),
+            ("contact 230 of 250", "contact 230 of 250"),
+            ("555-01 x", "555-01 x"),
+            ("(ids 12 34)", "(ids 12 34)"),
+            ("+", "+"),
+            ("ends with 1234567", "ends with [number]"),
+            ("é 1234567 ü", "é [number] ü"),
+        ];
+        for (input, shown) in cases {
+            assert_eq!(mask_phone_numbers(input), shown, "{input:?}");
+        }
+    }
+
+    fn scrubber() -> ServerTextScrubber {
+        ServerTextScrubber::new(&SecretString::from("k3y-0123456789abcdef"))
+    }
+
+    #[test]
+    fn server_text_loses_the_key_in_any_case_addresses_numbers_and_control_characters() {
+        let cases = [
+            ("bad token k3y-0123456789abcdef", "bad token ***"),
+            ("BAD TOKEN K3Y-0123456789ABCDEF!", "BAD TOKEN ***!"),
+            ("xk3y-0123456789abcdefx", "x***x"),
+            ("owner jane@example.com", "owner [address]"),
+            ("tel +1 202 555 0143", "tel [number]"),
+            ("line\nforged \u{1b}[2J", "line\\nforged \\u{1b}[2J"),
+            ("Forbidden", "Forbidden"),
+        ];
+        for (input, shown) in cases {
+            assert_eq!(scrubber().scrub(input), shown, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn server_text_loses_the_values_of_the_contacts_sent_where_they_stand_as_words() {
+        let scrub = scrubber().with_values([
+            "Augusta".to_owned(),
+            "Byron-King".to_owned(),
+            "Ada Lovelace".to_owned(),
+            "A".to_owned(),
+        ]);
+
+        let shown = scrub.scrub("Augusta Byron-King (augusta) is Ada Lovelace, not Augustan");
+
+        assert_eq!(shown, "[value] [value] ([value]) is [value], not Augustan");
+        assert_eq!(
+            scrub.scrub("A contact"),
+            "A contact",
+            "one letter is not removed"
+        );
+    }
+
+    #[test]
+    fn server_text_is_capped() {
+        let shown = scrubber().scrub(&"word ".repeat(500));
+
+        assert_eq!(shown.chars().count(), MAX_SERVER_MESSAGE_CHARS + 1);
+        assert!(shown.ends_with('…'));
+    }
+
+    #[test]
+    fn a_key_glued_across_the_cap_is_removed_before_cutting() {
+        let text = format!(
+            "{}k3y-0123456789abcdef",
+            "x".repeat(MAX_SERVER_MESSAGE_CHARS - 5)
+        );
+
+        let shown = scrubber().scrub(&text);
+
+        assert!(!shown.contains("k3y-0"), "{shown}");
+    }
+
+    #[test]
+    fn a_scrubber_debug_shows_neither_the_key_nor_the_values() {
+        let scrub = scrubber().with_values(["Augusta".to_owned()]);
+
+        let debug = format!("{scrub:?}");
+
+        assert!(
+            !debug.contains("k3y") && !debug.to_lowercase().contains("augusta"),
+            "{debug}"
         );
     }
 

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::activecampaign::host::is_loopback;
+use crate::redact::redact_url;
+
 /// Where the settings file is looked for when neither `--config` nor `$ACEXPORT_CONFIG` names one.
 pub const SYSTEM_CONFIG_FILE: &str = "/etc/acexport/acexport.toml";
 /// Environment variable naming the settings file.
@@ -65,6 +68,71 @@ pub struct ActiveCampaignSettings {
     pub max_attempts: u32,
     /// First backoff wait between attempts; it doubles up to 30 s, with jitter.
     pub retry_base_ms: u64,
+    /// The only proxy requests go through; unset or empty, they go direct. Proxy variables in
+    /// the environment (`HTTPS_PROXY`...) are never used: one in a service's environment would
+    /// receive every API key.
+    #[serde(deserialize_with = "empty_as_unset")]
+    pub proxy: Option<ProxyUrl>,
+}
+
+/// A proxy's URL, as the settings give it: https, or http on a loopback address, so that
+/// neither the API key (over http to a loopback ActiveCampaign) nor the proxy's own password
+/// crosses a network in clear. Its `Debug` hides that password.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct ProxyUrl(String);
+
+impl ProxyUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password as `***`, for messages and `check-config`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+
+    /// Why this URL cannot be a proxy, if it cannot.
+    fn check(&self) -> Result<(), String> {
+        let refuse = |why: &str| {
+            Err(format!(
+                "{why}, got {:?}. Give an https:// URL, or an http:// URL on a loopback \
+                 address (127.0.0.1, ::1, localhost); remove the key to connect directly",
+                self.redacted()
+            ))
+        };
+        let Ok(url) = reqwest::Url::parse(&self.0) else {
+            return refuse("not a URL");
+        };
+        let host = url.host_str().unwrap_or_default();
+        match url.scheme() {
+            _ if host.is_empty() => refuse("no host"),
+            "https" => Ok(()),
+            "http" if is_loopback(host) => Ok(()),
+            "http" => refuse(
+                "a plain http:// proxy must be on a loopback address: what is sent to it, its \
+                 password included, would otherwise cross the network unencrypted",
+            ),
+            _ => refuse("only https:// and http:// proxies are supported"),
+        }?;
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return refuse("a proxy URL has no path, query or fragment");
+        }
+        Ok(())
+    }
+}
+
+/// `proxy = ""` means no proxy, so that `ACEXPORT_ACTIVECAMPAIGN__PROXY=` can lift a proxy the
+/// file names, and an example file can list the key without naming a proxy.
+fn empty_as_unset<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ProxyUrl>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    Ok(text.filter(|t| !t.trim().is_empty()).map(ProxyUrl))
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ProxyUrl").field(&self.redacted()).finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,6 +217,7 @@ impl Default for ActiveCampaignSettings {
             timeout_secs: 30,
             max_attempts: 6,
             retry_base_ms: 500,
+            proxy: None,
         }
     }
 }
@@ -323,6 +392,12 @@ impl Settings {
                 message: format!("must be between 1 and 100, got {}", ac.max_attempts),
             });
         }
+        if let Some(proxy) = &ac.proxy {
+            proxy.check().map_err(|message| SettingsError::Key {
+                key: "activecampaign.proxy",
+                message,
+            })?;
+        }
         if self.export.max_profiles == 0 {
             return Err(SettingsError::Key {
                 key: "export.max_profiles",
@@ -379,11 +454,15 @@ impl Settings {
         self.secrets.key_file.clone()
     }
 
-    /// `section.key = value` lines for `check-config`. Settings hold no secret values (only the
-    /// key file's path), so nothing needs redacting beyond what is shown.
+    /// `section.key = value` lines for `check-config`. The one secret settings can hold, a
+    /// proxy's password, is shown as `***`; the secrets key is named by its path only.
     pub fn to_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut shown = self.clone();
+        if let Some(proxy) = &mut shown.activecampaign.proxy {
+            *proxy = ProxyUrl(proxy.redacted());
+        }
+        let value = serde_json::to_value(&shown).unwrap_or_default();
         if let Some(sections) = value.as_object() {
             for (section, keys) in sections {
                 if let Some(keys) = keys.as_object() {
@@ -506,6 +585,85 @@ mod tests {
         let file = write(dir.path(), "[schedule]\nrefresh = \"every day\"\n");
         let err = Settings::load_from(Some(&file), &env(&[])).expect_err("must refuse");
         assert!(err.to_string().contains("schedule.refresh"), "{err}");
+    }
+
+    #[test]
+    fn only_an_https_proxy_or_an_http_proxy_on_loopback_is_accepted() {
+        let cases = [
+            ("https://proxy.example:8443", true),
+            ("https://user:pw@proxy.example", true),
+            ("http://127.0.0.1:3128", true),
+            ("http://127.8.9.10:3128/", true),
+            ("http://[::1]:3128", true),
+            ("http://localhost:3128", true),
+            ("http://proxy.example:3128", false),
+            ("http://10.0.0.1:3128", false),
+            ("http://127.0.0.1.evil.example:3128", false),
+            ("socks5://127.0.0.1:1080", false),
+            ("https://proxy.example/path", false),
+            ("https://proxy.example/?x=1", false),
+            ("proxy.example:3128", false),
+            ("", false),
+        ];
+        for (url, accepted) in cases {
+            let proxy = ProxyUrl(url.to_owned());
+            assert_eq!(
+                proxy.check().is_ok(),
+                accepted,
+                "{url:?}: {:?}",
+                proxy.check()
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_proxy_means_none_also_over_a_file_that_names_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(
+            dir.path(),
+            "[activecampaign]\nproxy = \"https://proxy.example\"\n",
+        );
+
+        let loaded =
+            Settings::load_from(Some(&file), &env(&[("ACEXPORT_ACTIVECAMPAIGN__PROXY", "")]))
+                .expect("load");
+
+        assert_eq!(loaded.settings.activecampaign.proxy, None);
+    }
+
+    #[test]
+    fn a_refused_proxy_is_named_by_its_key_without_its_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(
+            dir.path(),
+            "[activecampaign]\nproxy = \"http://me:s3cret-pw@proxy.example:3128\"\n",
+        );
+
+        let err = Settings::load_from(Some(&file), &env(&[])).expect_err("must refuse");
+
+        let message = err.to_string();
+        assert!(message.contains("activecampaign.proxy"), "{message}");
+        assert!(
+            message.contains("http://me:***@proxy.example:3128"),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret-pw"), "{message}");
+    }
+
+    #[test]
+    fn a_proxy_password_is_hidden_from_check_config_and_debug() {
+        let mut settings = Settings::default();
+        settings.activecampaign.proxy = Some(ProxyUrl("https://me:s3cret-pw@proxy.example".into()));
+
+        let lines = settings.to_lines().join("\n");
+        let debug = format!("{settings:?}");
+
+        assert!(
+            lines.contains("activecampaign.proxy = \"https://me:***@proxy.example\""),
+            "{lines}"
+        );
+        assert!(!lines.contains("s3cret-pw"), "{lines}");
+        assert!(!debug.contains("s3cret-pw"), "{debug}");
     }
 
     #[test]

@@ -2,14 +2,23 @@
 //! attempt, is classified by [`retry::classify`], and retried with bounded, jittered backoff.
 //! Errors never carry the API key, and URLs (which may hold an email in a query) are stripped
 //! from transport errors.
+//!
+//! What a server says in an error body is never kept as it was sent: only ActiveCampaign's
+//! message fields are read, and they are scrubbed of the connection's key, of the values of
+//! the contacts in the request, of addresses and of phone-like numbers, escaped and capped
+//! ([`ServerTextScrubber`]), before any error carries them.
+//!
+//! No redirect is followed: a 3xx is an error naming both hosts. reqwest would follow it and
+//! keep the `Api-Token` header (it drops only the standard credential headers), sending the key
+//! to whatever host the answer names, over plain http too.
 
 use std::error::Error as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use reqwest::{Method, StatusCode};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
@@ -17,25 +26,41 @@ use super::budget::{AccountBudget, RequestKind, budget_for};
 use super::host::BaseUrl;
 use super::retry::{Attempt, Verdict, backoff, classify};
 use super::wire;
-use crate::settings::ActiveCampaignSettings;
+use crate::escape::untrusted_capped;
+use crate::redact::ServerTextScrubber;
+use crate::settings::{ActiveCampaignSettings, ProxyUrl};
 
 /// ActiveCampaign's largest page (`limit` max, AC pagination docs).
 const MAX_PAGE: usize = 100;
 /// Connect timeout: an unreachable host should fail fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest redirect target shown, in characters: a DNS name (253) with a port.
+const MAX_SHOWN_TARGET_CHARS: usize = 260;
+/// Most bytes of an error body read: ActiveCampaign's are a few hundred bytes, and only their
+/// message fields are kept; a hostile server could send gigabytes.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Longest batch id accepted from a bulk import: ActiveCampaign's are UUIDs (36 characters).
+const MAX_BATCH_ID_CHARS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcError {
-    #[error("ActiveCampaign rejected the API key for {host} (HTTP 403{detail})")]
-    Rejected { host: String, detail: String },
+    /// `answer`: the status and ActiveCampaign's scrubbed message (see [`describe_answer`]).
+    #[error("ActiveCampaign rejected the API key for {host} ({answer})")]
+    Rejected { host: String, answer: String },
     #[error("{what} not found in ActiveCampaign at {host}")]
     NotFound { host: String, what: String },
-    #[error("ActiveCampaign at {host} refused the request (HTTP {status}): {message}")]
+    /// `answer`: the status and ActiveCampaign's scrubbed message (see [`describe_answer`]).
+    #[error("ActiveCampaign at {host} refused the request ({answer})")]
     Refused {
         host: String,
         status: u16,
-        message: String,
+        answer: String,
     },
+    #[error(
+        "the API key for {host} holds characters that cannot be sent in an HTTP header; paste \
+         it again as ActiveCampaign shows it (Settings > Developer)"
+    )]
+    UnsendableKey { host: String },
     #[error("ActiveCampaign at {host} answered HTTP {status} {attempts} times in a row; giving up")]
     Server {
         host: String,
@@ -44,6 +69,19 @@ pub enum AcError {
     },
     #[error("ActiveCampaign at {host} kept throttling for more than {waited_secs} s; giving up")]
     Throttled { host: String, waited_secs: u64 },
+    /// A 3xx answer: never followed, so the key only ever goes to the configured host.
+    #[error(
+        "{host} answered with a redirect to {target} (HTTP {status}); acexport never follows \
+         redirects, so the API key is only ever sent to the host you configured"
+    )]
+    Redirect {
+        host: String,
+        /// The host the answer pointed to (escaped and capped), or what was wrong with it.
+        target: String,
+        status: u16,
+    },
+    #[error("the proxy {proxy} (activecampaign.proxy) cannot be used")]
+    Proxy { proxy: String },
     #[error("cannot reach ActiveCampaign at {host}: {detail}")]
     Unreachable { host: String, detail: String },
     #[error("secure connection to {host} failed (TLS): {detail}")]
@@ -69,6 +107,12 @@ impl AcError {
     pub fn is_rejected_key(&self) -> bool {
         matches!(self, AcError::Rejected { .. })
     }
+
+    /// Every later request of the run would fail the same way (a rejected key, a redirect):
+    /// the run stops instead of sending the rest.
+    pub fn stops_the_run(&self) -> bool {
+        matches!(self, AcError::Rejected { .. } | AcError::Redirect { .. })
+    }
 }
 
 /// Retry and timeout behaviour. Defaults follow the settings; tests shorten the backoff.
@@ -83,6 +127,8 @@ pub struct ClientOptions {
     pub retry_cap: Duration,
     /// Longest total wait on throttling before a call gives up.
     pub max_throttle_wait: Duration,
+    /// The proxy the settings name, if any; the environment's proxy variables are ignored.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl ClientOptions {
@@ -95,6 +141,7 @@ impl ClientOptions {
             retry_base: Duration::from_millis(s.retry_base_ms),
             retry_cap: Duration::from_secs(30),
             max_throttle_wait: Duration::from_secs(900),
+            proxy: s.proxy.clone(),
         }
     }
 }
@@ -110,6 +157,8 @@ enum Answer {
 pub struct Client {
     http: reqwest::Client,
     base: BaseUrl,
+    /// Makes what the server says fit to keep; knows this connection's key.
+    scrub: ServerTextScrubber,
     budget: Arc<AccountBudget>,
     options: ClientOptions,
     /// Requests sent, retries included (reported in run counts).
@@ -134,25 +183,32 @@ impl Client {
         abort: CancellationToken,
     ) -> Result<Client, AcError> {
         let mut token =
-            HeaderValue::from_str(key.expose_secret()).map_err(|_| AcError::Refused {
+            HeaderValue::from_str(key.expose_secret()).map_err(|_| AcError::UnsendableKey {
                 host: base.host().to_owned(),
-                status: 0,
-                message: "the API key contains characters that cannot be sent in a header"
-                    .to_owned(),
             })?;
         token.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert("Api-Token", token);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("acexport/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            // reqwest reads HTTP(S)_PROXY and ALL_PROXY by default: whoever sets one in the
+            // service's environment would receive every key. Only the settings name a proxy.
+            .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT.min(options.timeout))
-            .timeout(options.timeout)
-            .build()
-            .map_err(|e| AcError::Unreachable {
-                host: base.host().to_owned(),
-                detail: error_chain(&e.without_url()),
+            .timeout(options.timeout);
+        if let Some(proxy) = &options.proxy {
+            // The URL was checked when the settings were loaded; its error would name it.
+            let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|_| AcError::Proxy {
+                proxy: proxy.redacted(),
             })?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().map_err(|e| AcError::Unreachable {
+            host: base.host().to_owned(),
+            detail: error_chain(&e.without_url()),
+        })?;
         let budget = budget_for(
             base.host(),
             options.requests_per_second,
@@ -161,6 +217,7 @@ impl Client {
         Ok(Client {
             http,
             base,
+            scrub: ServerTextScrubber::new(&key),
             budget,
             options,
             requests: AtomicU64::new(0),
@@ -250,7 +307,15 @@ impl Client {
             Answer::Body(body) => {
                 let parsed: wire::BulkAccepted = self.decode(&body, "import/bulk_import")?;
                 match parsed.batch_id {
-                    Some(batch_id) => Ok(wire::BulkOutcome::Queued { batch_id }),
+                    Some(batch_id) if self.usable_batch_id(&batch_id) => {
+                        Ok(wire::BulkOutcome::Queued { batch_id })
+                    }
+                    Some(_) => Err(AcError::Decode {
+                        host: self.host().to_owned(),
+                        detail: "bulk import accepted with a batchId that is not an id \
+                                 (ActiveCampaign sends a UUID)"
+                            .to_owned(),
+                    }),
                     None => Err(AcError::Decode {
                         host: self.host().to_owned(),
                         detail: "bulk import accepted without a batchId".to_owned(),
@@ -276,8 +341,18 @@ impl Client {
     ) -> Result<T, AcError> {
         serde_json::from_slice(body).map_err(|e| AcError::Decode {
             host: self.host().to_owned(),
-            detail: format!("{what}: {e}"),
+            detail: format!("{what}: {}", json_problem(&e)),
         })
+    }
+
+    /// A batch id goes into the run history and the next request: an id, not server prose.
+    fn usable_batch_id(&self, id: &str) -> bool {
+        !id.is_empty()
+            && id.chars().count() <= MAX_BATCH_ID_CHARS
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && self.scrub.hide_secrets(id) == id
     }
 
     /// One logical call: permit, send, classify, and retry or fail.
@@ -298,7 +373,7 @@ impl Client {
             Answer::BulkRejected(rejected) => Err(AcError::Refused {
                 host: self.host().to_owned(),
                 status: StatusCode::BAD_REQUEST.as_u16(),
-                message: format!("refused for {} named contact(s)", rejected.len()),
+                answer: format!("HTTP 400: refused for {} named contact(s)", rejected.len()),
             }),
         }
     }
@@ -332,13 +407,13 @@ impl Client {
             }
             let result = self.wait_or_abort(send(request)).await?;
             let (verdict, last) = match &result {
-                Ok((status, retry_after, bytes)) => (
+                Ok(answer) => (
                     classify(Attempt::Response {
-                        status: *status,
-                        retry_after: retry_after.as_deref(),
-                        body: bytes,
+                        status: answer.status,
+                        retry_after: answer.retry_after.as_deref(),
+                        body: &answer.body,
                     }),
-                    LastProblem::Status(*status),
+                    LastProblem::Status(answer.status),
                 ),
                 Err(e) => {
                     let attempt = if e.is_timeout() {
@@ -350,14 +425,14 @@ impl Client {
                     };
                     (
                         classify(attempt),
-                        LastProblem::Transport(attempt, error_chain(e)),
+                        LastProblem::Transport(attempt, self.transport_detail(e)),
                     )
                 }
             };
             match verdict {
                 Verdict::Success => {
-                    let (_, _, body) = result.map_err(|_| AcError::Aborted)?;
-                    return Ok(Answer::Body(body));
+                    let answer = result.map_err(|_| AcError::Aborted)?;
+                    return Ok(Answer::Body(answer.body));
                 }
                 Verdict::Throttled(wait) => {
                     throttled += wait;
@@ -384,17 +459,32 @@ impl Client {
                     self.wait_or_abort(tokio::time::sleep(wait)).await?;
                 }
                 Verdict::Permanent => {
-                    if let Ok((StatusCode::BAD_REQUEST, _, bytes)) = &result
+                    // A bulk import's answer may quote its contacts: remove their values too.
+                    let scrub = match (&body, kind) {
+                        (Some(sent), RequestKind::BulkImport) => {
+                            self.scrub.with_values(wire::bulk_contact_values(sent))
+                        }
+                        _ => self.scrub.clone(),
+                    };
+                    if let Ok(answer) = &result
+                        && answer.status == StatusCode::BAD_REQUEST
                         && kind == RequestKind::BulkImport
-                        && let Some(rejected) = wire::parse_bulk_rejection(bytes)
+                        && let Some(rejected) = wire::parse_bulk_rejection(&answer.body)
                     {
+                        let rejected = rejected
+                            .into_iter()
+                            .map(|(index, reason)| (index, scrub.scrub(&reason)))
+                            .collect();
                         return Ok(Answer::BulkRejected(rejected));
                     }
                     return Err(match result {
-                        Ok((status, _, bytes)) => self.permanent_error(status, &bytes),
+                        Ok(answer) if answer.status.is_redirection() => {
+                            self.redirect_error(&url, &answer)
+                        }
+                        Ok(answer) => self.permanent_error(&answer, &scrub),
                         Err(e) => AcError::Tls {
                             host,
-                            detail: error_chain(&e),
+                            detail: self.transport_detail(&e),
                         },
                     });
                 }
@@ -402,21 +492,37 @@ impl Client {
         }
     }
 
-    fn permanent_error(&self, status: StatusCode, body: &[u8]) -> AcError {
+    fn permanent_error(&self, answer: &Received, scrub: &ServerTextScrubber) -> AcError {
         let host = self.host().to_owned();
-        if status == StatusCode::FORBIDDEN {
-            let detail = wire::summarise_error(body);
-            let detail = if detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {detail}")
+        let described = describe_answer(answer, scrub);
+        if answer.status == StatusCode::FORBIDDEN {
+            return AcError::Rejected {
+                host,
+                answer: described,
             };
-            return AcError::Rejected { host, detail };
         }
         AcError::Refused {
             host,
-            status: status.as_u16(),
-            message: wire::summarise_error(body),
+            status: answer.status.as_u16(),
+            answer: described,
+        }
+    }
+
+    /// A transport error on one line, saying which proxy it went through, if any.
+    fn transport_detail(&self, e: &reqwest::Error) -> String {
+        let chain = error_chain(e);
+        match &self.options.proxy {
+            Some(proxy) => format!("{chain} (through the proxy {})", proxy.redacted()),
+            None => chain,
+        }
+    }
+
+    /// A 3xx answer, naming where it pointed.
+    fn redirect_error(&self, url: &str, answer: &Received) -> AcError {
+        AcError::Redirect {
+            host: self.host().to_owned(),
+            target: redirect_target(url, answer.location.as_deref(), &self.scrub),
+            status: answer.status.as_u16(),
         }
     }
 
@@ -430,21 +536,117 @@ impl Client {
     }
 }
 
-type Sent = Result<(StatusCode, Option<String>, bytes::Bytes), reqwest::Error>;
+/// Where a redirect from `url` points: the host and port only (a path or query could hold
+/// anything), without the key (a host name can hold it too), escaped and capped, since the
+/// server chose it.
+fn redirect_target(url: &str, location: Option<&str>, scrub: &ServerTextScrubber) -> String {
+    let Some(location) = location else {
+        return "no location".to_owned();
+    };
+    let target = match Url::parse(url).and_then(|base| base.join(location)) {
+        Ok(to) => match (to.host_str(), to.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => "a location without a host".to_owned(),
+        },
+        Err(_) => "an unreadable location".to_owned(),
+    };
+    untrusted_capped(&scrub.hide_secrets(&target), MAX_SHOWN_TARGET_CHARS).into_owned()
+}
 
-async fn send(request: reqwest::RequestBuilder) -> Sent {
+/// An error answer as errors carry it: `HTTP 404: <message>`, with ActiveCampaign's message
+/// fields only, scrubbed; never the body itself.
+fn describe_answer(answer: &Received, scrub: &ServerTextScrubber) -> String {
+    let status = answer.status.as_u16();
+    if answer.body_cut {
+        return format!(
+            "HTTP {status} with an unreadable body (more than {MAX_ERROR_BODY_BYTES} bytes)"
+        );
+    }
+    match wire::error_text(&answer.body) {
+        wire::ErrorText::Message(message) => format!("HTTP {status}: {}", scrub.scrub(&message)),
+        wire::ErrorText::NoMessage => format!("HTTP {status}"),
+        wire::ErrorText::Unreadable => format!(
+            "HTTP {status} with an unreadable body ({} bytes)",
+            answer.body.len()
+        ),
+    }
+}
+
+/// What is wrong with a JSON answer, without quoting it: serde's messages quote the values
+/// they stumbled on, and those are the server's text.
+fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let problem = match e.classify() {
+        Category::Io => "could not be read",
+        Category::Syntax => "is not JSON",
+        Category::Data => "does not hold the expected fields",
+        Category::Eof => "ends early",
+    };
+    format!(
+        "the body {problem} (line {}, column {})",
+        e.line(),
+        e.column()
+    )
+}
+
+/// What one attempt got back.
+struct Received {
+    status: StatusCode,
+    retry_after: Option<String>,
+    /// Where a 3xx pointed; reported, never followed.
+    location: Option<String>,
+    /// The whole body of a success; of an error, at most [`MAX_ERROR_BODY_BYTES`].
+    body: bytes::Bytes,
+    /// The error body was longer than [`MAX_ERROR_BODY_BYTES`] and was not read to its end.
+    body_cut: bool,
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<Received, reqwest::Error> {
     let response = request.send().await.map_err(reqwest::Error::without_url)?;
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = response
-        .bytes()
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let retry_after = header(RETRY_AFTER);
+    let location = header(LOCATION);
+    if status.is_success() {
+        let body = response
+            .bytes()
+            .await
+            .map_err(reqwest::Error::without_url)?;
+        return Ok(Received {
+            status,
+            retry_after,
+            location,
+            body,
+            body_cut: false,
+        });
+    }
+    let mut response = response;
+    let mut body = bytes::BytesMut::new();
+    let mut body_cut = false;
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(reqwest::Error::without_url)?;
-    Ok((status, retry_after, body))
+        .map_err(reqwest::Error::without_url)?
+    {
+        if body.len() + chunk.len() > MAX_ERROR_BODY_BYTES {
+            body_cut = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Received {
+        status,
+        retry_after,
+        location,
+        body: body.freeze(),
+        body_cut,
+    })
 }
 
 enum LastProblem {
@@ -511,4 +713,113 @@ fn is_tls(e: &reqwest::Error) -> bool {
     ];
     let chain = error_chain(e).to_ascii_lowercase();
     TLS_FAILURES.iter().any(|needle| chain.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scrubber for the key `k3y-0123456789abcdef`.
+    fn scrub() -> ServerTextScrubber {
+        ServerTextScrubber::new(&SecretString::from("k3y-0123456789abcdef"))
+    }
+
+    #[test]
+    fn a_redirect_is_shown_by_the_host_it_points_to_and_nothing_else() {
+        let from = "https://acme.api-us1.com/api/3/users/me";
+        for (location, shown) in [
+            (
+                Some("https://evil.example/api/3/users/me?k=1"),
+                "evil.example",
+            ),
+            (Some("http://user:pw@127.0.0.2:8080/x"), "127.0.0.2:8080"),
+            (Some("/elsewhere"), "acme.api-us1.com"),
+            (Some("//other.example/x"), "other.example"),
+            (Some("https://"), "an unreadable location"),
+            (Some("data:text/plain,hello"), "a location without a host"),
+            (None, "no location"),
+            (
+                Some("https://K3Y-0123456789ABCDEF.evil.example/"),
+                "***.evil.example",
+            ),
+        ] {
+            assert_eq!(
+                redirect_target(from, location, &scrub()),
+                shown,
+                "{location:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hostile_redirect_target_is_capped() {
+        let long = format!("https://{}.example/", "a".repeat(400));
+        let shown = redirect_target("https://acme.api-us1.com/", Some(&long), &scrub());
+        assert!(
+            shown.chars().count() <= MAX_SHOWN_TARGET_CHARS + 1,
+            "{shown}"
+        );
+    }
+
+    fn answer(status: u16, body: &str) -> Received {
+        Received {
+            status: StatusCode::from_u16(status).expect("status"),
+            retry_after: None,
+            location: None,
+            body: bytes::Bytes::from(body.to_owned()),
+            body_cut: false,
+        }
+    }
+
+    #[test]
+    fn an_error_answer_is_described_by_its_status_and_scrubbed_message_only() {
+        let cases = [
+            (
+                answer(404, r#"{"message":"No Result found for _List with id 7"}"#),
+                "HTTP 404: No Result found for _List with id 7",
+            ),
+            (
+                answer(
+                    403,
+                    r#"{"message":"key k3y-0123456789abcdef of a@b.example","k":"x"}"#,
+                ),
+                "HTTP 403: key *** of [address]",
+            ),
+            (
+                answer(422, r#"{"owner":"k3y-0123456789abcdef"}"#),
+                "HTTP 422",
+            ),
+            (answer(400, ""), "HTTP 400"),
+            (
+                answer(400, "<html>k3y-0123456789abcdef</html>"),
+                "HTTP 400 with an unreadable body (33 bytes)",
+            ),
+            (
+                Received {
+                    body_cut: true,
+                    ..answer(400, "{")
+                },
+                "HTTP 400 with an unreadable body (more than 65536 bytes)",
+            ),
+        ];
+        for (answer, described) in cases {
+            assert_eq!(describe_answer(&answer, &scrub()), described);
+        }
+    }
+
+    #[test]
+    fn a_decoding_problem_does_not_quote_the_body() {
+        let e = serde_json::from_str::<wire::UserEnvelope>(
+            r#"{"user":{"id":{"secret":"k3y-0123456789abcdef"}}}"#,
+        )
+        .expect_err("not a user");
+
+        let shown = json_problem(&e);
+
+        assert!(!shown.contains("k3y"), "{shown}");
+        assert!(
+            shown.starts_with("the body does not hold the expected fields (line 1"),
+            "{shown}"
+        );
+    }
 }

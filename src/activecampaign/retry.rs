@@ -21,7 +21,7 @@ pub enum Verdict {
     Throttled(Duration),
     /// Might work a moment later: back off and retry while attempts remain.
     Transient,
-    /// Retrying cannot help (bad key, unknown list, invalid contact, TLS failure...).
+    /// Retrying cannot help (bad key, unknown list, invalid contact, redirect, TLS failure...).
     Permanent,
 }
 
@@ -51,6 +51,9 @@ pub fn classify(attempt: Attempt<'_>) -> Verdict {
         } => {
             if status.is_success() {
                 Verdict::Success
+            } else if status.is_redirection() {
+                // Never followed (the key would go with it); asking again gets the same answer.
+                Verdict::Permanent
             } else if status == StatusCode::TOO_MANY_REQUESTS {
                 Verdict::Throttled(parse_retry_after(retry_after).unwrap_or(DEFAULT_THROTTLE_WAIT))
             } else if status == StatusCode::BAD_REQUEST && is_bulk_rate_limit(body) {
@@ -161,6 +164,17 @@ mod tests {
         assert_eq!(response(404, None, "{}"), Verdict::Permanent);
         assert_eq!(response(422, None, "{}"), Verdict::Permanent);
         assert_eq!(classify(Attempt::Tls), Verdict::Permanent);
+    }
+
+    #[test]
+    fn redirects_are_permanent_whatever_their_code() {
+        for status in [300, 301, 302, 303, 304, 307, 308] {
+            assert_eq!(
+                response(status, Some("1"), ""),
+                Verdict::Permanent,
+                "{status}"
+            );
+        }
     }
 
     #[test]

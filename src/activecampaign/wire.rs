@@ -1,9 +1,22 @@
 //! ActiveCampaign's JSON, read leniently: ids and totals arrive as strings or numbers, keys
-//! change case (`Success`/`success`), and error bodies come in five shapes.
+//! change case (`Success`/`success`), and error bodies come in five shapes. Of an error body
+//! only the message fields of those shapes are read; the client scrubs them before they go
+//! anywhere ([`crate::redact::ServerTextScrubber`]).
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::redact::mask_addresses;
+use crate::escape::untrusted_capped;
+
+/// Longest list name or user name kept from ActiveCampaign, in characters: both are shown in
+/// listings and stored with definitions.
+const MAX_NAME_CHARS: usize = 100;
+
+/// A name ActiveCampaign gives (a list's, a user's) as it may be shown and stored: escaped
+/// and capped, since it is the server's text.
+fn shown_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    Ok(untrusted_capped(&name, MAX_NAME_CHARS).into_owned())
+}
 
 /// Accepts `"10"` or `10`.
 fn id_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -27,13 +40,15 @@ pub struct User {
 }
 
 impl User {
-    /// How the export user is shown: username, else email, else id.
+    /// How the export user is shown: username, else email, else id; escaped and capped.
     pub fn display(&self) -> String {
-        self.username
+        let name = self
+            .username
             .clone()
             .filter(|u| !u.is_empty())
             .or_else(|| self.email.clone().filter(|e| !e.is_empty()))
-            .unwrap_or_else(|| format!("user {}", self.id))
+            .unwrap_or_else(|| format!("user {}", self.id));
+        untrusted_capped(&name, MAX_NAME_CHARS).into_owned()
     }
 }
 
@@ -46,7 +61,7 @@ pub struct UserEnvelope {
 pub struct List {
     #[serde(deserialize_with = "id_text")]
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "shown_name")]
     pub name: String,
 }
 
@@ -106,7 +121,8 @@ pub enum BulkOutcome {
 }
 
 /// Reads a validation 400 (`failureReasons` with objects). Rate-limit 400s (strings) are
-/// handled by the retry classifier before this is reached.
+/// handled by the retry classifier before this is reached. The reasons are as the server
+/// wrote them: the caller scrubs them.
 pub fn parse_bulk_rejection(body: &[u8]) -> Option<Vec<(usize, String)>> {
     #[derive(Deserialize)]
     struct Reason {
@@ -134,7 +150,7 @@ pub fn parse_bulk_rejection(body: &[u8]) -> Option<Vec<(usize, String)>> {
             let text = reason
                 .failure_reason
                 .unwrap_or_else(|| "rejected".to_owned());
-            out.push((index as usize, mask_addresses(&text)));
+            out.push((index as usize, text));
         }
     }
     (!out.is_empty()).then_some(out)
@@ -177,19 +193,48 @@ impl ImportInfo {
     }
 }
 
-/// A short summary of an error body in any of ActiveCampaign's shapes, scrubbed of addresses.
-pub fn summarise_error(body: &[u8]) -> String {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return if body.is_empty() {
-            String::new()
-        } else {
-            "non-JSON error body".to_owned()
-        };
-    };
-    if let Some(message) = value.get("message").and_then(|m| m.as_str()) {
-        return mask_addresses(message);
+/// Every string value of every contact in a bulk-import request body (emails, names,
+/// phones, field values, tags): what an answer to it must not repeat.
+pub fn bulk_contact_values(body: &[u8]) -> Vec<String> {
+    fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
     }
-    if let Some(errors) = value.get("errors").and_then(|e| e.as_array()) {
+    let mut out = Vec::new();
+    if let Ok(body) = serde_json::from_slice::<serde_json::Value>(body) {
+        strings(&body["contacts"], &mut out);
+    }
+    out
+}
+
+/// What an error body says, read from ActiveCampaign's shapes only: nothing else of the body
+/// is kept, since a server may echo anything in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorText {
+    /// The message fields, as written: the caller scrubs them.
+    Message(String),
+    /// Empty, or JSON without a message field.
+    NoMessage,
+    /// Not JSON.
+    Unreadable,
+}
+
+/// The message of an error body in any of ActiveCampaign's shapes: `{"message": ...}`, or
+/// `{"errors": [{"title": ..., "detail": ...}]}` (titles and details, or plain strings).
+pub fn error_text(body: &[u8]) -> ErrorText {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return ErrorText::NoMessage;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return ErrorText::Unreadable;
+    };
+    let text = if let Some(message) = value.get("message").and_then(|m| m.as_str()) {
+        message.to_owned()
+    } else if let Some(errors) = value.get("errors").and_then(|e| e.as_array()) {
         let parts: Vec<String> = errors
             .iter()
             .filter_map(|e| {
@@ -206,9 +251,15 @@ pub fn summarise_error(body: &[u8]) -> String {
                 }
             })
             .collect();
-        return mask_addresses(&parts.join("; "));
+        parts.join("; ")
+    } else {
+        String::new()
+    };
+    if text.trim().is_empty() {
+        ErrorText::NoMessage
+    } else {
+        ErrorText::Message(text)
     }
-    String::new()
 }
 
 #[cfg(test)]
@@ -267,32 +318,57 @@ mod tests {
     }
 
     #[test]
-    fn addresses_in_activecampaign_messages_are_scrubbed() {
-        let body =
-            br#"{"success":0,"failureReasons":[{"contact":0,"failureReason":"bad a@b.co"}]}"#;
-        assert_eq!(
-            parse_bulk_rejection(body),
-            Some(vec![(0, "bad [address]".to_owned())])
-        );
-        assert_eq!(
-            summarise_error(br#"{"message":"x@y.com exists"}"#),
-            "[address] exists"
-        );
+    fn only_the_message_fields_of_an_error_body_are_read() {
+        let message = |m: &str| ErrorText::Message(m.to_owned());
+        let cases: [(&[u8], ErrorText); 9] = [
+            (
+                br#"{"message":"No Result found for _List with id 7"}"#,
+                message("No Result found for _List with id 7"),
+            ),
+            (
+                br#"{"errors":[{"status":403,"title":"Forbidden","detail":"No permission"}]}"#,
+                message("Forbidden: No permission"),
+            ),
+            (
+                br#"{"errors":[{"title":"Email address already exists in the system","detail":""}]}"#,
+                message("Email address already exists in the system"),
+            ),
+            (br#"{"errors":["one","two"]}"#, message("one; two")),
+            (
+                br#"{"message":"Forbidden","owner":{"name":"Zelda","key":"k"}}"#,
+                message("Forbidden"),
+            ),
+            (br#"{"owner":{"name":"Zelda"}}"#, ErrorText::NoMessage),
+            (b"{}", ErrorText::NoMessage),
+            (b" \n", ErrorText::NoMessage),
+            (b"<html>oops</html>", ErrorText::Unreadable),
+        ];
+        for (body, read) in cases {
+            assert_eq!(error_text(body), read, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]
-    fn error_bodies_of_every_shape_are_summarised() {
-        assert_eq!(
-            summarise_error(br#"{"message":"No Result found for _List with id 7"}"#),
-            "No Result found for _List with id 7"
-        );
-        assert_eq!(
-            summarise_error(
-                br#"{"errors":[{"status":403,"title":"Forbidden","detail":"No permission"}]}"#
-            ),
-            "Forbidden: No permission"
-        );
-        assert_eq!(summarise_error(b"{}"), "");
-        assert_eq!(summarise_error(b"<html>oops</html>"), "non-JSON error body");
+    fn every_value_of_every_contact_in_a_bulk_import_is_collected() {
+        let body = br#"{"contacts":[{"email":"a@x.com","first_name":"Augusta","phone":"+44 20",
+            "fields":[{"id":3,"value":"gold"}],"tags":["vip"],"subscribe":[{"listid":1}]}]}"#;
+
+        let mut values = bulk_contact_values(body);
+        values.sort();
+
+        assert_eq!(values, ["+44 20", "Augusta", "a@x.com", "gold", "vip"]);
+    }
+
+    #[test]
+    fn names_from_activecampaign_are_escaped_and_capped() {
+        let list: ListEnvelope =
+            serde_json::from_str(r#"{"list":{"id":"1","name":"News\u001b[2Jletter"}}"#)
+                .expect("parse");
+        assert_eq!(list.list.name, "News\\u{1b}[2Jletter");
+        let user: UserEnvelope = serde_json::from_value(
+            serde_json::json!({"user": {"id": 1, "username": "x".repeat(500)}}),
+        )
+        .expect("parse");
+        assert_eq!(user.user.display().chars().count(), MAX_NAME_CHARS + 1);
     }
 }

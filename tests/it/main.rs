@@ -9,6 +9,7 @@ mod daemon;
 mod deploy;
 mod engine;
 mod layout;
+mod security_http;
 mod security_state;
 mod security_triggers;
 mod support;

@@ -37,7 +37,7 @@ pub(super) struct BatchResult {
     pub(super) sent: u64,
     /// The batch as a whole failed with this error (its contacts are in `failed`).
     pub(super) batch_error: Option<String>,
-    /// A key rejection: the run must stop.
+    /// A key rejection or a redirect: the run must stop.
     pub(super) fatal: Option<AcError>,
     /// Stopped or aborted before confirmation: not recorded, sent again on resume.
     pub(super) abandoned: bool,
@@ -99,7 +99,7 @@ pub(super) async fn deliver_batch(
                 result.abandoned = true;
                 return result;
             }
-            Err(e) if e.is_rejected_key() => {
+            Err(e) if e.stops_the_run() => {
                 result.fatal = Some(e);
                 result.abandoned = true;
                 return result;
@@ -205,7 +205,7 @@ async fn confirm(
                 result.abandoned = true;
                 return;
             }
-            Err(e) if e.is_rejected_key() => {
+            Err(e) if e.stops_the_run() => {
                 result.fatal = Some(e);
                 result.abandoned = true;
                 return;

@@ -62,7 +62,7 @@ struct Flow<'t> {
     failed_in_a_row: u32,
     /// Why sending stopped early: a stop request, failing imports.
     stop: Option<StopReason>,
-    /// A key rejection: in-flight imports are aborted and the run fails.
+    /// A key rejection or a redirect: in-flight imports are aborted and the run fails.
     fatal: Option<AcError>,
     /// The first store or internal error; the run fails with it once drained.
     error: Option<PipelineError>,
@@ -215,7 +215,7 @@ fn take_results(
     for result in results {
         let mut result = match result {
             Ok(result) => result,
-            // Aborted after a key rejection: nothing of it is committed.
+            // Aborted after a key rejection or a redirect: nothing of it is committed.
             Err(e) if e.is_cancelled() => continue,
             Err(e) => {
                 flow.error.get_or_insert(PipelineError::Task(e));
