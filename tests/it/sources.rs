@@ -6,7 +6,6 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use acexport::store::RunStatus;
