@@ -28,6 +28,22 @@ const MAX_REQUESTS_PER_SECOND: u32 = 100_000;
 const MAX_BULK_IMPORTS_PER_MINUTE: u32 = 6_000_000;
 /// Customer Insights' documented ceiling per export, our default guard.
 pub const DEFAULT_MAX_PROFILES: u64 = 1_000_000;
+/// Default longest line of a segment file: a profile with a thousand columns of typical values
+/// is a few kilobytes, so a megabyte only stops a wrong or broken file.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Default longest value acexport takes from a row: far above any name, phone or field value.
+pub const DEFAULT_MAX_FIELD_BYTES: usize = 64 * 1024;
+/// Default longest header (the column names together).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default most columns in a segment file.
+pub const DEFAULT_MAX_COLUMNS: usize = 1000;
+/// Highest byte cap accepted (line, value, header): a few lines of this size are what a run may
+/// hold at once, which keeps memory within a small service's budget.
+const MAX_LINE_BYTES_CEILING: usize = 64 * 1024 * 1024;
+/// Highest `source.max_columns` accepted.
+const MAX_COLUMNS_CEILING: usize = 100_000;
+/// Smallest line cap accepted: below this, ordinary profiles would not fit.
+const MIN_LINE_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +52,7 @@ pub struct Settings {
     pub secrets: SecretsSettings,
     pub activecampaign: ActiveCampaignSettings,
     pub export: ExportSettings,
+    pub source: SourceSettings,
     pub daemon: DaemonSettings,
     pub schedule: ScheduleSettings,
     pub log: LogSettings,
@@ -142,6 +159,23 @@ pub struct ExportSettings {
     pub max_profiles: u64,
 }
 
+/// Caps on what a segment file may hold, checked while it is read, so that reading holds at
+/// most a few lines in memory whatever the file holds. A file over a cap is refused naming the
+/// line and the setting.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSettings {
+    /// Longest line, line break included, in bytes; for CSV a record whose quoted values hold
+    /// line breaks counts as one line.
+    pub max_line_bytes: usize,
+    /// Longest value taken from a row (a mapped column), in bytes; a longer one rejects the row.
+    pub max_field_bytes: usize,
+    /// Longest header in bytes: the CSV header line, or a JSONL file's key names together.
+    pub max_header_bytes: usize,
+    /// Most columns: fields of a CSV record, distinct keys of a JSONL file.
+    pub max_columns: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonSettings {
@@ -225,6 +259,16 @@ impl Default for ExportSettings {
     fn default() -> Self {
         Self {
             max_profiles: DEFAULT_MAX_PROFILES,
+        }
+    }
+}
+impl Default for SourceSettings {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_columns: DEFAULT_MAX_COLUMNS,
         }
     }
 }
@@ -404,6 +448,7 @@ impl Settings {
                 message: "must be at least 1".to_owned(),
             });
         }
+        self.source.validate()?;
         if self.daemon.workers == 0 || self.daemon.workers > 64 {
             return Err(SettingsError::Key {
                 key: "daemon.workers",
@@ -477,6 +522,37 @@ impl Settings {
             }
         }
         lines
+    }
+}
+
+impl SourceSettings {
+    /// Each cap within its range. A value or header cap above the line cap is allowed: a value
+    /// cannot outgrow its line, and the header is read with the larger of the two.
+    fn validate(&self) -> Result<(), SettingsError> {
+        for (key, value, min) in [
+            ("source.max_line_bytes", self.max_line_bytes, MIN_LINE_BYTES),
+            ("source.max_field_bytes", self.max_field_bytes, 1),
+            ("source.max_header_bytes", self.max_header_bytes, 1),
+        ] {
+            if !(min..=MAX_LINE_BYTES_CEILING).contains(&value) {
+                return Err(SettingsError::Key {
+                    key,
+                    message: format!(
+                        "must be between {min} and {MAX_LINE_BYTES_CEILING} bytes, got {value}"
+                    ),
+                });
+            }
+        }
+        if self.max_columns == 0 || self.max_columns > MAX_COLUMNS_CEILING {
+            return Err(SettingsError::Key {
+                key: "source.max_columns",
+                message: format!(
+                    "must be between 1 and {MAX_COLUMNS_CEILING}, got {}",
+                    self.max_columns
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -613,6 +689,32 @@ mod tests {
                 "{url:?}: {:?}",
                 proxy.check()
             );
+        }
+    }
+
+    #[test]
+    fn source_caps_default_to_a_megabyte_per_line_and_a_thousand_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "");
+        let loaded = Settings::load_from(Some(&file), &env(&[])).expect("load");
+        assert_eq!(loaded.settings.source.max_line_bytes, 1_048_576);
+        assert_eq!(loaded.settings.source.max_columns, 1000);
+    }
+
+    #[test]
+    fn source_caps_outside_their_range_are_refused_naming_the_key() {
+        let cases = [
+            ("max_line_bytes = 10", "source.max_line_bytes"),
+            ("max_line_bytes = 1000000000", "source.max_line_bytes"),
+            ("max_field_bytes = 0", "source.max_field_bytes"),
+            ("max_header_bytes = 100000000", "source.max_header_bytes"),
+            ("max_columns = 0", "source.max_columns"),
+        ];
+        for (keys, named) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = write(dir.path(), &format!("[source]\n{keys}\n"));
+            let err = Settings::load_from(Some(&file), &env(&[])).expect_err(keys);
+            assert!(err.to_string().contains(named), "{keys}: {err}");
         }
     }
 

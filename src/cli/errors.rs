@@ -1,9 +1,15 @@
 //! Service errors as the command line says them: the service names no flag (a control socket
 //! serves the same operations), so the flags that fix each refusal are named here.
 
+use crate::escape::untrusted_capped;
 use crate::service::connections::PRIVACY_NOTICE;
 use crate::service::segments::{PatchMismatch, describe_columns_in_use, kind_phrase};
 use crate::service::{MappedField, Remedy, ServiceError};
+
+/// Column names listed in a refusal before "and N more": they come from the segment's file.
+const SHOWN_COLUMNS: usize = 20;
+/// Characters of each listed column name.
+const SHOWN_COLUMN_CHARS: usize = 64;
 
 /// The text of a service error on the command line, naming the flags that fix it.
 pub fn service_error_text(e: &ServiceError) -> String {
@@ -53,7 +59,7 @@ pub fn service_error_text(e: &ServiceError) -> String {
         } => format!(
             "segment {segment:?} has no column {column:?} (mapped by {}); its columns are: {}",
             field_flag(*field),
-            columns.join(", ")
+            column_excerpt(columns)
         ),
         ServiceError::SegmentPatchMismatch { segment, problem } => {
             let problem = match problem {
@@ -118,6 +124,20 @@ fn field_flag(field: MappedField) -> &'static str {
         MappedField::Phone => "--phone",
         MappedField::Custom(_) => "--field",
     }
+}
+
+/// The first [`SHOWN_COLUMNS`] names, each escaped and cut, then how many more there are.
+fn column_excerpt(columns: &[String]) -> String {
+    let mut text = columns
+        .iter()
+        .take(SHOWN_COLUMNS)
+        .map(|c| untrusted_capped(c, SHOWN_COLUMN_CHARS))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if columns.len() > SHOWN_COLUMNS {
+        text.push_str(&format!(" and {} more", columns.len() - SHOWN_COLUMNS));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -258,6 +278,24 @@ mod tests {
             "segment \"vips\" has no column \"tier\" (mapped by --field); its columns are: \
              email, name"
         );
+    }
+
+    #[test]
+    fn a_refusal_lists_an_excerpt_of_the_file_s_column_names_escaped() {
+        let mut columns: Vec<String> = (0..30).map(|i| format!("c{i}")).collect();
+        columns[0] = format!("{}\u{1b}[2J", "n".repeat(1000));
+        let column = ServiceError::UnknownColumn {
+            field: MappedField::Email,
+            column: "mail".to_owned(),
+            segment: "vips".to_owned(),
+            columns,
+        };
+
+        let text = service_error_text(&column);
+
+        assert!(text.len() < 400, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.ends_with(", c19 and 10 more"), "{text}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use clap::{ArgGroup, Args, Subcommand};
 
 use super::output::{self, Table};
 use super::{CliError, secret_from_stdin};
+use crate::escape::untrusted_capped;
 use crate::service::Context;
 use crate::service::segments::{DatabaseInput, NewSource, SegmentInput, SegmentPatch, SegmentView};
 
@@ -15,6 +16,12 @@ use crate::service::segments::{DatabaseInput, NewSource, SegmentInput, SegmentPa
 const DEFAULT_PREVIEW_ROWS: u16 = 10;
 /// Upper bound of `--limit`: a preview is for eyes, not for copying a segment out.
 const MAX_PREVIEW_ROWS: u16 = 1000;
+/// Characters of a column name shown: names come from the file and may be anything up to
+/// `source.max_header_bytes`.
+const SHOWN_NAME_CHARS: usize = 64;
+/// Characters of a value shown in a preview cell: enough to recognise it, and a table stays a
+/// table.
+const SHOWN_VALUE_CHARS: usize = 40;
 
 #[derive(Debug, Subcommand)]
 pub enum SegmentCommand {
@@ -256,12 +263,15 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
         }
         SegmentCommand::Preview { name, limit } => {
             let (columns, rows) = ctx.preview_segment(&name, usize::from(limit)).await?;
-            let mut table = Table::new(columns);
+            let mut table = Table::new(columns.iter().map(|c| shown_name(c)));
             for row in &rows {
                 table.row(
                     row.values
                         .iter()
-                        .map(|v| v.clone().unwrap_or_default())
+                        .map(|v| {
+                            untrusted_capped(v.as_deref().unwrap_or_default(), SHOWN_VALUE_CHARS)
+                                .into_owned()
+                        })
                         .collect(),
                 );
             }
@@ -295,14 +305,21 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
 }
 
 fn describe(v: &SegmentView) -> String {
+    let columns: Vec<String> = v.columns.iter().map(|c| shown_name(c)).collect();
     output::fields(&[
         ("name", v.name.clone()),
         ("kind", v.kind.to_string()),
         ("source", v.source.clone()),
         ("rows", v.rows.to_string()),
-        ("columns", output::list_or_none(&v.columns)),
+        ("columns", output::list_or_none(&columns)),
         ("exports", output::list_or_none(&v.exports)),
     ])
+}
+
+/// A column name as the text output shows it: escaped and cut (JSON output keeps it whole; the
+/// header cap bounds it there).
+fn shown_name(name: &str) -> String {
+    untrusted_capped(name, SHOWN_NAME_CHARS).into_owned()
 }
 
 #[cfg(test)]

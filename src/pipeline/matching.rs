@@ -2,6 +2,18 @@
 //! rejection with a reason that never quotes the value. Emails follow ActiveCampaign's
 //! documented rules (bulk import docs, "Why Bulk Imports Fail"), so a batch is never refused
 //! whole because of one address we could have caught.
+//!
+//! Beyond the documented rules, an address must be ASCII: ActiveCampaign refused a batch over
+//! `用户@例子.广告`, and its docs say nothing of internationalised addresses. A non-ASCII domain
+//! can be written in punycode (`xn--...`), which is accepted, top-level domain included; a
+//! non-ASCII local part has no such form and is rejected.
+//!
+//! Mapped values must not hold control characters (Unicode `Cc`: C0, DEL, C1): a NUL or an
+//! escape sequence would reach ActiveCampaign and every screen showing the contact. A tab is
+//! allowed everywhere; line breaks (CR, LF) only in custom field values, which may be text
+//! areas (a quoted CSV value carries them intact), never in names or phone numbers.
+
+use std::borrow::Cow;
 
 use serde::Serialize;
 
@@ -13,6 +25,8 @@ const MAX_EMAIL_LEN: usize = 254;
 /// Characters ActiveCampaign refuses in an address (besides the one `@`).
 const FORBIDDEN_EMAIL_CHARS: &[char] =
     &['"', '(', ')', ',', ':', ';', '<', '>', '@', '[', '\\', ']'];
+/// How a punycode (IDNA) label starts (RFC 3492, RFC 5890).
+const PUNYCODE_PREFIX: &str = "xn--";
 
 /// Checks an address by ActiveCampaign's rules; returns the trimmed address to send and the
 /// identity key (lower-cased).
@@ -39,16 +53,55 @@ pub fn check_email(raw: &str) -> Result<(String, String), &'static str> {
     if local.contains(FORBIDDEN_EMAIL_CHARS) || domain.contains(FORBIDDEN_EMAIL_CHARS) {
         return Err("email contains a character ActiveCampaign refuses (\" ( ) , : ; < > [ \\ ])");
     }
+    if !local.is_ascii() {
+        return Err(
+            "email has non-ASCII characters before the @, which ActiveCampaign refuses (only \
+             ASCII addresses are accepted)",
+        );
+    }
+    if !domain.is_ascii() {
+        return Err(
+            "email domain has non-ASCII characters, which ActiveCampaign refuses; write the \
+             domain in its punycode form (xn--...)",
+        );
+    }
     let Some((host, tld)) = domain.rsplit_once('.') else {
         return Err("email domain has no dot");
     };
     if host.is_empty() || host.starts_with('.') || host.ends_with('.') || domain.contains("..") {
         return Err("email domain is malformed");
     }
-    if tld.chars().count() < 2 || !tld.chars().all(char::is_alphabetic) {
+    if !is_top_level_domain(tld) {
         return Err("email domain must end in a dot and at least two letters");
     }
     Ok((email.to_owned(), email.to_lowercase()))
+}
+
+/// Whether `tld` can end an address: two letters or more (the documented rule), or a punycode
+/// label (`xn--p1ai`), which starts with two letters too and is the ASCII form of a non-ASCII
+/// top-level domain.
+fn is_top_level_domain(tld: &str) -> bool {
+    if let Some(code) = tld.strip_prefix(PUNYCODE_PREFIX) {
+        return !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    }
+    tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic())
+}
+
+/// Which characters a mapped value may hold besides printable text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Controls {
+    /// Names and phone numbers: one line, so a tab only.
+    TabOnly,
+    /// Custom field values, possibly text areas: tab, CR and LF.
+    TabAndLineBreaks,
+}
+
+/// The first control character `value` may not hold, if any.
+fn forbidden_control(value: &str, allowed: Controls) -> Option<char> {
+    value.chars().find(|&c| {
+        c.is_control()
+            && !(c == '\t' || (allowed == Controls::TabAndLineBreaks && matches!(c, '\r' | '\n')))
+    })
 }
 
 /// Where each mapped value sits in a row read with [`Matching::columns`].
@@ -166,27 +219,30 @@ impl Matching {
     }
 
     /// Maps one row. The fingerprint covers every value sent plus the list and tags, so a
-    /// change of data or of mapping re-sends the contact.
+    /// change of data or of mapping re-sends the contact. A rejection's reason names the
+    /// mapped role and column, never the value.
     pub fn map(
         &self,
         values: &[Option<String>],
         hasher: &ProfileHasher,
-    ) -> Result<Member, &'static str> {
-        let get = |i: Option<usize>| -> Option<&str> {
-            i.and_then(|i| values.get(i)?.as_deref())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-        };
+    ) -> Result<Member, Cow<'static, str>> {
+        let get = |i: Option<usize>| value_at(values, i);
         let raw_email = get(Some(self.email)).ok_or("email is empty")?;
         let (email, key) = check_email(raw_email)?;
-        let first_name = get(self.first_name);
-        let last_name = get(self.last_name);
-        let phone = get(self.phone);
-        let fields: Vec<FieldValue<'_>> = self
-            .fields
-            .iter()
-            .filter_map(|(id, i)| get(Some(*i)).map(|value| FieldValue { id: *id, value }))
-            .collect();
+        let first_name = self.checked(values, self.first_name, Controls::TabOnly, || {
+            "first name".into()
+        })?;
+        let last_name = self.checked(values, self.last_name, Controls::TabOnly, || {
+            "last name".into()
+        })?;
+        let phone = self.checked(values, self.phone, Controls::TabOnly, || "phone".into())?;
+        let mut fields: Vec<FieldValue<'_>> = Vec::with_capacity(self.fields.len());
+        for &(id, i) in &self.fields {
+            let role = || format!("custom field {id}");
+            if let Some(value) = self.checked(values, Some(i), Controls::TabAndLineBreaks, role)? {
+                fields.push(FieldValue { id, value });
+            }
+        }
         let field_texts: Vec<String> = fields
             .iter()
             .map(|f| format!("{}={}", f.id, f.value))
@@ -222,6 +278,30 @@ impl Matching {
         })
     }
 
+    /// The value at `i`, rejected when it holds a control character `allowed` does not cover;
+    /// the reason names `role` (built only then) and the column.
+    fn checked<'v>(
+        &self,
+        values: &'v [Option<String>],
+        i: Option<usize>,
+        allowed: Controls,
+        role: impl FnOnce() -> String,
+    ) -> Result<Option<&'v str>, Cow<'static, str>> {
+        let value = value_at(values, i);
+        let Some(c) = value.and_then(|v| forbidden_control(v, allowed)) else {
+            return Ok(value);
+        };
+        let column = i
+            .and_then(|i| self.columns.get(i))
+            .map_or("", String::as_str);
+        Err(Cow::Owned(format!(
+            "{} (column {}) contains a control character (U+{:04X}); remove it",
+            role(),
+            crate::source::shown_name(column),
+            u32::from(c)
+        )))
+    }
+
     /// The bulk-import contact that unsubscribes a leaver from the list.
     pub fn unsubscribe_payload(&self, email: &str) -> String {
         let contact = BulkContact {
@@ -236,6 +316,13 @@ impl Matching {
         };
         to_json(&contact).unwrap_or_default()
     }
+}
+
+/// The mapped value at `i`, trimmed; `None` when unmapped, absent or blank.
+fn value_at(values: &[Option<String>], i: Option<usize>) -> Option<&str> {
+    i.and_then(|i| values.get(i)?.as_deref())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// Serialises into a buffer sized for a typical contact up front: growing from empty
@@ -313,6 +400,89 @@ mod tests {
         ] {
             assert!(check_email(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn addresses_activecampaign_refuses_for_their_characters_are_rejected_with_the_fix() {
+        let cases = [
+            ("用户@例子.广告", "before the @"),
+            ("jürgen@example.com", "before the @"),
+            ("ada@bücher.de", "punycode"),
+            ("ada@例子.广告", "punycode"),
+            ("ada@example.рф", "punycode"),
+        ];
+        for (email, reason) in cases {
+            let rejected = check_email(email).expect_err(email);
+            assert!(rejected.contains(reason), "{email}: {rejected}");
+        }
+    }
+
+    #[test]
+    fn punycode_domains_are_accepted_including_a_punycode_top_level_domain() {
+        for email in [
+            "ada@xn--bcher-kva.de",
+            "ada@xn--fsqu00a.xn--r4q843a",
+            "ada@example.xn--p1ai",
+        ] {
+            assert!(check_email(email).is_ok(), "{email}");
+        }
+    }
+
+    /// A row of the test export's columns (mail, first, phone, tier) with `first`, `phone` and
+    /// `tier` set as given.
+    fn row(first: &str, phone: &str, tier: &str) -> Vec<Option<String>> {
+        vec![
+            Some("a@example.com".into()),
+            Some(first.into()),
+            Some(phone.into()),
+            Some(tier.into()),
+        ]
+    }
+
+    #[test]
+    fn control_characters_in_mapped_values_reject_the_row_naming_the_column_not_the_value() {
+        let m = Matching::new(&export());
+        let cases = [
+            (row("Nu\0ll", "", ""), "first name (column `first`)"),
+            (row("Ann\u{1b}[2J", "", ""), "first name (column `first`)"),
+            (row("Ann\nBob", "", ""), "first name (column `first`)"),
+            (row("An\u{85}n", "x", ""), "first name (column `first`)"),
+            (row("Ann", "555\r1234", ""), "phone (column `phone`)"),
+            (row("Ann", "", "gold\0"), "custom field 3 (column `tier`)"),
+            (
+                row("Ann", "", "gold\u{7f}"),
+                "custom field 3 (column `tier`)",
+            ),
+        ];
+        for (values, named) in cases {
+            let reason = m.map(&values, &hasher()).expect_err(named);
+            assert!(reason.contains(named), "{reason}");
+            assert!(reason.contains("control character"), "{reason}");
+            assert!(
+                !reason.contains("Ann") && !reason.contains("gold"),
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn tabs_anywhere_and_line_breaks_in_custom_field_values_are_kept() {
+        let m = Matching::new(&export());
+
+        let member = m
+            .map(&row("Ann\tMarie", "", "line one\r\nline two"), &hasher())
+            .expect("valid");
+
+        assert!(
+            member.payload.contains(r#""first_name":"Ann\tMarie""#),
+            "{}",
+            member.payload
+        );
+        assert!(
+            member.payload.contains(r#"line one\r\nline two"#),
+            "{}",
+            member.payload
+        );
     }
 
     #[test]

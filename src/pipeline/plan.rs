@@ -76,7 +76,7 @@ async fn map_rows(
                             .into_iter()
                             .nth(matching.email_column())
                             .flatten(),
-                        reason: Cow::Borrowed(reason),
+                        reason,
                     }),
                 },
                 Err(e) => mapped.rejects.push(Reject {

@@ -318,9 +318,11 @@ impl Context {
                     .delimiter
                     .and_then(|d| u8::try_from(d).ok())
                     .unwrap_or(b','),
+                limits: self.settings.source,
             }),
             SegmentKind::Jsonl => Ok(SourceDef::Jsonl {
                 path: PathBuf::from(s.path.clone().unwrap_or_default()),
+                limits: self.settings.source,
             }),
             SegmentKind::Sql => {
                 let url = match (&s.database_sealed, &s.database_env) {
@@ -511,7 +513,11 @@ impl Context {
                 let path = absolute(path)?;
                 let shown = path.display().to_string();
                 Ok(ResolvedSource::file(
-                    SourceDef::Csv { path, delimiter },
+                    SourceDef::Csv {
+                        path,
+                        delimiter,
+                        limits: self.settings.source,
+                    },
                     SegmentKind::Csv,
                     shown,
                     Some(delimiter),
@@ -521,7 +527,10 @@ impl Context {
                 let path = absolute(path)?;
                 let shown = path.display().to_string();
                 Ok(ResolvedSource::file(
-                    SourceDef::Jsonl { path },
+                    SourceDef::Jsonl {
+                        path,
+                        limits: self.settings.source,
+                    },
                     SegmentKind::Jsonl,
                     shown,
                     None,

@@ -2,72 +2,84 @@
 //! optional BOM, RFC 4180 quoting (embedded delimiters, newlines and doubled quotes), any
 //! single-byte delimiter. Records are read as raw bytes and only the projected fields become
 //! `String`s, which keeps a million-row file well under a couple of seconds.
+//!
+//! Parsing is `csv_core`'s, driven here into buffers of fixed size: a record's bytes go into one
+//! buffer of `source.max_line_bytes` and its field ends into one of `source.max_columns`, so no
+//! input can make a record grow (the `csv` crate's reader grows a record to whatever the file
+//! holds). A record over the line cap is a source error naming its line and the setting. So is
+//! a quoted field still open at the end of the file: a parser reads it as one value running to
+//! the end, which would silently swallow every record after it. To tell that case, the parser
+//! is handed one line break after the last byte of the file: outside a quoted field it ends the
+//! last record; inside one it is swallowed, and the record only ends with the input.
 
 use std::fs::File;
-use std::path::Path;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 
-use ::csv::{ByteRecord, ErrorKind, Reader, ReaderBuilder};
+use csv_core::{ReadRecordResult, Reader as CoreReader, ReaderBuilder};
 
 use super::{
-    ChunkSender, Row, RowError, RowStream, SourceError, duplicate_names, project, run_blocking,
-    spawn_blocking_reader,
+    ChunkSender, Row, RowError, RowStream, SourceError, SourceSettings, duplicate_names, open_file,
+    project, run_blocking, shown_name, spawn_blocking_reader,
 };
 
-/// Read buffer of the CSV parser: larger than the crate's 8 KiB default so that big files
-/// take fewer read calls.
+/// Read buffer of the parser: large so that big files take fewer read calls.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Scratch output used while reading past an over-long record to find where it ends.
+const SKIP_BUFFER_BYTES: usize = 64 * 1024;
+/// Scratch field ends used while reading past a record.
+const SKIP_ENDS: usize = 256;
+/// Handed to the parser after the last byte of the file (see the module docs).
+const SENTINEL: &[u8] = b"\n";
 
 /// Opens `path`, reads its header and starts streaming its records projected onto `columns`
 /// (`None`: every column). Returns the header's column names too.
 pub(super) async fn open(
     path: &Path,
     delimiter: u8,
+    limits: SourceSettings,
     columns: Option<&[String]>,
 ) -> Result<(Vec<String>, RowStream), SourceError> {
     let source_name = path.display().to_string();
     let owned = path.to_owned();
-    let (reader, header) = run_blocking(
+    let (records, header) = run_blocking(
         || source_name.clone(),
-        move || open_reader(&owned, delimiter),
+        move || open_reader(&owned, delimiter, limits),
     )
     .await?;
     let projection = project(&header, columns, || source_name.clone())?;
-    let path = path.to_owned();
     let task_header = header.clone();
     let stream = spawn_blocking_reader(source_name, move |sender| {
-        read_rows(reader, &path, &task_header, &projection, sender);
+        read_rows(records, &task_header, &projection, limits, sender);
     });
     Ok((header, stream))
 }
 
-/// Opens the file and reads the header row: trimmed names, UTF-8, each name once.
-fn open_reader(path: &Path, delimiter: u8) -> Result<(Reader<File>, Vec<String>), SourceError> {
-    let file = File::open(path).map_err(|source| SourceError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    // Headers are read by hand and rows of the wrong width are checked by hand, so that a
-    // ragged row becomes a row error naming its line rather than a parser error.
-    let mut reader = ReaderBuilder::new()
-        .delimiter(delimiter)
-        .has_headers(false)
-        .flexible(true)
-        .buffer_capacity(READ_BUFFER_BYTES)
-        .from_reader(file);
-    let mut record = ByteRecord::new();
-    match reader.read_byte_record(&mut record) {
-        Ok(true) => {}
-        Ok(false) => {
+/// Opens the file and reads the header row: trimmed names, UTF-8, each name once, within
+/// `source.max_header_bytes` and `source.max_columns`.
+fn open_reader(
+    path: &Path,
+    delimiter: u8,
+    limits: SourceSettings,
+) -> Result<(Records, Vec<String>), SourceError> {
+    let mut records = Records::open(path, delimiter, limits)?;
+    let line = match records.next(limits.max_header_bytes, Cap::Header)? {
+        Next::Record { line } => line,
+        Next::TooManyFields { line } => {
+            return Err(SourceError::TooManyColumns {
+                source_name: path.display().to_string(),
+                line,
+                max: limits.max_columns,
+            });
+        }
+        Next::End => {
             return Err(SourceError::MissingHeader {
                 path: path.to_owned(),
             });
         }
-        Err(e) => return Err(read_error(path, 1, e)),
-    }
-    let line = record.position().map_or(1, |p| p.line());
-    let header = record
-        .iter()
-        .map(|field| std::str::from_utf8(field).map(|name| name.trim().to_owned()))
+    };
+    let header = (0..records.len())
+        .map(|i| std::str::from_utf8(records.field(i)).map(|name| name.trim().to_owned()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| SourceError::HeaderNotUtf8 {
             path: path.to_owned(),
@@ -80,90 +92,375 @@ fn open_reader(path: &Path, delimiter: u8) -> Result<(Reader<File>, Vec<String>)
             columns: duplicates,
         });
     }
-    Ok((reader, header))
+    Ok((records, header))
 }
 
-/// The reader task: parses records into rows until the end, an I/O error or a gone consumer.
+/// The reader task: parses records into rows until the end, a source error or a gone consumer.
 fn read_rows(
-    mut reader: Reader<File>,
-    path: &Path,
+    mut records: Records,
     header: &[String],
     projection: &[usize],
+    limits: SourceSettings,
     mut sender: ChunkSender,
 ) {
-    // One record buffer for the whole file: the parser reuses its allocations.
-    let mut record = ByteRecord::new();
-    let mut line = 1;
     loop {
-        match reader.read_byte_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) => return sender.finish_blocking(None),
-            Err(e) => return sender.finish_blocking(Some(read_error(path, line + 1, e))),
-        }
-        line = record.position().map_or(line + 1, |p| p.line());
-        if sender
-            .push_blocking(to_row(&record, line, header, projection))
-            .is_err()
-        {
+        let item = match records.next(limits.max_line_bytes, Cap::Line) {
+            Ok(Next::Record { line }) => {
+                to_row(&records, line, header, projection, limits.max_field_bytes)
+            }
+            // More fields than the header can have: a ragged row, whose fields were not kept.
+            Ok(Next::TooManyFields { line }) => Err(RowError {
+                number: line,
+                reason: format!(
+                    "the row has more than {} fields but the header has {} columns",
+                    limits.max_columns,
+                    header.len()
+                ),
+            }),
+            Ok(Next::End) => return sender.finish_blocking(None),
+            Err(e) => return sender.finish_blocking(Some(e)),
+        };
+        if sender.push_blocking(item).is_err() {
             return;
         }
     }
 }
 
-/// Checks one record against the header and projects it. Reasons name columns, never values.
+/// Checks the current record against the header and projects it. Reasons name columns, never
+/// values.
 fn to_row(
-    record: &ByteRecord,
+    records: &Records,
     line: u64,
     header: &[String],
     projection: &[usize],
+    max_field_bytes: usize,
 ) -> Result<Row, RowError> {
-    if record.len() != header.len() {
+    if records.len() != header.len() {
         return Err(RowError {
             number: line,
             reason: format!(
                 "the row has {} fields but the header has {} columns",
-                record.len(),
+                records.len(),
                 header.len()
             ),
         });
     }
     // Every field is checked, not only the projected ones, so that open rejects exactly the
     // rows describe refuses. The ASCII test is the fast path for typical data.
-    if !record.as_slice().is_ascii()
-        && let Some(i) = record.iter().position(|f| std::str::from_utf8(f).is_err())
+    if !records.bytes().is_ascii()
+        && let Some(i) =
+            (0..records.len()).find(|&i| std::str::from_utf8(records.field(i)).is_err())
     {
         return Err(RowError {
             number: line,
             reason: format!(
-                "the value in column `{}` is not valid UTF-8; save the file as UTF-8",
-                header[i]
+                "the value in column {} is not valid UTF-8; save the file as UTF-8",
+                shown_name(&header[i])
             ),
         });
     }
-    let values = projection
-        .iter()
+    let mut values = Vec::with_capacity(projection.len());
+    for &i in projection {
+        let field = records.field(i);
+        if field.len() > max_field_bytes {
+            return Err(RowError {
+                number: line,
+                reason: format!(
+                    "the value in column {} is longer than {max_field_bytes} bytes (setting \
+                     source.max_field_bytes)",
+                    shown_name(&header[i])
+                ),
+            });
+        }
         // Validated above, so this borrows and copies once; it never replaces anything.
-        .map(|&i| Some(String::from_utf8_lossy(&record[i]).into_owned()))
-        .collect();
+        values.push(Some(String::from_utf8_lossy(field).into_owned()));
+    }
     Ok(Row {
         number: line,
         values,
     })
 }
 
-fn read_error(path: &Path, line: u64, error: ::csv::Error) -> SourceError {
-    let line = error.position().map_or(line, |p| p.line());
-    match error.into_kind() {
-        ErrorKind::Io(source) => SourceError::Read {
+/// Which cap a record is read under, for the error naming it.
+#[derive(Clone, Copy)]
+enum Cap {
+    Header,
+    Line,
+}
+
+/// What [`Records::next`] found.
+enum Next {
+    /// A record, now in the reader's buffers, starting on `line`.
+    Record { line: u64 },
+    /// A record with more than `source.max_columns` fields, read past without keeping it.
+    TooManyFields { line: u64 },
+    /// The end of the file.
+    End,
+}
+
+/// How a record read past without keeping it ended.
+enum Skipped {
+    /// At its terminator, on `end_line`.
+    Ended { end_line: u64 },
+    /// At the end of the file, inside a quoted field.
+    OpenQuote,
+}
+
+/// Where the reader is with the end of the file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Eof {
+    /// Input left to read.
+    No,
+    /// The file ended; the [`SENTINEL`] is still to be handed to the parser.
+    SentinelPending,
+    /// The sentinel was parsed; the parser gets the end of input from now on.
+    SentinelFed,
+}
+
+/// One call of the parser.
+struct Step {
+    /// `None` when the record's byte allowance was used up with input left.
+    result: Option<ReadRecordResult>,
+    /// Bytes of the file consumed.
+    consumed: usize,
+    /// The last byte parsed, to tell whether a record ended on a line feed.
+    last: Option<u8>,
+    /// Whether the parser was told the input ended (nothing, not even the sentinel, left).
+    at_end: bool,
+}
+
+/// The records of one CSV file, parsed into fixed buffers.
+struct Records {
+    input: BufReader<File>,
+    core: CoreReader,
+    /// The current record's field bytes. Sized once (the larger cap, plus the sentinel) and
+    /// never grown: a record is refused before it could outgrow it.
+    fields: Vec<u8>,
+    /// End offsets in `fields` of the current record's fields; `max_columns` slots.
+    ends: Vec<usize>,
+    /// Bytes of `fields` the current record uses.
+    used: usize,
+    /// Entries of `ends` the current record uses.
+    count: usize,
+    /// Output while reading past a record that is not kept.
+    scratch: Vec<u8>,
+    scratch_ends: Vec<usize>,
+    eof: Eof,
+    /// Names the file in errors.
+    path: PathBuf,
+}
+
+impl Records {
+    fn open(path: &Path, delimiter: u8, limits: SourceSettings) -> Result<Self, SourceError> {
+        let input = open_file(path, READ_BUFFER_BYTES)?;
+        Ok(Records {
+            input,
+            core: ReaderBuilder::new().delimiter(delimiter).build(),
+            fields: vec![0; limits.max_line_bytes.max(limits.max_header_bytes) + SENTINEL.len()],
+            ends: vec![0; limits.max_columns],
+            used: 0,
+            count: 0,
+            scratch: vec![0; SKIP_BUFFER_BYTES],
+            scratch_ends: vec![0; SKIP_ENDS],
+            eof: Eof::No,
             path: path.to_owned(),
+        })
+    }
+
+    /// Fields in the current record.
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The current record's field bytes, all fields together.
+    fn bytes(&self) -> &[u8] {
+        &self.fields[..self.used]
+    }
+
+    /// Field `i` of the current record.
+    fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.fields[start..self.ends[i]]
+    }
+
+    /// Reads the next record, of at most `max_bytes` bytes of the file, line break included.
+    fn next(&mut self, max_bytes: usize, cap: Cap) -> Result<Next, SourceError> {
+        self.skip_line_breaks()?;
+        let line = self.core.line();
+        self.used = 0;
+        self.count = 0;
+        let mut read = 0;
+        loop {
+            let step = self.step(Some(max_bytes - read))?;
+            read += step.consumed;
+            match step.result {
+                Some(ReadRecordResult::InputEmpty) => {}
+                Some(ReadRecordResult::Record) if step.at_end => {
+                    return Err(self.unterminated(line));
+                }
+                Some(ReadRecordResult::Record) => return Ok(Next::Record { line }),
+                Some(ReadRecordResult::End) => return Ok(Next::End),
+                Some(ReadRecordResult::OutputEndsFull) => {
+                    return match self.skip_record()? {
+                        Skipped::Ended { .. } => Ok(Next::TooManyFields { line }),
+                        Skipped::OpenQuote => Err(self.unterminated(line)),
+                    };
+                }
+                // The field buffer holds more than `max_bytes`, so it is full only when the
+                // allowance is used up too.
+                None | Some(ReadRecordResult::OutputFull) => {
+                    return Err(self.too_long(line, max_bytes, cap)?);
+                }
+            }
+        }
+    }
+
+    /// The error for a record over its cap. A record still on its first line is simply too
+    /// long; one that ran over line breaks is inside a quoted field, so it is read on (without
+    /// keeping it) to tell a missing closing quote from a really long quoted value.
+    fn too_long(&mut self, line: u64, max: usize, cap: Cap) -> Result<SourceError, SourceError> {
+        let end_line = if self.core.line() == line {
+            None
+        } else {
+            match self.skip_record()? {
+                Skipped::OpenQuote => return Ok(self.unterminated(line)),
+                Skipped::Ended { end_line } => Some(end_line),
+            }
+        };
+        Ok(match (cap, end_line) {
+            (Cap::Header, _) => SourceError::HeaderTooLong {
+                source_name: self.path.display().to_string(),
+                line,
+                max,
+            },
+            (Cap::Line, None) => SourceError::LineTooLong {
+                path: self.path.clone(),
+                line,
+                max,
+            },
+            (Cap::Line, Some(end_line)) => SourceError::RecordTooLong {
+                path: self.path.clone(),
+                line,
+                end_line,
+                max,
+            },
+        })
+    }
+
+    fn unterminated(&self, line: u64) -> SourceError {
+        SourceError::UnterminatedQuote {
+            path: self.path.clone(),
             line,
-            source,
-        },
-        // Unreachable with byte records and flexible widths; reported rather than hidden.
-        other => SourceError::ReaderFailed {
-            source_name: path.display().to_string(),
-            message: format!("CSV parser error near line {line}: {other:?}"),
-        },
+        }
+    }
+
+    /// Reads on to the end of the current record, keeping nothing.
+    fn skip_record(&mut self) -> Result<Skipped, SourceError> {
+        loop {
+            let step = self.step(None)?;
+            match step.result {
+                Some(ReadRecordResult::Record) if step.at_end => return Ok(Skipped::OpenQuote),
+                Some(ReadRecordResult::Record | ReadRecordResult::End) => {
+                    // The parser counts the line feed that ends the record.
+                    let after = u64::from(step.last == Some(b'\n'));
+                    return Ok(Skipped::Ended {
+                        end_line: self.core.line() - after,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Consumes the line breaks before a record (blank lines, the LF of a CRLF), counting them,
+    /// so that a record's line is the line of its first byte. The parser would skip them too.
+    fn skip_line_breaks(&mut self) -> Result<(), SourceError> {
+        while self.eof == Eof::No {
+            let buf = self.input.fill_buf().map_err(|source| SourceError::Read {
+                path: self.path.clone(),
+                line: self.core.line(),
+                source,
+            })?;
+            let available = buf.len();
+            let breaks = buf
+                .iter()
+                .take_while(|&&b| b == b'\n' || b == b'\r')
+                .count();
+            let feeds = buf[..breaks].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.input.consume(breaks);
+            self.core.set_line(self.core.line() + feeds);
+            if breaks < available || available == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the parser its next input: at most `allowance` bytes of the file into the record's
+    /// buffers, or (`None`) any amount into scratch; after the file, the sentinel, then nothing.
+    fn step(&mut self, allowance: Option<usize>) -> Result<Step, SourceError> {
+        let Records {
+            input,
+            core,
+            fields,
+            ends,
+            used,
+            count,
+            scratch,
+            scratch_ends,
+            eof,
+            path,
+        } = self;
+        let mut from_file = false;
+        let data: &[u8] = match *eof {
+            Eof::No => {
+                let line = core.line();
+                let buf = input.fill_buf().map_err(|source| SourceError::Read {
+                    path: path.clone(),
+                    line,
+                    source,
+                })?;
+                if buf.is_empty() {
+                    *eof = Eof::SentinelPending;
+                    SENTINEL
+                } else {
+                    let take = allowance.map_or(buf.len(), |a| a.min(buf.len()));
+                    if take == 0 {
+                        return Ok(Step {
+                            result: None,
+                            consumed: 0,
+                            last: None,
+                            at_end: false,
+                        });
+                    }
+                    from_file = true;
+                    &buf[..take]
+                }
+            }
+            Eof::SentinelPending => SENTINEL,
+            Eof::SentinelFed => &[],
+        };
+        let (result, nin, nout, nend) = match allowance {
+            Some(_) => core.read_record(data, &mut fields[*used..], &mut ends[*count..]),
+            None => core.read_record(data, scratch, scratch_ends),
+        };
+        let last = nin.checked_sub(1).map(|i| data[i]);
+        let at_end = data.is_empty();
+        if allowance.is_some() {
+            *used += nout;
+            *count += nend;
+        }
+        if from_file {
+            input.consume(nin);
+        } else if *eof == Eof::SentinelPending && nin > 0 {
+            *eof = Eof::SentinelFed;
+        }
+        Ok(Step {
+            result: Some(result),
+            consumed: if from_file { nin } else { 0 },
+            last,
+            at_end,
+        })
     }
 }
 
@@ -179,6 +476,7 @@ mod tests {
         SourceDef::Csv {
             path: file.path().to_owned(),
             delimiter,
+            limits: SourceSettings::default(),
         }
     }
 
@@ -326,6 +624,7 @@ mod tests {
         let error = describe(&SourceDef::Csv {
             path: path.clone(),
             delimiter: b',',
+            limits: SourceSettings::default(),
         })
         .await
         .expect_err("missing");
@@ -381,6 +680,339 @@ mod tests {
         assert_eq!(columns, names(&["a", "b"]));
         assert_eq!(rows.len(), 2);
         assert_eq!(values(&rows[1]), [Some("3"), Some("4")]);
+    }
+
+    /// Caps small enough for generated test files.
+    fn small_limits() -> SourceSettings {
+        SourceSettings {
+            max_line_bytes: 1024,
+            max_field_bytes: 100,
+            max_header_bytes: 256,
+            max_columns: 8,
+        }
+    }
+
+    fn def_with(file: &NamedTempFile, limits: SourceSettings) -> SourceDef {
+        SourceDef::Csv {
+            path: file.path().to_owned(),
+            delimiter: b',',
+            limits,
+        }
+    }
+
+    /// Every item of a source until its end or its source error.
+    async fn read_until_error(
+        def: &SourceDef,
+        columns: &[&str],
+    ) -> (Vec<Result<Row, RowError>>, Option<SourceError>) {
+        let mut stream = open(def, &names(columns)).await.expect("open");
+        let mut items = Vec::new();
+        loop {
+            match stream.next_chunk(100).await {
+                Ok(Some(chunk)) => items.extend(chunk),
+                Ok(None) => return (items, None),
+                Err(e) => return (items, Some(e)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unterminated_quote_is_a_source_error_naming_the_line_it_opens_on() {
+        let file =
+            temp_file(b"email,name\na@example.com,Ann\nb@example.com,\"Bob\nc@example.com,Cy\n");
+
+        let error = describe(&def(&file, b',')).await.expect_err("open quote");
+
+        assert!(
+            matches!(error, SourceError::UnterminatedQuote { line: 3, .. }),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("{} line 3", file.path().display())),
+            "{message}"
+        );
+        assert!(message.contains("never closed"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_with_the_unterminated_quote_error_after_the_rows_before_it() {
+        let file = temp_file(b"email\na@example.com\n\"b@example.com\nc@example.com\n");
+
+        let (items, error) = read_until_error(&def(&file, b','), &["email"]).await;
+
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert!(
+            matches!(error, Some(SourceError::UnterminatedQuote { line: 3, .. })),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unterminated_quote_swallowing_more_than_the_line_cap_is_still_called_an_open_quote()
+    {
+        let mut contents = String::from("email,name\na@example.com,\"Ann\n");
+        for i in 0..1000 {
+            contents.push_str(&format!("user{i}@example.com,Name{i}\n"));
+        }
+        let file = temp_file(contents.as_bytes());
+
+        let error = describe(&def_with(&file, small_limits()))
+            .await
+            .expect_err("open quote");
+
+        assert!(
+            matches!(error, SourceError::UnterminatedQuote { line: 2, .. }),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_quoted_value_over_the_line_cap_that_closes_is_refused_naming_where_it_runs() {
+        let mut contents = String::from("email,notes\na@example.com,\"");
+        contents.push_str(&"a long note\n".repeat(200));
+        contents.push_str("\"\nb@example.com,short\n");
+        let file = temp_file(contents.as_bytes());
+
+        let error = describe(&def_with(&file, small_limits()))
+            .await
+            .expect_err("too long");
+
+        assert!(
+            matches!(
+                error,
+                SourceError::RecordTooLong {
+                    line: 2,
+                    end_line: 202,
+                    max: 1024,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("source.max_line_bytes"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_cap_is_refused_naming_the_line_and_the_setting_not_the_value() {
+        let mut contents = String::from("email,name\na@example.com,Ann\nb@example.com,");
+        contents.push_str(&"secretvalue".repeat(200));
+        contents.push('\n');
+        let file = temp_file(contents.as_bytes());
+
+        let error = describe(&def_with(&file, small_limits()))
+            .await
+            .expect_err("long line");
+
+        assert!(
+            matches!(
+                error,
+                SourceError::LineTooLong {
+                    line: 3,
+                    max: 1024,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("source.max_line_bytes"), "{message}");
+        assert!(!message.contains("secretvalue"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_line_exactly_at_the_cap_with_its_line_break_is_read() {
+        let limits = small_limits();
+        let header = "email,name\n";
+        let filler = limits.max_line_bytes - "a@example.com,\n".len();
+        let contents = format!("{header}a@example.com,{}\n", "n".repeat(filler));
+        let file = temp_file(contents.as_bytes());
+
+        let description = describe(&def_with(
+            &file,
+            SourceSettings {
+                max_field_bytes: 1024,
+                ..limits
+            },
+        ))
+        .await
+        .expect("a line of exactly the cap");
+
+        assert_eq!(description.rows, 1);
+    }
+
+    #[tokio::test]
+    async fn a_header_over_the_header_cap_is_refused_naming_the_setting() {
+        let contents = format!("email,{}\n", "n".repeat(300));
+        let file = temp_file(contents.as_bytes());
+
+        let error = describe(&def_with(&file, small_limits()))
+            .await
+            .expect_err("long header");
+
+        assert!(
+            matches!(
+                error,
+                SourceError::HeaderTooLong {
+                    line: 1,
+                    max: 256,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("source.max_header_bytes"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_with_more_columns_than_the_cap_is_refused_naming_the_setting() {
+        let file = temp_file(b"a,b,c,d,e,f,g,h,i\n1,2,3,4,5,6,7,8,9\n");
+
+        let error = describe(&def_with(&file, small_limits()))
+            .await
+            .expect_err("too many columns");
+
+        assert!(
+            matches!(
+                error,
+                SourceError::TooManyColumns {
+                    line: 1,
+                    max: 8,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("source.max_columns"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_header_of_exactly_the_column_cap_is_read() {
+        let file = temp_file(b"a,b,c,d,e,f,g,h\n1,2,3,4,5,6,7,8\n");
+
+        let description = describe(&def_with(&file, small_limits()))
+            .await
+            .expect("eight columns");
+
+        assert_eq!(description.columns.len(), 8);
+        assert_eq!(description.rows, 1);
+    }
+
+    #[tokio::test]
+    async fn a_row_with_more_fields_than_the_column_cap_is_a_row_error_and_reading_goes_on() {
+        let file = temp_file(b"a,b\n1,2\n1,2,3,4,5,6,7,8,9,10,11,12\n3,4\n");
+
+        let (items, error) = read_until_error(&def_with(&file, small_limits()), &["a"]).await;
+
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(items.len(), 3);
+        let ragged = items[1].as_ref().expect_err("too many fields");
+        assert_eq!(ragged.number, 3);
+        assert!(
+            ragged.reason.contains("more than 8 fields"),
+            "{}",
+            ragged.reason
+        );
+        assert_eq!(values(items[2].as_ref().expect("row")), [Some("3")]);
+    }
+
+    #[tokio::test]
+    async fn a_mapped_value_over_the_field_cap_is_a_row_error_naming_the_column() {
+        let contents = format!(
+            "email,notes\na@example.com,{}\nb@example.com,ok\n",
+            "x".repeat(101)
+        );
+        let file = temp_file(contents.as_bytes());
+
+        let (items, error) =
+            read_until_error(&def_with(&file, small_limits()), &["email", "notes"]).await;
+
+        assert!(error.is_none(), "{error:?}");
+        let long = items[0].as_ref().expect_err("long value");
+        assert!(long.reason.contains("`notes`"), "{}", long.reason);
+        assert!(
+            long.reason.contains("source.max_field_bytes"),
+            "{}",
+            long.reason
+        );
+        assert!(items[1].is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_last_record_without_a_line_break_is_read_quoted_or_not() {
+        for contents in [&b"a,b\n1,2"[..], b"a,b\n1,\"2\"", b"a,b\r\n1,2\r\n"] {
+            let file = temp_file(contents);
+
+            let items = read_all(&def(&file, b','), &["b"]).await;
+
+            assert_eq!(items.len(), 1, "{contents:?}");
+            assert_eq!(values(items[0].as_ref().expect("row")), [Some("2")]);
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_are_numbered_by_their_first_line_across_blank_lines_and_crlf() {
+        let file = temp_file(b"a\r\n\r\n1\r\n\"x\r\ny\"\r\n\n\n2\r\n");
+
+        let items = read_all(&def(&file, b','), &["a"]).await;
+
+        let numbers: Vec<u64> = items
+            .iter()
+            .map(|i| i.as_ref().expect("row").number)
+            .collect();
+        assert_eq!(numbers, [3, 4, 8]);
+    }
+
+    #[tokio::test]
+    async fn a_utf16_file_is_refused_naming_the_encoding() {
+        let file = temp_file(b"\xFF\xFEe\x00m\x00a\x00i\x00l\x00\n\x00");
+
+        let error = describe(&def(&file, b',')).await.expect_err("utf-16");
+
+        assert!(matches!(error, SourceError::Utf16 { .. }), "{error}");
+        assert!(error.to_string().contains("save it as UTF-8"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_header_of_100k_columns_is_read_when_the_caps_allow_it() {
+        let header: Vec<String> = (0..100_000).map(|i| format!("c{i}")).collect();
+        let file = temp_file(format!("{}\n", header.join(",")).as_bytes());
+        let limits = SourceSettings {
+            max_line_bytes: 1024 * 1024,
+            max_header_bytes: 1024 * 1024,
+            max_columns: 100_000,
+            ..SourceSettings::default()
+        };
+
+        let description = describe(&def_with(&file, limits))
+            .await
+            .expect("wide header");
+
+        assert_eq!(description.columns.len(), 100_000);
+        assert_eq!(description.columns[99_999], "c99999");
+    }
+
+    #[tokio::test]
+    async fn long_values_are_handed_over_in_chunks_of_bounded_bytes() {
+        let mut contents = String::from("email,notes\n");
+        for i in 0..100 {
+            contents.push_str(&format!("u{i}@example.com,{}\n", "n".repeat(60_000)));
+        }
+        let file = temp_file(contents.as_bytes());
+        let mut stream = open(&def(&file, b','), &names(&["notes"]))
+            .await
+            .expect("open");
+
+        let chunk = stream.next_chunk(2048).await.expect("chunk").expect("rows");
+
+        // 1 MiB of values is 18 such rows; a chunk cut only by rows would hold all 100.
+        assert!(chunk.len() <= 18, "{} rows in one chunk", chunk.len());
     }
 
     #[tokio::test]

@@ -2,6 +2,12 @@
 //! (numbers and booleans as written by `serde_json`, nested arrays and objects as their JSON
 //! text); null and a missing key are `None`. Lines are parsed straight into the projected
 //! columns: other keys are skipped without building values for them.
+//!
+//! Lines are framed by line feeds, so a broken line is a row error and the next line reads
+//! fine. The caps hold while reading: a line over `source.max_line_bytes` is refused before more
+//! of it is buffered, and the columns (the union of keys) are counted against
+//! `source.max_columns` and `source.max_header_bytes` as they are found. A file with no object
+//! at all has no columns and is refused.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -10,13 +16,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::error::Category;
 
 use super::{
-    ChunkSender, Description, Row, RowError, RowStream, SourceError, project, run_blocking,
-    spawn_blocking_reader,
+    ChunkSender, Description, Row, RowError, RowStream, SourceError, SourceSettings, open_file,
+    project, run_blocking, shown_name, spawn_blocking_reader,
 };
 
 /// Lines read when opening to learn the columns: a column is known if one of the first this
@@ -26,24 +32,29 @@ const KNOWN_COLUMNS_SCAN_LINES: u64 = 1000;
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Scans the whole file: the union of top-level keys in first-seen order and the number of
-/// rows. Fails on the first line that is not a JSON object, naming it.
-pub(super) async fn describe(path: &Path) -> Result<Description, SourceError> {
+/// rows. Fails on the first line that is not a JSON object, naming it, and on a file with no
+/// columns.
+pub(super) async fn describe(
+    path: &Path,
+    limits: SourceSettings,
+) -> Result<Description, SourceError> {
     let source_name = path.display().to_string();
     let path = path.to_owned();
-    run_blocking(|| source_name, move || describe_blocking(&path)).await
+    run_blocking(|| source_name, move || describe_blocking(&path, limits)).await
 }
 
-fn describe_blocking(path: &Path) -> Result<Description, SourceError> {
-    let mut lines = Lines::open(path)?;
-    let mut keys = KeySet::default();
+fn describe_blocking(path: &Path, limits: SourceSettings) -> Result<Description, SourceError> {
+    let mut lines = Lines::open(path, limits.max_line_bytes)?;
+    let mut keys = KeySet::new(limits);
     let mut rows = 0;
     while let Some((line, bytes)) = lines.next_line()? {
-        collect_keys(bytes, &mut keys).map_err(|reason| SourceError::InvalidRow {
-            source_name: path.display().to_string(),
-            line,
-            reason,
-        })?;
+        collect_keys(bytes, &mut keys).map_err(|problem| problem.into_error(path, line))?;
         rows += 1;
+    }
+    if keys.names.is_empty() {
+        return Err(SourceError::NoColumns {
+            path: path.to_owned(),
+        });
     }
     Ok(Description {
         columns: keys.names,
@@ -55,6 +66,7 @@ fn describe_blocking(path: &Path) -> Result<Description, SourceError> {
 /// `columns` (`None`: every known column). Returns the known columns too.
 pub(super) async fn open(
     path: &Path,
+    limits: SourceSettings,
     columns: Option<&[String]>,
 ) -> Result<(Vec<String>, RowStream), SourceError> {
     let source_name = path.display().to_string();
@@ -62,38 +74,57 @@ pub(super) async fn open(
     let (lines, known) = run_blocking(
         || source_name.clone(),
         move || {
-            let known = scan_known_columns(&owned)?;
-            Ok((Lines::open(&owned)?, known))
+            let known = scan_known_columns(&owned, limits)?;
+            Ok((Lines::open(&owned, limits.max_line_bytes)?, known))
         },
     )
     .await?;
     let projection = project(&known, columns, || source_name.clone())?;
     let wanted: Vec<String> = projection.iter().map(|&i| known[i].clone()).collect();
     let stream = spawn_blocking_reader(source_name, move |sender| {
-        read_rows(lines, &wanted, sender);
+        read_rows(lines, &wanted, limits.max_field_bytes, sender);
     });
     Ok((known, stream))
 }
 
 /// Top-level keys of the first [`KNOWN_COLUMNS_SCAN_LINES`] lines; invalid lines are left to
-/// the row stream to report.
-fn scan_known_columns(path: &Path) -> Result<Vec<String>, SourceError> {
-    let mut lines = Lines::open(path)?;
-    let mut keys = KeySet::default();
+/// the row stream to report, a cap is a source error here. An empty file has no columns.
+fn scan_known_columns(path: &Path, limits: SourceSettings) -> Result<Vec<String>, SourceError> {
+    let mut lines = Lines::open(path, limits.max_line_bytes)?;
+    let mut keys = KeySet::new(limits);
+    let mut empty = true;
     while let Some((line, bytes)) = lines.next_line()? {
         if line > KNOWN_COLUMNS_SCAN_LINES {
             break;
         }
-        let _ = collect_keys(bytes, &mut keys);
+        empty = false;
+        match collect_keys(bytes, &mut keys) {
+            Ok(()) | Err(KeyProblem::Row(_)) => {}
+            Err(problem @ KeyProblem::Cap(_)) => return Err(problem.into_error(path, line)),
+        }
+        // Stop here rather than read one line more: what lies after is the stream's to report.
+        if line == KNOWN_COLUMNS_SCAN_LINES {
+            break;
+        }
+    }
+    if empty {
+        return Err(SourceError::NoColumns {
+            path: path.to_owned(),
+        });
     }
     Ok(keys.names)
 }
 
 /// The reader task: one row (or row error) per non-blank line.
-fn read_rows(mut lines: Lines, columns: &[String], mut sender: ChunkSender) {
+fn read_rows(
+    mut lines: Lines,
+    columns: &[String],
+    max_field_bytes: usize,
+    mut sender: ChunkSender,
+) {
     loop {
         let item = match lines.next_line() {
-            Ok(Some((line, bytes))) => to_row(line, bytes, columns),
+            Ok(Some((line, bytes))) => to_row(line, bytes, columns, max_field_bytes),
             Ok(None) => return sender.finish_blocking(None),
             Err(e) => return sender.finish_blocking(Some(e)),
         };
@@ -103,8 +134,14 @@ fn read_rows(mut lines: Lines, columns: &[String], mut sender: ChunkSender) {
     }
 }
 
-fn to_row(line: u64, bytes: &[u8], columns: &[String]) -> Result<Row, RowError> {
+fn to_row(
+    line: u64,
+    bytes: &[u8],
+    columns: &[String],
+    max_field_bytes: usize,
+) -> Result<Row, RowError> {
     let mut values = vec![None; columns.len()];
+    let mut too_long = None;
     object_text(bytes)
         .and_then(|text| {
             parse(
@@ -112,6 +149,8 @@ fn to_row(line: u64, bytes: &[u8], columns: &[String]) -> Result<Row, RowError> 
                 Projected {
                     columns,
                     values: &mut values,
+                    max_field_bytes,
+                    too_long: &mut too_long,
                 },
             )
         })
@@ -119,14 +158,67 @@ fn to_row(line: u64, bytes: &[u8], columns: &[String]) -> Result<Row, RowError> 
             number: line,
             reason,
         })?;
+    if let Some(i) = too_long {
+        return Err(RowError {
+            number: line,
+            reason: format!(
+                "the value of {} is longer than {max_field_bytes} bytes (setting \
+                 source.max_field_bytes)",
+                shown_name(&columns[i])
+            ),
+        });
+    }
     Ok(Row {
         number: line,
         values,
     })
 }
 
-fn collect_keys(bytes: &[u8], keys: &mut KeySet) -> Result<(), String> {
-    object_text(bytes).and_then(|text| parse(text, KeyCollector(keys)))
+/// Why a line's keys could not be collected.
+enum KeyProblem {
+    /// The line is no JSON object: a row error.
+    Row(String),
+    /// The columns went over a cap: a source error.
+    Cap(Cap),
+}
+
+/// A cap the columns went over.
+#[derive(Clone, Copy)]
+enum Cap {
+    Columns(usize),
+    HeaderBytes(usize),
+}
+
+impl KeyProblem {
+    fn into_error(self, path: &Path, line: u64) -> SourceError {
+        let source_name = path.display().to_string();
+        match self {
+            KeyProblem::Row(reason) => SourceError::InvalidRow {
+                source_name,
+                line,
+                reason,
+            },
+            KeyProblem::Cap(Cap::Columns(max)) => SourceError::TooManyColumns {
+                source_name,
+                line,
+                max,
+            },
+            KeyProblem::Cap(Cap::HeaderBytes(max)) => SourceError::HeaderTooLong {
+                source_name,
+                line,
+                max,
+            },
+        }
+    }
+}
+
+fn collect_keys(bytes: &[u8], keys: &mut KeySet) -> Result<(), KeyProblem> {
+    let parsed = object_text(bytes).and_then(|text| parse(text, KeyCollector(keys)));
+    // A cap stops the parse with an error of its own; the cap is what to report.
+    match (keys.over.take(), parsed) {
+        (Some(cap), _) => Err(KeyProblem::Cap(cap)),
+        (None, parsed) => parsed.map_err(KeyProblem::Row),
+    }
 }
 
 /// The line as text if it is UTF-8 and starts like an object; otherwise why it is no row.
@@ -192,8 +284,11 @@ fn render(value: Value) -> Option<String> {
 /// Non-blank lines of a file with their 1-based line numbers, reusing one buffer.
 struct Lines {
     reader: BufReader<File>,
-    /// The current line; reused so reading allocates only when a line is longer than before.
+    /// The current line; reused so reading allocates only when a line is longer than before,
+    /// and never past `max_bytes`.
     buf: Vec<u8>,
+    /// The line cap, line feed included (`source.max_line_bytes`).
+    max_bytes: usize,
     /// Physical lines read so far, blank ones included, so numbers match an editor's.
     line: u64,
     /// Names the file in I/O errors.
@@ -201,14 +296,11 @@ struct Lines {
 }
 
 impl Lines {
-    fn open(path: &Path) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+    fn open(path: &Path, max_bytes: usize) -> Result<Self, SourceError> {
         Ok(Lines {
-            reader: BufReader::with_capacity(READ_BUFFER_BYTES, file),
+            reader: open_file(path, READ_BUFFER_BYTES)?,
             buf: Vec::new(),
+            max_bytes,
             line: 0,
             path: path.to_owned(),
         })
@@ -216,16 +308,7 @@ impl Lines {
 
     fn next_line(&mut self) -> Result<Option<(u64, &[u8])>, SourceError> {
         loop {
-            self.buf.clear();
-            let read = self
-                .reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|source| SourceError::Read {
-                    path: self.path.clone(),
-                    line: self.line + 1,
-                    source,
-                })?;
-            if read == 0 {
+            if !self.read_line()? {
                 return Ok(None);
             }
             self.line += 1;
@@ -234,15 +317,84 @@ impl Lines {
             }
         }
     }
+
+    /// Reads the next line into `buf`, line feed included; `false` at the end of the file. A
+    /// line over the cap is an error as soon as the cap is passed, not once it is all read.
+    fn read_line(&mut self) -> Result<bool, SourceError> {
+        self.buf.clear();
+        loop {
+            let available = self.reader.fill_buf().map_err(|source| SourceError::Read {
+                path: self.path.clone(),
+                line: self.line + 1,
+                source,
+            })?;
+            if available.is_empty() {
+                return Ok(!self.buf.is_empty());
+            }
+            let (take, done) = match memchr::memchr(b'\n', available) {
+                Some(i) => (i + 1, true),
+                None => (available.len(), false),
+            };
+            if self.buf.len() + take > self.max_bytes {
+                return Err(SourceError::LineTooLong {
+                    path: self.path.clone(),
+                    line: self.line + 1,
+                    max: self.max_bytes,
+                });
+            }
+            self.buf.extend_from_slice(&available[..take]);
+            self.reader.consume(take);
+            if done {
+                return Ok(true);
+            }
+        }
+    }
 }
 
-/// Column names in first-seen order.
-#[derive(Default)]
+/// Column names in first-seen order, within the column caps.
 struct KeySet {
     /// The columns, in the order the file first uses them.
     names: Vec<String>,
     /// The same names, for a cheap membership test on every key of every line.
     seen: HashSet<String>,
+    /// Bytes of the names together, against `max_header_bytes`.
+    bytes: usize,
+    max_columns: usize,
+    max_header_bytes: usize,
+    /// Set when a new key would go over a cap; the parse is stopped then.
+    over: Option<Cap>,
+}
+
+impl KeySet {
+    fn new(limits: SourceSettings) -> Self {
+        KeySet {
+            names: Vec::new(),
+            seen: HashSet::new(),
+            bytes: 0,
+            max_columns: limits.max_columns,
+            max_header_bytes: limits.max_header_bytes,
+            over: None,
+        }
+    }
+
+    /// Adds `name` unless known; `false` (with `over` set) when that would pass a cap.
+    fn insert(&mut self, name: &str) -> bool {
+        if self.seen.contains(name) {
+            return true;
+        }
+        if self.names.len() >= self.max_columns {
+            self.over = Some(Cap::Columns(self.max_columns));
+            return false;
+        }
+        if self.bytes + name.len() > self.max_header_bytes {
+            self.over = Some(Cap::HeaderBytes(self.max_header_bytes));
+            return false;
+        }
+        self.bytes += name.len();
+        self.seen.insert(name.to_owned());
+        self.names.push(name.to_owned());
+        true
+    }
 }
 
 /// An object key, borrowed from the line unless it had escapes.
@@ -288,6 +440,10 @@ struct Projected<'a> {
     columns: &'a [String],
     /// The row being built, one slot per requested column, `None` until its key is seen.
     values: &'a mut [Option<String>],
+    /// Longest value kept (`source.max_field_bytes`).
+    max_field_bytes: usize,
+    /// Set to the column of a value over `max_field_bytes`: the row is then rejected.
+    too_long: &'a mut Option<usize>,
 }
 
 impl<'de> DeserializeSeed<'de> for Projected<'_> {
@@ -303,7 +459,12 @@ impl<'de> Visitor<'de> for Projected<'_> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Projected { columns, values } = self;
+        let Projected {
+            columns,
+            values,
+            max_field_bytes,
+            too_long,
+        } = self;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             // A handful of columns: a linear scan beats hashing.
             let mut slots = columns
@@ -316,6 +477,10 @@ impl<'de> Visitor<'de> for Projected<'_> {
                 continue;
             };
             let text = render(map.next_value::<Value>()?);
+            if text.as_ref().is_some_and(|t| t.len() > max_field_bytes) {
+                too_long.get_or_insert(first);
+                continue;
+            }
             // The same column requested twice gets the value twice.
             for other in slots {
                 values[other].clone_from(&text);
@@ -344,10 +509,8 @@ impl<'de> Visitor<'de> for KeyCollector<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let keys = self.0;
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            if !keys.seen.contains(key.as_str()) {
-                let name = key.as_str().to_owned();
-                keys.seen.insert(name.clone());
-                keys.names.push(name);
+            if !keys.insert(key.as_str()) {
+                return Err(A::Error::custom("over a column cap"));
             }
             map.next_value::<IgnoredAny>()?;
         }
@@ -366,6 +529,7 @@ mod tests {
     fn def(file: &NamedTempFile) -> SourceDef {
         SourceDef::Jsonl {
             path: file.path().to_owned(),
+            limits: SourceSettings::default(),
         }
     }
 
@@ -468,6 +632,183 @@ mod tests {
         assert!(error.reason.contains("not valid JSON"), "{}", error.reason);
         let last = items[2].as_ref().expect("row");
         assert_eq!((last.number, values(last)), (4, vec![Some("2")]));
+    }
+
+    fn def_with(file: &NamedTempFile, limits: SourceSettings) -> SourceDef {
+        SourceDef::Jsonl {
+            path: file.path().to_owned(),
+            limits,
+        }
+    }
+
+    /// Caps small enough for generated test files.
+    fn small_limits() -> SourceSettings {
+        SourceSettings {
+            max_line_bytes: 1024,
+            max_field_bytes: 100,
+            max_header_bytes: 64,
+            max_columns: 4,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_is_refused_for_having_no_columns() {
+        for contents in [&b""[..], b"\n  \n\n", b"{}\n"] {
+            let file = temp_file(contents);
+
+            let error = describe(&def(&file)).await.expect_err("no columns");
+
+            assert!(matches!(error, SourceError::NoColumns { .. }), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .contains(&file.path().display().to_string()),
+                "{error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn opening_an_empty_file_is_refused_for_having_no_columns() {
+        let file = temp_file(b"");
+
+        let error = open(&def(&file), &names(&["email"]))
+            .await
+            .err()
+            .expect("empty");
+
+        assert!(matches!(error, SourceError::NoColumns { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_cap_is_a_source_error_naming_the_line_and_the_setting() {
+        let contents = format!(
+            "{{\"email\": \"a@example.com\"}}\n{{\"email\": \"{}\"}}\n",
+            "secret".repeat(200)
+        );
+        let file = temp_file(contents.as_bytes());
+
+        let error = describe(&def_with(&file, small_limits()))
+            .await
+            .expect_err("long line");
+
+        assert!(
+            matches!(
+                error,
+                SourceError::LineTooLong {
+                    line: 2,
+                    max: 1024,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("source.max_line_bytes"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_cap_past_the_scanned_lines_stops_the_row_stream() {
+        let mut contents = "{\"email\": \"a@example.com\"}\n".repeat(1000);
+        contents.push_str(&format!("{{\"email\": \"{}\"}}\n", "x".repeat(2000)));
+        contents.push_str("{\"email\": \"c@example.com\"}\n");
+        let file = temp_file(contents.as_bytes());
+        let mut stream = open(&def_with(&file, small_limits()), &names(&["email"]))
+            .await
+            .expect("open");
+
+        let mut rows = 0;
+        let error = loop {
+            match stream.next_chunk(2048).await {
+                Ok(Some(chunk)) => rows += chunk.len(),
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(e) => break e,
+            }
+        };
+
+        assert_eq!(rows, 1000);
+        assert!(
+            matches!(error, SourceError::LineTooLong { line: 1001, .. }),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn more_distinct_keys_than_the_column_cap_are_refused_naming_the_line() {
+        let file = temp_file(b"{\"a\": 1, \"b\": 2}\n{\"c\": 3, \"d\": 4}\n{\"e\": 5}\n");
+
+        let error = describe(&def_with(&file, small_limits()))
+            .await
+            .expect_err("five columns");
+
+        assert!(
+            matches!(
+                error,
+                SourceError::TooManyColumns {
+                    line: 3,
+                    max: 4,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("source.max_columns"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn key_names_longer_together_than_the_header_cap_are_refused() {
+        let contents = format!("{{\"email\": 1, \"{}\": 2}}\n", "k".repeat(100));
+        let file = temp_file(contents.as_bytes());
+
+        let error = open(&def_with(&file, small_limits()), &names(&["email"]))
+            .await
+            .err()
+            .expect("long key");
+
+        assert!(
+            matches!(
+                error,
+                SourceError::HeaderTooLong {
+                    line: 1,
+                    max: 64,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("kkkk"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_mapped_value_over_the_field_cap_is_a_row_error_naming_the_column() {
+        let contents = format!(
+            "{{\"email\": \"a@example.com\", \"notes\": \"{}\"}}\n{{\"email\": \"b@example.com\"}}\n",
+            "x".repeat(101)
+        );
+        let file = temp_file(contents.as_bytes());
+
+        let items = read_all(&def_with(&file, small_limits()), &["email", "notes"]).await;
+
+        let long = items[0].as_ref().expect_err("long value");
+        assert!(long.reason.contains("`notes`"), "{}", long.reason);
+        assert!(
+            long.reason.contains("source.max_field_bytes"),
+            "{}",
+            long.reason
+        );
+        assert!(items[1].is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_utf16_file_is_refused_naming_the_encoding() {
+        let file = temp_file(b"\xFE\xFF\x00{\x00}\x00\n");
+
+        let error = describe(&def(&file)).await.expect_err("utf-16");
+
+        assert!(matches!(error, SourceError::Utf16 { .. }), "{error}");
     }
 
     #[tokio::test]

@@ -3,9 +3,18 @@
 //! read by a background task that hands rows over in chunks through a bounded channel, so an
 //! export of millions of profiles keeps memory flat and parsing overlaps delivery.
 //!
-//! Row-level problems (a ragged CSV row, invalid UTF-8, a line that is not a JSON object, an SQL
-//! value that cannot be read as text) are [`RowError`]s: the export records them as rejected and
-//! goes on. Anything that stops the whole source is a [`SourceError`].
+//! Two kinds of problem, by whether the rest of the source can still be trusted:
+//! - A [`RowError`] concerns one row whose neighbours read fine (a ragged CSV row, invalid
+//!   UTF-8 in a value, a line that is not a JSON object, a value over `source.max_field_bytes`,
+//!   an SQL value that cannot be read as text): the export records the row as rejected and goes
+//!   on.
+//! - A [`SourceError`] means the source cannot be read, or cannot be read as what it claims
+//!   from some point on (a CSV quote never closed, a line over `source.max_line_bytes`, too
+//!   many columns, a UTF-16 file, a lost connection): the run fails before sending anything.
+//!
+//! Files are read within the caps of [`SourceSettings`] while reading, never after: a reader
+//! holds at most one line of `max_line_bytes` besides its read buffer, and chunks are cut by
+//! bytes as well as rows, so memory does not follow the input's size.
 
 mod csv;
 mod jsonl;
@@ -13,26 +22,47 @@ mod sql;
 #[cfg(test)]
 mod testing;
 
+use std::collections::HashSet;
 use std::fmt;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::escape::untrusted_capped;
+pub use crate::settings::SourceSettings;
+
 /// Rows per chunk handed from a reader task to the consumer: large enough to amortise the
 /// channel hand-off, small enough that the chunks in flight stay a few megabytes.
 const CHUNK_ROWS: usize = 2048;
+/// Value bytes after which a chunk is handed over even when it has fewer than [`CHUNK_ROWS`]
+/// rows: with long values, a chunk of 2048 rows could otherwise hold gigabytes. Together with
+/// [`CHANNEL_CHUNKS`] this bounds what a reader runs ahead by to a few megabytes.
+const CHUNK_BYTES: usize = 1024 * 1024;
 /// Chunks buffered between a reader task and its consumer, so parsing can run a little ahead.
 const CHANNEL_CHUNKS: usize = 4;
+/// Characters of a column name shown in a message: enough to recognise it, never megabytes.
+const SHOWN_NAME_CHARS: usize = 64;
+/// Column names listed in a message before "and N more".
+const SHOWN_NAMES: usize = 20;
 
 /// Where a segment's profiles come from.
 #[derive(Clone, Debug)]
 pub enum SourceDef {
-    /// A CSV file whose first line is a header naming the columns.
-    Csv { path: PathBuf, delimiter: u8 },
-    /// A file holding one JSON object per line.
-    Jsonl { path: PathBuf },
+    /// A CSV file whose first line is a header naming the columns, read within `limits`.
+    Csv {
+        path: PathBuf,
+        delimiter: u8,
+        limits: SourceSettings,
+    },
+    /// A file holding one JSON object per line, read within `limits`.
+    Jsonl {
+        path: PathBuf,
+        limits: SourceSettings,
+    },
     /// A query run read-only against `sqlite:...` or `postgres://...`; the URL may hold a
     /// password, hence secret.
     Sql {
@@ -45,7 +75,9 @@ impl SourceDef {
     /// How errors name this source: the file path, or the database with its password redacted.
     fn name(&self) -> String {
         match self {
-            SourceDef::Csv { path, .. } | SourceDef::Jsonl { path } => path.display().to_string(),
+            SourceDef::Csv { path, .. } | SourceDef::Jsonl { path, .. } => {
+                path.display().to_string()
+            }
             SourceDef::Sql { database_url, .. } => sql::source_name(database_url),
         }
     }
@@ -99,6 +131,59 @@ pub enum SourceError {
     #[error("the header (line {line}) of {path} is not valid UTF-8: save the file as UTF-8")]
     HeaderNotUtf8 { path: PathBuf, line: u64 },
     #[error(
+        "{path} is encoded as UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8"
+    )]
+    Utf16 { path: PathBuf },
+    #[error(
+        "{path} holds no JSON object with keys: a JSONL segment needs at least one line holding \
+         an object, whose keys name the columns"
+    )]
+    NoColumns { path: PathBuf },
+    #[error(
+        "{path} line {line} is longer than {max} bytes (setting source.max_line_bytes): check that \
+         this is the intended file, or raise source.max_line_bytes"
+    )]
+    LineTooLong {
+        path: PathBuf,
+        line: u64,
+        max: usize,
+    },
+    #[error(
+        "{path} line {line}: a quoted field opened in the record starting on this line runs on to \
+         line {end_line}, past {max} bytes (setting source.max_line_bytes); its closing quote is \
+         probably missing (a quote inside a quoted field is written twice: \"\")"
+    )]
+    RecordTooLong {
+        path: PathBuf,
+        line: u64,
+        end_line: u64,
+        max: usize,
+    },
+    #[error(
+        "{path} line {line}: a quoted field in the record starting on this line is never closed, \
+         so the rest of the file would be read as one value; add the closing quote (a quote \
+         inside a quoted field is written twice: \"\")"
+    )]
+    UnterminatedQuote { path: PathBuf, line: u64 },
+    #[error(
+        "{source_name} line {line}: the column names take more than {max} bytes (setting \
+         source.max_header_bytes)"
+    )]
+    HeaderTooLong {
+        source_name: String,
+        line: u64,
+        max: usize,
+    },
+    #[error(
+        "{source_name} line {line}: more than {max} columns (setting source.max_columns); check \
+         the delimiter, or raise source.max_columns"
+    )]
+    TooManyColumns {
+        source_name: String,
+        line: u64,
+        max: usize,
+    },
+    #[error(
         "{source_name} has more than one column named {}: give each column a unique name",
         quoted_list(columns)
     )]
@@ -113,7 +198,8 @@ pub enum SourceError {
         reason: String,
     },
     #[error(
-        "column `{column}` is not in {source_name}; available columns: {}",
+        "column {} is not in {source_name}; available columns: {}",
+        shown_name(column),
         quoted_list(available)
     )]
     UnknownColumn {
@@ -157,15 +243,27 @@ impl SourceError {
     }
 }
 
+/// A column name as messages show it: quoted, escaped and cut to [`SHOWN_NAME_CHARS`], since
+/// it comes from the file.
+pub fn shown_name(name: &str) -> String {
+    format!("`{}`", untrusted_capped(name, SHOWN_NAME_CHARS))
+}
+
+/// Up to [`SHOWN_NAMES`] names, each as [`shown_name`], then how many more there are.
 fn quoted_list(names: &[String]) -> String {
     if names.is_empty() {
         return "(none)".to_owned();
     }
-    names
+    let mut list = names
         .iter()
-        .map(|n| format!("`{n}`"))
+        .take(SHOWN_NAMES)
+        .map(|n| shown_name(n))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if names.len() > SHOWN_NAMES {
+        list.push_str(&format!(" and {} more", names.len() - SHOWN_NAMES));
+    }
+    list
 }
 
 /// What `segment add` shows: the source's columns and how many rows it holds.
@@ -180,8 +278,8 @@ pub struct Description {
 /// segment is never added over a file the export would partly reject. JSONL columns are the
 /// union of the top-level keys, in first-seen order.
 pub async fn describe(def: &SourceDef) -> Result<Description, SourceError> {
-    if let SourceDef::Jsonl { path } = def {
-        return jsonl::describe(path).await;
+    if let SourceDef::Jsonl { path, limits } = def {
+        return jsonl::describe(path, *limits).await;
     }
     let (columns, mut stream) = open_projected(def, Some(&[])).await?;
     let mut rows = 0;
@@ -235,8 +333,12 @@ async fn open_projected(
     columns: Option<&[String]>,
 ) -> Result<(Vec<String>, RowStream), SourceError> {
     match def {
-        SourceDef::Csv { path, delimiter } => csv::open(path, *delimiter, columns).await,
-        SourceDef::Jsonl { path } => jsonl::open(path, columns).await,
+        SourceDef::Csv {
+            path,
+            delimiter,
+            limits,
+        } => csv::open(path, *delimiter, *limits, columns).await,
+        SourceDef::Jsonl { path, limits } => jsonl::open(path, *limits, columns).await,
         SourceDef::Sql {
             query,
             database_url,
@@ -270,10 +372,13 @@ fn project(
 }
 
 /// Names that appear more than once in `columns`, each listed once, in order of appearance.
+/// Linear: a wide header must not cost a comparison per pair of columns.
 fn duplicate_names(columns: &[String]) -> Vec<String> {
-    let mut duplicates: Vec<String> = Vec::new();
-    for (i, name) in columns.iter().enumerate() {
-        if columns[..i].contains(name) && !duplicates.contains(name) {
+    let mut seen: HashSet<&str> = HashSet::with_capacity(columns.len());
+    let mut reported: HashSet<&str> = HashSet::new();
+    let mut duplicates = Vec::new();
+    for name in columns {
+        if !seen.insert(name) && reported.insert(name) {
             duplicates.push(name.clone());
         }
     }
@@ -369,6 +474,8 @@ struct ChunkSender {
     tx: mpsc::Sender<Chunk>,
     /// The chunk being filled.
     buf: Vec<Item>,
+    /// Value bytes in `buf`, to hand it over at [`CHUNK_BYTES`].
+    bytes: usize,
 }
 
 /// The consumer dropped the stream; the reader should stop.
@@ -379,17 +486,28 @@ impl ChunkSender {
         ChunkSender {
             tx,
             buf: Vec::with_capacity(CHUNK_ROWS),
+            bytes: 0,
         }
     }
 
     fn take_chunk(&mut self) -> Vec<Item> {
+        self.bytes = 0;
         std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_ROWS))
+    }
+
+    /// Adds `item`; whether the chunk is now full, by rows or by bytes.
+    fn add(&mut self, item: Item) -> bool {
+        self.bytes += match &item {
+            Ok(row) => row.values.iter().flatten().map(String::len).sum(),
+            Err(e) => e.reason.len(),
+        };
+        self.buf.push(item);
+        self.buf.len() >= CHUNK_ROWS || self.bytes >= CHUNK_BYTES
     }
 
     /// For readers on a blocking thread.
     fn push_blocking(&mut self, item: Item) -> Result<(), Closed> {
-        self.buf.push(item);
-        if self.buf.len() >= CHUNK_ROWS {
+        if self.add(item) {
             let chunk = self.take_chunk();
             self.tx.blocking_send(Ok(chunk)).map_err(|_| Closed)?;
         }
@@ -412,8 +530,7 @@ impl ChunkSender {
 
     /// For readers on the async runtime.
     async fn push(&mut self, item: Item) -> Result<(), Closed> {
-        self.buf.push(item);
-        if self.buf.len() >= CHUNK_ROWS {
+        if self.add(item) {
             let chunk = self.take_chunk();
             self.tx.send(Ok(chunk)).await.map_err(|_| Closed)?;
         }
@@ -432,6 +549,30 @@ impl ChunkSender {
             let _ = self.tx.send(Err(e)).await;
         }
     }
+}
+
+/// Byte order marks of UTF-16 (and UTF-32, which starts like UTF-16 LE).
+const UTF16_BOMS: [&[u8]; 2] = [b"\xFF\xFE", b"\xFE\xFF"];
+
+/// Opens a segment file for buffered reading. A UTF-16 file is refused here, naming the fix: its
+/// bytes would otherwise parse into rows of garbage, every other byte a NUL.
+fn open_file(path: &Path, buffer_bytes: usize) -> Result<BufReader<File>, SourceError> {
+    let file = File::open(path).map_err(|source| SourceError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut reader = BufReader::with_capacity(buffer_bytes, file);
+    let start = reader.fill_buf().map_err(|source| SourceError::Read {
+        path: path.to_owned(),
+        line: 1,
+        source,
+    })?;
+    if UTF16_BOMS.iter().any(|bom| start.starts_with(bom)) {
+        return Err(SourceError::Utf16 {
+            path: path.to_owned(),
+        });
+    }
+    Ok(reader)
 }
 
 /// Runs a blocking reader on the blocking pool and returns the stream it feeds.

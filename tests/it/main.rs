@@ -12,4 +12,5 @@ mod layout;
 mod security_http;
 mod security_state;
 mod security_triggers;
+mod sources;
 mod support;
