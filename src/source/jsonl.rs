@@ -15,8 +15,8 @@ use serde_json::Value;
 use serde_json::error::Category;
 
 use super::{
-    ChunkSender, Description, Row, RowError, RowStream, SourceError, project, run_blocking,
-    spawn_blocking_reader,
+    ChunkSender, ColumnType, Description, Row, RowError, RowStream, SourceError, project,
+    run_blocking, spawn_blocking_reader,
 };
 
 /// Lines read when opening to learn the columns: a column is known if one of the first this
@@ -46,6 +46,7 @@ fn describe_blocking(path: &Path) -> Result<Description, SourceError> {
         rows += 1;
     }
     Ok(Description {
+        types: keys.names.iter().map(|_| ColumnType::jsonl()).collect(),
         columns: keys.names,
         rows,
     })
@@ -427,6 +428,7 @@ mod tests {
             description,
             Description {
                 columns: names(&["z", "a", "m"]),
+                types: vec![ColumnType::jsonl(); 3],
                 rows: 2
             }
         );
