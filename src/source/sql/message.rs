@@ -7,7 +7,8 @@ use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
 
 use crate::escape::untrusted;
 
-/// What to tell the user about `error`, raised while preparing or running `query`.
+/// What to tell the user about `error`, raised while connecting (`query` empty), preparing or
+/// running `query`.
 pub(super) fn database_message(error: &sqlx::Error, query: &str) -> String {
     let sqlx::Error::Database(database) = error else {
         return error.to_string();

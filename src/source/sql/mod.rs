@@ -69,7 +69,8 @@ impl Database {
     fn connect_error(&self, error: &sqlx::Error) -> SourceError {
         SourceError::Connect {
             database: self.label.clone(),
-            message: self.passwords.scrub(&error.to_string()),
+            // No query yet, so no position to point at.
+            message: self.passwords.scrub(&database_message(error, "")),
         }
     }
 

@@ -499,3 +499,20 @@ async fn sqlite_values_convert_by_storage_class_and_a_boolean_column_says_true_o
         ]
     );
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn a_connection_the_server_refuses_gives_its_message_without_the_servers_source_line() {
+    let url = postgres_url();
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    let def = sql_def("SELECT 1", &format!("{base}/acexport_no_such_database"));
+
+    let error = describe(&def).await.expect_err("no such database");
+
+    let text = error.to_string();
+    assert!(matches!(error, SourceError::Connect { .. }), "{text}");
+    assert!(
+        text.ends_with(r#": database "acexport_no_such_database" does not exist"#),
+        "{text}"
+    );
+}
