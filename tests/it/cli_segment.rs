@@ -693,3 +693,91 @@ async fn a_query_error_names_the_segment_and_the_line_and_column_in_the_query() 
     );
     assert!(!stderr.contains("at line 1"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_update_mapping_a_column_that_cannot_be_exported_is_refused_and_keeps_the_export()
+{
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    let url = typed_sqlite_database(&env).await;
+    env.run(&[
+        "segment",
+        "add",
+        "members",
+        "--sql",
+        "SELECT * FROM typed",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+    env.run(&export_add_args(&["--field", "2=ref"]))
+        .await
+        .assert_ok();
+
+    let out = env
+        .run(&["export", "update", "weekly", "--field", "2=photo"])
+        .await;
+
+    out.assert_fails_with(1, "column \"photo\" of segment \"members\"");
+    let saved = env.show_json("export", "weekly").await;
+    assert_eq!(
+        saved["fields"],
+        serde_json::json!([{"field_id": 2, "column": "ref"}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preview_shows_the_rows_read_before_the_source_failed_and_then_why() {
+    let env = TestEnv::new().await;
+    let path = env.path("docs.db");
+    let url = format!("sqlite:{}", path.display());
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("create the test database");
+    sqlx::raw_sql(
+        "CREATE TABLE docs (id INTEGER, doc TEXT);
+         INSERT INTO docs VALUES (1, '{\"email\":\"ada@example.com\"}'),
+             (2, '{\"email\":\"alan@example.com\"}');",
+    )
+    .execute(&pool)
+    .await
+    .expect("fill the test database");
+    env.run(&[
+        "segment",
+        "add",
+        "members",
+        "--sql",
+        "SELECT json_extract(doc, '$.email') AS email FROM docs",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+    // A row added later that SQLite cannot read: the query fails on it, mid-stream.
+    sqlx::query("INSERT INTO docs VALUES (3, '{not json')")
+        .execute(&pool)
+        .await
+        .expect("add a broken row");
+    pool.close().await;
+
+    let out = env.run(&["segment", "preview", "members"]).await;
+
+    out.assert_fails_with(1, "segment \"members\"");
+    assert!(
+        out.stderr_text().contains("after 2 rows"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        out.stderr_text().contains("malformed JSON"),
+        "{}",
+        out.stderr_text()
+    );
+    let stdout = out.stdout_text();
+    assert!(stdout.contains("ada@example.com"), "{stdout}");
+    assert!(stdout.contains("alan@example.com"), "{stdout}");
+}

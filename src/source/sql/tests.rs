@@ -516,3 +516,56 @@ async fn a_connection_the_server_refuses_gives_its_message_without_the_servers_s
         "{text}"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn postgres_enums_domains_and_their_arrays_convert_by_the_type_beneath() {
+    let url = postgres_url();
+    let mut conn = PgConnection::connect(&url).await.expect("connect");
+    let table = postgres_table(
+        &mut conn,
+        "CREATE TYPE {table}_tier AS ENUM ('gold', 'silver');
+         CREATE DOMAIN {table}_price AS numeric(8,3);
+         CREATE TABLE {table} (tier {table}_tier, tiers {table}_tier[], price {table}_price,
+             code char(4), at time, atz timetz, grid int4[], docs jsonb[], raw bytea);
+         INSERT INTO {table} VALUES ('gold', '{silver,gold}', 2.5, 'ab', '08:15:00.5',
+             '08:15:00+02', '{{1,2},{3,4}}', ARRAY['{}'::jsonb], '\\x00');",
+    )
+    .await;
+    let def = sql_def(&format!("SELECT * FROM {table}"), &url);
+
+    let described = describe(&def).await;
+    let items = read_all(&def, &["tier", "tiers", "price", "code", "at", "atz"]).await;
+    let grid = read_all(&def, &["grid"]).await;
+    let docs = open(&def, &names(&["docs"])).await.err();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP TABLE {table}; DROP TYPE {table}_tier; DROP DOMAIN {table}_price;"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("drop the test types");
+
+    let types = described.expect("describe").types;
+    let refused: Vec<bool> = types.iter().map(|t| t.refusal().is_some()).collect();
+    assert_eq!(
+        refused,
+        [false, false, false, false, false, false, false, true, true]
+    );
+    assert_eq!(types[1].name, format!("{table}_tier[]"));
+    assert_eq!(
+        values(items[0].as_ref().expect("row")),
+        [
+            Some("gold"),
+            Some("||silver||gold||"),
+            Some("2.500"),
+            Some("ab  "),
+            Some("08:15:00.500"),
+            Some("08:15:00+02:00")
+        ]
+    );
+    let error = grid[0].as_ref().expect_err("a 2-dimensional array");
+    assert!(error.reason.contains("`grid`"), "{}", error.reason);
+    assert!(error.reason.contains("2-dimensional"), "{}", error.reason);
+    let docs = docs.expect("jsonb[] refused").to_string();
+    assert!(docs.contains("an array of JSON"), "{docs}");
+}
