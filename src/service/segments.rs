@@ -1,6 +1,7 @@
 //! Segments: a CSV or JSONL file, or an SQL query against the user's SQLite or PostgreSQL
 //! database (read-only). Adding one reads it through once, so a broken file is refused with
-//! the line at fault before it is saved.
+//! the line at fault before it is saved, and records each column's type and text rule, so an
+//! export mapping a column that cannot be exported is refused when it is saved.
 
 use std::path::PathBuf;
 

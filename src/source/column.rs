@@ -113,7 +113,9 @@ impl Conversion {
             Conversion::SqliteValue => {
                 "by value: integer as decimal, real as shortest decimal, text as is".to_owned()
             }
-            Conversion::SqliteBoolean => "0 as false, other integers as true".to_owned(),
+            Conversion::SqliteBoolean => {
+                "0 as false, other integers as true, text as is".to_owned()
+            }
             Conversion::JsonValue => "strings as is, other values as JSON".to_owned(),
             Conversion::Refused { reason } => format!("cannot be exported: {reason}"),
         }

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use chrono::{Days, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 
+use super::text::float_text;
 use crate::source::Conversion;
 
 /// The multi-value separator of ActiveCampaign's checkbox and list fields: `||a||b||`.
@@ -34,16 +35,8 @@ pub(super) fn to_text(conversion: &Conversion, bytes: &[u8]) -> Result<Option<St
         Conversion::Date => date(bytes)?,
         Conversion::Time => time(bytes)?,
         Conversion::TimeWithZone => time_with_zone(bytes)?,
-        Conversion::Timestamp => timestamp(bytes)?,
-        Conversion::TimestampUtc => {
-            let text = timestamp(bytes)?;
-            // `infinity` is not a time, so it takes no zone.
-            if text.ends_with("infinity") {
-                text
-            } else {
-                text + "Z"
-            }
-        }
+        Conversion::Timestamp => timestamp(bytes, "")?,
+        Conversion::TimestampUtc => timestamp(bytes, "Z")?,
         Conversion::Json => json(bytes)?,
         Conversion::MultiValue { element } => return multi_value(element, bytes),
         Conversion::Refused { reason } => return Err(reason.clone()),
@@ -99,22 +92,6 @@ fn float(bytes: &[u8]) -> Result<String, String> {
         _ => None,
     }
     .ok_or_else(|| malformed("a floating-point number"))
-}
-
-/// Shortest round-trip decimal: Rust's `Display` for floats never uses an exponent and prints
-/// the fewest digits that parse back to the same value. Non-finite values as PostgreSQL
-/// spells them.
-pub(super) fn float_text<F: Into<f64> + std::fmt::Display + Copy>(value: F) -> String {
-    let wide: f64 = value.into();
-    if wide.is_nan() {
-        "NaN".to_owned()
-    } else if wide == f64::INFINITY {
-        "Infinity".to_owned()
-    } else if wide == f64::NEG_INFINITY {
-        "-Infinity".to_owned()
-    } else {
-        value.to_string()
-    }
 }
 
 /// NUMERIC's sign word (numeric.c).
@@ -283,7 +260,9 @@ fn time_with_zone(bytes: &[u8]) -> Result<String, String> {
     Ok(out)
 }
 
-fn timestamp(bytes: &[u8]) -> Result<String, String> {
+/// A timestamp followed by `zone` (`Z` for TIMESTAMPTZ, which the server sends in UTC);
+/// `infinity` is not a time, so it takes no zone.
+fn timestamp(bytes: &[u8], zone: &str) -> Result<String, String> {
     let micros = match i64_at(bytes) {
         Some((micros, [])) => micros,
         _ => return Err(malformed("a timestamp")),
@@ -293,7 +272,7 @@ fn timestamp(bytes: &[u8]) -> Result<String, String> {
     }
     postgres_epoch()
         .checked_add_signed(TimeDelta::microseconds(micros))
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.f").to_string())
+        .map(|t| format!("{}{zone}", t.format("%Y-%m-%dT%H:%M:%S%.f")))
         .ok_or_else(|| "the timestamp is outside the years this program can write".to_owned())
 }
 
@@ -378,6 +357,9 @@ fn multi_value(element: &Conversion, bytes: &[u8]) -> Result<Option<String>, Str
         }
         out.push_str(MULTI_VALUE_SEPARATOR);
         out.push_str(&text);
+    }
+    if !rest.is_empty() {
+        return Err(bad());
     }
     if out.is_empty() {
         return Ok(None);

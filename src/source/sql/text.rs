@@ -64,7 +64,6 @@ impl TextRow for SqliteRow {
         }
         // Not NULL, so this is the value's own storage class, not the declared type.
         let held = raw.type_info().name().to_owned();
-        drop(raw);
         match held.as_str() {
             "INTEGER" => {
                 let value: i64 = self.try_get_unchecked(i).map_err(|e| e.to_string())?;
@@ -75,7 +74,7 @@ impl TextRow for SqliteRow {
             }
             "REAL" => {
                 let value: f64 = self.try_get_unchecked(i).map_err(|e| e.to_string())?;
-                Ok(Some(pg_binary::float_text(value)))
+                Ok(Some(float_text(value)))
             }
             "TEXT" => self
                 .try_get_unchecked::<String, _>(i)
@@ -86,5 +85,21 @@ impl TextRow for SqliteRow {
                  ActiveCampaign; convert it in the query, e.g. hex(col), or leave the row out"
             )),
         }
+    }
+}
+
+/// Shortest round-trip decimal: Rust's `Display` for floats never uses an exponent and prints
+/// the fewest digits that parse back to the same value. Non-finite values as PostgreSQL
+/// spells them.
+pub(super) fn float_text<F: Into<f64> + std::fmt::Display + Copy>(value: F) -> String {
+    let wide: f64 = value.into();
+    if wide.is_nan() {
+        "NaN".to_owned()
+    } else if wide == f64::INFINITY {
+        "Infinity".to_owned()
+    } else if wide == f64::NEG_INFINITY {
+        "-Infinity".to_owned()
+    } else {
+        value.to_string()
     }
 }
