@@ -91,6 +91,18 @@ pub fn service_error_text(e: &ServiceError) -> String {
              `acexport export update`",
             describe_columns_in_use(missing)
         ),
+        ServiceError::NotExportableColumn {
+            field,
+            column,
+            segment,
+            column_type,
+        } => format!(
+            "column {column:?} of segment {segment:?} (mapped by {}) has type {}, which cannot \
+             be exported: {}",
+            field_flag(*field),
+            column_type.name,
+            column_type.refusal().unwrap_or_default()
+        ),
         ServiceError::ConnectionRejected { connection, detail } => format!(
             "connection {connection:?} was rejected by ActiveCampaign ({}); fix it with \
              `acexport connection update` first",
@@ -110,6 +122,7 @@ pub fn service_error_text(e: &ServiceError) -> String {
         | ServiceError::Host(_)
         | ServiceError::ActiveCampaign(_)
         | ServiceError::Source(_)
+        | ServiceError::SegmentSource { .. }
         | ServiceError::Secrets(_)
         | ServiceError::Store(_) => e.to_string(),
     }
@@ -234,6 +247,20 @@ mod tests {
                     columns: vec!["email".to_owned()],
                 },
                 "--first-name",
+            ),
+            (
+                ServiceError::NotExportableColumn {
+                    field: MappedField::Custom(2),
+                    column: "photo".to_owned(),
+                    segment: "vips".to_owned(),
+                    column_type: Box::new(crate::source::ColumnType {
+                        name: "BYTEA".to_owned(),
+                        conversion: crate::source::Conversion::Refused {
+                            reason: "binary data".to_owned(),
+                        },
+                    }),
+                },
+                "--field",
             ),
         ]
     }

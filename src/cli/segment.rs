@@ -10,7 +10,9 @@ use super::output::{self, Table};
 use super::{CliError, secret_from_stdin};
 use crate::escape::untrusted_capped;
 use crate::service::Context;
-use crate::service::segments::{DatabaseInput, NewSource, SegmentInput, SegmentPatch, SegmentView};
+use crate::service::segments::{
+    DatabaseInput, NewSource, SegmentInput, SegmentKind, SegmentPatch, SegmentPreview, SegmentView,
+};
 
 /// Rows `segment preview` shows unless `--limit` says otherwise.
 const DEFAULT_PREVIEW_ROWS: u16 = 10;
@@ -262,24 +264,13 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
             }
         }
         SegmentCommand::Preview { name, limit } => {
-            let (columns, rows) = ctx.preview_segment(&name, usize::from(limit)).await?;
-            let mut table = Table::new(columns.iter().map(|c| shown_name(c)));
-            for row in &rows {
-                table.row(
-                    row.values
-                        .iter()
-                        .map(|v| {
-                            untrusted_capped(v.as_deref().unwrap_or_default(), SHOWN_VALUE_CHARS)
-                                .into_owned()
-                        })
-                        .collect(),
-                );
+            let preview = ctx.preview_segment(&name, usize::from(limit)).await?;
+            output::emit(&preview_text(&preview))?;
+            // The rows read are shown above; the reason reading stopped is the error.
+            match preview.stopped {
+                Some(error) => Err(error.into()),
+                None => Ok(()),
             }
-            let mut text = table.render();
-            if table.is_empty() {
-                text.push_str("(no rows)\n");
-            }
-            output::emit(&text)
         }
         SegmentCommand::Update(args) => {
             let name = args.name.clone();
@@ -306,14 +297,76 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
 
 fn describe(v: &SegmentView) -> String {
     let columns: Vec<String> = v.columns.iter().map(|c| shown_name(c)).collect();
-    output::fields(&[
+    let mut text = output::fields(&[
         ("name", v.name.clone()),
         ("kind", v.kind.to_string()),
         ("source", v.source.clone()),
         ("rows", v.rows.to_string()),
         ("columns", output::list_or_none(&columns)),
         ("exports", output::list_or_none(&v.exports)),
-    ])
+    ]);
+    if !v.column_types.is_empty() {
+        let mut table = Table::new(["COLUMN", "TYPE", "SENT AS"]);
+        for column in &v.column_types {
+            table.row(vec![
+                shown_name(&column.name),
+                column.type_name.clone(),
+                column.conversion.clone(),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
+}
+
+/// The preview table of the rows a run would send, then the rows it would reject and the
+/// columns it cannot send, each with the reason: every row read is accounted for.
+fn preview_text(preview: &SegmentPreview) -> String {
+    // Row numbers are file lines for files, positions in the result for a query.
+    let unit = match preview.kind {
+        SegmentKind::Csv | SegmentKind::Jsonl => "line",
+        SegmentKind::Sql => "row",
+    };
+    let mut table = Table::new(preview.columns.iter().map(|c| shown_name(c)));
+    let mut rejected = Vec::new();
+    for row in &preview.rows {
+        match row {
+            Ok(row) => table.row(
+                row.values
+                    .iter()
+                    .map(|v| {
+                        untrusted_capped(v.as_deref().unwrap_or_default(), SHOWN_VALUE_CHARS)
+                            .into_owned()
+                    })
+                    .collect(),
+            ),
+            Err(e) => rejected.push(format!("  {unit} {}: {}", e.number, e.reason)),
+        }
+    }
+    let mut text = table.render();
+    if table.is_empty() {
+        text.push_str("(no rows)\n");
+    }
+    if !rejected.is_empty() {
+        text.push_str("\nRejected (a run records these and sends the rest):\n");
+        for line in rejected {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    if !preview.hidden.is_empty() {
+        text.push_str("\nNot shown (an export cannot map these):\n");
+        for column in &preview.hidden {
+            text.push_str(&format!(
+                "  {} ({}): {}\n",
+                shown_name(&column.name),
+                column.type_name,
+                column.conversion
+            ));
+        }
+    }
+    text
 }
 
 /// A column name as the text output shows it: escaped and cut (JSON output keeps it whole; the

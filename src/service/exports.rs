@@ -1,9 +1,10 @@
 //! Exports (Customer Insights: Data > Exports). Before saving, the definition is checked
 //! against ActiveCampaign (the list and custom fields exist) and against its segments (every
-//! mapped column exists). Only those reads reach ActiveCampaign; saving runs nothing.
+//! mapped column exists and has a type that can be exported). Only those reads reach ActiveCampaign; saving runs nothing.
 
 use serde::Serialize;
 
+use super::segments::stored_column_types;
 use super::{Context, ServiceError, check_name};
 use crate::scheduler::Schedule;
 use crate::store::connections::ConnectionStatus;
@@ -140,14 +141,27 @@ impl Context {
                 });
             }
             let segment = self.find_segment(name).await?;
+            // Recorded when the segment was saved; a segment saved before they were is
+            // checked when a run opens it.
+            let types = stored_column_types(&segment);
             let columns = segment.columns.0;
             for (field, column) in &mapped {
-                if !columns.iter().any(|c| c == column) {
+                let Some(i) = columns.iter().position(|c| c == column) else {
                     return Err(ServiceError::UnknownColumn {
                         field: *field,
                         column: (*column).to_owned(),
                         segment: name.clone(),
                         columns,
+                    });
+                };
+                if let Some(ty) = types.as_ref().and_then(|t| t.get(i))
+                    && ty.refusal().is_some()
+                {
+                    return Err(ServiceError::NotExportableColumn {
+                        field: *field,
+                        column: (*column).to_owned(),
+                        segment: name.clone(),
+                        column_type: Box::new(ty.clone()),
                     });
                 }
             }

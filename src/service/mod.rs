@@ -23,7 +23,7 @@ use crate::pipeline::RunControl;
 use crate::scheduler::ScheduleError;
 use crate::secrets::{Purpose, SecretKey, SecretsError};
 use crate::settings::Settings;
-use crate::source::SourceError;
+use crate::source::{ColumnType, SourceError};
 use crate::store::{ConnectionDef, Store};
 
 // The views the CLI renders, so it need not reach into the store.
@@ -125,6 +125,20 @@ pub enum ServiceError {
         segment: String,
         columns: Vec<String>,
     },
+    /// A mapped column whose type has no text rule (see `crate::source::Conversion`).
+    #[error(
+        "column {column:?} of segment {segment:?} (mapped to the {field}) has type {}, which \
+         cannot be exported: {}",
+        .column_type.name,
+        .column_type.refusal().unwrap_or_default()
+    )]
+    NotExportableColumn {
+        field: MappedField,
+        column: String,
+        segment: String,
+        /// Boxed to keep every error small.
+        column_type: Box<ColumnType>,
+    },
     #[error(
         "connection {connection:?} was rejected by ActiveCampaign ({}); update its key first",
         .detail.as_deref().unwrap_or_default()
@@ -146,6 +160,12 @@ pub enum ServiceError {
     ActiveCampaign(#[from] AcError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A segment's source could not be read, named so the user knows which segment to fix.
+    #[error("segment {segment:?}: {source}")]
+    SegmentSource {
+        segment: String,
+        source: SourceError,
+    },
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error(transparent)]

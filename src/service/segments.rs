@@ -1,7 +1,9 @@
 //! Segments: a CSV or JSONL file, or an SQL query against the user's SQLite or PostgreSQL
 //! database (read-only). Adding one reads it through once, so a broken file is refused with
-//! the line at fault before it is saved. Updating one reads its new source the same way, and
-//! is refused while an export maps a column the new source lacks.
+//! the line at fault before it is saved, and records each column's type and text rule, so an
+//! export mapping a column that cannot be exported is refused when it is saved. Updating one
+//! reads its new source the same way, and is refused while an export maps a column the new
+//! source lacks.
 
 use std::path::PathBuf;
 
@@ -10,7 +12,7 @@ use serde::Serialize;
 
 use super::{Context, MappedField, Remedy, ServiceError, check_name};
 use crate::secrets::Purpose;
-use crate::source::{self, Row, SourceDef};
+use crate::source::{self, ColumnType, Row, RowError, SourceDef, SourceError};
 use crate::store::SegmentDef;
 use crate::store::connections::Sealed;
 use crate::store::exports::{ColumnRole, MappedColumn};
@@ -297,8 +299,64 @@ pub struct SegmentView {
     /// File path, or the database (password masked) and query.
     pub source: String,
     pub columns: Vec<String>,
+    /// Each column's type and how its values become text, in the order of `columns`; empty
+    /// for an SQL segment saved before types were recorded, until `segment show` reads them.
+    pub column_types: Vec<ColumnView>,
     pub rows: i64,
     pub exports: Vec<String>,
+}
+
+/// A column's type as `segment add`/`segment show` list it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnView {
+    pub name: String,
+    /// The type as the source names it.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Whether an export may map it.
+    pub exportable: bool,
+    /// How its values become text, or "cannot be exported: REASON".
+    pub conversion: String,
+}
+
+fn column_views(columns: &[String], types: &[ColumnType]) -> Vec<ColumnView> {
+    columns
+        .iter()
+        .zip(types)
+        .map(|(name, ty)| ColumnView {
+            name: name.clone(),
+            type_name: ty.name.clone(),
+            exportable: ty.refusal().is_none(),
+            conversion: ty.conversion.describe(),
+        })
+        .collect()
+}
+
+/// A segment's column types as stored with it; `None` when they were not recorded (saved
+/// before they were, or unreadable), in which case a run checks them when it opens the source.
+pub(super) fn stored_column_types(s: &SegmentDef) -> Option<Vec<ColumnType>> {
+    let types = match (&s.column_types_json, s.kind) {
+        (Some(json), _) => match serde_json::from_str::<Vec<ColumnType>>(json) {
+            Ok(types) => types,
+            Err(e) => {
+                tracing::warn!(segment = %s.name, error = %e, "Stored column types unreadable; they are checked at each run");
+                return None;
+            }
+        },
+        // A file's column types follow from its kind.
+        (None, SegmentKind::Csv) => s.columns.0.iter().map(|_| ColumnType::csv()).collect(),
+        (None, SegmentKind::Jsonl) => s.columns.0.iter().map(|_| ColumnType::jsonl()).collect(),
+        (None, SegmentKind::Sql) => return None,
+    };
+    (types.len() == s.columns.0.len()).then_some(types)
+}
+
+/// Names the segment in a source error.
+fn in_segment(segment: &str) -> impl FnOnce(SourceError) -> ServiceError + '_ {
+    move |source| ServiceError::SegmentSource {
+        segment: segment.to_owned(),
+        source,
+    }
 }
 
 impl Context {
@@ -360,8 +418,12 @@ impl Context {
             ),
             SegmentKind::Csv | SegmentKind::Jsonl => s.path.clone().unwrap_or_default(),
         };
+        let column_types = stored_column_types(&s)
+            .map(|types| column_views(&s.columns.0, &types))
+            .unwrap_or_default();
         Ok(SegmentView {
             columns: s.columns.0,
+            column_types,
             name: s.name,
             kind: s.kind,
             source: origin,
@@ -384,7 +446,12 @@ impl Context {
             });
         }
         let resolved = self.resolve_source(input)?;
-        let description = source::describe(&resolved.def).await?;
+        let description = source::describe(&resolved.def)
+            .await
+            .map_err(in_segment(name))?;
+        // Serialising plain strings and enums cannot fail; an empty list would only mean
+        // "not recorded", never a wrong type.
+        let column_types_json = serde_json::to_string(&description.types).ok();
         let inserted = self
             .store
             .insert_segment(NewSegment {
@@ -397,6 +464,7 @@ impl Context {
                 database_env: resolved.database_env.as_deref(),
                 database_shown: resolved.database_shown.as_deref(),
                 columns: &description.columns,
+                column_types_json: column_types_json.as_deref(),
                 row_count: description.rows,
             })
             .await?;
@@ -441,7 +509,10 @@ impl Context {
             } => self.kept_database(&current, query)?,
         };
         let resolved = self.resolve_source(input)?;
-        let description = source::describe(&resolved.def).await?;
+        let description = source::describe(&resolved.def)
+            .await
+            .map_err(in_segment(name))?;
+        let column_types_json = serde_json::to_string(&description.types).ok();
         let outcome = self
             .store
             .update_segment(
@@ -456,6 +527,7 @@ impl Context {
                     database_env: resolved.database_env.as_deref(),
                     database_shown: resolved.database_shown.as_deref(),
                     columns: &description.columns,
+                    column_types_json: column_types_json.as_deref(),
                     row_count: description.rows,
                 },
             )
@@ -578,25 +650,39 @@ impl Context {
         Ok(out)
     }
 
-    /// Columns and the current row count (the source is read again).
+    /// Columns, their types and the current row count (the source is read again).
     pub async fn show_segment(&self, name: &str) -> Result<SegmentView, ServiceError> {
         let s = self.find_segment(name).await?;
         let def = self.source_def(&s)?;
         let mut view = self.segment_view(s).await?;
-        let description = source::describe(&def).await?;
+        let description = source::describe(&def).await.map_err(in_segment(name))?;
+        view.column_types = column_views(&description.columns, &description.types);
         view.columns = description.columns;
         view.rows = description.rows as i64;
         Ok(view)
     }
 
+    /// The first `limit` rows, each shown or rejected with its reason; an error after the
+    /// first row is in [`SegmentPreview::stopped`], named with the segment.
     pub async fn preview_segment(
         &self,
         name: &str,
         limit: usize,
-    ) -> Result<(Vec<String>, Vec<Row>), ServiceError> {
+    ) -> Result<SegmentPreview, ServiceError> {
         let s = self.find_segment(name).await?;
         let def = self.source_def(&s)?;
-        Ok(source::preview(&def, limit).await?)
+        let preview = source::preview(&def, limit)
+            .await
+            .map_err(in_segment(name))?;
+        let (hidden, hidden_types): (Vec<String>, Vec<ColumnType>) =
+            preview.hidden.into_iter().unzip();
+        Ok(SegmentPreview {
+            hidden: column_views(&hidden, &hidden_types),
+            columns: preview.columns,
+            rows: preview.rows,
+            stopped: preview.stopped.map(in_segment(name)),
+            kind: s.kind,
+        })
     }
 
     pub async fn remove_segment(&self, name: &str) -> Result<(), ServiceError> {
@@ -613,6 +699,20 @@ impl Context {
         self.store.remove_segment(s.id, name).await?;
         Ok(())
     }
+}
+
+/// What `segment preview` shows.
+#[derive(Debug)]
+pub struct SegmentPreview {
+    pub kind: SegmentKind,
+    /// The columns shown: those an export can map.
+    pub columns: Vec<String>,
+    /// The columns left out, with why.
+    pub hidden: Vec<ColumnView>,
+    /// Every row read, in order: its values, or why a run would reject it.
+    pub rows: Vec<Result<Row, RowError>>,
+    /// Why reading stopped before the limit or the end, if it did.
+    pub stopped: Option<ServiceError>,
 }
 
 /// Stored paths are absolute: the daemon's working folder is not the user's.
@@ -658,6 +758,7 @@ mod tests {
             database_env: database_env.map(str::to_owned),
             database_shown: None,
             columns: Columns(vec!["email".to_owned()]),
+            column_types_json: None,
             row_count: 2,
             created_at: String::new(),
             updated_at: String::new(),

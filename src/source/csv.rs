@@ -468,7 +468,7 @@ impl Records {
 mod tests {
     use tempfile::NamedTempFile;
 
-    use super::super::{Description, SourceDef, describe, open, preview};
+    use super::super::{ColumnType, Description, SourceDef, describe, open, preview};
     use super::*;
     use crate::source::testing::{names, read_all, temp_file, values};
 
@@ -490,6 +490,7 @@ mod tests {
             description,
             Description {
                 columns: names(&["email", "name"]),
+                types: vec![ColumnType::csv(); 2],
                 rows: 1
             }
         );
@@ -675,11 +676,14 @@ mod tests {
     async fn preview_returns_every_column_and_at_most_the_limit() {
         let file = temp_file(b"a,b\n1,2\n3,4\n5,6\n");
 
-        let (columns, rows) = preview(&def(&file, b','), 2).await.expect("preview");
+        let preview = preview(&def(&file, b','), 2).await.expect("preview");
 
-        assert_eq!(columns, names(&["a", "b"]));
-        assert_eq!(rows.len(), 2);
-        assert_eq!(values(&rows[1]), [Some("3"), Some("4")]);
+        assert_eq!(preview.columns, names(&["a", "b"]));
+        assert_eq!(preview.rows.len(), 2);
+        assert_eq!(
+            values(preview.rows[1].as_ref().expect("row")),
+            [Some("3"), Some("4")]
+        );
     }
 
     /// Caps small enough for generated test files.

@@ -21,8 +21,8 @@ use serde_json::Value;
 use serde_json::error::Category;
 
 use super::{
-    ChunkSender, Description, Row, RowError, RowStream, SourceError, SourceSettings, open_file,
-    project, run_blocking, shown_name, spawn_blocking_reader,
+    ChunkSender, ColumnType, Description, Row, RowError, RowStream, SourceError, SourceSettings,
+    open_file, project, run_blocking, shown_name, spawn_blocking_reader,
 };
 
 /// Lines read when opening to learn the columns: a column is known if one of the first this
@@ -57,6 +57,7 @@ fn describe_blocking(path: &Path, limits: SourceSettings) -> Result<Description,
         });
     }
     Ok(Description {
+        types: keys.names.iter().map(|_| ColumnType::jsonl()).collect(),
         columns: keys.names,
         rows,
     })
@@ -591,6 +592,7 @@ mod tests {
             description,
             Description {
                 columns: names(&["z", "a", "m"]),
+                types: vec![ColumnType::jsonl(); 3],
                 rows: 2
             }
         );

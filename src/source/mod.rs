@@ -15,7 +15,10 @@
 //! Files are read within the caps of [`SourceSettings`] while reading, never after: a reader
 //! holds at most one line of `max_line_bytes` besides its read buffer, and chunks are cut by
 //! bytes as well as rows, so memory does not follow the input's size.
+//!
+//! Each column's type and how its values become text is a [`ColumnType`] (see `column.rs`).
 
+mod column;
 mod csv;
 mod jsonl;
 mod sql;
@@ -32,6 +35,7 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use self::column::{ColumnType, Conversion};
 use crate::escape::untrusted_capped;
 pub use crate::settings::SourceSettings;
 
@@ -222,6 +226,17 @@ pub enum SourceError {
         rows: u64,
         message: String,
     },
+    #[error(
+        "column `{column}` of {source_name} has type {}, which cannot be exported: {}",
+        .column_type.name,
+        .column_type.refusal().unwrap_or_default()
+    )]
+    NotExportable {
+        source_name: String,
+        column: String,
+        /// Boxed: the type is rarely needed and would make every error bigger.
+        column_type: Box<ColumnType>,
+    },
     #[error("the reader for {source_name} stopped unexpectedly: {message}")]
     ReaderFailed {
         source_name: String,
@@ -266,10 +281,12 @@ fn quoted_list(names: &[String]) -> String {
     list
 }
 
-/// What `segment add` shows: the source's columns and how many rows it holds.
+/// What `segment add` shows: the source's columns, their types, and how many rows it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Description {
     pub columns: Vec<String>,
+    /// Per column (same order), its type and how its values become text.
+    pub types: Vec<ColumnType>,
     pub rows: u64,
 }
 
@@ -281,7 +298,11 @@ pub async fn describe(def: &SourceDef) -> Result<Description, SourceError> {
     if let SourceDef::Jsonl { path, limits } = def {
         return jsonl::describe(path, *limits).await;
     }
-    let (columns, mut stream) = open_projected(def, Some(&[])).await?;
+    let Opened {
+        columns,
+        types,
+        mut stream,
+    } = open_projected(def, Some(&[])).await?;
     let mut rows = 0;
     while let Some(chunk) = stream.next_chunk(CHUNK_ROWS).await? {
         for item in chunk {
@@ -297,48 +318,97 @@ pub async fn describe(def: &SourceDef) -> Result<Description, SourceError> {
             }
         }
     }
-    Ok(Description { columns, rows })
+    Ok(Description {
+        columns,
+        types,
+        rows,
+    })
 }
 
-/// The source's columns and its first `limit` readable rows with every column. Rows that the
-/// export would reject are skipped: a preview shows what would be sent.
-pub async fn preview(
-    def: &SourceDef,
-    limit: usize,
-) -> Result<(Vec<String>, Vec<Row>), SourceError> {
-    let (columns, mut stream) = open_projected(def, None).await?;
-    let mut rows = Vec::with_capacity(limit.min(CHUNK_ROWS));
-    while rows.len() < limit {
-        let Some(chunk) = stream.next_chunk(limit - rows.len()).await? else {
-            break;
-        };
-        rows.extend(chunk.into_iter().filter_map(Result::ok));
+/// The first rows of a source as the export would read them: each row read, sent or rejected
+/// with its reason, and why reading stopped early if it did.
+#[derive(Debug)]
+pub struct Preview {
+    /// The columns shown: every column that can be exported.
+    pub columns: Vec<String>,
+    /// The columns left out, with their type (whose rule says why).
+    pub hidden: Vec<(String, ColumnType)>,
+    /// Every row read, in order: projected onto `columns`, or the reason it would be rejected.
+    pub rows: Vec<Result<Row, RowError>>,
+    /// The error that ended the reading before `limit` rows or the end, if any.
+    pub stopped: Option<SourceError>,
+}
+
+/// The source's first `limit` rows, each shown or rejected with its reason. An error before
+/// the first row is an `Err`; one after is [`Preview::stopped`], with the rows read before it.
+pub async fn preview(def: &SourceDef, limit: usize) -> Result<Preview, SourceError> {
+    let Opened {
+        columns,
+        types,
+        mut stream,
+    } = open_projected(def, None).await?;
+    let (shown, hidden): (Vec<_>, Vec<_>) = columns
+        .into_iter()
+        .zip(types)
+        .partition(|(_, ty)| ty.refusal().is_none());
+    let mut preview = Preview {
+        columns: shown.into_iter().map(|(name, _)| name).collect(),
+        hidden,
+        rows: Vec::with_capacity(limit.min(CHUNK_ROWS)),
+        stopped: None,
+    };
+    while preview.rows.len() < limit {
+        match stream.next_chunk(limit - preview.rows.len()).await {
+            Ok(Some(chunk)) => preview.rows.extend(chunk),
+            Ok(None) => break,
+            Err(e) => {
+                preview.stopped = Some(e);
+                break;
+            }
+        }
     }
-    Ok((columns, rows))
+    Ok(preview)
 }
 
 /// Starts streaming the source's rows projected onto `columns`, in that order. A column the
 /// source does not have is an [`SourceError::UnknownColumn`] listing those it has (for JSONL a
-/// column is known when it appears in the first lines, see the `jsonl` module).
+/// column is known when it appears in the first lines, see the `jsonl` module); one whose
+/// type has no text rule is a [`SourceError::NotExportable`].
 pub async fn open(def: &SourceDef, columns: &[String]) -> Result<RowStream, SourceError> {
-    open_projected(def, Some(columns))
-        .await
-        .map(|(_, stream)| stream)
+    open_projected(def, Some(columns)).await.map(|o| o.stream)
 }
 
-/// Opens `def` projected onto `columns` (`None`: every column) and returns all of the source's
-/// columns along with the stream.
+/// A source opened for reading: all of its columns and their types, and the stream of rows
+/// projected onto the requested columns.
+struct Opened {
+    columns: Vec<String>,
+    types: Vec<ColumnType>,
+    stream: RowStream,
+}
+
+/// Opens `def` projected onto `columns` (`None`: every column that can be exported, which for
+/// a file is every column).
 async fn open_projected(
     def: &SourceDef,
     columns: Option<&[String]>,
-) -> Result<(Vec<String>, RowStream), SourceError> {
+) -> Result<Opened, SourceError> {
+    let file =
+        |(columns, stream): (Vec<String>, RowStream), column_type: fn() -> ColumnType| Opened {
+            types: columns.iter().map(|_| column_type()).collect(),
+            columns,
+            stream,
+        };
     match def {
         SourceDef::Csv {
             path,
             delimiter,
             limits,
-        } => csv::open(path, *delimiter, *limits, columns).await,
-        SourceDef::Jsonl { path, limits } => jsonl::open(path, *limits, columns).await,
+        } => csv::open(path, *delimiter, *limits, columns)
+            .await
+            .map(|opened| file(opened, ColumnType::csv)),
+        SourceDef::Jsonl { path, limits } => jsonl::open(path, *limits, columns)
+            .await
+            .map(|opened| file(opened, ColumnType::jsonl)),
         SourceDef::Sql {
             query,
             database_url,

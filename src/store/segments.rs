@@ -36,6 +36,9 @@ pub struct SegmentDef {
     pub database_shown: Option<String>,
     #[sqlx(rename = "columns_json")]
     pub columns: Columns,
+    /// Each column's type and text rule as JSON, kept as written by the service; `None` for a
+    /// segment saved before they were recorded.
+    pub column_types_json: Option<String>,
     pub row_count: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -75,6 +78,8 @@ pub struct NewSegment<'a> {
     pub database_env: Option<&'a str>,
     pub database_shown: Option<&'a str>,
     pub columns: &'a [String],
+    /// See [`SegmentDef::column_types_json`].
+    pub column_types_json: Option<&'a str>,
     pub row_count: u64,
 }
 
@@ -112,8 +117,9 @@ impl Store {
         let columns = serde_json::to_string(s.columns).unwrap_or_else(|_| "[]".to_owned());
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO segments (name, kind, path, delimiter, query, database_sealed, \
-             database_env, database_shown, columns_json, row_count, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING RETURNING id",
+             database_env, database_shown, columns_json, column_types_json, row_count, \
+             created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING RETURNING id",
         )
         .bind(s.name)
         .bind(s.kind)
@@ -124,6 +130,7 @@ impl Store {
         .bind(s.database_env)
         .bind(s.database_shown)
         .bind(columns)
+        .bind(s.column_types_json)
         .bind(s.row_count as i64)
         .bind(&now)
         .bind(&now)
@@ -171,7 +178,7 @@ impl Store {
         sqlx::query(
             "UPDATE segments SET kind = ?, path = ?, delimiter = ?, query = ?, \
              database_sealed = ?, database_env = ?, database_shown = ?, columns_json = ?, \
-             row_count = ?, updated_at = ? WHERE id = ?",
+             column_types_json = ?, row_count = ?, updated_at = ? WHERE id = ?",
         )
         .bind(s.kind)
         .bind(s.path)
@@ -181,6 +188,7 @@ impl Store {
         .bind(s.database_env)
         .bind(s.database_shown)
         .bind(columns)
+        .bind(s.column_types_json)
         .bind(s.row_count as i64)
         .bind(now_text())
         .bind(id)
@@ -249,6 +257,7 @@ pub(in crate::store) mod tests {
                 database_env: None,
                 database_shown: None,
                 columns: &columns,
+                column_types_json: None,
                 row_count: 2,
             })
             .await
@@ -279,6 +288,7 @@ pub(in crate::store) mod tests {
             database_env: Some("CRM_DB"),
             database_shown: None,
             columns,
+            column_types_json: None,
             row_count: 7,
         }
     }
@@ -412,6 +422,34 @@ pub(in crate::store) mod tests {
             assert_eq!(text, kind.to_string());
             assert_eq!(serde_json::to_value(kind).expect("json"), kind.as_str());
         }
+    }
+
+    #[tokio::test]
+    async fn column_types_are_kept_as_the_service_wrote_them() {
+        let (_dir, store) = store().await;
+        let columns = ["email".to_owned()];
+        let types = r#"[{"name":"TEXT","conversion":{"rule":"text"}}]"#;
+        store
+            .insert_segment(NewSegment {
+                name: "typed",
+                kind: SegmentKind::Sql,
+                path: None,
+                delimiter: None,
+                query: Some("SELECT email FROM people"),
+                database_sealed: None,
+                database_env: Some("CRM_DB"),
+                database_shown: None,
+                columns: &columns,
+                column_types_json: Some(types),
+                row_count: 1,
+            })
+            .await
+            .expect("insert")
+            .expect("new name");
+
+        let saved = store.segment("typed").await.expect("read").expect("exists");
+
+        assert_eq!(saved.column_types_json.as_deref(), Some(types));
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! `acexport segment ...`: CSV, JSONL and SQLite sources are read through before saving; a
 //! broken file is refused naming the line; a database password never goes on a command line.
 
-use crate::support::{OutputExt, TestEnv};
+use acexport::store::RunStatus;
+
+use crate::support::{OutputExt, TestEnv, export_add_args};
 
 const MEMBERS_CSV: &str = "email,first_name,tier\nada@example.com,Ada,gold\n\
                            alan@example.com,Alan,silver\ngrace@example.com,Grace,gold\n";
@@ -690,4 +692,439 @@ async fn a_new_query_keeps_reading_the_database_url_from_the_segments_variable()
         1,
         "segment \"active\" reads its database URL from the environment variable CRM_DB_URL",
     );
+}
+
+/// Creates a SQLite database with a `typed` table of two members whose columns have the types
+/// SQLite users declare; returns its `sqlite:` URL.
+async fn typed_sqlite_database(env: &TestEnv) -> String {
+    let path = env.path("typed.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("create the test database");
+    sqlx::raw_sql(
+        "CREATE TABLE typed (email TEXT, price NUMERIC, ratio REAL, active BOOLEAN, born DATE,
+             ref TEXT, photo BLOB);
+         INSERT INTO typed VALUES ('ada@example.com', '1.50', 0.1, 1, '2024-02-29',
+             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', x'00ff');
+         INSERT INTO typed VALUES ('alan@example.com', 1234567890123456789, 1e20, 0, NULL,
+             NULL, NULL);",
+    )
+    .execute(&pool)
+    .await
+    .expect("fill the test database");
+    pool.close().await;
+    format!("sqlite:{}", path.display())
+}
+
+/// The `column_types` entry of `name` in a `segment show --json`.
+fn column_type<'a>(shown: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    shown["column_types"]
+        .as_array()
+        .and_then(|types| types.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no column type for {name} in {shown}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sqlite_segment_lists_each_column_type_and_how_it_converts() {
+    let env = TestEnv::new().await;
+    let url = typed_sqlite_database(&env).await;
+
+    let out = env
+        .run(&[
+            "segment",
+            "add",
+            "members",
+            "--sql",
+            "SELECT * FROM typed",
+            "--database",
+            &url,
+        ])
+        .await;
+
+    out.assert_ok();
+    let stdout = out.stdout_text();
+    let line = |column: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(column))
+            .unwrap_or_else(|| panic!("no line for {column}:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(line("active").contains("BOOLEAN"), "{stdout}");
+    assert!(line("active").contains("true"), "{stdout}");
+    assert!(line("photo").contains("cannot be exported"), "{stdout}");
+    let shown = env.show_json("segment", "members").await;
+    assert_eq!(column_type(&shown, "active")["type"], "BOOLEAN");
+    assert_eq!(column_type(&shown, "active")["exportable"], true);
+    assert_eq!(column_type(&shown, "photo")["exportable"], false);
+    let reason = column_type(&shown, "photo")["conversion"].to_string();
+    assert!(reason.contains("cannot be exported"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_mapping_a_column_that_cannot_be_exported_is_refused_naming_it() {
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    let url = typed_sqlite_database(&env).await;
+    env.run(&[
+        "segment",
+        "add",
+        "members",
+        "--sql",
+        "SELECT * FROM typed",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+
+    let out = env.run(&export_add_args(&["--field", "2=photo"])).await;
+
+    out.assert_fails_with(1, "column \"photo\" of segment \"members\"");
+    assert!(
+        out.stderr_text().contains("--field"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(env.list_json("export").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sqlite_segment_of_typed_columns_is_exported_with_each_value_converted() {
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    let url = typed_sqlite_database(&env).await;
+    env.run(&[
+        "segment",
+        "add",
+        "members",
+        "--sql",
+        "SELECT * FROM typed",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+    env.run(&export_add_args(&[
+        "--field", "1=price", "--field", "2=ratio", "--field", "3=active", "--field", "4=born",
+        "--field", "5=ref",
+    ]))
+    .await
+    .assert_ok();
+
+    let outcome = env.run_export_in_process("weekly").await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!(outcome.counts.rejected, 0);
+    let ada = env.sandbox.contact("ada@example.com").expect("ada sent");
+    let fields: Vec<(u64, &str)> = ada.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            (1, "1.5"),
+            (2, "0.1"),
+            (3, "true"),
+            (4, "2024-02-29"),
+            (5, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        ]
+    );
+    let alan = env.sandbox.contact("alan@example.com").expect("alan sent");
+    let fields: Vec<(u64, &str)> = alan.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            (1, "1234567890123456789"),
+            (2, "100000000000000000000"),
+            (3, "false")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preview_shows_a_rejected_row_with_its_reason_instead_of_dropping_it() {
+    let env = TestEnv::new().await;
+    let url = typed_sqlite_database(&env).await;
+    // A BLOB value in a column declared TEXT: only that value is at fault, not the column.
+    env.run(&[
+        "segment",
+        "add",
+        "members",
+        "--sql",
+        "SELECT email, CASE WHEN ref IS NULL THEN x'00' ELSE ref END AS ref FROM typed",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+
+    let out = env.run(&["segment", "preview", "members"]).await;
+
+    out.assert_ok();
+    let stdout = out.stdout_text();
+    assert!(stdout.contains("ada@example.com"), "{stdout}");
+    let rejected = stdout
+        .lines()
+        .find(|l| l.contains("row 2"))
+        .unwrap_or_else(|| panic!("row 2 is not shown:\n{stdout}"));
+    assert!(rejected.contains("`ref`"), "{stdout}");
+    assert!(rejected.contains("BLOB"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mapped_column_that_cannot_be_exported_at_run_time_fails_the_run_before_sending() {
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    let url = typed_sqlite_database(&env).await;
+    env.run(&[
+        "segment",
+        "add",
+        "members",
+        "--sql",
+        "SELECT email, ref FROM typed",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+    env.run(&export_add_args(&["--field", "5=ref"]))
+        .await
+        .assert_ok();
+    // The table changes after the export was saved: `ref` now holds binary data.
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
+    sqlx::raw_sql(
+        "ALTER TABLE typed RENAME TO old; CREATE TABLE typed (email TEXT, ref BLOB);
+         INSERT INTO typed SELECT email, CAST(ref AS BLOB) FROM old;",
+    )
+    .execute(&pool)
+    .await
+    .expect("change the table");
+    pool.close().await;
+
+    let outcome = env.run_export_in_process("weekly").await;
+
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap_or_default();
+    assert!(error.contains("`ref`"), "{error}");
+    assert!(error.contains("cannot be exported"), "{error}");
+    assert_eq!(env.requests_to("bulk_import"), 0);
+}
+
+/// Why the PostgreSQL tests are ignored by default, and what they say when run without a server.
+const NEEDS_POSTGRES: &str = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL";
+
+/// The PostgreSQL URL for tests. Panics when the variable is unset: a test that cannot reach
+/// its server must fail, never pass by doing nothing.
+fn postgres_url() -> String {
+    std::env::var("ACEXPORT_TEST_POSTGRES_URL").unwrap_or_else(|_| panic!("{NEEDS_POSTGRES}"))
+}
+
+/// Runs `setup` (with `{table}` replaced by a name unique to this test) on a writable
+/// connection; returns the connection and the table's name.
+async fn postgres_table(setup: &str) -> (sqlx::PgConnection, String) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&postgres_url())
+        .await
+        .expect("connect to PostgreSQL");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let table = format!("acexport_it_{}_{nanos}", std::process::id());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(setup.replace("{table}", &table)))
+        .execute(&mut conn)
+        .await
+        .expect("create the test table");
+    (conn, table)
+}
+
+async fn drop_postgres_table(mut conn: sqlx::PgConnection, table: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+        .execute(&mut conn)
+        .await
+        .expect("drop the test table");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn a_postgres_segment_of_everyday_types_is_exported_with_each_value_converted() {
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    let (conn, table) = postgres_table(
+        r#"CREATE TABLE {table} (email text, score numeric(10,2), ref uuid, prefs jsonb,
+             born date, seen timestamptz, active boolean, tags text[]);
+         INSERT INTO {table} VALUES ('ada@example.com', 1.5,
+             'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '{"b": [1, 2], "a": "x"}', '2024-02-29',
+             '2024-03-01 14:30:00+02', true, ARRAY['gold', 'vip']);"#,
+    )
+    .await;
+    let query = format!("SELECT * FROM {table}");
+    let url = postgres_url();
+    let added = env
+        .run(&[
+            "segment",
+            "add",
+            "members",
+            "--sql",
+            &query,
+            "--database",
+            &url,
+        ])
+        .await;
+    let shown = env.run(&["segment", "show", "members", "--json"]).await;
+    let export = env
+        .run(&export_add_args(&[
+            "--field", "1=score", "--field", "2=ref", "--field", "3=prefs", "--field", "4=born",
+            "--field", "5=seen", "--field", "6=active", "--field", "7=tags",
+        ]))
+        .await;
+    let outcome = env.run_export_in_process("weekly").await;
+    drop_postgres_table(conn, &table).await;
+
+    added.assert_ok();
+    assert!(
+        added.stdout_text().contains("NUMERIC"),
+        "{}",
+        added.stdout_text()
+    );
+    shown.assert_ok();
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout_text()).expect("JSON");
+    assert_eq!(column_type(&shown, "score")["type"], "NUMERIC");
+    assert_eq!(column_type(&shown, "tags")["type"], "TEXT[]");
+    assert_eq!(column_type(&shown, "tags")["exportable"], true);
+    export.assert_ok();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!(outcome.counts.rejected, 0);
+    let ada = env.sandbox.contact("ada@example.com").expect("ada sent");
+    let fields: Vec<(u64, &str)> = ada.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            (1, "1.50"),
+            (2, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            (3, r#"{"a":"x","b":[1,2]}"#),
+            (4, "2024-02-29"),
+            (5, "2024-03-01T12:30:00Z"),
+            (6, "true"),
+            (7, "||gold||vip||")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn a_query_error_names_the_segment_and_the_line_and_column_in_the_query() {
+    let env = TestEnv::new().await;
+    let url = postgres_url();
+
+    let out = env
+        .run(&[
+            "segment",
+            "add",
+            "members",
+            "--sql",
+            "SELECT email\nFROM nowhere WHERE )",
+            "--database",
+            &url,
+        ])
+        .await;
+
+    out.assert_fails_with(1, "segment \"members\"");
+    let stderr = out.stderr_text();
+    assert!(stderr.contains("line 2, column 20"), "{stderr}");
+    assert!(
+        stderr.contains(r#"syntax error at or near ")""#),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("at line 1"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_update_mapping_a_column_that_cannot_be_exported_is_refused_and_keeps_the_export()
+{
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    let url = typed_sqlite_database(&env).await;
+    env.run(&[
+        "segment",
+        "add",
+        "members",
+        "--sql",
+        "SELECT * FROM typed",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+    env.run(&export_add_args(&["--field", "2=ref"]))
+        .await
+        .assert_ok();
+
+    let out = env
+        .run(&["export", "update", "weekly", "--field", "2=photo"])
+        .await;
+
+    out.assert_fails_with(1, "column \"photo\" of segment \"members\"");
+    let saved = env.show_json("export", "weekly").await;
+    assert_eq!(
+        saved["fields"],
+        serde_json::json!([{"field_id": 2, "column": "ref"}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preview_shows_the_rows_read_before_the_source_failed_and_then_why() {
+    let env = TestEnv::new().await;
+    let path = env.path("docs.db");
+    let url = format!("sqlite:{}", path.display());
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("create the test database");
+    sqlx::raw_sql(
+        "CREATE TABLE docs (id INTEGER, doc TEXT);
+         INSERT INTO docs VALUES (1, '{\"email\":\"ada@example.com\"}'),
+             (2, '{\"email\":\"alan@example.com\"}');",
+    )
+    .execute(&pool)
+    .await
+    .expect("fill the test database");
+    env.run(&[
+        "segment",
+        "add",
+        "members",
+        "--sql",
+        "SELECT json_extract(doc, '$.email') AS email FROM docs",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+    // A row added later that SQLite cannot read: the query fails on it, mid-stream.
+    sqlx::query("INSERT INTO docs VALUES (3, '{not json')")
+        .execute(&pool)
+        .await
+        .expect("add a broken row");
+    pool.close().await;
+
+    let out = env.run(&["segment", "preview", "members"]).await;
+
+    out.assert_fails_with(1, "segment \"members\"");
+    assert!(
+        out.stderr_text().contains("after 2 rows"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        out.stderr_text().contains("malformed JSON"),
+        "{}",
+        out.stderr_text()
+    );
+    let stdout = out.stdout_text();
+    assert!(stdout.contains("ada@example.com"), "{stdout}");
+    assert!(stdout.contains("alan@example.com"), "{stdout}");
 }

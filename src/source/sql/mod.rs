@@ -3,16 +3,22 @@
 //! transactions and the query runs inside `BEGIN READ ONLY`. Rows are streamed with `fetch`
 //! by a task that owns the connection, so a big result never sits in memory.
 //!
-//! Every value must be readable as text. A value of a type with no text rendering here (a
-//! BLOB, a PostgreSQL NUMERIC or JSON...) is a row error that names the column and its type
-//! and suggests casting it to text in the query.
+//! Every result column gets its text rule from its type when the query is prepared, before
+//! any row is read. A requested column whose type has no rule (BYTEA, a BLOB column...) stops
+//! the source with a [`SourceError::NotExportable`]; a single value its rule cannot read is a
+//! row error naming the column.
 //!
-//! Files: this one opens the database and streams the rows; `text.rs` reads each value as text;
-//! the redaction of URLs and driver messages is `crate::redact`'s.
+//! Files: this one opens the database and streams the rows; `types.rs` decides each column's
+//! rule, `text.rs` applies it to each value (`pg_binary.rs` for PostgreSQL's binary forms);
+//! `message.rs` words database errors; the redaction of URLs and driver messages is
+//! `crate::redact`'s.
 
+mod message;
+mod pg_binary;
 #[cfg(test)]
 mod tests;
 mod text;
+mod types;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,8 +31,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Column, Connection, Executor, SqlSafeStr, Statement};
 use tokio::sync::{mpsc, oneshot};
 
+use self::message::database_message;
 use self::text::{TextRow, to_row};
-use super::{CHANNEL_CHUNKS, ChunkSender, RowStream, SourceError, duplicate_names, project};
+use self::types::ColumnTypeOf;
+use super::{
+    CHANNEL_CHUNKS, ChunkSender, ColumnType, Conversion, Opened, RowStream, SourceError,
+    duplicate_names, project,
+};
 use crate::redact::{PasswordScrubber, redact_url};
 
 /// How long a read waits for a writer holding the SQLite database lock before failing.
@@ -58,23 +69,25 @@ impl Database {
     fn connect_error(&self, error: &sqlx::Error) -> SourceError {
         SourceError::Connect {
             database: self.label.clone(),
-            message: self.passwords.scrub(&error.to_string()),
+            // No query yet, so no position to point at.
+            message: self.passwords.scrub(&database_message(error, "")),
         }
     }
 
-    fn query_error(&self, error: &sqlx::Error) -> SourceError {
+    /// The query could not be prepared; the message points into `query`.
+    fn query_error(&self, error: &sqlx::Error, query: &str) -> SourceError {
         SourceError::Query {
             database: self.label.clone(),
-            message: self.passwords.scrub(&error.to_string()),
+            message: self.passwords.scrub(&database_message(error, query)),
         }
     }
 
     /// A failure after `rows` rows were read.
-    fn fetch_error(&self, rows: u64, error: &sqlx::Error) -> SourceError {
+    fn fetch_error(&self, rows: u64, error: &sqlx::Error, query: &str) -> SourceError {
         SourceError::Fetch {
             database: self.label.clone(),
             rows,
-            message: self.passwords.scrub(&error.to_string()),
+            message: self.passwords.scrub(&database_message(error, query)),
         }
     }
 
@@ -112,16 +125,16 @@ fn target(url: &str, database: &Database) -> Result<Target, SourceError> {
     }
 }
 
-/// The result columns once the query is prepared, or why it could not be.
-type Ready = Result<Vec<String>, SourceError>;
+/// The result columns (names and types) once the query is prepared, or why it could not be.
+type Ready = Result<(Vec<String>, Vec<ColumnType>), SourceError>;
 
 /// Connects, prepares the query and starts streaming its rows projected onto `columns`
-/// (`None`: every column). Returns the query's result columns too.
+/// (`None`: every column that can be exported). Returns the query's result columns too.
 pub(super) async fn open(
     query: &str,
     url: &SecretString,
     columns: Option<&[String]>,
-) -> Result<(Vec<String>, RowStream), SourceError> {
+) -> Result<Opened, SourceError> {
     let url = url.expose_secret();
     let database = Database::new(url);
     let target = target(url, &database)?;
@@ -145,7 +158,11 @@ pub(super) async fn open(
     });
     let stream = RowStream::new(rx, task, source_name.clone());
     match ready_rx.await {
-        Ok(Ok(all_columns)) => Ok((all_columns, stream)),
+        Ok(Ok((columns, types))) => Ok(Opened {
+            columns,
+            types,
+            stream,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(SourceError::ReaderFailed {
             source_name,
@@ -171,7 +188,10 @@ struct Job {
 impl Job {
     /// Checks the result columns against the request and reports to `open`. Returns the
     /// projection if the task should go on to read rows.
-    fn plan(self, columns: Result<Vec<String>, SourceError>) -> Option<(Vec<usize>, Streaming)> {
+    fn plan(
+        self,
+        columns: Result<(Vec<String>, Vec<ColumnType>), SourceError>,
+    ) -> Option<(Vec<usize>, Streaming)> {
         let Job {
             query,
             wanted,
@@ -179,7 +199,7 @@ impl Job {
             ready,
             sender,
         } = self;
-        let checked = columns.and_then(|columns| {
+        let checked = columns.and_then(|(columns, types)| {
             let duplicates = duplicate_names(&columns);
             if !duplicates.is_empty() {
                 return Err(SourceError::DuplicateColumns {
@@ -187,17 +207,32 @@ impl Job {
                     columns: duplicates,
                 });
             }
-            let projection = project(&columns, wanted.as_deref(), || database.source_name())?;
-            Ok((columns, projection))
+            let projection = match wanted.as_deref() {
+                Some(wanted) => {
+                    let projection = project(&columns, Some(wanted), || database.source_name())?;
+                    refuse_not_exportable(&projection, &columns, &types, &database)?;
+                    projection
+                }
+                None => (0..columns.len())
+                    .filter(|&i| types[i].refusal().is_none())
+                    .collect(),
+            };
+            Ok((columns, types, projection))
         });
         match checked {
-            Ok((columns, projection)) => {
-                let _ = ready.send(Ok(columns.clone()));
+            Ok((columns, types, projection)) => {
+                let names = projection.iter().map(|&i| columns[i].clone()).collect();
+                let conversions = projection
+                    .iter()
+                    .map(|&i| types[i].conversion.clone())
+                    .collect();
+                let _ = ready.send(Ok((columns, types)));
                 Some((
                     projection,
                     Streaming {
                         query,
-                        columns,
+                        names,
+                        conversions,
                         database,
                         sender,
                     },
@@ -215,12 +250,34 @@ impl Job {
     }
 }
 
+/// A requested column whose type has no text rule stops the source before any row is read:
+/// every row would be rejected for it, which is the column's problem, not the rows'.
+fn refuse_not_exportable(
+    projection: &[usize],
+    columns: &[String],
+    types: &[ColumnType],
+    database: &Database,
+) -> Result<(), SourceError> {
+    for &i in projection {
+        if types[i].refusal().is_some() {
+            return Err(SourceError::NotExportable {
+                source_name: database.source_name(),
+                column: columns[i].clone(),
+                column_type: Box::new(types[i].clone()),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The task's state once the query is prepared and rows are about to flow.
 struct Streaming {
-    /// The segment's query, run as written.
+    /// The segment's query, run as written; also where error positions point.
     query: String,
-    /// All result columns, to name the column of a value that cannot be read as text.
-    columns: Vec<String>,
+    /// The projected columns' names, to name the column of a value that cannot be read.
+    names: Vec<String>,
+    /// The projected columns' text rules.
+    conversions: Vec<Conversion>,
     /// Names the database in errors and scrubs driver messages.
     database: Database,
     /// Where rows go.
@@ -239,7 +296,7 @@ async fn run_sqlite(options: SqliteConnectOptions, job: Job) {
         Err(e) => return job.fail_to_connect(&e),
     };
     let prepared = conn.prepare(sql_text(&job.query)).await;
-    let columns = statement_columns(prepared, &job.database);
+    let columns = statement_columns(prepared, &job.database, &job.query);
     let Some((projection, streaming)) = job.plan(columns) else {
         return;
     };
@@ -258,7 +315,7 @@ async fn run_postgres(options: PgConnectOptions, job: Job) {
         Err(e) => return job.fail_to_connect(&e),
     };
     let prepared = tx.prepare(sql_text(&job.query)).await;
-    let columns = statement_columns(prepared, &job.database);
+    let columns = statement_columns(prepared, &job.database, &job.query);
     let Some((projection, streaming)) = job.plan(columns) else {
         return;
     };
@@ -269,17 +326,22 @@ async fn run_postgres(options: PgConnectOptions, job: Job) {
     let _ = conn.close().await;
 }
 
-/// The query's result column names, from preparing it (so a query with no rows has columns).
+/// The query's result column names and types, from preparing it (so a query with no rows has
+/// columns, and every column's rule is known before the first row).
 fn statement_columns<S: Statement>(
     prepared: Result<S, sqlx::Error>,
     database: &Database,
-) -> Result<Vec<String>, SourceError> {
-    let statement = prepared.map_err(|e| database.query_error(&e))?;
+    query: &str,
+) -> Ready
+where
+    <S::Database as sqlx::Database>::TypeInfo: ColumnTypeOf,
+{
+    let statement = prepared.map_err(|e| database.query_error(&e, query))?;
     Ok(statement
         .columns()
         .iter()
-        .map(|c| c.name().to_owned())
-        .collect())
+        .map(|c| (c.name().to_owned(), c.type_info().column_type()))
+        .unzip())
 }
 
 /// Reads rows until the end, a database error or a gone consumer.
@@ -289,21 +351,23 @@ async fn pump<R: TextRow>(
     streaming: Streaming,
 ) {
     let Streaming {
-        columns,
+        query,
+        names,
+        conversions,
         database,
         mut sender,
-        ..
     } = streaming;
-    // Per projected column, the decoder that worked last: columns rarely change type.
-    let mut hints = vec![0; projection.len()];
     let mut number = 0u64;
     while let Some(next) = rows.next().await {
         let row = match next {
             Ok(row) => row,
-            Err(e) => return sender.finish(Some(database.fetch_error(number, &e))).await,
+            Err(e) => {
+                let error = database.fetch_error(number, &e, &query);
+                return sender.finish(Some(error)).await;
+            }
         };
         number += 1;
-        let item = to_row(&row, number, projection, &columns, &mut hints);
+        let item = to_row(&row, number, projection, &names, &conversions);
         if sender.push(item).await.is_err() {
             return;
         }

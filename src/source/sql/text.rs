@@ -1,34 +1,31 @@
-//! Database values read as text: every segment value is text, whatever its SQL type. A type
-//! with no text rendering here is a row error naming the column, so the export goes on.
+//! Database values read as text by their column's rule (see `types.rs`). A value its rule
+//! cannot read (a BLOB in a SQLite TEXT column, a two-dimensional array) is a row error naming
+//! the column, so the export goes on without that row.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgRow, PgValueFormat};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row as _, TypeInfo, ValueRef};
 
-use crate::source::{Row, RowError};
+use super::pg_binary;
+use crate::source::{Conversion, Row, RowError};
 
-/// Projects a database row onto the requested columns, as text. `hints` holds, per projected
-/// column, the decoder that worked last (see [`TextRow::text`]).
+/// Projects a database row onto the requested columns, as text: `projection` holds each
+/// column's position in the result, `names` and `conversions` its name and rule.
 pub(super) fn to_row<R: TextRow>(
     row: &R,
     number: u64,
     projection: &[usize],
-    columns: &[String],
-    hints: &mut [usize],
+    names: &[String],
+    conversions: &[Conversion],
 ) -> Result<Row, RowError> {
     let mut values = Vec::with_capacity(projection.len());
-    for (&i, hint) in projection.iter().zip(hints.iter_mut()) {
-        match row.text(i, hint) {
+    for ((&i, name), conversion) in projection.iter().zip(names).zip(conversions) {
+        match row.text(i, conversion) {
             Ok(value) => values.push(value),
-            Err(type_name) => {
-                let column = &columns[i];
+            Err(reason) => {
                 return Err(RowError {
                     number,
-                    reason: format!(
-                        "column `{column}` has type {type_name}, which cannot be read as text; \
-                         cast it to text in the query, e.g. CAST({column} AS TEXT)"
-                    ),
+                    reason: format!("column `{name}`: {reason}"),
                 });
             }
         }
@@ -38,59 +35,71 @@ pub(super) fn to_row<R: TextRow>(
 
 /// A database row whose values can be rendered as text.
 pub(super) trait TextRow: Send {
-    /// Column `i` as text: `Ok(None)` for NULL, `Err(type name)` when no decoder reads it.
-    /// `hint` is the decoder that worked last for this column; it is tried first and updated.
-    fn text(&self, i: usize, hint: &mut usize) -> Result<Option<String>, String>;
+    /// Column `i` as text by `conversion`: `Ok(None)` for NULL, `Err(reason)` when the value
+    /// cannot be read that way.
+    fn text(&self, i: usize, conversion: &Conversion) -> Result<Option<String>, String>;
 }
 
-/// Implements [`TextRow`] by trying String, integers, floats, bool, then chrono types. Each
-/// attempt checks type compatibility before decoding, so a wrong guess costs little and never
-/// misreads a value.
-macro_rules! impl_text_row {
-    ($row:ty) => {
-        impl TextRow for $row {
-            fn text(&self, i: usize, hint: &mut usize) -> Result<Option<String>, String> {
-                let raw = self.try_get_raw(i).map_err(|e| e.to_string())?;
-                if raw.is_null() {
-                    return Ok(None);
-                }
-                let decoders: [fn(&$row, usize) -> Option<String>; 11] = [
-                    |r, i| r.try_get::<String, _>(i).ok(),
-                    |r, i| r.try_get::<i64, _>(i).ok().map(|v| v.to_string()),
-                    |r, i| r.try_get::<i32, _>(i).ok().map(|v| v.to_string()),
-                    |r, i| r.try_get::<i16, _>(i).ok().map(|v| v.to_string()),
-                    |r, i| r.try_get::<f64, _>(i).ok().map(|v| v.to_string()),
-                    |r, i| r.try_get::<f32, _>(i).ok().map(|v| v.to_string()),
-                    |r, i| r.try_get::<bool, _>(i).ok().map(|v| v.to_string()),
-                    |r, i| {
-                        r.try_get::<DateTime<Utc>, _>(i)
-                            .ok()
-                            .map(|v| v.to_rfc3339_opts(SecondsFormat::AutoSi, false))
-                    },
-                    |r, i| {
-                        r.try_get::<NaiveDateTime, _>(i)
-                            .ok()
-                            .map(|v| v.format("%Y-%m-%dT%H:%M:%S%.f").to_string())
-                    },
-                    |r, i| r.try_get::<NaiveDate, _>(i).ok().map(|v| v.to_string()),
-                    |r, i| r.try_get::<NaiveTime, _>(i).ok().map(|v| v.to_string()),
-                ];
-                if let Some(value) = decoders.get(*hint).and_then(|decode| decode(self, i)) {
-                    return Ok(Some(value));
-                }
-                for (k, decode) in decoders.iter().enumerate() {
-                    if k != *hint
-                        && let Some(value) = decode(self, i)
-                    {
-                        *hint = k;
-                        return Ok(Some(value));
-                    }
-                }
-                Err(raw.type_info().name().to_owned())
-            }
+impl TextRow for PgRow {
+    fn text(&self, i: usize, conversion: &Conversion) -> Result<Option<String>, String> {
+        let raw = self.try_get_raw(i).map_err(|e| e.to_string())?;
+        if raw.is_null() {
+            return Ok(None);
         }
-    };
+        // sqlx asks for every result column in binary; text would mean a changed driver.
+        if raw.format() != PgValueFormat::Binary {
+            return Err("internal error: the server sent the value as text".to_owned());
+        }
+        let bytes = raw.as_bytes().map_err(|e| e.to_string())?;
+        pg_binary::to_text(conversion, bytes)
+    }
 }
 
-impl_text_row!(SqliteRow);
-impl_text_row!(PgRow);
+impl TextRow for SqliteRow {
+    /// SQLite types values, not columns: each value by what it holds.
+    fn text(&self, i: usize, conversion: &Conversion) -> Result<Option<String>, String> {
+        let raw = self.try_get_raw(i).map_err(|e| e.to_string())?;
+        if raw.is_null() {
+            return Ok(None);
+        }
+        // Not NULL, so this is the value's own storage class, not the declared type.
+        let held = raw.type_info().name().to_owned();
+        match held.as_str() {
+            "INTEGER" => {
+                let value: i64 = self.try_get_unchecked(i).map_err(|e| e.to_string())?;
+                Ok(Some(match conversion {
+                    Conversion::SqliteBoolean => (value != 0).to_string(),
+                    _ => value.to_string(),
+                }))
+            }
+            "REAL" => {
+                let value: f64 = self.try_get_unchecked(i).map_err(|e| e.to_string())?;
+                Ok(Some(float_text(value)))
+            }
+            "TEXT" => self
+                .try_get_unchecked::<String, _>(i)
+                .map(Some)
+                .map_err(|_| "the text is not valid UTF-8".to_owned()),
+            _ => Err(format!(
+                "holds a {held} value (binary data), which has no text form for \
+                 ActiveCampaign; convert it in the query, e.g. hex(col), or leave the row out"
+            )),
+        }
+    }
+}
+
+/// Shortest round-trip decimal: Rust's `Display` for floats never uses an exponent and prints
+/// the fewest digits that parse back to the same value. Non-finite values as PostgreSQL
+/// spells them.
+pub(super) fn float_text<F: Into<f64> + std::fmt::Display + Copy>(value: F) -> String {
+    let wide: f64 = value.into();
+    if wide.is_nan() {
+        "NaN".to_owned()
+    } else if wide == f64::INFINITY {
+        "Infinity".to_owned()
+    } else if wide == f64::NEG_INFINITY {
+        "-Infinity".to_owned()
+    } else {
+        value.to_string()
+    }
+}
