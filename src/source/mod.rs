@@ -126,6 +126,11 @@ pub enum SourceError {
          postgres://USER:PASSWORD@HOST/DATABASE"
     )]
     UnsupportedDatabase { database: String },
+    #[error(
+        "the segment query on {database} {reason}: a segment query is a single SELECT (or WITH \
+         ... SELECT, or VALUES), so that it can neither write nor create files"
+    )]
+    NotASelect { database: String, reason: String },
     #[error("cannot connect to {database}: {message}")]
     Connect { database: String, message: String },
     #[error("the segment query failed on {database}: {message}")]

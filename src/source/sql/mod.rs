@@ -1,15 +1,19 @@
 //! SQL segments: a query run against the user's SQLite or PostgreSQL database, never able to
-//! write to it. SQLite files are opened read-only; PostgreSQL sessions default to read-only
-//! transactions and the query runs inside `BEGIN READ ONLY`. Rows are streamed with `fetch`
-//! by a task that owns the connection, so a big result never sits in memory.
+//! write to it. The query must be a single SELECT (`statement.rs`: no `VACUUM INTO`, `ATTACH`,
+//! `COPY ... TO` or second statement); SQLite files are opened read-only (`mode=ro`) with
+//! `query_only` on; PostgreSQL sessions default to read-only transactions and the query runs
+//! inside `BEGIN READ ONLY`. Rows are streamed with `fetch` by a task that owns the connection,
+//! so a big result never sits in memory.
 //!
 //! Every value must be readable as text. A value of a type with no text rendering here (a
 //! BLOB, a PostgreSQL NUMERIC or JSON...) is a row error that names the column and its type
 //! and suggests casting it to text in the query.
 //!
-//! Files: this one opens the database and streams the rows; `text.rs` reads each value as text;
-//! the redaction of URLs and driver messages is `crate::redact`'s.
+//! Files: this one opens the database and streams the rows; `statement.rs` checks that the query
+//! is one read statement; `text.rs` reads each value as text; the redaction of URLs and driver
+//! messages is `crate::redact`'s.
 
+mod statement;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -22,9 +26,10 @@ use futures::stream::BoxStream;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Column, Connection, Executor, SqlSafeStr, Statement};
+use sqlx::{AssertSqlSafe, Column, Connection, Either, Executor, SqlSafeStr, Statement};
 use tokio::sync::{mpsc, oneshot};
 
+use self::statement::{Dialect, Refusal, check_read_query};
 use self::text::{TextRow, to_row};
 use super::{CHANNEL_CHUNKS, ChunkSender, RowStream, SourceError, duplicate_names, project};
 use crate::redact::{PasswordScrubber, redact_url};
@@ -78,6 +83,13 @@ impl Database {
         }
     }
 
+    fn not_a_select(&self, refusal: &Refusal) -> SourceError {
+        SourceError::NotASelect {
+            database: self.label.clone(),
+            reason: refusal.to_string(),
+        }
+    }
+
     fn source_name(&self) -> String {
         format!("the query result on {}", self.label)
     }
@@ -89,6 +101,15 @@ enum Target {
     Postgres(PgConnectOptions),
 }
 
+impl Target {
+    fn dialect(&self) -> Dialect {
+        match self {
+            Target::Sqlite(_) => Dialect::Sqlite,
+            Target::Postgres(_) => Dialect::Postgres,
+        }
+    }
+}
+
 fn target(url: &str, database: &Database) -> Result<Target, SourceError> {
     if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
@@ -96,6 +117,8 @@ fn target(url: &str, database: &Database) -> Result<Target, SourceError> {
             // Set after parsing so that a `mode=rwc` in the URL cannot undo it.
             .read_only(true)
             .create_if_missing(false)
+            // Belt and braces with `mode=ro`, which alone lets `VACUUM INTO` write its copy.
+            .pragma("query_only", "ON")
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
         Ok(Target::Sqlite(options))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -125,6 +148,8 @@ pub(super) async fn open(
     let url = url.expose_secret();
     let database = Database::new(url);
     let target = target(url, &database)?;
+    // Before connecting: a refused query never reaches the database.
+    check_read_query(query, target.dialect()).map_err(|refusal| database.not_a_select(&refusal))?;
     let source_name = database.source_name();
     let (ready_tx, ready_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
@@ -275,6 +300,16 @@ fn statement_columns<S: Statement>(
     database: &Database,
 ) -> Result<Vec<String>, SourceError> {
     let statement = prepared.map_err(|e| database.query_error(&e))?;
+    // Preparing runs nothing. A parameter could only be bound to nothing, and would be
+    // the sign of SQL this module's split into statements read differently from SQLite.
+    let parameters = match statement.parameters() {
+        Some(Either::Left(types)) => types.len(),
+        Some(Either::Right(count)) => count,
+        None => 0,
+    };
+    if parameters > 0 {
+        return Err(database.not_a_select(&Refusal::Parameters));
+    }
     Ok(statement
         .columns()
         .iter()
