@@ -9,4 +9,5 @@ mod daemon;
 mod deploy;
 mod engine;
 mod layout;
+mod security_sources;
 mod support;
