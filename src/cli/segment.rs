@@ -207,14 +207,20 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
 }
 
 fn describe(v: &SegmentView) -> String {
-    output::fields(&[
+    let mut fields = vec![
         ("name", v.name.clone()),
         ("kind", v.kind.to_string()),
         ("source", v.source.clone()),
+    ];
+    if let Some(tls) = &v.tls {
+        fields.push(("TLS", tls.clone()));
+    }
+    fields.extend([
         ("rows", v.rows.to_string()),
         ("columns", output::list_or_none(&v.columns)),
         ("exports", output::list_or_none(&v.exports)),
-    ])
+    ]);
+    output::fields(&fields)
 }
 
 #[cfg(test)]

@@ -75,6 +75,10 @@ pub struct SegmentView {
     pub columns: Vec<String>,
     pub rows: i64,
     pub exports: Vec<String>,
+    /// A PostgreSQL source's TLS mode and why, e.g. "verify-full (default off loopback)"; shown
+    /// by `segment add` and `segment show`, which have the database URL at hand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 impl Context {
@@ -143,6 +147,7 @@ impl Context {
             source: origin,
             rows: s.row_count,
             exports,
+            tls: None,
         })
     }
 
@@ -184,7 +189,9 @@ impl Context {
         }
         tracing::info!(segment = %name, kind = %resolved.kind, rows = description.rows, "Segment saved");
         // The view of what was just stored: its columns and row count are the ones read above.
-        self.segment_view(self.find_segment(name).await?).await
+        let mut view = self.segment_view(self.find_segment(name).await?).await?;
+        view.tls = source::postgres_tls(&resolved.def).map(|tls| tls.to_string());
+        Ok(view)
     }
 
     /// Checks the source the user gave and resolves it: absolute paths, the database URL
@@ -261,6 +268,7 @@ impl Context {
         let description = source::describe(&def).await?;
         view.columns = description.columns;
         view.rows = description.rows as i64;
+        view.tls = source::postgres_tls(&def).map(|tls| tls.to_string());
         Ok(view)
     }
 

@@ -20,6 +20,8 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use sql::{PostgresTls, SslMode, TlsOrigin};
+
 /// Rows per chunk handed from a reader task to the consumer: large enough to amortise the
 /// channel hand-off, small enough that the chunks in flight stay a few megabytes.
 const CHUNK_ROWS: usize = 2048;
@@ -171,6 +173,15 @@ fn quoted_list(names: &[String]) -> String {
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The TLS mode a PostgreSQL source is read with and why (`segment show` prints it); `None` for
+/// files and SQLite.
+pub fn postgres_tls(def: &SourceDef) -> Option<PostgresTls> {
+    match def {
+        SourceDef::Sql { database_url, .. } => sql::postgres_tls(database_url),
+        SourceDef::Csv { .. } | SourceDef::Jsonl { .. } => None,
+    }
 }
 
 /// What `segment add` shows: the source's columns and how many rows it holds.

@@ -1,6 +1,9 @@
 //! Issue 10, finding 8, as the attack: a segment query that would write next to the user's
 //! database (`VACUUM INTO` a copy of it, `ATTACH` a new file and create a table in it) is
-//! refused when the segment is added, previewed or run, and the file is never created.
+//! refused when the segment is added, previewed or run, and the file is never created. And the
+//! TLS mode a PostgreSQL source is read with is shown with where it comes from (the rule
+//! itself, verify-full off loopback, is a table test in `src/source/sql/tls.rs`: a test never
+//! connects off loopback).
 
 use std::path::Path;
 
@@ -110,4 +113,81 @@ async fn a_stored_vacuum_into_query_is_refused_at_preview_and_at_run_time() {
     assert!(said.contains("starts with `VACUUM`"), "{said}");
     assert_absent(&copy);
     assert_eq!(env.requests_to("bulk_import"), 0);
+}
+
+/// The PostgreSQL URL for tests; panics when unset, so an ignored test run by hand cannot pass
+/// by doing nothing.
+fn postgres_url() -> String {
+    std::env::var("ACEXPORT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| panic!("needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn segment_add_and_show_name_the_tls_mode_of_a_postgres_source_and_where_it_comes_from() {
+    let env = TestEnv::new().await;
+    let url = postgres_url();
+    let opted_out = format!(
+        "{url}{}sslmode=require",
+        if url.contains('?') { '&' } else { '?' }
+    );
+    let query = "SELECT 'ada@example.com' AS email";
+
+    let default = env
+        .run(&[
+            "segment",
+            "add",
+            "local",
+            "--sql",
+            query,
+            "--database",
+            &url,
+        ])
+        .await;
+    let explicit = env
+        .run(&[
+            "segment",
+            "add",
+            "required",
+            "--sql",
+            query,
+            "--database",
+            &opted_out,
+        ])
+        .await;
+
+    default.assert_ok();
+    explicit.assert_ok();
+    assert!(
+        default
+            .stdout_text()
+            .contains("TLS:     prefer (default on loopback)"),
+        "{}",
+        default.stdout_text()
+    );
+    let shown = env.show_json("segment", "required").await;
+    assert_eq!(
+        shown["tls"],
+        "require (set in the URL: the server certificate is not verified)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sqlite_segment_shows_no_tls_line() {
+    let env = TestEnv::new().await;
+    let url = sqlite_database(&env).await;
+    add_sql_segment(&env, "SELECT email FROM members", &url)
+        .await
+        .assert_ok();
+
+    let out = env.run(&["segment", "show", "members"]).await;
+
+    out.assert_ok();
+    assert!(!out.stdout_text().contains("TLS"), "{}", out.stdout_text());
+    assert!(
+        env.show_json("segment", "members")
+            .await
+            .get("tls")
+            .is_none()
+    );
 }

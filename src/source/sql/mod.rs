@@ -2,22 +2,25 @@
 //! write to it. The query must be a single SELECT (`statement.rs`: no `VACUUM INTO`, `ATTACH`,
 //! `COPY ... TO` or second statement); SQLite files are opened read-only (`mode=ro`) with
 //! `query_only` on; PostgreSQL sessions default to read-only transactions and the query runs
-//! inside `BEGIN READ ONLY`. Rows are streamed with `fetch` by a task that owns the connection,
-//! so a big result never sits in memory.
+//! inside `BEGIN READ ONLY`. Off loopback a PostgreSQL server's certificate is verified unless
+//! the URL says otherwise (`tls.rs`). Rows are streamed with `fetch` by a task that owns the
+//! connection, so a big result never sits in memory.
 //!
 //! Every value must be readable as text. A value of a type with no text rendering here (a
 //! BLOB, a PostgreSQL NUMERIC or JSON...) is a row error that names the column and its type
 //! and suggests casting it to text in the query.
 //!
 //! Files: this one opens the database and streams the rows; `statement.rs` checks that the query
-//! is one read statement; `text.rs` reads each value as text; the redaction of URLs and driver
-//! messages is `crate::redact`'s.
+//! is one read statement; `tls.rs` picks PostgreSQL's sslmode; `text.rs` reads each value as
+//! text; the redaction of URLs and driver messages is `crate::redact`'s.
 
 mod statement;
 #[cfg(test)]
 mod tests;
 mod text;
+mod tls;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::statement::{Dialect, Refusal, check_read_query};
 use self::text::{TextRow, to_row};
+pub use self::tls::{PostgresTls, SslMode, TlsOrigin};
 use super::{CHANNEL_CHUNKS, ChunkSender, RowStream, SourceError, duplicate_names, project};
 use crate::redact::{PasswordScrubber, redact_url};
 
@@ -44,12 +48,24 @@ pub(super) fn source_name(url: &SecretString) -> String {
     format!("the query result on {}", redact_url(url.expose_secret()))
 }
 
+/// The TLS mode a PostgreSQL URL is read with; `None` for SQLite or a URL that cannot be read
+/// (reading the source says why).
+pub(super) fn postgres_tls(url: &SecretString) -> Option<PostgresTls> {
+    let url = url.expose_secret();
+    match target(url, &Database::new(url)) {
+        Ok(Target::Postgres(_, tls)) => Some(tls),
+        _ => None,
+    }
+}
+
 /// The database as messages show it, plus what must be scrubbed from driver messages.
 struct Database {
     /// The URL with its password redacted.
     label: String,
     /// Removes the URL's passwords from driver messages.
     passwords: PasswordScrubber,
+    /// PostgreSQL's TLS mode, to explain a failed certificate check.
+    tls: Option<PostgresTls>,
 }
 
 impl Database {
@@ -57,13 +73,32 @@ impl Database {
         Database {
             label: redact_url(url),
             passwords: PasswordScrubber::for_url(url),
+            tls: None,
         }
     }
 
     fn connect_error(&self, error: &sqlx::Error) -> SourceError {
+        let mut message = self.passwords.scrub(&error.to_string());
+        // rustls reports a refused certificate as invalid data on the socket.
+        let tls_failed = match error {
+            sqlx::Error::Tls(_) => true,
+            sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+            _ => false,
+        };
+        if let Some(tls) = self.tls.filter(|tls| tls_failed && tls.mode.verifies()) {
+            message.push_str(&format!(
+                " (TLS: {tls}. The server's certificate must chain to a Mozilla root \
+                 certificate built into acexport: for a private CA add sslrootcert=PATH to the \
+                 URL"
+            ));
+            if tls.origin == TlsOrigin::RemoteDefault {
+                message.push_str("; sslmode=require in the URL encrypts without this check");
+            }
+            message.push(')');
+        }
         SourceError::Connect {
             database: self.label.clone(),
-            message: self.passwords.scrub(&error.to_string()),
+            message,
         }
     }
 
@@ -98,14 +133,22 @@ impl Database {
 /// Where the query runs, with the read-only settings applied.
 enum Target {
     Sqlite(SqliteConnectOptions),
-    Postgres(PgConnectOptions),
+    /// The options carry the TLS mode in force, which is also kept to be shown.
+    Postgres(PgConnectOptions, PostgresTls),
 }
 
 impl Target {
     fn dialect(&self) -> Dialect {
         match self {
             Target::Sqlite(_) => Dialect::Sqlite,
-            Target::Postgres(_) => Dialect::Postgres,
+            Target::Postgres(..) => Dialect::Postgres,
+        }
+    }
+
+    fn tls(&self) -> Option<PostgresTls> {
+        match self {
+            Target::Sqlite(_) => None,
+            Target::Postgres(_, tls) => Some(*tls),
         }
     }
 }
@@ -122,12 +165,23 @@ fn target(url: &str, database: &Database) -> Result<Target, SourceError> {
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
         Ok(Target::Sqlite(options))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| database.connect_error(&e))?
+        let options = PgConnectOptions::from_str(url).map_err(|e| database.connect_error(&e))?;
+        let in_url = tls::sslmode_in_url(url).map_err(|message| SourceError::Connect {
+            database: database.label.clone(),
+            message,
+        })?;
+        // The host and socket sqlx will connect to, defaults and PGHOST included.
+        let tls = tls::postgres_tls(
+            options.get_host(),
+            options.get_socket().map(PathBuf::as_path),
+            in_url,
+        );
+        let options = options
+            .ssl_mode(tls.mode.into())
             .application_name(PG_APPLICATION_NAME)
             // Belt and braces with `BEGIN READ ONLY`: every transaction of the session.
             .options([("default_transaction_read_only", "on")]);
-        Ok(Target::Postgres(options))
+        Ok(Target::Postgres(options, tls))
     } else {
         Err(SourceError::UnsupportedDatabase {
             database: database.label.clone(),
@@ -146,8 +200,9 @@ pub(super) async fn open(
     columns: Option<&[String]>,
 ) -> Result<(Vec<String>, RowStream), SourceError> {
     let url = url.expose_secret();
-    let database = Database::new(url);
+    let mut database = Database::new(url);
     let target = target(url, &database)?;
+    database.tls = target.tls();
     // Before connecting: a refused query never reaches the database.
     check_read_query(query, target.dialect()).map_err(|refusal| database.not_a_select(&refusal))?;
     let source_name = database.source_name();
@@ -165,7 +220,7 @@ pub(super) async fn open(
     let task = tokio::spawn(async move {
         match target {
             Target::Sqlite(options) => run_sqlite(options, job).await,
-            Target::Postgres(options) => run_postgres(options, job).await,
+            Target::Postgres(options, _) => run_postgres(options, job).await,
         }
     });
     let stream = RowStream::new(rx, task, source_name.clone());

@@ -511,3 +511,74 @@ async fn postgres_copy_to_a_server_file_is_refused() {
     assert!(error.to_string().contains("starts with `COPY`"), "{error}");
     assert!(!target.exists());
 }
+
+/// The sslmode a PostgreSQL URL is connected with, as sqlx names it. Parsing only: nothing
+/// connects.
+fn effective_ssl_mode(url: &str) -> String {
+    match target(url, &Database::new(url)) {
+        Ok(Target::Postgres(options, _)) => format!("{:?}", options.get_ssl_mode()),
+        _ => panic!("{url} is a PostgreSQL target"),
+    }
+}
+
+#[test]
+fn a_postgres_source_off_loopback_verifies_the_server_certificate_unless_the_url_says_otherwise() {
+    let cases = [
+        ("postgres://app@db.example.com/crm", "VerifyFull"),
+        ("postgres://app@10.0.0.5:6432/crm", "VerifyFull"),
+        (
+            "postgres://app@db.example.com/crm?sslmode=require",
+            "Require",
+        ),
+        (
+            "postgres://app@db.example.com/crm?sslmode=disable",
+            "Disable",
+        ),
+        ("postgres://app@127.0.0.1/crm", "Prefer"),
+        ("postgres://app@localhost/crm", "Prefer"),
+        ("postgres://app@[::1]/crm", "Prefer"),
+        ("postgres:///crm?host=/var/run/postgresql", "Prefer"),
+    ];
+    for (url, expected) in cases {
+        assert_eq!(effective_ssl_mode(url), expected, "{url}");
+    }
+}
+
+/// `url` with `param` added to its query string.
+fn with_param(url: &str, param: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{param}")
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn postgres_a_failed_certificate_check_says_how_to_trust_the_server() {
+    // A test server's certificate is self-signed (or it has no TLS): verify-full fails.
+    let url = with_param(&postgres_url(), "sslmode=verify-full");
+    let def = sql_def("SELECT 1 AS one", &url);
+
+    let error = describe(&def).await.expect_err("not verifiable");
+
+    assert!(matches!(error, SourceError::Connect { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("TLS: verify-full (set in the URL: the server certificate and host name"),
+        "{text}"
+    );
+    assert!(text.contains("add sslrootcert=PATH"), "{text}");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn postgres_an_sslmode_in_the_url_is_used_and_shown() {
+    let url = with_param(&postgres_url(), "sslmode=require");
+    let def = sql_def("SELECT 1 AS one", &url);
+
+    let description = describe(&def).await.expect("require does not verify");
+
+    assert_eq!(description.rows, 1);
+    assert_eq!(
+        crate::source::postgres_tls(&def).map(|tls| tls.to_string()),
+        Some("require (set in the URL: the server certificate is not verified)".to_owned())
+    );
+}
