@@ -857,7 +857,8 @@ async fn after_shutdown_the_port_refuses_connections() {
 async fn serve_stops_when_its_shutdown_future_completes() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let server = tokio::spawn(serve(addr, options(), async {
+    let listener = bind(addr).await.expect("bind");
+    let server = tokio::spawn(serve(listener, options(), async {
         stopped.await.ok();
     }));
 
@@ -865,4 +866,13 @@ async fn serve_stops_when_its_shutdown_future_completes() {
 
     let result = tokio::time::timeout(PATIENCE, server).await;
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+}
+
+#[test]
+fn the_default_token_is_made_up_for_each_sandbox_and_hidden_from_debug_output() {
+    let (first, second) = (SandboxOptions::default(), SandboxOptions::default());
+
+    assert_ne!(first.token, second.token);
+    assert!(first.token.len() >= 32, "{}", first.token);
+    assert!(!format!("{first:?}").contains(&first.token));
 }

@@ -9,5 +9,6 @@ mod daemon;
 mod deploy;
 mod engine;
 mod layout;
+mod security_sandbox;
 mod security_sources;
 mod support;
