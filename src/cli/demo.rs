@@ -22,7 +22,6 @@ const PROFILES: usize = 3_000;
 const INVALID: usize = 25;
 /// Rows repeating an earlier address (in another letter case).
 const DUPLICATES: usize = 40;
-const TOKEN: &str = "demo-sandbox-token-7f3a";
 
 const FIRST: &[&str] = &[
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken",
@@ -70,12 +69,11 @@ fn world_error(error: WorldError) -> CliError {
 }
 
 pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
-    // ActiveCampaign's real limits (the sandbox's defaults) and the built-in settings.
+    // ActiveCampaign's real limits and a token made up for this run (the sandbox's defaults):
+    // a fixed token, public in this code, would open the sandbox's views to every local user
+    // while the demo runs.
     let world = World::builder()
-        .sandbox_options(SandboxOptions {
-            token: TOKEN.to_owned(),
-            ..SandboxOptions::default()
-        })
+        .sandbox_options(SandboxOptions::default())
         .build()
         .await
         .map_err(world_error)?;

@@ -297,14 +297,20 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
 
 fn describe(v: &SegmentView) -> String {
     let columns: Vec<String> = v.columns.iter().map(|c| shown_name(c)).collect();
-    let mut text = output::fields(&[
+    let mut fields = vec![
         ("name", v.name.clone()),
         ("kind", v.kind.to_string()),
         ("source", v.source.clone()),
+    ];
+    if let Some(tls) = &v.tls {
+        fields.push(("TLS", tls.clone()));
+    }
+    fields.extend([
         ("rows", v.rows.to_string()),
         ("columns", output::list_or_none(&columns)),
         ("exports", output::list_or_none(&v.exports)),
     ]);
+    let mut text = output::fields(&fields);
     if !v.column_types.is_empty() {
         let mut table = Table::new(["COLUMN", "TYPE", "SENT AS"]);
         for column in &v.column_types {

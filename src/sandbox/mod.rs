@@ -45,10 +45,16 @@ const DEFAULT_FIELD_COUNT: u64 = 25;
 /// Requests and bulk imports remembered: far more than any test looks at, a few MB at most.
 const DEFAULT_HISTORY: usize = 10_000;
 
+/// A random token (128 bits from the thread's CSPRNG, as 32 hex digits), for a sandbox started
+/// without one: unguessable, so the profiles its views show are no one else's to read.
+pub fn generate_token() -> String {
+    format!("sbx-{:032x}", rand::random::<u128>())
+}
+
 /// How the sandbox behaves.
 #[derive(Clone)]
 pub struct SandboxOptions {
-    /// Expected `Api-Token` value.
+    /// Expected `Api-Token` value, for the API and the `/_sandbox` views alike.
     pub token: String,
     /// General limit per sliding second; `None` turns it off.
     pub requests_per_second: Option<u32>,
@@ -76,7 +82,8 @@ pub struct SandboxOptions {
 impl Default for SandboxOptions {
     fn default() -> Self {
         Self {
-            token: "sandbox-token".to_owned(),
+            // A fixed default would let anyone who read this code read the views.
+            token: generate_token(),
             requests_per_second: Some(DEFAULT_REQUESTS_PER_SECOND),
             bulk_imports_per_minute: Some(DEFAULT_BULK_IMPORTS_PER_MINUTE),
             retry_after_secs: 1,
@@ -247,20 +254,21 @@ impl Drop for Sandbox {
     }
 }
 
-/// Serves a sandbox on `addr` until `shutdown` completes (the `acexport sandbox` command).
+/// Serves a sandbox on `listener` (from [`bind`]) until `shutdown` completes (the
+/// `acexport sandbox` command, which binds first to say where it listens).
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     opts: SandboxOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!("Sandbox listening on http://{local}");
     let (shared, queue) = Shared::new(opts);
     run(listener, shared, queue, shutdown).await
 }
 
-async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds the sandbox's listener; the error names the address.
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|error| {
         io::Error::new(
             error.kind(),

@@ -31,7 +31,10 @@ async fn start(opts: SandboxOptions) -> (Sandbox, Client) {
 
 struct Client {
     http: reqwest::Client,
+    /// The API's base URL, `http://127.0.0.1:PORT/api/3`.
     base: String,
+    /// The sandbox's own URL, for the `/_sandbox` views.
+    host: String,
 }
 
 impl Client {
@@ -39,7 +42,17 @@ impl Client {
         Self {
             http: reqwest::Client::new(),
             base: format!("{}/api/3", sandbox.host()),
+            host: sandbox.host(),
         }
+    }
+
+    /// GETs a `/_sandbox` view with `token` as `Api-Token` (none when `None`).
+    async fn view(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.host));
+        if let Some(token) = token {
+            request = request.header("Api-Token", token);
+        }
+        request.send().await.expect("request completes")
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
@@ -769,27 +782,43 @@ async fn max_requests_in_window_counts_only_the_matching_paths() {
 }
 
 #[tokio::test]
-async fn the_stats_view_needs_no_token() {
-    let (sandbox, client) = start(options()).await;
+async fn the_stats_view_answers_with_the_token() {
+    let (_sandbox, client) = start(options()).await;
     client.get("/users/me").await;
 
-    let response = reqwest::get(format!("{}/_sandbox/stats", sandbox.host()))
-        .await
-        .expect("request completes");
+    let response = client.view("/_sandbox/stats", Some(TOKEN)).await;
 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body(response).await["requests"], 1);
 }
 
 #[tokio::test]
+async fn the_views_refuse_a_request_without_the_token_or_with_a_wrong_one_and_show_no_profile() {
+    let (sandbox, client) = start(options()).await;
+    sandbox.unsubscribe("ada.lovelace@example.com", 1);
+
+    for path in [
+        "/_sandbox/contacts",
+        "/_sandbox/contacts?list=1",
+        "/_sandbox/stats",
+    ] {
+        for token in [None, Some("wrong"), Some(""), Some("test-token-but-longer")] {
+            let response = client.view(path, token).await;
+
+            assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path} {token:?}");
+            let text = response.text().await.expect("body");
+            assert!(!text.contains("ada.lovelace"), "{path} {token:?}: {text}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_contacts_view_filters_by_list() {
-    let (sandbox, _) = start(options()).await;
+    let (sandbox, client) = start(options()).await;
     sandbox.unsubscribe("a@example.com", 1);
     sandbox.unsubscribe("b@example.com", 2);
 
-    let response = reqwest::get(format!("{}/_sandbox/contacts?list=2", sandbox.host()))
-        .await
-        .expect("request completes");
+    let response = client.view("/_sandbox/contacts?list=2", Some(TOKEN)).await;
 
     let body = body(response).await;
     assert_eq!(body["total"], 1);
@@ -828,7 +857,8 @@ async fn after_shutdown_the_port_refuses_connections() {
 async fn serve_stops_when_its_shutdown_future_completes() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let server = tokio::spawn(serve(addr, options(), async {
+    let listener = bind(addr).await.expect("bind");
+    let server = tokio::spawn(serve(listener, options(), async {
         stopped.await.ok();
     }));
 
@@ -836,4 +866,13 @@ async fn serve_stops_when_its_shutdown_future_completes() {
 
     let result = tokio::time::timeout(PATIENCE, server).await;
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+}
+
+#[test]
+fn the_default_token_is_made_up_for_each_sandbox_and_hidden_from_debug_output() {
+    let (first, second) = (SandboxOptions::default(), SandboxOptions::default());
+
+    assert_ne!(first.token, second.token);
+    assert!(first.token.len() >= 32, "{}", first.token);
+    assert!(!format!("{first:?}").contains(&first.token));
 }

@@ -304,6 +304,10 @@ pub struct SegmentView {
     pub column_types: Vec<ColumnView>,
     pub rows: i64,
     pub exports: Vec<String>,
+    /// A PostgreSQL source's TLS mode and why, e.g. "verify-full (default off loopback)"; shown
+    /// by `segment add` and `segment show`, which have the database URL at hand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 /// A column's type as `segment add`/`segment show` list it.
@@ -429,6 +433,7 @@ impl Context {
             source: origin,
             rows: s.row_count,
             exports,
+            tls: None,
         })
     }
 
@@ -476,7 +481,9 @@ impl Context {
         }
         tracing::info!(segment = %name, kind = %resolved.kind, rows = description.rows, "Segment saved");
         // The view of what was just stored: its columns and row count are the ones read above.
-        self.segment_view(self.find_segment(name).await?).await
+        let mut view = self.segment_view(self.find_segment(name).await?).await?;
+        view.tls = source::postgres_tls(&resolved.def).map(|tls| tls.to_string());
+        Ok(view)
     }
 
     /// Changes a segment's source. The new source is read through once, as when adding, then
@@ -659,6 +666,7 @@ impl Context {
         view.column_types = column_views(&description.columns, &description.types);
         view.columns = description.columns;
         view.rows = description.rows as i64;
+        view.tls = source::postgres_tls(&def).map(|tls| tls.to_string());
         Ok(view)
     }
 

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 pub use self::column::{ColumnType, Conversion};
 use crate::escape::untrusted_capped;
 pub use crate::settings::SourceSettings;
+pub use sql::{PostgresTls, SslMode, TlsOrigin};
 
 /// Rows per chunk handed from a reader task to the consumer: large enough to amortise the
 /// channel hand-off, small enough that the chunks in flight stay a few megabytes.
@@ -216,6 +217,11 @@ pub enum SourceError {
          postgres://USER:PASSWORD@HOST/DATABASE"
     )]
     UnsupportedDatabase { database: String },
+    #[error(
+        "the segment query on {database} {reason}: a segment query is a single SELECT (or WITH \
+         ... SELECT, or VALUES), so that it can neither write nor create files"
+    )]
+    NotASelect { database: String, reason: String },
     #[error("cannot connect to {database}: {message}")]
     Connect { database: String, message: String },
     #[error("the segment query failed on {database}: {message}")]
@@ -279,6 +285,15 @@ fn quoted_list(names: &[String]) -> String {
         list.push_str(&format!(" and {} more", names.len() - SHOWN_NAMES));
     }
     list
+}
+
+/// The TLS mode a PostgreSQL source is read with and why (`segment show` prints it); `None` for
+/// files and SQLite.
+pub fn postgres_tls(def: &SourceDef) -> Option<PostgresTls> {
+    match def {
+        SourceDef::Sql { database_url, .. } => sql::postgres_tls(database_url),
+        SourceDef::Csv { .. } | SourceDef::Jsonl { .. } => None,
+    }
 }
 
 /// What `segment add` shows: the source's columns, their types, and how many rows it holds.

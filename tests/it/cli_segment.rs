@@ -9,7 +9,7 @@ const MEMBERS_CSV: &str = "email,first_name,tier\nada@example.com,Ada,gold\n\
                            alan@example.com,Alan,silver\ngrace@example.com,Grace,gold\n";
 
 /// Creates a SQLite database with a `members` table of two rows; returns its `sqlite:` URL.
-async fn sqlite_database(env: &TestEnv) -> String {
+pub(crate) async fn sqlite_database(env: &TestEnv) -> String {
     let path = env.path("crm.db");
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&path)

@@ -10,6 +10,8 @@ mod deploy;
 mod engine;
 mod layout;
 mod security_http;
+mod security_sandbox;
+mod security_sources;
 mod security_state;
 mod security_triggers;
 mod sources;

@@ -1,6 +1,7 @@
-//! The sandbox's own views, outside ActiveCampaign's API and without a token: `/_sandbox/stats`
-//! (the counters) and `/_sandbox/contacts` (what arrived, optionally on one list), so a person
-//! trying `acexport sandbox` can see what an export delivered.
+//! The sandbox's own views, outside ActiveCampaign's API: `/_sandbox/stats` (the counters) and
+//! `/_sandbox/contacts` (what arrived, optionally on one list), so a person trying
+//! `acexport sandbox` can see what an export delivered. They need the API's `Api-Token` (the
+//! router puts `auth::require_token` in front): the contacts are whatever profiles were sent.
 
 use std::sync::Arc;
 
@@ -15,7 +16,8 @@ use super::Shared;
 use crate::sandbox::lock;
 use crate::sandbox::state::SandboxContact;
 
-/// The views, outside the gate: no token, no limit, not in the request log.
+/// The views, outside the gate: the token is checked in front of them (see the router), but no
+/// limit applies and they are not in the request log.
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/_sandbox/stats", get(view_stats))

@@ -2,8 +2,8 @@
 //! concern: `gate` (faults, latency and the request log around every API request), `auth` (the
 //! `Api-Token` check and the per-second limit), `catalog` (users/me, lists, custom fields: what
 //! acexport reads when it checks a connection), `bulk` (bulk_import, import/info and the worker
-//! that processes queued imports), `inspection` (the unauthenticated `/_sandbox/*` views) and
-//! `error` (ActiveCampaign's error envelopes).
+//! that processes queued imports), `inspection` (the `/_sandbox/*` views, behind the same token)
+//! and `error` (ActiveCampaign's error envelopes).
 //!
 //! Only the endpoints acexport calls are served. Response shapes copy ActiveCampaign's own (ids
 //! and `meta.total` as strings, snake_case bulk bodies, the several error envelopes), because the
@@ -89,8 +89,12 @@ impl Shared {
     }
 }
 
-/// The sandbox's routes: the API behind the gate, and the unauthenticated `/_sandbox` views.
+/// The sandbox's routes: the API behind the gate, and the `/_sandbox` views behind the token.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let views = inspection::routes().layer(middleware::from_fn_with_state(
+        shared.clone(),
+        auth::require_token,
+    ));
     let api = Router::new()
         .merge(catalog::routes())
         .merge(bulk::routes())
@@ -98,7 +102,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .method_not_allowed_fallback(unknown_endpoint)
         .layer(middleware::from_fn_with_state(shared.clone(), gate::gate));
     Router::new()
-        .merge(inspection::routes())
+        .merge(views)
         .merge(api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)

@@ -1,25 +1,32 @@
 //! SQL segments: a query run against the user's SQLite or PostgreSQL database, never able to
-//! write to it. SQLite files are opened read-only; PostgreSQL sessions default to read-only
-//! transactions and the query runs inside `BEGIN READ ONLY`. Rows are streamed with `fetch`
-//! by a task that owns the connection, so a big result never sits in memory.
+//! write to it. The query must be a single SELECT (`statement.rs`: no `VACUUM INTO`, `ATTACH`,
+//! `COPY ... TO` or second statement); SQLite files are opened read-only (`mode=ro`) with
+//! `query_only` on; PostgreSQL sessions default to read-only transactions and the query runs
+//! inside `BEGIN READ ONLY`. Off loopback a PostgreSQL server's certificate is verified unless
+//! the URL says otherwise (`tls.rs`). Rows are streamed with `fetch` by a task that owns the
+//! connection, so a big result never sits in memory.
 //!
 //! Every result column gets its text rule from its type when the query is prepared, before
 //! any row is read. A requested column whose type has no rule (BYTEA, a BLOB column...) stops
 //! the source with a [`SourceError::NotExportable`]; a single value its rule cannot read is a
 //! row error naming the column.
 //!
-//! Files: this one opens the database and streams the rows; `types.rs` decides each column's
+//! Files: this one opens the database and streams the rows; `statement.rs` checks that the query
+//! is one read statement; `tls.rs` picks PostgreSQL's sslmode; `types.rs` decides each column's
 //! rule, `text.rs` applies it to each value (`pg_binary.rs` for PostgreSQL's binary forms);
 //! `message.rs` words database errors; the redaction of URLs and driver messages is
 //! `crate::redact`'s.
 
 mod message;
 mod pg_binary;
+mod statement;
 #[cfg(test)]
 mod tests;
 mod text;
+mod tls;
 mod types;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -28,11 +35,13 @@ use futures::stream::BoxStream;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Column, Connection, Executor, SqlSafeStr, Statement};
+use sqlx::{AssertSqlSafe, Column, Connection, Either, Executor, SqlSafeStr, Statement};
 use tokio::sync::{mpsc, oneshot};
 
 use self::message::database_message;
+use self::statement::{Dialect, Refusal, check_read_query};
 use self::text::{TextRow, to_row};
+pub use self::tls::{PostgresTls, SslMode, TlsOrigin};
 use self::types::ColumnTypeOf;
 use super::{
     CHANNEL_CHUNKS, ChunkSender, ColumnType, Conversion, Opened, RowStream, SourceError,
@@ -50,12 +59,24 @@ pub(super) fn source_name(url: &SecretString) -> String {
     format!("the query result on {}", redact_url(url.expose_secret()))
 }
 
+/// The TLS mode a PostgreSQL URL is read with; `None` for SQLite or a URL that cannot be read
+/// (reading the source says why).
+pub(super) fn postgres_tls(url: &SecretString) -> Option<PostgresTls> {
+    let url = url.expose_secret();
+    match target(url, &Database::new(url)) {
+        Ok(Target::Postgres(_, tls)) => Some(tls),
+        _ => None,
+    }
+}
+
 /// The database as messages show it, plus what must be scrubbed from driver messages.
 struct Database {
     /// The URL with its password redacted.
     label: String,
     /// Removes the URL's passwords from driver messages.
     passwords: PasswordScrubber,
+    /// PostgreSQL's TLS mode, to explain a failed certificate check.
+    tls: Option<PostgresTls>,
 }
 
 impl Database {
@@ -63,14 +84,33 @@ impl Database {
         Database {
             label: redact_url(url),
             passwords: PasswordScrubber::for_url(url),
+            tls: None,
         }
     }
 
     fn connect_error(&self, error: &sqlx::Error) -> SourceError {
+        // No query yet, so no position to point at.
+        let mut message = self.passwords.scrub(&database_message(error, ""));
+        // rustls reports a refused certificate as invalid data on the socket.
+        let tls_failed = match error {
+            sqlx::Error::Tls(_) => true,
+            sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+            _ => false,
+        };
+        if let Some(tls) = self.tls.filter(|tls| tls_failed && tls.mode.verifies()) {
+            message.push_str(&format!(
+                " (TLS: {tls}. The server's certificate must chain to a Mozilla root \
+                 certificate built into acexport: for a private CA add sslrootcert=PATH to the \
+                 URL"
+            ));
+            if tls.origin == TlsOrigin::RemoteDefault {
+                message.push_str("; sslmode=require in the URL encrypts without this check");
+            }
+            message.push(')');
+        }
         SourceError::Connect {
             database: self.label.clone(),
-            // No query yet, so no position to point at.
-            message: self.passwords.scrub(&database_message(error, "")),
+            message,
         }
     }
 
@@ -91,6 +131,13 @@ impl Database {
         }
     }
 
+    fn not_a_select(&self, refusal: &Refusal) -> SourceError {
+        SourceError::NotASelect {
+            database: self.label.clone(),
+            reason: refusal.to_string(),
+        }
+    }
+
     fn source_name(&self) -> String {
         format!("the query result on {}", self.label)
     }
@@ -99,7 +146,24 @@ impl Database {
 /// Where the query runs, with the read-only settings applied.
 enum Target {
     Sqlite(SqliteConnectOptions),
-    Postgres(PgConnectOptions),
+    /// The options carry the TLS mode in force, which is also kept to be shown.
+    Postgres(PgConnectOptions, PostgresTls),
+}
+
+impl Target {
+    fn dialect(&self) -> Dialect {
+        match self {
+            Target::Sqlite(_) => Dialect::Sqlite,
+            Target::Postgres(..) => Dialect::Postgres,
+        }
+    }
+
+    fn tls(&self) -> Option<PostgresTls> {
+        match self {
+            Target::Sqlite(_) => None,
+            Target::Postgres(_, tls) => Some(*tls),
+        }
+    }
 }
 
 fn target(url: &str, database: &Database) -> Result<Target, SourceError> {
@@ -109,15 +173,28 @@ fn target(url: &str, database: &Database) -> Result<Target, SourceError> {
             // Set after parsing so that a `mode=rwc` in the URL cannot undo it.
             .read_only(true)
             .create_if_missing(false)
+            // Belt and braces with `mode=ro`, which alone lets `VACUUM INTO` write its copy.
+            .pragma("query_only", "ON")
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
         Ok(Target::Sqlite(options))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| database.connect_error(&e))?
+        let options = PgConnectOptions::from_str(url).map_err(|e| database.connect_error(&e))?;
+        let in_url = tls::sslmode_in_url(url).map_err(|message| SourceError::Connect {
+            database: database.label.clone(),
+            message,
+        })?;
+        // The host and socket sqlx will connect to, defaults and PGHOST included.
+        let tls = tls::postgres_tls(
+            options.get_host(),
+            options.get_socket().map(PathBuf::as_path),
+            in_url,
+        );
+        let options = options
+            .ssl_mode(tls.mode.into())
             .application_name(PG_APPLICATION_NAME)
             // Belt and braces with `BEGIN READ ONLY`: every transaction of the session.
             .options([("default_transaction_read_only", "on")]);
-        Ok(Target::Postgres(options))
+        Ok(Target::Postgres(options, tls))
     } else {
         Err(SourceError::UnsupportedDatabase {
             database: database.label.clone(),
@@ -136,8 +213,11 @@ pub(super) async fn open(
     columns: Option<&[String]>,
 ) -> Result<Opened, SourceError> {
     let url = url.expose_secret();
-    let database = Database::new(url);
+    let mut database = Database::new(url);
     let target = target(url, &database)?;
+    database.tls = target.tls();
+    // Before connecting: a refused query never reaches the database.
+    check_read_query(query, target.dialect()).map_err(|refusal| database.not_a_select(&refusal))?;
     let source_name = database.source_name();
     let (ready_tx, ready_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
@@ -153,7 +233,7 @@ pub(super) async fn open(
     let task = tokio::spawn(async move {
         match target {
             Target::Sqlite(options) => run_sqlite(options, job).await,
-            Target::Postgres(options) => run_postgres(options, job).await,
+            Target::Postgres(options, _) => run_postgres(options, job).await,
         }
     });
     let stream = RowStream::new(rx, task, source_name.clone());
@@ -337,6 +417,16 @@ where
     <S::Database as sqlx::Database>::TypeInfo: ColumnTypeOf,
 {
     let statement = prepared.map_err(|e| database.query_error(&e, query))?;
+    // Preparing runs nothing. A parameter could only be bound to nothing, and would be
+    // the sign of SQL this module's split into statements read differently from SQLite.
+    let parameters = match statement.parameters() {
+        Some(Either::Left(types)) => types.len(),
+        Some(Either::Right(count)) => count,
+        None => 0,
+    };
+    if parameters > 0 {
+        return Err(database.not_a_select(&Refusal::Parameters));
+    }
     Ok(statement
         .columns()
         .iter()

@@ -167,7 +167,7 @@ async fn sqlite_query_without_rows_still_has_columns() {
 }
 
 #[tokio::test]
-async fn sqlite_update_query_fails_and_leaves_the_database_unchanged() {
+async fn sqlite_update_query_is_refused_and_leaves_the_database_unchanged() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = sqlite_db(dir.path()).await;
     let def = sql_def("UPDATE people SET email = 'x@example.com'", &url);
@@ -175,12 +175,175 @@ async fn sqlite_update_query_fails_and_leaves_the_database_unchanged() {
     let result = describe(&def).await;
 
     let error = result.expect_err("read-only");
-    assert!(error.to_string().contains("readonly"), "{error}");
+    assert!(
+        error.to_string().contains("starts with `UPDATE`"),
+        "{error}"
+    );
     let check = sql_def(
         "SELECT email FROM people WHERE email = 'x@example.com'",
         &url,
     );
     assert_eq!(describe(&check).await.expect("describe").rows, 0);
+}
+
+/// The files in `dir` other than the source database: what a query managed to create.
+fn files_besides_the_database(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list the temp dir")
+        .map(|entry| {
+            entry
+                .expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| !name.starts_with("crm.db"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs `query` on a fresh copy of the test database as `describe` (segment add), `preview`
+/// and `open` (a run) do; returns each error and the files left beside the database.
+async fn attack(query_for: impl Fn(&Path) -> String) -> (Vec<SourceError>, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def(&query_for(dir.path()), &url);
+    let errors = vec![
+        describe(&def).await.expect_err("describe refuses it"),
+        preview(&def, 10).await.expect_err("preview refuses it"),
+        open(&def, &names(&["email"]))
+            .await
+            .err()
+            .expect("open refuses it"),
+    ];
+    (errors, files_besides_the_database(dir.path()))
+}
+
+#[tokio::test]
+async fn sqlite_vacuum_into_is_refused_and_creates_no_file() {
+    let (errors, created) =
+        attack(|dir| format!("VACUUM INTO '{}'", dir.join("copy.db").display())).await;
+
+    assert_eq!(created, Vec::<String>::new());
+    for error in errors {
+        assert!(matches!(error, SourceError::NotASelect { .. }), "{error}");
+        assert!(
+            error.to_string().contains("starts with `VACUUM`"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("a single SELECT"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_attach_and_create_table_in_the_attached_database_are_refused() {
+    let (errors, created) = attack(|dir| {
+        format!(
+            "ATTACH DATABASE '{}' AS y; CREATE TABLE y.stolen AS SELECT * FROM people",
+            dir.join("y.db").display()
+        )
+    })
+    .await;
+
+    assert_eq!(created, Vec::<String>::new());
+    for error in errors {
+        assert!(
+            error.to_string().contains("starts with `ATTACH`"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_a_second_statement_after_a_select_is_refused_before_the_select_runs() {
+    let (errors, created) = attack(|dir| {
+        format!(
+            "SELECT email FROM people;\nVACUUM INTO '{}'",
+            dir.join("copy.db").display()
+        )
+    })
+    .await;
+
+    assert_eq!(created, Vec::<String>::new());
+    for error in errors {
+        assert!(
+            error.to_string().contains("a second statement (line 2)"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_a_query_cannot_turn_query_only_off_first() {
+    let (errors, created) = attack(|dir| {
+        format!(
+            "PRAGMA query_only = OFF; VACUUM INTO '{}'",
+            dir.join("copy.db").display()
+        )
+    })
+    .await;
+
+    assert_eq!(created, Vec::<String>::new());
+    for error in errors {
+        assert!(
+            error.to_string().contains("starts with `PRAGMA`"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_a_data_changing_query_behind_with_meets_the_read_only_connection() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def(
+        "WITH doomed AS (SELECT id FROM people) DELETE FROM people WHERE id IN doomed",
+        &url,
+    );
+
+    let error = describe(&def).await.expect_err("read-only");
+
+    assert!(error.to_string().contains("readonly database"), "{error}");
+    let check = sql_def("SELECT email FROM people", &url);
+    assert_eq!(describe(&check).await.expect("describe").rows, 3);
+}
+
+#[tokio::test]
+async fn a_sqlite_source_connection_is_read_only_and_query_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let Ok(Target::Sqlite(options)) = target(&url, &Database::new(&url)) else {
+        panic!("a sqlite target");
+    };
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .expect("connect");
+
+    let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
+        .fetch_one(&mut conn)
+        .await
+        .expect("read the pragma");
+    // Even with query_only turned off, the file was opened read-only (mode=ro).
+    let write = sqlx::raw_sql("PRAGMA query_only = OFF; CREATE TABLE t (a)")
+        .execute(&mut conn)
+        .await;
+
+    assert_eq!(query_only, 1);
+    let error = write.expect_err("mode=ro");
+    assert!(error.to_string().contains("readonly database"), "{error}");
+}
+
+#[tokio::test]
+async fn sqlite_a_query_with_parameters_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let def = sql_def("SELECT email FROM people WHERE id = :id", &url);
+
+    let error = describe(&def).await.expect_err("parameters");
+
+    assert!(matches!(error, SourceError::NotASelect { .. }), "{error}");
+    assert!(error.to_string().contains("parameters"), "{error}");
 }
 
 #[tokio::test]
@@ -351,7 +514,11 @@ async fn postgres_query_runs_read_only() {
         "CREATE TABLE {table} (email text); INSERT INTO {table} VALUES ('a@example.com');",
     )
     .await;
-    let def = sql_def(&format!("DELETE FROM {table} RETURNING email"), &url);
+    // Past the SELECT check (it starts with WITH), so the read-only transaction stops it.
+    let def = sql_def(
+        &format!("WITH gone AS (DELETE FROM {table} RETURNING email) SELECT email FROM gone"),
+        &url,
+    );
 
     let result = describe(&def).await;
     let remaining: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
@@ -568,4 +735,96 @@ async fn postgres_enums_domains_and_their_arrays_convert_by_the_type_beneath() {
     assert!(error.reason.contains("2-dimensional"), "{}", error.reason);
     let docs = docs.expect("jsonb[] refused").to_string();
     assert!(docs.contains("an array of JSON"), "{docs}");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn postgres_copy_to_a_server_file_is_refused() {
+    let url = postgres_url();
+    // Where a superuser's COPY would write on the server; a tests' server runs on loopback.
+    let target = std::env::temp_dir().join(format!("acexport-copy-{}.txt", std::process::id()));
+    let def = sql_def(
+        &format!(
+            "COPY (SELECT 'a@example.com' AS email) TO '{}'",
+            target.display()
+        ),
+        &url,
+    );
+
+    let error = describe(&def).await.expect_err("COPY is no SELECT");
+
+    assert!(matches!(error, SourceError::NotASelect { .. }), "{error}");
+    assert!(error.to_string().contains("starts with `COPY`"), "{error}");
+    assert!(!target.exists());
+}
+
+/// The sslmode a PostgreSQL URL is connected with, as sqlx names it. Parsing only: nothing
+/// connects.
+fn effective_ssl_mode(url: &str) -> String {
+    match target(url, &Database::new(url)) {
+        Ok(Target::Postgres(options, _)) => format!("{:?}", options.get_ssl_mode()),
+        _ => panic!("{url} is a PostgreSQL target"),
+    }
+}
+
+#[test]
+fn a_postgres_source_off_loopback_verifies_the_server_certificate_unless_the_url_says_otherwise() {
+    let cases = [
+        ("postgres://app@db.example.com/crm", "VerifyFull"),
+        ("postgres://app@10.0.0.5:6432/crm", "VerifyFull"),
+        (
+            "postgres://app@db.example.com/crm?sslmode=require",
+            "Require",
+        ),
+        (
+            "postgres://app@db.example.com/crm?sslmode=disable",
+            "Disable",
+        ),
+        ("postgres://app@127.0.0.1/crm", "Prefer"),
+        ("postgres://app@localhost/crm", "Prefer"),
+        ("postgres://app@[::1]/crm", "Prefer"),
+        ("postgres:///crm?host=/var/run/postgresql", "Prefer"),
+    ];
+    for (url, expected) in cases {
+        assert_eq!(effective_ssl_mode(url), expected, "{url}");
+    }
+}
+
+/// `url` with `param` added to its query string.
+fn with_param(url: &str, param: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{param}")
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn postgres_a_failed_certificate_check_says_how_to_trust_the_server() {
+    // A test server's certificate is self-signed (or it has no TLS): verify-full fails.
+    let url = with_param(&postgres_url(), "sslmode=verify-full");
+    let def = sql_def("SELECT 1 AS one", &url);
+
+    let error = describe(&def).await.expect_err("not verifiable");
+
+    assert!(matches!(error, SourceError::Connect { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("TLS: verify-full (set in the URL: the server certificate and host name"),
+        "{text}"
+    );
+    assert!(text.contains("add sslrootcert=PATH"), "{text}");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn postgres_an_sslmode_in_the_url_is_used_and_shown() {
+    let url = with_param(&postgres_url(), "sslmode=require");
+    let def = sql_def("SELECT 1 AS one", &url);
+
+    let description = describe(&def).await.expect("require does not verify");
+
+    assert_eq!(description.rows, 1);
+    assert_eq!(
+        crate::source::postgres_tls(&def).map(|tls| tls.to_string()),
+        Some("require (set in the URL: the server certificate is not verified)".to_owned())
+    );
 }
