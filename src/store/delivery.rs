@@ -98,6 +98,10 @@ impl WorkTables {
     pub async fn create(store: &Store) -> Result<WorkTables, StoreError> {
         let mut conn = store.dedicated_connection().await?;
         for sql in [
+            // The work tables churn (a stage filled and emptied per chunk); zeroing their freed
+            // pages would cost CPU and protect nothing: the temp file is unlinked at close
+            // without being overwritten either way. The database file keeps secure_delete.
+            "PRAGMA temp.secure_delete = OFF",
             "DROP TABLE IF EXISTS temp.seen",
             "DROP TABLE IF EXISTS temp.outbox",
             "DROP TABLE IF EXISTS temp.stage",
