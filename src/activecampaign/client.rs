@@ -39,6 +39,10 @@ const MAX_SHOWN_TARGET_CHARS: usize = 260;
 /// Most bytes of an error body read: ActiveCampaign's are a few hundred bytes, and only their
 /// message fields are kept; a hostile server could send gigabytes.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Most bytes of a success body read: ActiveCampaign's largest answers (a page of 100 fields,
+/// the outcome of a 250-contact import) are tens of kilobytes; a hostile server could send
+/// gigabytes, and the whole body is held in memory to be parsed.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Longest batch id accepted from a bulk import: ActiveCampaign's are UUIDs (36 characters).
 const MAX_BATCH_ID_CHARS: usize = 64;
 
@@ -432,6 +436,15 @@ impl Client {
             match verdict {
                 Verdict::Success => {
                     let answer = result.map_err(|_| AcError::Aborted)?;
+                    if answer.body_cut {
+                        return Err(AcError::Decode {
+                            host,
+                            detail: format!(
+                                "the answer is more than {MAX_BODY_BYTES} bytes, far more than \
+                                 ActiveCampaign sends; it was not read"
+                            ),
+                        });
+                    }
                     return Ok(Answer::Body(answer.body));
                 }
                 Verdict::Throttled(wait) => {
@@ -596,9 +609,9 @@ struct Received {
     retry_after: Option<String>,
     /// Where a 3xx pointed; reported, never followed.
     location: Option<String>,
-    /// The whole body of a success; of an error, at most [`MAX_ERROR_BODY_BYTES`].
+    /// At most [`MAX_BODY_BYTES`] of a success, [`MAX_ERROR_BODY_BYTES`] of an error.
     body: bytes::Bytes,
-    /// The error body was longer than [`MAX_ERROR_BODY_BYTES`] and was not read to its end.
+    /// The body was longer than its cap and was not read to its end.
     body_cut: bool,
 }
 
@@ -613,19 +626,12 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Received, reqwest::Err
     };
     let retry_after = header(RETRY_AFTER);
     let location = header(LOCATION);
-    if status.is_success() {
-        let body = response
-            .bytes()
-            .await
-            .map_err(reqwest::Error::without_url)?;
-        return Ok(Received {
-            status,
-            retry_after,
-            location,
-            body,
-            body_cut: false,
-        });
-    }
+    // Read in chunks up to a cap, never whole: a hostile server could send gigabytes.
+    let cap = if status.is_success() {
+        MAX_BODY_BYTES
+    } else {
+        MAX_ERROR_BODY_BYTES
+    };
     let mut response = response;
     let mut body = bytes::BytesMut::new();
     let mut body_cut = false;
@@ -634,7 +640,7 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Received, reqwest::Err
         .await
         .map_err(reqwest::Error::without_url)?
     {
-        if body.len() + chunk.len() > MAX_ERROR_BODY_BYTES {
+        if body.len() + chunk.len() > cap {
             body_cut = true;
             break;
         }
@@ -805,6 +811,77 @@ mod tests {
         for (answer, described) in cases {
             assert_eq!(describe_answer(&answer, &scrub()), described);
         }
+    }
+
+    /// A loopback server answering every connection with `head` then `body_len` bytes of
+    /// `fill` inside a JSON user object, as a hostile host could.
+    async fn hostile_server(body_len: usize) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let open = br#"{"user":{"id":"1","username":""#;
+                    let close = br#""}}"#;
+                    let len = open.len() + body_len + close.len();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(open).await;
+                    let chunk = vec![b'a'; 1 << 20];
+                    let mut left = body_len;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if stream.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                    let _ = stream.write_all(close).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn options() -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(20),
+            requests_per_second: 1000,
+            bulk_imports_per_minute: 1000,
+            max_attempts: 1,
+            retry_base: Duration::from_millis(1),
+            retry_cap: Duration::from_millis(1),
+            max_throttle_wait: Duration::from_secs(1),
+            proxy: None,
+        }
+    }
+
+    /// A hostile host answers 200 with a body far larger than any ActiveCampaign answer: it
+    /// is refused, not read whole into memory (gigabytes would end the daemon).
+    #[tokio::test]
+    async fn a_huge_success_body_is_refused_not_read_whole() {
+        let addr = hostile_server(MAX_BODY_BYTES + (1 << 20)).await;
+        let base = BaseUrl::parse(&format!("http://{addr}")).expect("loopback base");
+        let client = Client::new(
+            base,
+            SecretString::from("k3y-0123456789abcdef"),
+            options(),
+            CancellationToken::new(),
+        )
+        .expect("client");
+
+        let result = client.users_me().await;
+
+        assert!(result.is_err(), "a body over the cap must not be accepted");
+        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("more than"), "{error}");
     }
 
     #[test]
