@@ -32,6 +32,9 @@ use crate::settings::{ActiveCampaignSettings, ProxyUrl};
 
 /// ActiveCampaign's largest page (`limit` max, AC pagination docs).
 const MAX_PAGE: usize = 100;
+/// Most custom fields read from one account: far more than any account defines, and a bound on
+/// what a host that never stops paging can make us hold.
+const MAX_FIELDS: usize = 10_000;
 /// Connect timeout: an unreachable host should fail fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest redirect target shown, in characters: a DNS name (253) with a port.
@@ -279,8 +282,16 @@ impl Client {
             let got = page.fields.len();
             all.extend(page.fields);
             let total = page.meta.and_then(|m| m.total()).unwrap_or(0);
-            if got == 0 || all.len() >= total {
+            // A short page is the last one, whatever `total` claims: a hostile or broken host
+            // announcing a billion fields one per page would otherwise keep this loop going.
+            if got < MAX_PAGE || all.len() >= total {
                 return Ok(all);
+            }
+            if all.len() >= MAX_FIELDS {
+                return Err(AcError::Decode {
+                    host: self.host().to_owned(),
+                    detail: format!("fields: more than {MAX_FIELDS} custom fields were listed"),
+                });
             }
         }
     }
@@ -882,6 +893,52 @@ mod tests {
         assert!(result.is_err(), "a body over the cap must not be accepted");
         let error = result.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("more than"), "{error}");
+    }
+
+    /// A host that announces a billion custom fields and sends one per page: the first short
+    /// page ends the listing, so the loop neither spins nor grows.
+    #[tokio::test]
+    async fn a_host_announcing_endless_fields_is_read_to_its_first_short_page() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        let pages = std::sync::Arc::new(AtomicUsize::new(0));
+        let served = pages.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let served = served.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let n = served.fetch_add(1, Ordering::SeqCst);
+                    let body = format!(
+                        r#"{{"fields":[{{"id":"{n}","title":"F{n}"}}],"meta":{{"total":"1000000000"}}}}"#
+                    );
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        let base = BaseUrl::parse(&format!("http://{addr}")).expect("loopback base");
+        let client = Client::new(
+            base,
+            SecretString::from("k3y-0123456789abcdef"),
+            options(),
+            CancellationToken::new(),
+        )
+        .expect("client");
+
+        let fields = client.fields().await.expect("fields");
+
+        assert_eq!(fields.len(), 1);
+        assert_eq!(pages.load(Ordering::SeqCst), 1, "one page asked for");
     }
 
     #[test]

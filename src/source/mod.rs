@@ -233,7 +233,8 @@ pub enum SourceError {
         message: String,
     },
     #[error(
-        "column `{column}` of {source_name} has type {}, which cannot be exported: {}",
+        "column {} of {source_name} has type {}, which cannot be exported: {}",
+        shown_name(column),
         .column_type.name,
         .column_type.refusal().unwrap_or_default()
     )]
