@@ -4,6 +4,11 @@
 //! it tight), and refused otherwise, naming the `chmod` that fixes it; acexport does not change
 //! another user's folder.
 //!
+//! The database file and its `-wal`/`-shm` companions get the same treatment with a stricter
+//! rule: nobody but the owner reads them (a file restored from a backup under umask 022 is
+//! 0644, and the folder's group includes the trigger group's path). Another user's loose file
+//! is only warned about: root may run the CLI against the service user's database.
+//!
 //! Group read and search are kept: the systemd install makes the folder 0750 with an ACL that
 //! lets the trigger group pass through to `triggers/` (deploy/acexport.tmpfiles), and with an
 //! ACL the group bits are the ACL's mask. Tightening to 0700 would cut that path.
@@ -81,6 +86,61 @@ fn tighten(dir: &Path, folder: &File) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Mode bits no database file keeps: the profile data in it is for its owner only.
+const LOOSE_FILE_BITS: u32 = 0o077;
+
+/// Makes sure the database at `path` and its `-wal` and `-shm` files, where they exist, are
+/// owner-only: tightened when this process's user owns them, warned about otherwise.
+pub(super) fn ensure_private_files(path: &Path) -> Result<(), StoreError> {
+    let mut names = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        names.push(name.into());
+    }
+    for name in names {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&name)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(StoreError::Folder { path: name, source }),
+        };
+        let meta = file.metadata().map_err(|source| StoreError::Folder {
+            path: name.clone(),
+            source,
+        })?;
+        let mode = meta.mode() & 0o7777;
+        if mode & LOOSE_FILE_BITS == 0 {
+            continue;
+        }
+        let tight = mode & !LOOSE_FILE_BITS;
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            tracing::warn!(
+                file = %name.display(),
+                mode = %format_args!("{mode:04o}"),
+                fix = %format_args!("chmod {tight:04o} {}", name.display()),
+                "Database file is readable by others than its owner"
+            );
+            continue;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(tight))
+            .map_err(|source| StoreError::Folder {
+                path: name.clone(),
+                source,
+            })?;
+        tracing::warn!(
+            file = %name.display(),
+            was = %format_args!("{mode:04o}"),
+            now = %format_args!("{tight:04o}"),
+            "Database file was readable by others than its owner; tightened it"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +162,24 @@ mod tests {
         ];
         for (mode, want) in cases {
             assert_eq!(tightened(mode), want, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_database_restored_world_readable_is_made_owner_only_with_its_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("acexport.db");
+        let wal = dir.path().join("acexport.db-wal");
+        for file in [&db, &wal] {
+            std::fs::write(file, b"x").expect("write");
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+
+        ensure_private_files(&db).expect("tightened");
+
+        for file in [&db, &wal] {
+            let mode = std::fs::metadata(file).expect("meta").mode() & 0o7777;
+            assert_eq!(mode, 0o600, "{}", file.display());
         }
     }
 

@@ -59,7 +59,7 @@ pub enum StoreError {
     },
     #[error("cannot open the database {path}: {source}")]
     Connect { path: PathBuf, source: sqlx::Error },
-    #[error("cannot create or check the state folder {path}: {source}")]
+    #[error("cannot create or check the mode of {path}: {source}")]
     Folder {
         path: PathBuf,
         source: std::io::Error,
@@ -137,6 +137,7 @@ impl Store {
                     source,
                 })?;
         } else {
+            folder::ensure_private_files(path)?;
             refuse_newer_schema(path).await?;
         }
         // Two pooled connections with small page caches: SQLite writes one at a time anyway,
