@@ -666,6 +666,18 @@ mod tests {
     }
 
     #[test]
+    fn the_suppressed_recheck_defaults_to_30_days_and_a_century_is_the_most() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[export]\nsuppressed_recheck_days = 36501\n");
+        let err = Settings::load_from(Some(&file), &env(&[])).expect_err("must refuse");
+        assert!(
+            err.to_string().contains("export.suppressed_recheck_days"),
+            "{err}"
+        );
+        assert_eq!(Settings::default().export.suppressed_recheck_days, 30);
+    }
+
+    #[test]
     fn an_unknown_time_zone_is_refused_naming_the_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = write(dir.path(), "[schedule]\ntimezone = \"Mars/Olympus\"\n");

@@ -167,11 +167,12 @@ pub fn outcome_text(o: &RunOutcome) -> String {
     };
     if let Some(plan) = &o.plan {
         out.push_str(&format!(
-            "  would add {}, update {}, leave {} unchanged, unsubscribe {}, forget {} who left\n  \
-             rejected {}, duplicates {}\n",
+            "  would add {}, update {}, leave {} unchanged and {} suppressed, unsubscribe {}, \
+             forget {} who left\n  rejected {}, duplicates {}\n",
             thousands(plan.adds),
             thousands(plan.updates),
             thousands(plan.unchanged),
+            thousands(plan.suppressed),
             thousands(plan.unsubscribes),
             thousands(plan.forgotten),
             thousands(plan.rejected),

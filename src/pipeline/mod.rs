@@ -128,6 +128,8 @@ pub struct Plan {
     pub unsubscribes: u64,
     /// Members who left and are forgotten (on-leave keep).
     pub forgotten: u64,
+    /// Suppressed members held back (values unchanged, checked within the recheck days).
+    pub suppressed: u64,
     pub rejected: u64,
     pub duplicates: u64,
     pub sample_rejects: Vec<RunIssue>,
@@ -413,6 +415,7 @@ async fn dry_run(
     plan.adds = totals.new;
     plan.updates = totals.changed;
     plan.unchanged = counts.unchanged;
+    plan.suppressed = counts.suppressed;
     plan.rejected = counts.rejected;
     plan.duplicates = counts.duplicates;
     match export.on_leave {

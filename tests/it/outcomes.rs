@@ -215,3 +215,23 @@ async fn a_member_acexport_unsubscribed_is_resubscribed_on_return_but_one_who_le
         "{again}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_counts_the_suppressed_members_it_would_hold_back() {
+    let env = TestEnv::new().await;
+    env.sandbox.unsubscribe("gone@example.com", 1);
+    export_of(&env, MEMBERS, &[]).await;
+    run_json(&env).await;
+
+    let out = env
+        .run(&["export", "run", "weekly", "--dry-run", "--json"])
+        .await;
+
+    out.assert_ok();
+    let json: Value = serde_json::from_str(&out.stdout_text()).expect("JSON");
+    assert_eq!(
+        (&json["plan"]["suppressed"], &json["plan"]["unchanged"]),
+        (&Value::from(1), &Value::from(3)),
+        "{json}"
+    );
+}
