@@ -28,6 +28,11 @@ const MAX_REQUESTS_PER_SECOND: u32 = 100_000;
 const MAX_BULK_IMPORTS_PER_MINUTE: u32 = 6_000_000;
 /// Customer Insights' documented ceiling per export, our default guard.
 pub const DEFAULT_MAX_PROFILES: u64 = 1_000_000;
+/// Days a suppressed contact is left alone: a month, so that someone taken off ActiveCampaign's
+/// exclusion list is reached within one, at a few requests each per month otherwise.
+pub const DEFAULT_SUPPRESSED_RECHECK_DAYS: u32 = 30;
+/// Longest recheck accepted: a century, far beyond any use, and within what dates can hold.
+const MAX_SUPPRESSED_RECHECK_DAYS: u32 = 36_500;
 /// Default longest line of a segment file: a profile with a thousand columns of typical values
 /// is a few kilobytes, so a megabyte only stops a wrong or broken file.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
@@ -157,6 +162,9 @@ impl std::fmt::Debug for ProxyUrl {
 pub struct ExportSettings {
     /// A run with more valid profiles than this fails before sending anything.
     pub max_profiles: u64,
+    /// Days a suppressed contact (unsubscribed, bounced, excluded) whose values did not change
+    /// is left alone before it is sent again to see whether ActiveCampaign still refuses it.
+    pub suppressed_recheck_days: u32,
 }
 
 /// Caps on what a segment file may hold, checked while it is read, so that reading holds at
@@ -259,6 +267,7 @@ impl Default for ExportSettings {
     fn default() -> Self {
         Self {
             max_profiles: DEFAULT_MAX_PROFILES,
+            suppressed_recheck_days: DEFAULT_SUPPRESSED_RECHECK_DAYS,
         }
     }
 }
@@ -446,6 +455,15 @@ impl Settings {
             return Err(SettingsError::Key {
                 key: "export.max_profiles",
                 message: "must be at least 1".to_owned(),
+            });
+        }
+        if self.export.suppressed_recheck_days > MAX_SUPPRESSED_RECHECK_DAYS {
+            return Err(SettingsError::Key {
+                key: "export.suppressed_recheck_days",
+                message: format!(
+                    "must be at most {MAX_SUPPRESSED_RECHECK_DAYS} days, got {}",
+                    self.export.suppressed_recheck_days
+                ),
             });
         }
         self.source.validate()?;
@@ -645,6 +663,18 @@ mod tests {
                 .contains("activecampaign.requests_per_second"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_suppressed_recheck_defaults_to_30_days_and_a_century_is_the_most() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[export]\nsuppressed_recheck_days = 36501\n");
+        let err = Settings::load_from(Some(&file), &env(&[])).expect_err("must refuse");
+        assert!(
+            err.to_string().contains("export.suppressed_recheck_days"),
+            "{err}"
+        );
+        assert_eq!(Settings::default().export.suppressed_recheck_days, 30);
     }
 
     #[test]

@@ -349,6 +349,52 @@ impl Client {
         self.decode(&answer, "import/info")
     }
 
+    /// The id of the contact with this email, if ActiveCampaign has one. Only a contact whose
+    /// email is the one asked for counts: a filter the server ignored would otherwise answer
+    /// with someone else.
+    pub async fn find_contact(&self, email: &str) -> Result<Option<String>, AcError> {
+        let query = [("email", email)];
+        let answer = self
+            .call(Method::GET, "contacts", &query, None, RequestKind::Plain)
+            .await?;
+        let page: wire::ContactsPage = self.decode(&answer, "contacts")?;
+        Ok(page
+            .contacts
+            .into_iter()
+            .find(|c| c.email.trim().eq_ignore_ascii_case(email.trim()))
+            .map(|c| c.id))
+    }
+
+    /// The contact's status code on the list (1 active, 2 unsubscribed, 3 bounced, ...), or
+    /// `None` when it has none there.
+    pub async fn list_status(&self, contact_id: &str, list_id: i64) -> Result<Option<u8>, AcError> {
+        let path = format!("contacts/{contact_id}/contactLists");
+        let answer = self
+            .call(Method::GET, &path, &[], None, RequestKind::Plain)
+            .await?;
+        let lists: wire::ContactListsPage = self.decode(&answer, "contactLists")?;
+        Ok(lists.status_on(list_id))
+    }
+
+    /// Subscribes the contact to the list with `contactLists` status 1, which (unlike a bulk
+    /// import) also re-subscribes someone who is unsubscribed from it: only for members
+    /// acexport itself unsubscribed.
+    pub async fn resubscribe(&self, contact_id: &str, list_id: i64) -> Result<(), AcError> {
+        let body = wire::resubscribe_body(contact_id, list_id).map_err(|e| AcError::Decode {
+            host: self.host().to_owned(),
+            detail: format!("contactLists: {e}"),
+        })?;
+        self.call(
+            Method::POST,
+            "contactLists",
+            &[],
+            Some(body),
+            RequestKind::Plain,
+        )
+        .await?;
+        Ok(())
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(
         &self,
         body: &[u8],

@@ -193,6 +193,75 @@ impl ImportInfo {
     }
 }
 
+/// `GET /contacts?email=`: the contacts found. Its `Debug` shows no email.
+#[derive(Deserialize)]
+pub struct ContactsPage {
+    #[serde(default)]
+    pub contacts: Vec<ContactRef>,
+}
+
+/// A contact as far as acexport reads it: its id and, to check the match, its email.
+#[derive(Deserialize)]
+pub struct ContactRef {
+    #[serde(deserialize_with = "id_text")]
+    pub id: String,
+    #[serde(default)]
+    pub email: String,
+}
+
+/// `GET /contacts/{id}/contactLists`.
+#[derive(Debug, Deserialize)]
+pub struct ContactListsPage {
+    #[serde(rename = "contactLists", default)]
+    pub contact_lists: Vec<ContactListEntry>,
+}
+
+/// A contact's membership of one list. `status` is a string here and a number in the answer
+/// to `POST /contactLists` (ActiveCampaign's examples): either is read.
+#[derive(Debug, Deserialize)]
+pub struct ContactListEntry {
+    #[serde(deserialize_with = "id_text")]
+    pub list: String,
+    #[serde(deserialize_with = "id_text")]
+    pub status: String,
+}
+
+impl ContactListsPage {
+    /// The status code on `list_id`, if the contact has one there that reads as a number.
+    pub fn status_on(&self, list_id: i64) -> Option<u8> {
+        let list = list_id.to_string();
+        self.contact_lists
+            .iter()
+            .find(|e| e.list.trim() == list)
+            .and_then(|e| e.status.trim().parse().ok())
+    }
+}
+
+/// `POST /contactLists` subscribing a contact: status 1, and `sourceid` 4, which
+/// ActiveCampaign asks for "when re-subscribing a contact to a list".
+pub fn resubscribe_body(contact_id: &str, list_id: i64) -> Result<Vec<u8>, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "contactList")]
+        contact_list: ContactList<'a>,
+    }
+    #[derive(Serialize)]
+    struct ContactList<'a> {
+        list: i64,
+        contact: &'a str,
+        status: u8,
+        sourceid: u8,
+    }
+    serde_json::to_vec(&Body {
+        contact_list: ContactList {
+            list: list_id,
+            contact: contact_id,
+            status: 1,
+            sourceid: 4,
+        },
+    })
+}
+
 /// Every string value of every contact in a bulk-import request body (emails, names,
 /// phones, field values, tags): what an answer to it must not repeat.
 pub fn bulk_contact_values(body: &[u8]) -> Vec<String> {
@@ -314,6 +383,27 @@ mod tests {
         assert_eq!(
             info.failed_emails().collect::<Vec<_>>(),
             vec!["x@example.com"]
+        );
+    }
+
+    #[test]
+    fn a_list_status_reads_as_a_string_or_a_number_and_only_for_that_list() {
+        let page: ContactListsPage = serde_json::from_str(
+            r#"{"contactLists":[{"list":"1","status":"2","contact":"7"},{"list":3,"status":3}]}"#,
+        )
+        .expect("parse");
+        assert_eq!(
+            (page.status_on(1), page.status_on(3), page.status_on(2)),
+            (Some(2), Some(3), None)
+        );
+    }
+
+    #[test]
+    fn a_resubscribe_asks_for_status_1_with_the_resubscribe_source() {
+        let body = resubscribe_body("42", 7).expect("serialise");
+        assert_eq!(
+            String::from_utf8(body).expect("utf-8"),
+            r#"{"contactList":{"list":7,"contact":"42","status":1,"sourceid":4}}"#
         );
     }
 

@@ -101,7 +101,7 @@ impl Progress for TerminalProgress {
 
 /// `[sending ████████░░░░ 66%] read 3,000 · planned 2,940 · sent 2,000 · confirmed 1,940`
 pub fn progress_line(phase: &str, c: &RunCounts) -> String {
-    let confirmed = c.upserted + c.unsubscribed + c.failed;
+    let confirmed = c.upserted + c.unsubscribed + c.failed + c.suppressed;
     let bar = if c.planned > 0 && phase != "reading" {
         let done = (confirmed as f64 / c.planned as f64).min(1.0);
         let filled = (done * 20.0).round() as usize;
@@ -144,8 +144,8 @@ pub fn outcome_json(o: &RunOutcome) -> serde_json::Value {
         "status": o.status,
         "counts": {
             "rows_read": c.rows_read, "rejected": c.rejected, "duplicates": c.duplicates,
-            "unchanged": c.unchanged, "upserted": c.upserted, "unsubscribed": c.unsubscribed,
-            "failed": c.failed,
+            "unchanged": c.unchanged, "sent": c.sent, "upserted": c.upserted,
+            "unsubscribed": c.unsubscribed, "suppressed": c.suppressed, "failed": c.failed,
         },
         "error": o.error,
     });
@@ -167,11 +167,12 @@ pub fn outcome_text(o: &RunOutcome) -> String {
     };
     if let Some(plan) = &o.plan {
         out.push_str(&format!(
-            "  would add {}, update {}, leave {} unchanged, unsubscribe {}, forget {} who left\n  \
-             rejected {}, duplicates {}\n",
+            "  would add {}, update {}, leave {} unchanged and {} suppressed, unsubscribe {}, \
+             forget {} who left\n  rejected {}, duplicates {}\n",
             thousands(plan.adds),
             thousands(plan.updates),
             thousands(plan.unchanged),
+            thousands(plan.suppressed),
             thousands(plan.unsubscribes),
             thousands(plan.forgotten),
             thousands(plan.rejected),
@@ -197,13 +198,14 @@ pub fn outcome_text(o: &RunOutcome) -> String {
     } else {
         out.push_str(&format!(
             "  read {} · rejected {} · duplicates {} · unchanged {} · upserted {} · unsubscribed \
-             {} · failed {} · requests {}\n",
+             {} · suppressed {} · failed {} · requests {}\n",
             thousands(c.rows_read),
             thousands(c.rejected),
             thousands(c.duplicates),
             thousands(c.unchanged),
             thousands(c.upserted),
             thousands(c.unsubscribed),
+            thousands(c.suppressed),
             thousands(c.failed),
             thousands(c.requests)
         ));
@@ -211,9 +213,13 @@ pub fn outcome_text(o: &RunOutcome) -> String {
     if let Some(error) = &o.error {
         out.push_str(&format!("  error: {error}\n"));
     }
-    if let Some(id) = o.run_id.filter(|_| c.rejected + c.failed > 0) {
+    if let Some(id) = o
+        .run_id
+        .filter(|_| c.rejected + c.failed + c.suppressed > 0)
+    {
         out.push_str(&format!(
-            "  The rejected and failed profiles, with reasons: acexport runs show {id}\n"
+            "  The rejected, failed and suppressed profiles, with reasons: acexport runs show \
+             {id}\n"
         ));
     }
     out
@@ -494,8 +500,27 @@ mod tests {
             seconds: 1.0,
         };
         let v = outcome_json(&o);
-        let keys: Vec<&String> = v["counts"].as_object().expect("object").keys().collect();
-        assert_eq!(keys.len(), 7);
+        let mut keys: Vec<&str> = v["counts"]
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "duplicates",
+                "failed",
+                "rejected",
+                "rows_read",
+                "sent",
+                "suppressed",
+                "unchanged",
+                "unsubscribed",
+                "upserted"
+            ]
+        );
         assert_eq!(v["status"], "partial");
         assert_eq!(v["run_id"], 3);
     }

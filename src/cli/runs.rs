@@ -12,7 +12,7 @@ use crate::service::{Context, RunRecord};
 const DEFAULT_RUNS: u32 = 20;
 /// Most runs one listing shows.
 const MAX_RUNS: u32 = 1000;
-/// Most rejected/failed profiles `runs show` prints: enough to see the pattern.
+/// Most rejected, failed and suppressed profiles `runs show` prints: enough to see the pattern.
 const MAX_ISSUES_SHOWN: u32 = 200;
 
 #[derive(Debug, Args)]
@@ -34,7 +34,7 @@ pub struct RunsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
-    /// One run with its counts and the profiles it rejected or failed
+    /// One run with its counts and the profiles it rejected, failed or found suppressed
     Show {
         run_id: i64,
         /// Print JSON
@@ -78,6 +78,7 @@ async fn list(ctx: &Context, query: &RunsQuery, json: bool) -> Result<(), CliErr
         "UPSERTED",
         "UNSUBSCRIBED",
         "REJECTED",
+        "SUPPRESSED",
         "FAILED",
         "ERROR",
     ]);
@@ -94,6 +95,7 @@ async fn list(ctx: &Context, query: &RunsQuery, json: bool) -> Result<(), CliErr
             c.upserted.to_string(),
             c.unsubscribed.to_string(),
             c.rejected.to_string(),
+            c.suppressed.to_string(),
             c.failed.to_string(),
             output::or_none(r.error.as_deref()),
         ]);
@@ -130,12 +132,13 @@ async fn show(ctx: &Context, run_id: i64, json: bool) -> Result<(), CliError> {
         ("sent", c.sent.to_string()),
         ("upserted", c.upserted.to_string()),
         ("unsubscribed", c.unsubscribed.to_string()),
+        ("suppressed", c.suppressed.to_string()),
         ("failed", c.failed.to_string()),
         ("requests", c.requests.to_string()),
         ("error", output::or_none(run.error.as_deref())),
     ]);
     if !issues.is_empty() {
-        text.push_str("\nRejected and failed profiles");
+        text.push_str("\nRejected, failed and suppressed profiles");
         if issues.len() == MAX_ISSUES_SHOWN as usize {
             text.push_str(&format!(
                 " (first {MAX_ISSUES_SHOWN}; --json for the same list)"

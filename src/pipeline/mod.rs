@@ -93,6 +93,9 @@ pub struct ExportJob {
     pub hasher: ProfileHasher,
     /// More valid profiles than this fail the run before anything is sent.
     pub max_profiles: u64,
+    /// Suppressed members whose values did not change are sent again (to learn whether
+    /// ActiveCampaign still refuses them) once this many days have passed.
+    pub suppressed_recheck_days: u32,
 }
 
 /// Who or what started a run, and how.
@@ -125,6 +128,8 @@ pub struct Plan {
     pub unsubscribes: u64,
     /// Members who left and are forgotten (on-leave keep).
     pub forgotten: u64,
+    /// Suppressed members held back (values unchanged, checked within the recheck days).
+    pub suppressed: u64,
     pub rejected: u64,
     pub duplicates: u64,
     pub sample_rejects: Vec<RunIssue>,
@@ -216,7 +221,8 @@ pub async fn run(
                 status = %status, seconds = format!("{seconds:.1}"), rows_read = counts.rows_read,
                 rejected = counts.rejected, duplicates = counts.duplicates,
                 unchanged = counts.unchanged, upserted = counts.upserted,
-                unsubscribed = counts.unsubscribed, failed = counts.failed,
+                unsubscribed = counts.unsubscribed, suppressed = counts.suppressed,
+                failed = counts.failed,
                 requests = counts.requests, "Run finished"
             ),
         }
@@ -303,12 +309,15 @@ async fn read_and_plan(
         client,
         segments,
         hasher,
+        suppressed_recheck_days,
         ..
     } = job;
     preflight(&client, export).await?;
     recorder.counts.requests = client.requests_sent();
     let matching = Matching::new(export);
     let mut tables = WorkTables::create(store).await?;
+    let recheck = chrono::Utc::now() - chrono::Duration::days(suppressed_recheck_days.into());
+    tables.recheck_suppressed_before(crate::store::to_text(recheck));
     recorder.phase("reading").await;
     let mut planner = Planner {
         tables: &mut tables,
@@ -372,6 +381,7 @@ async fn execute(
         store,
         client: Arc::new(client),
         export_id: export.id,
+        list_id: export.list_id,
         run_id: run.id,
         control,
     };
@@ -405,6 +415,7 @@ async fn dry_run(
     plan.adds = totals.new;
     plan.updates = totals.changed;
     plan.unchanged = counts.unchanged;
+    plan.suppressed = counts.suppressed;
     plan.rejected = counts.rejected;
     plan.duplicates = counts.duplicates;
     match export.on_leave {

@@ -238,7 +238,8 @@ impl Planner<'_> {
         let counts = &mut self.recorder.counts;
         counts.duplicates += staged.seen_before;
         counts.planned += staged.planned;
-        counts.unchanged += staged.fresh - staged.planned;
+        counts.unchanged += staged.fresh - staged.planned - staged.held;
+        counts.suppressed += staged.held;
         self.totals.members += staged.fresh;
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! Record: the one place a run's outcome is kept. The recorder owns the run's counts, the
-//! rejected and failed profiles it records (masked, capped per run), the progress it reports,
+//! rejected, failed and suppressed profiles it records (masked, capped per run), the progress it reports,
 //! and the finish. The planner and the delivery tell it what happened; the store writes it.
 //! A dry run records into its plan instead of the history.
 
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{PipelineError, Plan, Progress};
 use crate::redact::mask_email;
+use crate::store::delivery::SuppressReason;
 use crate::store::{Doing, IssueKind, RunCounts, RunIssue, RunStatus, Store, StoreError};
 
 /// Rejected and failed profiles kept per run with details; counts stay exact beyond it.
@@ -111,6 +112,18 @@ impl Recorder {
             row: None,
             email: Some(mask_email(email)),
             reason: reason.to_owned(),
+        })
+    }
+
+    /// A suppressed contact's record (why ActiveCampaign will not take it), unless the
+    /// per-run cap is reached; written with its batch like a failure's.
+    pub fn suppressed_issue(&mut self, email: &str, reason: SuppressReason) -> Option<RunIssue> {
+        self.keep_one().then(|| RunIssue {
+            kind: IssueKind::Suppressed,
+            source: "activecampaign".to_owned(),
+            row: None,
+            email: Some(mask_email(email)),
+            reason: reason.explain().to_owned(),
         })
     }
 

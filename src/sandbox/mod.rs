@@ -212,6 +212,12 @@ impl Sandbox {
         lock(&self.shared.state).unsubscribe(email, list_id);
     }
 
+    /// As if mail to the person bounced (creates the contact if missing; needs stored
+    /// contacts): bulk imports no longer subscribe them to the list.
+    pub fn bounce(&self, email: &str, list_id: u64) {
+        lock(&self.shared.state).bounce(email, list_id);
+    }
+
     /// Queues a fault behind those already queued.
     pub fn inject(&self, fault: Fault) {
         lock(&self.shared.state).faults.push(fault);

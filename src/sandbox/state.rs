@@ -47,6 +47,20 @@ impl fmt::Debug for SandboxContact {
 pub enum ListStatus {
     Active,
     Unsubscribed,
+    /// Mail to the address bounced: ActiveCampaign will not subscribe it again by import.
+    Bounced,
+}
+
+impl ListStatus {
+    /// The `status` code ActiveCampaign gives a contact on a list: 1 active, 2 unsubscribed,
+    /// 3 bounced (ActiveCampaign's contact status codes).
+    pub fn code(self) -> u8 {
+        match self {
+            ListStatus::Active => 1,
+            ListStatus::Unsubscribed => 2,
+            ListStatus::Bounced => 3,
+        }
+    }
 }
 
 /// One request the sandbox received (`/_sandbox` views excluded).
@@ -317,6 +331,7 @@ impl State {
             return match status {
                 ListStatus::Active => counts.active,
                 ListStatus::Unsubscribed => counts.unsubscribed,
+                ListStatus::Bounced => 0,
             };
         }
         self.contacts
@@ -340,6 +355,43 @@ impl State {
         self.contacts[index]
             .lists
             .insert(list_id, ListStatus::Unsubscribed);
+    }
+
+    /// As if mail to the person bounced on `list_id`; creates the contact if missing. Needs
+    /// stored contacts.
+    pub(crate) fn bounce(&mut self, email: &str, list_id: u64) {
+        if self.store_contacts {
+            let (index, _) = self.upsert(email);
+            self.contacts[index]
+                .lists
+                .insert(list_id, ListStatus::Bounced);
+        }
+    }
+
+    /// A contact's email and its lists with their status, by id.
+    pub(crate) fn contact_by_id(
+        &self,
+        id: u64,
+    ) -> Option<(SandboxContact, Vec<(u64, ListStatus)>)> {
+        let stored = self
+            .contacts
+            .get(usize::try_from(id).ok()?.checked_sub(1)?)?;
+        let lists = stored.lists.iter().map(|(l, s)| (*l, *s)).collect();
+        Some((stored.contact.clone(), lists))
+    }
+
+    /// Sets a contact's status on a list (`POST /contactLists`): unlike a bulk import, this
+    /// re-subscribes someone who unsubscribed. `false` when there is no such contact.
+    pub(crate) fn set_list_status(&mut self, id: u64, list_id: u64, status: ListStatus) -> bool {
+        let Some(stored) = usize::try_from(id)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| self.contacts.get_mut(i))
+        else {
+            return false;
+        };
+        stored.lists.insert(list_id, status);
+        true
     }
 
     /// Registers an accepted bulk import; it stays queued until `ready_at` and reports
@@ -448,12 +500,14 @@ impl State {
             return true;
         }
         // "Contacts may not be subscribed to lists which they have previously unsubscribed
-        // from" (ActiveCampaign bulk import docs).
+        // from" (ActiveCampaign bulk import docs); nor can a bounced address be.
         contact.subscribe.iter().any(|list| {
             if self.store_contacts {
                 self.by_email.get(&key).is_some_and(|&index| {
-                    self.contacts[index].lists.get(&list.listid.0)
-                        == Some(&ListStatus::Unsubscribed)
+                    matches!(
+                        self.contacts[index].lists.get(&list.listid.0),
+                        Some(ListStatus::Unsubscribed | ListStatus::Bounced)
+                    )
                 })
             } else {
                 self.unsubscribed_marks
@@ -494,6 +548,7 @@ impl State {
         match status {
             ListStatus::Active => counts.active += 1,
             ListStatus::Unsubscribed => counts.unsubscribed += 1,
+            ListStatus::Bounced => {}
         }
     }
 

@@ -67,6 +67,7 @@ impl Context {
             segments,
             hasher: self.secret_key().profile_hasher(),
             max_profiles: self.settings.export.max_profiles,
+            suppressed_recheck_days: self.settings.export.suppressed_recheck_days,
         })
     }
 }

@@ -26,6 +26,42 @@ stored_words! {
         Delivered = "delivered",
         /// Sent but not imported: sent again by the next run.
         Failed = "failed",
+        /// ActiveCampaign will not subscribe it (see [`SuppressReason`]): not sent again until
+        /// its values change or the recheck days pass.
+        Suppressed = "suppressed",
+        /// Unsubscribed by acexport on leave (on-leave `unsubscribe`): re-subscribed if it
+        /// returns, since the person never asked to leave.
+        Left = "left",
+    }
+}
+
+stored_words! {
+    /// Why ActiveCampaign will not subscribe a contact, as far as its answers tell.
+    pub enum SuppressReason ("suppression reason") {
+        /// The person unsubscribed from the list (status 2 there).
+        Unsubscribed = "unsubscribed",
+        /// Mail to the address bounced (status 3 on the list).
+        Bounced = "bounced",
+        /// Not imported with no status on the list that says why: the exclusion list, the
+        /// account's bounce list, or (for an address ActiveCampaign does not hold) its contact
+        /// limit; its answers do not tell these apart.
+        Excluded = "excluded",
+    }
+}
+
+impl SuppressReason {
+    /// The reason as a run's issue records it.
+    pub fn explain(self) -> &'static str {
+        match self {
+            SuppressReason::Unsubscribed => {
+                "unsubscribed from the list; ActiveCampaign does not subscribe them again"
+            }
+            SuppressReason::Bounced => "mail to the address bounced; ActiveCampaign refuses it",
+            SuppressReason::Excluded => {
+                "not imported: on ActiveCampaign's exclusion or bounce list (or, for a new \
+                 address, the account's contact limit is reached)"
+            }
+        }
     }
 }
 
@@ -36,6 +72,9 @@ stored_words! {
         Changed = "changed",
         /// Left every segment; unsubscribed from the list (on-leave `unsubscribe`).
         Leave = "leave",
+        /// Unsubscribed by acexport when it left, and back in a segment: re-subscribed with
+        /// `contactLists` before it is imported.
+        Return = "return",
     }
 }
 
@@ -76,6 +115,8 @@ pub struct StagedChunk {
     pub fresh: u64,
     /// Of the fresh ones, those that went to the outbox (new or changed).
     pub planned: u64,
+    /// Of the fresh ones, suppressed members held back: values unchanged, checked recently.
+    pub held: u64,
 }
 
 /// Confirmed imports to record in one transaction (the group commit).
@@ -83,7 +124,9 @@ pub struct StagedChunk {
 pub struct Confirmed<'a> {
     pub delivered: &'a [OutboxItem],
     pub failed: &'a [OutboxItem],
-    /// Members unsubscribed on leave: their state is removed.
+    /// Contacts ActiveCampaign will not subscribe, with why.
+    pub suppressed: &'a [(OutboxItem, SuppressReason)],
+    /// Members unsubscribed on leave: kept as `left`, so a return re-subscribes them.
     pub left: &'a [OutboxItem],
     pub issues: &'a [RunIssue],
 }
@@ -91,6 +134,9 @@ pub struct Confirmed<'a> {
 /// A run's private work tables, on a connection of its own.
 pub struct WorkTables {
     conn: SqliteConnection,
+    /// Suppressed members checked at or after this time (RFC 3339) are not sent again while
+    /// their values are unchanged; older ones are checked again. Empty: never checked again.
+    recheck_before: String,
 }
 
 impl WorkTables {
@@ -120,7 +166,16 @@ impl WorkTables {
                 .await
                 .doing("preparing a run's work tables")?;
         }
-        Ok(WorkTables { conn })
+        Ok(WorkTables {
+            conn,
+            recheck_before: String::new(),
+        })
+    }
+
+    /// Suppressed members last checked before `time` (RFC 3339) are sent again, to learn
+    /// whether ActiveCampaign still refuses them.
+    pub fn recheck_suppressed_before(&mut self, time: String) {
+        self.recheck_before = time;
     }
 
     /// Starts the planning transaction: the work tables are written without a commit per
@@ -186,24 +241,31 @@ impl WorkTables {
             .await
             .doing("de-duplicating members")?
             .rows_affected();
+        // Without `--full` no run id is below the floor.
+        let floor = full_floor.unwrap_or(i64::MIN);
         let planned = sqlx::query(
             "INSERT INTO temp.outbox (email, hash, kind, payload) \
-             SELECT s.email, s.hash, CASE WHEN d.email IS NULL THEN ?3 ELSE ?4 END, \
+             SELECT s.email, s.hash, CASE WHEN d.email IS NULL THEN ?3 \
+             WHEN d.status = ?7 THEN ?8 ELSE ?4 END, \
              s.payload FROM temp.stage s LEFT JOIN delivery_state d \
              ON d.export_id = ?1 AND d.email = s.email \
-             WHERE d.email IS NULL OR d.status != ?5 OR d.hash != s.hash \
-             OR d.run_id < ?2 ORDER BY s.rowid",
+             WHERE d.email IS NULL OR d.hash != s.hash OR d.run_id < ?2 \
+             OR (d.status != ?5 AND NOT (d.status = ?6 AND d.since >= ?9)) ORDER BY s.rowid",
         )
         .bind(export_id)
-        // Without `--full` no run id is below the floor.
-        .bind(full_floor.unwrap_or(i64::MIN))
+        .bind(floor)
         .bind(OutboxKind::New)
         .bind(OutboxKind::Changed)
         .bind(DeliveryStatus::Delivered)
+        .bind(DeliveryStatus::Suppressed)
+        .bind(DeliveryStatus::Left)
+        .bind(OutboxKind::Return)
+        .bind(&self.recheck_before)
         .execute(&mut *conn)
         .await
         .doing("planning deliveries")?
         .rows_affected();
+        let held = held_suppressed(conn, export_id, floor, &self.recheck_before).await?;
         sqlx::query("DELETE FROM temp.stage")
             .execute(&mut *conn)
             .await
@@ -212,6 +274,7 @@ impl WorkTables {
             seen_before,
             fresh,
             planned,
+            held,
         })
     }
 
@@ -235,11 +298,13 @@ impl WorkTables {
         Ok(sqlx::query(
             "INSERT INTO temp.leavers (email, hash, delivered) \
              SELECT d.email, d.hash, d.status = ? FROM delivery_state d \
-             WHERE d.export_id = ? AND NOT EXISTS \
+             WHERE d.export_id = ? AND d.status != ? AND NOT EXISTS \
              (SELECT 1 FROM temp.seen s WHERE s.email = d.email)",
         )
         .bind(DeliveryStatus::Delivered)
         .bind(export_id)
+        // Unsubscribed by acexport already: nothing more to do until they return.
+        .bind(DeliveryStatus::Left)
         .execute(&mut self.conn)
         .await
         .doing("finding members who left")?
@@ -295,7 +360,8 @@ impl WorkTables {
 
     /// Forgets members who left (on-leave `keep`, and failed leavers under `unsubscribe`). The
     /// leavers' status is the one they had when the run planned: delivery changes no leaver's
-    /// status (a confirmed unsubscribe deletes the row, a failed one leaves it as it was).
+    /// status to anything but `left` (a confirmed unsubscribe; such rows are not deleted here,
+    /// being delivered leavers), and a failed one leaves it as it was.
     pub async fn forget_leavers(
         &mut self,
         export_id: i64,
@@ -352,21 +418,8 @@ impl Store {
             DeliveryStatus::Failed,
         )
         .await?;
-        for chunk in confirmed.left.chunks(STATE_ROWS_PER_STATEMENT) {
-            let mut delete: QueryBuilder<Sqlite> =
-                QueryBuilder::new("DELETE FROM delivery_state WHERE export_id = ");
-            delete.push_bind(export_id).push(" AND email IN (");
-            let mut emails = delete.separated(", ");
-            for item in chunk {
-                emails.push_bind(item.email.as_str());
-            }
-            emails.push_unseparated(")");
-            delete
-                .build()
-                .execute(&mut *tx)
-                .await
-                .doing("recording unsubscribes")?;
-        }
+        upsert_suppressed(&mut tx, export_id, run_id, confirmed.suppressed).await?;
+        record_left(&mut tx, export_id, run_id, confirmed.left).await?;
         Store::record_issues(&mut tx, run_id, confirmed.issues).await?;
         Store::write_run_counts(&mut tx, run_id, counts).await?;
         tx.commit().await.doing("recording a confirmed import")?;
@@ -387,9 +440,10 @@ async fn upsert_state(
     let on_conflict = match status {
         DeliveryStatus::Delivered => {
             " ON CONFLICT(export_id, email) DO UPDATE SET hash = excluded.hash, \
-             status = excluded.status, run_id = excluded.run_id"
+             status = excluded.status, run_id = excluded.run_id, reason = NULL, since = NULL"
         }
-        DeliveryStatus::Failed => " ON CONFLICT(export_id, email) DO NOTHING",
+        // Suppressed and left rows are written by their own functions.
+        _ => " ON CONFLICT(export_id, email) DO NOTHING",
     };
     for chunk in items.chunks(STATE_ROWS_PER_STATEMENT) {
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -408,6 +462,101 @@ async fn upsert_state(
             .execute(&mut *tx)
             .await
             .doing("recording delivery state")?;
+    }
+    Ok(())
+}
+
+/// Suppressed contacts among the staged chunk held back: values unchanged since
+/// ActiveCampaign refused them, and refused at or after `recheck_before`.
+async fn held_suppressed(
+    conn: &mut SqliteConnection,
+    export_id: i64,
+    floor: i64,
+    recheck_before: &str,
+) -> Result<u64, StoreError> {
+    let held: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM temp.stage s JOIN delivery_state d \
+         ON d.export_id = ?1 AND d.email = s.email \
+         WHERE d.status = ?2 AND d.hash = s.hash AND d.run_id >= ?3 AND d.since >= ?4",
+    )
+    .bind(export_id)
+    .bind(DeliveryStatus::Suppressed)
+    .bind(floor)
+    .bind(recheck_before)
+    .fetch_one(conn)
+    .await
+    .doing("planning deliveries")?;
+    Ok(held as u64)
+}
+
+/// Records contacts ActiveCampaign will not subscribe, with the values it refused (so that a
+/// change sends them again), why, and when (so that the recheck days count from it). This
+/// overwrites any earlier state: what ActiveCampaign says now is what holds.
+async fn upsert_suppressed(
+    tx: &mut SqliteConnection,
+    export_id: i64,
+    run_id: i64,
+    items: &[(OutboxItem, SuppressReason)],
+) -> Result<(), StoreError> {
+    let now = super::now_text();
+    for chunk in items.chunks(STATE_ROWS_PER_STATEMENT) {
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO delivery_state (export_id, email, hash, status, run_id, reason, since) ",
+        );
+        insert.push_values(chunk, |mut row, (item, reason)| {
+            row.push_bind(export_id)
+                .push_bind(item.email.as_str())
+                .push_bind(&item.hash[..])
+                .push_bind(DeliveryStatus::Suppressed)
+                .push_bind(run_id)
+                .push_bind(*reason)
+                .push_bind(now.as_str());
+        });
+        insert.push(
+            " ON CONFLICT(export_id, email) DO UPDATE SET hash = excluded.hash, \
+             status = excluded.status, run_id = excluded.run_id, reason = excluded.reason, \
+             since = excluded.since",
+        );
+        insert
+            .build()
+            .execute(&mut *tx)
+            .await
+            .doing("recording suppressed contacts")?;
+    }
+    Ok(())
+}
+
+/// Marks members acexport unsubscribed on leave as `left`: the record that the unsubscribe
+/// was acexport's own, which lets a return re-subscribe them.
+async fn record_left(
+    tx: &mut SqliteConnection,
+    export_id: i64,
+    run_id: i64,
+    items: &[OutboxItem],
+) -> Result<(), StoreError> {
+    let now = super::now_text();
+    for chunk in items.chunks(STATE_ROWS_PER_STATEMENT) {
+        let mut update: QueryBuilder<Sqlite> =
+            QueryBuilder::new("UPDATE delivery_state SET status = ");
+        update
+            .push_bind(DeliveryStatus::Left)
+            .push(", run_id = ")
+            .push_bind(run_id)
+            .push(", reason = NULL, since = ")
+            .push_bind(now.as_str())
+            .push(" WHERE export_id = ")
+            .push_bind(export_id)
+            .push(" AND email IN (");
+        let mut emails = update.separated(", ");
+        for item in chunk {
+            emails.push_bind(item.email.as_str());
+        }
+        emails.push_unseparated(")");
+        update
+            .build()
+            .execute(&mut *tx)
+            .await
+            .doing("recording unsubscribes")?;
     }
     Ok(())
 }

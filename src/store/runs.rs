@@ -50,6 +50,9 @@ stored_words! {
         Rejected = "rejected",
         /// Sent, and not imported by ActiveCampaign.
         Failed = "failed",
+        /// Sent, and refused by ActiveCampaign for good (unsubscribed, bounced, excluded):
+        /// not sent again until its values change or the recheck days pass.
+        Suppressed = "suppressed",
     }
 }
 
@@ -66,6 +69,9 @@ pub struct RunCounts {
     pub sent: u64,
     pub upserted: u64,
     pub unsubscribed: u64,
+    /// Contacts ActiveCampaign will not subscribe: found so in this run, or held back since an
+    /// earlier one (values unchanged). Not failures: they do not make a run `partial`.
+    pub suppressed: u64,
     pub failed: u64,
     /// HTTP requests made to ActiveCampaign, retries included.
     pub requests: u64,
@@ -87,7 +93,8 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-/// A profile that did not arrive: `rejected` before sending, `failed` at ActiveCampaign.
+/// A profile that did not arrive: `rejected` before sending, `failed` or `suppressed` at
+/// ActiveCampaign.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunIssue {
     pub kind: IssueKind,
@@ -128,6 +135,7 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> 
             sent: n("sent")?,
             upserted: n("upserted")?,
             unsubscribed: n("unsubscribed")?,
+            suppressed: n("suppressed")?,
             failed: n("failed")?,
             requests: n("requests")?,
         },
@@ -281,8 +289,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE runs SET rows_read = ?, rejected = ?, duplicates = ?, unchanged = ?, \
-             planned = ?, sent = ?, upserted = ?, unsubscribed = ?, failed = ?, requests = ? \
-             WHERE id = ?",
+             planned = ?, sent = ?, upserted = ?, unsubscribed = ?, failed = ?, requests = ?, \
+             suppressed = ? WHERE id = ?",
         )
         .bind(c.rows_read as i64)
         .bind(c.rejected as i64)
@@ -294,6 +302,7 @@ impl Store {
         .bind(c.unsubscribed as i64)
         .bind(c.failed as i64)
         .bind(c.requests as i64)
+        .bind(c.suppressed as i64)
         .bind(id)
         .execute(tx)
         .await

@@ -307,7 +307,7 @@ async fn runs_lists_a_finished_run_with_its_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn runs_show_lists_rejected_and_failed_profiles_with_masked_emails() {
+async fn runs_show_lists_rejected_and_suppressed_profiles_with_masked_emails() {
     let env = TestEnv::new().await;
     env.add_connection("crm").await;
     let csv = env.write(
@@ -338,11 +338,12 @@ async fn runs_show_lists_rejected_and_failed_profiles_with_masked_emails() {
         "{stdout}"
     );
     assert!(rejected.contains("n***"), "{stdout}");
-    let failed = stdout
+    // An excluded address is suppressed, not failed.
+    let suppressed = stdout
         .lines()
-        .find(|l| l.starts_with("failed "))
+        .find(|l| l.starts_with("suppressed "))
         .unwrap_or_default();
-    assert!(failed.contains("a***@example.com"), "{stdout}");
+    assert!(suppressed.contains("a***@example.com"), "{stdout}");
     assert!(!stdout.contains("alan@example.com"), "{stdout}");
     assert!(!stdout.contains("not-an-email"), "{stdout}");
 }

@@ -341,7 +341,7 @@ async fn members_who_left_are_kept_on_the_list_by_default() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_excluded_address_is_reported_failed_and_retried_next_run() {
+async fn an_excluded_address_is_reported_suppressed_and_not_sent_again() {
     let h = Harness::new(fast_sandbox(), |_| {}).await;
     h.sandbox.exclude("user1@example.com");
     h.segment("members", &csv_rows(5)).await;
@@ -349,8 +349,15 @@ async fn an_excluded_address_is_reported_failed_and_retried_next_run() {
 
     let outcome = h.run().await;
 
-    assert_eq!(outcome.status, RunStatus::Partial);
-    assert_eq!((outcome.counts.upserted, outcome.counts.failed), (4, 1));
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!(
+        (
+            outcome.counts.upserted,
+            outcome.counts.suppressed,
+            outcome.counts.failed
+        ),
+        (4, 1, 0)
+    );
     let issues = h
         .ctx
         .store
@@ -359,11 +366,36 @@ async fn an_excluded_address_is_reported_failed_and_retried_next_run() {
         .expect("issues");
     assert_eq!(issues.len(), 1);
     assert_eq!(issues[0].email.as_deref(), Some("u***@example.com"));
+    assert_eq!(issues[0].kind.as_str(), "suppressed");
     let again = h.run().await;
     assert_eq!(
-        (again.counts.sent, again.counts.failed),
-        (1, 1),
-        "failed members are retried"
+        (again.counts.sent, again.counts.suppressed, again.status),
+        (0, 1, RunStatus::Succeeded),
+        "suppressed members are not sent again while unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bounced_address_is_suppressed_with_its_reason() {
+    let h = Harness::new(fast_sandbox(), |_| {}).await;
+    h.sandbox.bounce("user3@example.com", 1);
+    h.segment("members", &csv_rows(4)).await;
+    h.export(&["members"], OnLeave::Keep).await;
+
+    let outcome = h.run().await;
+
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!((outcome.counts.suppressed, outcome.counts.failed), (1, 0));
+    let issues = h
+        .ctx
+        .store
+        .run_issues(outcome.run_id.expect("id"), 10)
+        .await
+        .expect("issues");
+    assert!(issues[0].reason.contains("bounced"), "{}", issues[0].reason);
+    assert_eq!(
+        h.sandbox.list_status("user3@example.com", 1),
+        Some(ListStatus::Bounced)
     );
 }
 
@@ -668,8 +700,15 @@ async fn someone_who_unsubscribed_is_never_resubscribed_and_is_reported() {
 
     let outcome = h.run().await;
 
-    assert_eq!(outcome.status, RunStatus::Partial);
-    assert_eq!((outcome.counts.upserted, outcome.counts.failed), (3, 1));
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    assert_eq!(
+        (
+            outcome.counts.upserted,
+            outcome.counts.suppressed,
+            outcome.counts.failed
+        ),
+        (3, 1, 0)
+    );
     assert_eq!(
         h.sandbox.list_status("user2@example.com", 1),
         Some(ListStatus::Unsubscribed)

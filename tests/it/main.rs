@@ -9,6 +9,7 @@ mod daemon;
 mod deploy;
 mod engine;
 mod layout;
+mod outcomes;
 mod security_http;
 mod security_sandbox;
 mod security_sources;

@@ -12,7 +12,7 @@ use super::outbox::body;
 use crate::activecampaign::wire::{BulkOutcome, ImportState};
 use crate::activecampaign::{AcError, Client, MAX_BULK_IMPORT_BYTES};
 use crate::pipeline::control::RunControl;
-use crate::store::delivery::OutboxItem;
+use crate::store::delivery::{OutboxItem, SuppressReason};
 
 /// Longest wait for ActiveCampaign to finish one import.
 const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(20 * 60);
@@ -33,6 +33,8 @@ const NOT_IMPORTED: &str = "ActiveCampaign did not import this contact (excluded
 pub(super) struct BatchResult {
     pub(super) delivered: Vec<OutboxItem>,
     pub(super) failed: Vec<(OutboxItem, String)>,
+    /// Not imported, and ActiveCampaign will not take them (see [`super::suppress`]).
+    pub(super) suppressed: Vec<(OutboxItem, SuppressReason)>,
     /// Contacts in accepted imports.
     pub(super) sent: u64,
     /// The batch as a whole failed with this error (its contacts are in `failed`).
@@ -47,6 +49,7 @@ pub(super) struct BatchResult {
 /// contacts is sent again without them.
 pub(super) async fn deliver_batch(
     client: Arc<Client>,
+    list_id: i64,
     mut items: Vec<OutboxItem>,
     slot: SendingSlot,
     poll: Arc<AtomicU64>,
@@ -57,6 +60,11 @@ pub(super) async fn deliver_batch(
     // batches waiting for permits.
     let go_on = move || control.stop_reason().is_none();
     let mut result = BatchResult::default();
+    super::suppress::resubscribe_returning(&client, list_id, &mut items, &mut result).await;
+    if result.fatal.is_some() {
+        result.abandoned = true;
+        return result;
+    }
     while !items.is_empty() {
         let payload = body(&items);
         debug_assert!(payload.len() < MAX_BULK_IMPORT_BYTES);
@@ -69,7 +77,7 @@ pub(super) async fn deliver_batch(
                 for item in &mut items {
                     item.payload = String::new();
                 }
-                confirm(&client, &batch_id, items, &poll, &mut result).await;
+                confirm(&client, list_id, &batch_id, items, &poll, &mut result).await;
                 return result;
             }
             Ok(BulkOutcome::Rejected(reasons)) => {
@@ -143,6 +151,7 @@ fn next_retry_poll(first_wait: Duration, previous: Duration, polls: u32) -> Dura
 /// imports took, so a fast server is not kept waiting and a slow one is not flooded.
 async fn confirm(
     client: &Client,
+    list_id: i64,
     batch_id: &str,
     items: Vec<OutboxItem>,
     poll: &AtomicU64,
@@ -175,13 +184,16 @@ async fn confirm(
                         Some(next.as_micros() as u64)
                     });
                     let failures: HashSet<String> = info.failed_emails().collect();
+                    let mut not_imported = Vec::new();
                     for item in items {
                         if failures.contains(&item.email) {
-                            result.failed.push((item, NOT_IMPORTED.to_owned()));
+                            not_imported.push(item);
                         } else {
                             result.delivered.push(item);
                         }
                     }
+                    super::suppress::sort_out(client, list_id, not_imported, NOT_IMPORTED, result)
+                        .await;
                     return;
                 }
                 ImportState::Failed => {
@@ -292,7 +304,7 @@ mod tests {
             control.abort();
         };
 
-        let confirming = confirm(&client, "batch", vec![item(10)], &poll, &mut result);
+        let confirming = confirm(&client, 1, "batch", vec![item(10)], &poll, &mut result);
         let ((), ()) = tokio::time::timeout(Duration::from_secs(5), async {
             tokio::join!(confirming, stopper)
         })

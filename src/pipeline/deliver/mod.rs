@@ -10,6 +10,7 @@
 
 mod confirm;
 mod outbox;
+mod suppress;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +23,7 @@ use super::PipelineError;
 use super::control::{RunControl, StopReason};
 use super::record::Recorder;
 use crate::activecampaign::{AcError, Client, MAX_CONTACTS_PER_BULK_IMPORT};
-use crate::store::delivery::{self, OutboxItem, OutboxKind, WorkTables};
+use crate::store::delivery::{self, OutboxItem, OutboxKind, SuppressReason, WorkTables};
 use crate::store::{RunCounts, RunIssue, Store};
 use confirm::{BatchResult, FIRST_POLL_START, deliver_batch};
 use outbox::OutboxReader;
@@ -45,6 +46,8 @@ pub struct Delivery<'a> {
     pub store: &'a Store,
     pub client: Arc<Client>,
     pub export_id: i64,
+    /// The export's list: where returning members are re-subscribed and refusals looked up.
+    pub list_id: i64,
     pub run_id: i64,
     pub control: &'a RunControl,
 }
@@ -108,7 +111,13 @@ impl Delivery<'_> {
             }
             let go_on = flow.go_on();
             if go_on {
-                send_batches(&mut flow, &self.client, self.control, recorder);
+                send_batches(
+                    &mut flow,
+                    &self.client,
+                    self.list_id,
+                    self.control,
+                    recorder,
+                );
                 // After taking batches, so that a page just emptied is refilled now, not
                 // after the next confirmation.
                 flow.outbox.read_ahead();
@@ -176,6 +185,7 @@ impl Delivery<'_> {
 fn send_batches(
     flow: &mut Flow<'_>,
     client: &Arc<Client>,
+    list_id: i64,
     control: &RunControl,
     recorder: &mut Recorder,
 ) {
@@ -196,6 +206,7 @@ fn send_batches(
         flow.in_flight.spawn(
             deliver_batch(
                 Arc::clone(client),
+                list_id,
                 batch,
                 slot,
                 Arc::clone(&flow.poll),
@@ -290,19 +301,21 @@ struct Confirmed {
     delivered: Vec<OutboxItem>,
     left: Vec<OutboxItem>,
     failed: Vec<OutboxItem>,
+    suppressed: Vec<(OutboxItem, SuppressReason)>,
     issues: Vec<RunIssue>,
 }
 
 impl Confirmed {
     /// Contacts held.
     fn len(&self) -> usize {
-        self.delivered.len() + self.left.len() + self.failed.len()
+        self.delivered.len() + self.left.len() + self.failed.len() + self.suppressed.len()
     }
 
     fn is_empty(&self) -> bool {
         self.delivered.is_empty()
             && self.left.is_empty()
             && self.failed.is_empty()
+            && self.suppressed.is_empty()
             && self.issues.is_empty()
     }
 
@@ -330,6 +343,13 @@ impl Confirmed {
                 self.failed.push(item);
             }
         }
+        for (item, reason) in result.suppressed {
+            recorder.counts.suppressed += 1;
+            if let Some(issue) = recorder.suppressed_issue(&item.email, reason) {
+                self.issues.push(issue);
+            }
+            self.suppressed.push((item, reason));
+        }
     }
 
     /// Records confirmed batches: delivery state, failures and counts in one transaction.
@@ -343,6 +363,7 @@ impl Confirmed {
         let confirmed = delivery::Confirmed {
             delivered: &self.delivered,
             failed: &self.failed,
+            suppressed: &self.suppressed,
             left: &self.left,
             issues: &self.issues,
         };

@@ -28,13 +28,13 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
 
 /// `limit` and `offset` query parameters, kept as text so a bad value gets a JSON error.
 #[derive(Debug, Deserialize)]
-struct PageQuery {
-    limit: Option<String>,
-    offset: Option<String>,
+pub(super) struct PageQuery {
+    pub(super) limit: Option<String>,
+    pub(super) offset: Option<String>,
 }
 
 /// A page as `(offset, limit)`: limit defaults to 20 and is capped at 100 (0 means default).
-fn page(limit: Option<&str>, offset: Option<&str>) -> Result<(usize, usize), ApiError> {
+pub(super) fn page(limit: Option<&str>, offset: Option<&str>) -> Result<(usize, usize), ApiError> {
     let parse = |value: Option<&str>, name| match value.map(str::trim) {
         None | Some("") => Ok(None),
         Some(text) => text

@@ -20,13 +20,18 @@ pub(crate) enum ApiError {
     NotFound { kind: &'static str, id: String },
     #[error(
         "No endpoint {method} {path} in the sandbox's ActiveCampaign API v3 (it serves users/me, \
-         lists/{{id}}, fields, import/bulk_import, import/info)"
+         lists/{{id}}, fields, contacts, contacts/{{id}}/contactLists, contactLists, \
+         import/bulk_import, import/info)"
     )]
     UnknownEndpoint { method: String, path: String },
     #[error("Query parameter '{name}' must be a non-negative integer")]
     InvalidQuery { name: &'static str },
     #[error("'batchId' is a required field.")]
     MissingBatchId,
+    /// A request ActiveCampaign documents only as `400 {}` (contactLists without a list,
+    /// contact or valid status): the reason is for the sandbox's own logs.
+    #[error("bad request: {reason}")]
+    EmptyBadRequest { reason: &'static str },
     #[error(
         "The bulk import payload is {bytes} bytes; it must be under {MAX_BULK_PAYLOAD_BYTES} \
          bytes (399999 or less)"
@@ -84,6 +89,10 @@ impl IntoResponse for ApiError {
                 axum::Json(json!({"message": message})),
             )
                 .into_response(),
+            ApiError::EmptyBadRequest { reason } => {
+                tracing::debug!(reason, "Sandbox answered 400 {{}}");
+                (StatusCode::BAD_REQUEST, axum::Json(json!({}))).into_response()
+            }
             ApiError::MissingBatchId => {
                 let body = json!({"success": 0, "message": message});
                 (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()

@@ -1,7 +1,8 @@
 //! HTTP side of the sandbox: the router and the state the handlers share. One module per
 //! concern: `gate` (faults, latency and the request log around every API request), `auth` (the
 //! `Api-Token` check and the per-second limit), `catalog` (users/me, lists, custom fields: what
-//! acexport reads when it checks a connection), `bulk` (bulk_import, import/info and the worker
+//! acexport reads when it checks a connection), `contacts` (looking a contact up by email, its
+//! lists, and `contactLists` to change its status on one), `bulk` (bulk_import, import/info and the worker
 //! that processes queued imports), `inspection` (the `/_sandbox/*` views, behind the same token)
 //! and `error` (ActiveCampaign's error envelopes).
 //!
@@ -12,6 +13,7 @@
 mod auth;
 mod bulk;
 mod catalog;
+mod contacts;
 mod error;
 mod gate;
 mod inspection;
@@ -97,6 +99,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     ));
     let api = Router::new()
         .merge(catalog::routes())
+        .merge(contacts::routes())
         .merge(bulk::routes())
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(unknown_endpoint)
