@@ -45,7 +45,11 @@ impl Tmpfs {
             .arg(dir.path())
             .status()
             .expect("run mount");
-        assert!(status.success(), "mount a tmpfs on {}", dir.path().display());
+        assert!(
+            status.success(),
+            "mount a tmpfs on {}",
+            dir.path().display()
+        );
         Tmpfs { dir }
     }
 
@@ -167,9 +171,13 @@ async fn add_export(world: &World, uid: Option<u32>) {
     drop(stdin);
     finish(child, &add).await.assert_ok();
     let csv_arg = csv_path.display().to_string();
-    run(world, &["segment", "add", "members", "--csv", &csv_arg], uid)
-        .await
-        .assert_ok();
+    run(
+        world,
+        &["segment", "add", "members", "--csv", &csv_arg],
+        uid,
+    )
+    .await
+    .assert_ok();
     let export = [
         "export",
         "add",
@@ -253,15 +261,8 @@ async fn a_full_disk_at_start_is_named_with_its_file_and_the_run_works_once_spac
     assert_eq!(run_json(&again)["status"], "succeeded");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_disk_that_fills_during_a_run_fails_it_with_one_message_and_leaves_no_run_running() {
-    let disk = Tmpfs::mount();
-    let db = disk.path().join("acexport.db");
-    let world = new_world(Some(&db), Duration::from_millis(700)).await;
-    add_export(&world, None).await;
-    let args = ["export", "run", "weekly", "--json"];
-    let mut child = command(&world, &args, None).spawn().expect("start");
-    drop(child.stdin.take());
+/// Waits until the sandbox has received the run's first bulk import: the run is sending.
+async fn until_sending(world: &World) {
     while world
         .sandbox
         .requests()
@@ -270,28 +271,101 @@ async fn a_disk_that_fills_during_a_run_fails_it_with_one_message_and_leaves_no_
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    disk.fill();
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_that_fills_during_a_run_fails_it_with_one_message_and_records_it_failed() {
+    let disk = Tmpfs::mount();
+    let db = disk.path().join("acexport.db");
+    let world = new_world(Some(&db), Duration::from_millis(700)).await;
+    add_export(&world, None).await;
+    let args = ["export", "run", "weekly", "--json"];
+    let mut child = command(&world, &args, None).spawn().expect("start");
+    drop(child.stdin.take());
+    until_sending(&world).await;
+
+    disk.fill();
+    let out = finish(child, &args).await;
+
+    let object = the_object(&out);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr_text());
+    assert_eq!(object["status"], "failed", "{object}");
+    let error = object["error"].as_str().expect("an error");
+    assert!(error.contains(&db.display().to_string()), "{error}");
+    assert!(error.contains("is full"), "{error}");
+    for raw in ["begin_with", "transaction depth", "(code: "] {
+        assert!(
+            !out.stderr_text().contains(raw),
+            "{raw:?} in {}",
+            out.stderr_text()
+        );
+    }
+    disk.free();
+    let shown = run(&world, &["runs", "--json"], None).await;
+    assert_eq!(run_json(&shown)[0]["status"], "failed", "recorded at once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_finish_cannot_be_written_on_a_full_disk_is_recorded_by_the_next_start() {
+    let disk = Tmpfs::mount();
+    let db = disk.path().join("acexport.db");
+    let world = new_world(Some(&db), Duration::from_millis(700)).await;
+    add_export(&world, None).await;
+    let args = ["export", "run", "weekly", "--json"];
+    let mut child = command(&world, &args, None).spawn().expect("start");
+    drop(child.stdin.take());
+    until_sending(&world).await;
+    // A reader of an older snapshot keeps SQLite from reusing the start of its write-ahead log,
+    // so that on the full disk even the finish finds no room.
+    let mut reader = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open the database in the test");
+    sqlx::query("BEGIN")
+        .execute(&mut reader)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT COUNT(*) FROM runs")
+        .execute(&mut reader)
+        .await
+        .expect("read");
+
+    disk.fill();
     let out = finish(child, &args).await;
 
     assert_eq!(out.code(), Some(1), "{}", out.stderr_text());
     let message = the_message(&out);
     assert!(message.contains(&db.display().to_string()), "{message}");
-    assert!(message.contains("full"), "{message}");
+    assert!(message.contains("is full"), "{message}");
+    assert!(
+        message.contains("the next run of the export records it"),
+        "{message}"
+    );
     let object = the_object(&out);
     assert_eq!(object["status"], "failed", "{object}");
     let run_id = object["run_id"].as_i64().expect("the run's id");
 
+    sqlx::query("ROLLBACK")
+        .execute(&mut reader)
+        .await
+        .expect("end");
+    reader.close().await.expect("close");
     disk.free();
     let again = run(&world, &args, None).await;
     again.assert_ok();
-    let shown = run(&world, &["runs", "show", &run_id.to_string(), "--json"], None).await;
+    let shown = run(
+        &world,
+        &["runs", "show", &run_id.to_string(), "--json"],
+        None,
+    )
+    .await;
     shown.assert_ok();
     let first = &run_json(&shown)["run"];
     assert_eq!(first["status"], "failed", "{first}");
+    let error = first["error"].as_str().expect("its error");
+    assert!(error.contains("is full"), "{error}");
     assert!(
-        first["error"].as_str().is_some_and(|e| e.contains("full")),
-        "{first}"
+        error.contains("recorded when the export next ran"),
+        "{error}"
     );
 }
 
@@ -382,14 +456,7 @@ async fn a_database_moved_away_is_named_and_not_replaced_by_an_empty_one() {
     let args = ["export", "run", "weekly", "--json"];
     let mut child = command(&world, &args, None).spawn().expect("start");
     drop(child.stdin.take());
-    while world
-        .sandbox
-        .requests()
-        .iter()
-        .all(|r| !r.path.ends_with("bulk_import"))
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_sending(&world).await;
     let moved = world.path("moved.db");
     std::fs::rename(&db, &moved).expect("move the database away");
 
