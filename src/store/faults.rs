@@ -119,9 +119,10 @@ impl Fault {
                  again"
             ),
             Fault::ReadOnly => format!(
-                "{db} cannot be written by the user running acexport ({doing} failed): it or \
-                 its folder is read-only. Make it writable (`chmod u+w {shown}`, or remount \
-                 its disk read-write), then run again"
+                "{db} cannot be written by the user running acexport ({doing} failed): it, its \
+                 -wal or -shm file or its folder is read-only. Make them writable for that user \
+                 (`chmod u+w {shown}*`; `chown` them if another user owns them; remount the \
+                 disk read-write if it is mounted read-only), then run again"
             ),
             Fault::Locked => format!(
                 "{db} is locked by another process, which held its write lock for longer than \
@@ -311,7 +312,7 @@ mod tests {
         let db = Path::new("/var/lib/acexport/acexport.db");
         let cases = [
             (Fault::Full, "free space"),
-            (Fault::ReadOnly, "chmod u+w /var/lib/acexport/acexport.db"),
+            (Fault::ReadOnly, "chmod u+w /var/lib/acexport/acexport.db*"),
             (Fault::Locked, "fuser /var/lib/acexport/acexport.db"),
             (Fault::Missing, "Put it back"),
             (Fault::Io(10), "dmesg"),
