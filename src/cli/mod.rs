@@ -226,6 +226,10 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
         Command::Segment(cmd) => {
             with_context(loaded, async |ctx| segment::run(ctx, cmd).await).await
         }
+        // `export run --json` prints its object also when the store cannot be opened.
+        Command::Export(export::ExportCommand::Run(args)) => {
+            run::export_run_command(loaded, args).await
+        }
         Command::Export(cmd) => with_context(loaded, async |ctx| export::run(ctx, cmd).await).await,
         Command::Runs(args) => with_context(loaded, async |ctx| runs::run(ctx, args).await).await,
         Command::Trigger(args) => {

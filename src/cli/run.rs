@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use clap::{ArgGroup, Args};
 use serde_json::json;
 
-use super::CliError;
 use super::errors::service_error_text;
 use super::output::{self, Table};
+use super::{CliError, Worded};
 use crate::service::runs::{CancelOutcome, RunError, RunRequest, RunRoute, TriggerTarget};
 use crate::service::status::status_report;
 use crate::service::{Context, Progress, RunCounts, RunOutcome, RunStatus};
+use crate::settings::Loaded;
 
 /// Exit status of a run that finished `partial` (some contacts failed).
 pub const EXIT_PARTIAL: u8 = 2;
@@ -239,6 +240,42 @@ fn print_outcome(o: &RunOutcome, as_json: bool) -> Result<(), CliError> {
     } else {
         output::emit(&outcome_text(o))
     }
+}
+
+/// `acexport export run NAME` from the opening of the store on. With `--json`, a failure that
+/// has no outcome to print (the store cannot be opened, the run cannot start or cannot record
+/// its finish) is printed as the one object too, with its message (also said on stderr).
+pub async fn export_run_command(loaded: Loaded, args: ExportRunArgs) -> Result<(), CliError> {
+    let json = args.json;
+    let export = args.name.clone();
+    let result = super::with_context(loaded, async |ctx| export_run(ctx, args).await).await;
+    match result {
+        Err(error) if json && !matches!(error, CliError::Quiet(_) | CliError::Output(_)) => {
+            output::emit_json(&failure_json(&export, &error))?;
+            Err(error)
+        }
+        other => other,
+    }
+}
+
+/// The object `export run --json` prints for a failure: the outcome a run that could not record
+/// its finish would have recorded, else no run and no counts.
+fn failure_json(export: &str, error: &CliError) -> serde_json::Value {
+    let message = super::error_chain(error);
+    if let CliError::Run(Worded(RunError::Pipeline(e))) = error
+        && let Some(outcome) = e.unfinished_outcome()
+    {
+        let mut value = outcome_json(outcome);
+        value["error"] = json!(message);
+        return value;
+    }
+    json!({
+        "run_id": null,
+        "export": export,
+        "status": RunStatus::Failed,
+        "counts": null,
+        "error": message,
+    })
 }
 
 /// `acexport export run NAME`: in the foreground, or through the daemon when it runs.

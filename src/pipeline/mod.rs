@@ -63,6 +63,27 @@ pub enum PipelineError {
     /// Stopped on request before the work was done (not a failure).
     #[error("stopped: {0:?}")]
     Stopped(StopReason),
+    /// The run ended but its finish could not be written (a store fault); `outcome` is what it
+    /// would have recorded, and the next start of the export records it from a note.
+    #[error(
+        "{source}. Run {} could not record that it ended ({}); the next run of the export \
+         records it",
+        outcome.run_id.unwrap_or_default(), outcome.status
+    )]
+    Unfinished {
+        outcome: Box<RunOutcome>,
+        source: StoreError,
+    },
+}
+
+impl PipelineError {
+    /// What a run whose finish could not be written would have recorded.
+    pub fn unfinished_outcome(&self) -> Option<&RunOutcome> {
+        match self {
+            PipelineError::Unfinished { outcome, .. } => Some(outcome),
+            _ => None,
+        }
+    }
 }
 
 /// Why the caller could not prepare a job, with its cause (the engine does not know the
@@ -172,13 +193,13 @@ pub async fn run(
                 run_id,
             });
         }
-        Err(StartError::Store(e)) => return Err(e.into()),
+        Err(StartError::Store(e)) => return Err(e.at(store.path()).into()),
     };
     let span = tracing::info_span!("run", export = %export.name, run_id = run.id);
     async move {
         let started = Instant::now();
         tracing::info!(trigger = %options.trigger, full = run.full, resumes = ?run.resumes_run_id, "Run started");
-        let mut recorder = Recorder::for_run(store.clone(), run.id, progress);
+        let mut recorder = Recorder::for_run(store.clone(), &run, progress);
         let control = control.for_run();
         // `acexport cancel` in another process reaches the run through the database; a cancel
         // from the process running it reaches it through its control.
@@ -194,6 +215,8 @@ pub async fn run(
             Err(PipelineError::ActiveCampaign(AcError::Stopped | AcError::Aborted)) => {
                 Ok(Some(StopReason::Shutdown))
             }
+            // A store fault names the database in the run's error.
+            Err(PipelineError::Store(e)) => Err(PipelineError::Store(e.at(store.path()))),
             other => other,
         };
         let counts = recorder.counts;
@@ -210,8 +233,11 @@ pub async fn run(
         {
             let _ = store.record_connection_check(export.connection_id, ConnectionStatus::Rejected, Some(&e.to_string())).await;
         }
-        recorder.finish(status, error.as_deref()).await?;
         let seconds = started.elapsed().as_secs_f64();
+        if let Err(source) = recorder.finish(status, error.as_deref()).await {
+            let outcome = RunOutcome { run_id: Some(run.id), export: export.name.clone(), status, counts, error, plan: None, seconds };
+            return Err(PipelineError::Unfinished { outcome: Box::new(outcome), source });
+        }
         match status {
             RunStatus::Failed => tracing::error!(
                 error = error.as_deref().unwrap_or(""), rows_read = counts.rows_read,

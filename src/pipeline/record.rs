@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use super::{PipelineError, Plan, Progress};
 use crate::redact::mask_email;
 use crate::store::delivery::SuppressReason;
-use crate::store::{Doing, IssueKind, RunCounts, RunIssue, RunStatus, Store, StoreError};
+use crate::store::faults::FinishNote;
+use crate::store::{
+    Doing, IssueKind, RunCounts, RunIssue, RunRecord, RunStatus, Store, StoreError,
+};
 
 /// Rejected and failed profiles kept per run with details; counts stay exact beyond it.
 pub const MAX_ISSUES_PER_RUN: u64 = 10_000;
@@ -19,11 +22,19 @@ const DRY_RUN_SAMPLES: usize = 20;
 const ISSUES_PER_WRITE: usize = 1_000;
 /// How often progress reaches the database (for `status` and a CLI following a daemon run).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Before a finish that hit a fault is tried once more: a moment for a fault that clears by
+/// itself (another process's write lock let go, a log rotated off a full disk).
+const FINISH_RETRY_WAIT: Duration = Duration::from_secs(1);
 
 /// Where the record goes.
 enum Target {
     /// The run's history.
-    Run { store: Store, run_id: i64 },
+    Run {
+        store: Store,
+        run_id: i64,
+        /// Names the lock file a finish that cannot be written leaves its note in.
+        export_id: i64,
+    },
     /// A dry run's plan: samples only, nothing written.
     Plan(Plan),
 }
@@ -41,8 +52,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn for_run(store: Store, run_id: i64, progress: Arc<dyn Progress>) -> Recorder {
-        Recorder::new(Target::Run { store, run_id }, progress, "preflight")
+    pub fn for_run(store: Store, run: &RunRecord, progress: Arc<dyn Progress>) -> Recorder {
+        let target = Target::Run {
+            store,
+            run_id: run.id,
+            export_id: run.export_id,
+        };
+        Recorder::new(target, progress, "preflight")
     }
 
     pub fn for_dry_run(progress: Arc<dyn Progress>) -> Recorder {
@@ -145,7 +161,7 @@ impl Recorder {
     /// Writes pending issues, and the counts when `with_counts`.
     pub async fn flush(&mut self, with_counts: bool) -> Result<(), PipelineError> {
         self.last_flush = Instant::now();
-        let Target::Run { store, run_id } = &self.target else {
+        let Target::Run { store, run_id, .. } = &self.target else {
             self.pending.clear();
             return Ok(());
         };
@@ -166,24 +182,56 @@ impl Recorder {
     pub async fn phase(&mut self, phase: &'static str) {
         self.phase = phase;
         self.progress.report(phase, &self.counts);
-        if let Target::Run { store, run_id } = &self.target {
+        if let Target::Run { store, run_id, .. } = &self.target {
             let _ = store.set_run_phase(*run_id, phase).await;
         }
     }
 
     /// Records the end of the run: pending issues, final counts and status.
+    ///
+    /// A finish that hits a store fault is tried once more after [`FINISH_RETRY_WAIT`]; if it
+    /// still cannot be written, what it would have recorded is left as a note in the export's
+    /// lock file, and the next start of the export (or of the daemon) records it, so the run
+    /// is not left `running`. The fault is returned either way.
     pub async fn finish(
         &mut self,
         status: RunStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         let _ = self.flush(false).await;
-        if let Target::Run { store, run_id } = &self.target {
-            store
-                .finish_run(*run_id, status, &self.counts, error)
-                .await?;
+        let Target::Run {
+            store,
+            run_id,
+            export_id,
+        } = &self.target
+        else {
+            return Ok(());
+        };
+        match store.finish_run(*run_id, status, &self.counts, error).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.fault().is_none() => return Err(e),
+            Err(_) => tokio::time::sleep(FINISH_RETRY_WAIT).await,
         }
-        Ok(())
+        let fault = match store.finish_run(*run_id, status, &self.counts, error).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.fault().is_none() => return Err(e),
+            Err(e) => e,
+        };
+        let note = FinishNote {
+            run_id: *run_id,
+            status: status.as_str().to_owned(),
+            error: error.map(str::to_owned),
+            counts: self.counts,
+            fault: fault.to_string(),
+        };
+        if let Err(io) = store.leave_finish_note(*export_id, &note) {
+            tracing::error!(
+                error = %io,
+                "Cannot leave a note of the run's finish either: the next start records the \
+                 run as interrupted"
+            );
+        }
+        Err(fault)
     }
 
     /// A dry run's plan with the samples recorded.

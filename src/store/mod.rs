@@ -10,10 +10,16 @@
 //! delivery state) with zeros instead of leaving them in free pages, and a removal empties the
 //! write-ahead log, which still holds older copies of those pages. The folder is guarded by
 //! [`folder`].
+//!
+//! Faults (a full disk, a read-only file, a lock held too long, a vanished file, an I/O
+//! error) are told apart from bugs and said once, naming the file (see [`faults`]). A pooled
+//! connection a failed commit left inside a transaction is closed rather than reused, so one
+//! fault is not followed by "non-zero transaction depth" on every later write.
 
 pub mod connections;
 pub mod delivery;
 pub mod exports;
+pub mod faults;
 mod folder;
 pub mod locks;
 pub mod queue;
@@ -35,6 +41,7 @@ use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 
 pub use connections::ConnectionDef;
 pub use exports::ExportDef;
+pub use faults::Fault;
 pub use runs::{IssueKind, RunCounts, RunIssue, RunRecord, RunStatus, TriggerKind};
 pub use segments::SegmentDef;
 
@@ -59,6 +66,15 @@ pub enum StoreError {
     },
     #[error("cannot open the database {path}: {source}")]
     Connect { path: PathBuf, source: sqlx::Error },
+    /// The database was there before (its `-wal`, `-shm` or `locks` remain) and is gone:
+    /// creating an empty one in its place would lose every definition and delivery state.
+    #[error(
+        "the database {path} is missing, but acexport has used it before ({trace} is still \
+         there): it was moved or deleted. Put it back, then run again; to start afresh with an \
+         empty database on purpose, create an empty file in its place first (`touch {path}`)",
+        trace = .trace.display(), path = .path.display()
+    )]
+    Vanished { path: PathBuf, trace: PathBuf },
     #[error("cannot create or check the mode of {path}: {source}")]
     Folder {
         path: PathBuf,
@@ -95,6 +111,65 @@ pub enum StoreError {
         doing: &'static str,
         source: sqlx::Error,
     },
+    /// A fault of the disk, file or another process, said with its fix. The sqlx error is kept
+    /// for `Debug` only: its text ("(code: 13) database or disk is full") adds nothing a user
+    /// can act on. `path` is filled in where the store's path is known ([`StoreError::at`]).
+    #[error("{}", fault.describe(path.as_deref(), doing))]
+    Fault {
+        path: Option<PathBuf>,
+        fault: Fault,
+        doing: &'static str,
+        cause: sqlx::Error,
+    },
+}
+
+impl StoreError {
+    /// A sqlx error while `doing`: a fault when it is one.
+    pub fn from_sqlx(doing: &'static str, error: sqlx::Error) -> StoreError {
+        match faults::fault_of(&error) {
+            Some(fault) => StoreError::Fault {
+                path: None,
+                fault,
+                doing,
+                cause: error,
+            },
+            None => StoreError::Query {
+                doing,
+                source: error,
+            },
+        }
+    }
+
+    /// Names the database in a fault that does not yet, and tells a full disk from another I/O
+    /// error by looking at it.
+    pub fn at(self, database: &Path) -> StoreError {
+        match self {
+            StoreError::Fault {
+                path: None,
+                fault,
+                doing,
+                cause,
+            } => StoreError::Fault {
+                fault: fault.on_disk_of(database),
+                path: Some(database.to_path_buf()),
+                doing,
+                cause,
+            },
+            other => other,
+        }
+    }
+
+    /// The fault behind this error, if it is one.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            StoreError::Fault { fault, .. } => Some(*fault),
+            StoreError::Vanished { .. } => Some(Fault::Missing),
+            StoreError::Open { source, .. } | StoreError::Folder { source, .. } => {
+                faults::fault_of_io(source)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Adds what was being done to a sqlx error.
@@ -104,7 +179,7 @@ pub trait Doing<T> {
 
 impl<T> Doing<T> for Result<T, sqlx::Error> {
     fn doing(self, doing: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Query { doing, source })
+        self.map_err(|source| StoreError::from_sqlx(doing, source))
     }
 }
 
@@ -124,6 +199,12 @@ impl Store {
             folder::ensure_private(dir)?;
         }
         if !path.exists() {
+            if let Some(trace) = faults::trace_of_vanished(path) {
+                return Err(StoreError::Vanished {
+                    path: path.to_path_buf(),
+                    trace,
+                });
+            }
             // Create the file ourselves so it is owner-only from the first byte; SQLite gives
             // the -wal and -shm files the same mode.
             std::fs::OpenOptions::new()
@@ -137,6 +218,13 @@ impl Store {
                     source,
                 })?;
         } else {
+            for sidecar in faults::repair_sidecars(path) {
+                tracing::warn!(
+                    file = %sidecar.display(),
+                    "The database's write-ahead file had lost its write permission (left by a \
+                     read-only episode); gave it back"
+                );
+            }
             folder::ensure_private_files(path)?;
             refuse_newer_schema(path).await?;
         }
@@ -148,19 +236,32 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .min_connections(0)
+            .after_release(|conn, _| Box::pin(async move { Ok(!left_in_transaction(conn).await) }))
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Connect {
-                path: path.to_path_buf(),
-                source,
+            .map_err(|source| match faults::fault_of(&source) {
+                Some(_) => StoreError::from_sqlx("opening it", source).at(path),
+                None => StoreError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                },
             })?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        MIGRATOR.run(&pool).await.map_err(|source| {
+            let source = sqlx::Error::Migrate(Box::new(source));
+            match faults::fault_of(&source) {
+                Some(_) => StoreError::from_sqlx("updating its schema", source).at(path),
+                None => match source {
+                    sqlx::Error::Migrate(source) => StoreError::Migrate {
+                        path: path.to_path_buf(),
+                        source: *source,
+                    },
+                    source => StoreError::Connect {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                },
+            }
+        })?;
         Ok(Store {
             pool,
             path: path.to_path_buf(),
@@ -197,7 +298,7 @@ impl Store {
 
     /// The lock an export holds while it runs.
     pub fn lock_export(&self, export_id: i64) -> Result<Option<locks::Lock>, StoreError> {
-        locks::try_lock(&self.lock_path(&format!("export-{export_id}.lock")))
+        locks::try_lock(&self.lock_path(&runs::export_lock_name(export_id)))
     }
 
     /// The lock the daemon holds while it runs.
@@ -211,6 +312,7 @@ impl Store {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .doing("starting a write transaction")
+            .map_err(|e| e.at(&self.path))
     }
 
     /// A connection of its own, outside the pool, for a run's private temporary tables.
@@ -219,6 +321,7 @@ impl Store {
             .connect()
             .await
             .doing("opening a connection for a run")
+            .map_err(|e| e.at(&self.path))
     }
 
     pub async fn close(&self) {
@@ -274,6 +377,15 @@ impl Store {
     }
 }
 
+/// Whether a connection handed back to the pool is still inside a transaction: a commit that
+/// failed (a full disk) can leave SQLite's transaction rolled back while sqlx still counts it
+/// open, and every later `BEGIN` on that connection would fail. Such a connection is closed
+/// (closing rolls back whatever SQLite still holds); the pool opens a fresh one.
+async fn left_in_transaction(conn: &mut SqliteConnection) -> bool {
+    // The ping runs after the rollback sqlx queued when the transaction was dropped.
+    conn.ping().await.is_err() || conn.is_in_transaction()
+}
+
 /// Reads the applied schema version without writing anything and refuses a newer one.
 async fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {
     let options = SqliteConnectOptions::new()
@@ -283,22 +395,27 @@ async fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {
     let mut conn = options
         .connect()
         .await
-        .map_err(|source| StoreError::Connect {
-            path: path.to_path_buf(),
-            source,
+        .map_err(|source| match faults::fault_of(&source) {
+            Some(_) => StoreError::from_sqlx("opening it", source).at(path),
+            None => StoreError::Connect {
+                path: path.to_path_buf(),
+                source,
+            },
         })?;
     let has_table: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     )
     .fetch_optional(&mut conn)
     .await
-    .doing("reading the schema version")?;
+    .doing("reading the schema version")
+    .map_err(|e| e.at(path))?;
     if has_table.is_some() {
         let found: Option<i64> =
             sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&mut conn)
                 .await
-                .doing("reading the schema version")?;
+                .doing("reading the schema version")
+                .map_err(|e| e.at(path))?;
         let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         if let Some(found) = found.filter(|f| *f > known) {
             let _ = conn.close().await;

@@ -2,9 +2,10 @@
 //! finish is recorded on every path. A run left `running` by a dead process is recovered as
 //! `interrupted` and resumed by the next run of its export.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::faults::{self, FinishNote};
 use super::locks::Lock;
 use super::words::stored_words;
 use super::{Doing, Store, StoreError, now_text};
@@ -57,7 +58,7 @@ stored_words! {
 }
 
 /// Counts of a run, as printed by `export run --json` and stored per batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunCounts {
     pub rows_read: u64,
     pub rejected: u64,
@@ -147,8 +148,48 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> 
 const SELECT_RUN: &str =
     "SELECT r.*, e.name AS export FROM runs r JOIN exports e ON e.id = r.export_id";
 
+/// The name of an export's lock file, in the `locks` folder.
+pub(super) fn export_lock_name(export_id: i64) -> String {
+    format!("export-{export_id}.lock")
+}
+
 /// Why a run left `running` without finishing is recorded as `interrupted`.
 const INTERRUPTED: &str = "the process running it stopped (crash, kill or power loss)";
+
+/// Records a run left `running` inside the caller's transaction, whose caller holds the export's
+/// lock (`lock_file`): as its process meant to finish it when that process left a note (its
+/// finish could not be written: a full disk, say), else `interrupted`.
+async fn mark_stale(
+    tx: &mut sqlx::SqliteConnection,
+    id: i64,
+    lock_file: &std::path::Path,
+) -> Result<(), StoreError> {
+    let Some(note) = faults::read_note(lock_file, id) else {
+        return mark_interrupted(tx, id).await;
+    };
+    let error = match &note.error {
+        Some(error) => format!("{error}; {RECORDED_LATE}"),
+        None => format!("{RECORDED_LATE} ({})", note.fault),
+    };
+    Store::write_run_counts(&mut *tx, id, &note.counts).await?;
+    sqlx::query(
+        "UPDATE runs SET status = ?, phase = 'finished', finished_at = ?, error = ?, \
+         owner_pid = NULL WHERE id = ? AND status = 'running'",
+    )
+    .bind(note.status())
+    .bind(now_text())
+    .bind(error)
+    .bind(id)
+    .execute(tx)
+    .await
+    .doing("recording the finish of a run that could not record it")?;
+    faults::clear_note(lock_file);
+    Ok(())
+}
+
+/// Said of a run whose finish was recorded from its note.
+const RECORDED_LATE: &str =
+    "its finish could not be written at the time and was recorded when the export next ran";
 
 /// Marks a run `interrupted` inside the caller's transaction.
 async fn mark_interrupted(tx: &mut sqlx::SqliteConnection, id: i64) -> Result<(), StoreError> {
@@ -180,6 +221,7 @@ impl Store {
             let running = self.running_run(export_id).await?.map_or(0, |r| r.id);
             return Err(StartError::AlreadyRunning(running));
         };
+        faults::reserve_note(lock.path());
         let mut tx = self.write().await?;
         let stale: Option<i64> =
             sqlx::query_scalar("SELECT id FROM runs WHERE export_id = ? AND status = 'running'")
@@ -188,7 +230,7 @@ impl Store {
                 .await
                 .doing("checking for a running run")?;
         if let Some(id) = stale {
-            mark_interrupted(&mut tx, id).await?;
+            mark_stale(&mut tx, id, lock.path()).await?;
         }
         let last: Option<(i64, RunStatus, bool)> = sqlx::query_as(
             "SELECT id, status, full FROM runs WHERE export_id = ? ORDER BY id DESC LIMIT 1",
@@ -318,6 +360,24 @@ impl Store {
         counts: &RunCounts,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.write_finish(id, status, counts, error)
+            .await
+            .map_err(|e| e.at(&self.path))
+    }
+
+    /// Leaves what a run would have recorded, when its finish cannot be written, in its
+    /// export's lock file (which its process still holds) for the next start to record.
+    pub fn leave_finish_note(&self, export_id: i64, note: &FinishNote) -> std::io::Result<()> {
+        faults::leave_note(&self.lock_path(&export_lock_name(export_id)), note)
+    }
+
+    async fn write_finish(
+        &self,
+        id: i64,
+        status: RunStatus,
+        counts: &RunCounts,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         Self::write_run_counts(&mut tx, id, counts).await?;
         sqlx::query(
@@ -424,11 +484,11 @@ impl Store {
                 .doing("looking for interrupted runs")?;
         let mut recovered = Vec::new();
         for (id, export_id) in running {
-            let Some(_lock) = self.lock_export(export_id)? else {
+            let Some(lock) = self.lock_export(export_id)? else {
                 continue; // a live process runs it
             };
             let mut tx = self.write().await?;
-            mark_interrupted(&mut tx, id).await?;
+            mark_stale(&mut tx, id, lock.path()).await?;
             tx.commit().await.doing("recovering an interrupted run")?;
             recovered.push(id);
         }

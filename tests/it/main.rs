@@ -16,4 +16,5 @@ mod security_sources;
 mod security_state;
 mod security_triggers;
 mod sources;
+mod store_faults;
 mod support;
