@@ -12,6 +12,11 @@
 //! escape sequence would reach ActiveCampaign and every screen showing the contact. A tab is
 //! allowed everywhere; line breaks (CR, LF) only in custom field values, which may be text
 //! areas (a quoted CSV value carries them intact), never in names or phone numbers.
+//!
+//! An empty value is left out of the contact, so that nothing ActiveCampaign holds from
+//! elsewhere is blanked. Each mapped field has a bit ([`Matching::set_field_slots`]) and a
+//! member records the bits of the values it was sent non-empty; a value sent before and empty
+//! now is then sent as `""` ([`Matching::clearing_payload`]), which clears it.
 
 use std::borrow::Cow;
 
@@ -113,6 +118,9 @@ pub struct Matching {
     last_name: Option<usize>,
     phone: Option<usize>,
     fields: Vec<(i64, usize)>,
+    /// The bit of each mapped field (0 for none): first name, last name, phone, then
+    /// `fields` in order; see [`Matching::field_targets`].
+    bits: Vec<i64>,
     tags: Vec<String>,
     /// The list, as bulk imports name it and as the fingerprint covers it.
     list: [ListRef; 1],
@@ -127,6 +135,8 @@ pub struct Member {
     pub fingerprint: [u8; FINGERPRINT_LEN],
     /// The contact as bulk-import JSON (one element of `contacts[]`).
     pub payload: String,
+    /// The bits of the mapped fields whose value is non-empty, and so in the payload.
+    pub sent_fields: i64,
 }
 
 impl std::fmt::Debug for Member {
@@ -148,11 +158,19 @@ struct ListRef {
     listid: i64,
 }
 
+/// How [`Matching::field_targets`] names the built-in fields, as bulk imports do.
+const FIRST_NAME: &str = "first_name";
+const LAST_NAME: &str = "last_name";
+const PHONE: &str = "phone";
+/// How it names a custom field: `field:` and its ActiveCampaign id.
+const CUSTOM_FIELD_PREFIX: &str = "field:";
+
 /// Bytes reserved for a contact's JSON: enough for email, names, phone, list and a few fields.
 const PAYLOAD_CAPACITY: usize = 256;
 
-/// A contact in ActiveCampaign's bulk-import shape (snake_case). Absent values are omitted,
-/// never sent as "" (that could wipe data in ActiveCampaign).
+/// A contact in ActiveCampaign's bulk-import shape (snake_case). Absent values are omitted:
+/// "" would blank a value ActiveCampaign may hold from elsewhere. Only a value acexport sent
+/// before is sent as "" ([`Matching::clearing_payload`]).
 #[derive(Serialize)]
 struct BulkContact<'a> {
     email: &'a str,
@@ -188,7 +206,7 @@ impl Matching {
         let first_name = export.first_name_column.as_deref().map(&mut index);
         let last_name = export.last_name_column.as_deref().map(&mut index);
         let phone = export.phone_column.as_deref().map(&mut index);
-        let fields = export
+        let fields: Vec<(i64, usize)> = export
             .fields
             .iter()
             .map(|f| (f.field_id, index(&f.column)))
@@ -199,6 +217,7 @@ impl Matching {
             first_name,
             last_name,
             phone,
+            bits: vec![0; 3 + fields.len()],
             fields,
             tags: export.tags.clone(),
             list: [ListRef {
@@ -211,6 +230,78 @@ impl Matching {
     /// The columns to read from each segment, in the order `map` expects.
     pub fn columns(&self) -> &[String] {
         &self.columns
+    }
+
+    /// The mapped fields, each as `first_name`, `last_name`, `phone` or `field:ID`, in the
+    /// order [`Matching::set_field_slots`] takes their bits.
+    pub fn field_targets(&self) -> Vec<String> {
+        let builtin = [
+            (self.first_name, FIRST_NAME),
+            (self.last_name, LAST_NAME),
+            (self.phone, PHONE),
+        ];
+        builtin
+            .into_iter()
+            .filter(|(column, _)| column.is_some())
+            .map(|(_, name)| name.to_owned())
+            .chain(
+                self.fields
+                    .iter()
+                    .map(|(id, _)| format!("{CUSTOM_FIELD_PREFIX}{id}")),
+            )
+            .collect()
+    }
+
+    /// Gives the mapped fields their bits (slots 0 to 63), in [`Matching::field_targets`]
+    /// order; a field without one is never sent empty.
+    pub fn set_field_slots(&mut self, slots: &[Option<u8>]) {
+        let mapped = [
+            self.first_name.is_some(),
+            self.last_name.is_some(),
+            self.phone.is_some(),
+        ]
+        .into_iter()
+        .chain(self.fields.iter().map(|_| true));
+        let mut slots = slots.iter();
+        for (bit, mapped) in self.bits.iter_mut().zip(mapped) {
+            let slot = if mapped {
+                slots.next().copied().flatten()
+            } else {
+                None
+            };
+            *bit = match slot {
+                Some(slot) if u32::from(slot) < i64::BITS => 1_i64 << slot,
+                _ => 0,
+            };
+        }
+    }
+
+    /// `payload` (a contact [`Matching::map`] made) with the values of the fields in `clear`
+    /// (bits) sent as "", which clears them in ActiveCampaign. Bits of fields not mapped are
+    /// ignored. `None` if the payload is not a contact.
+    pub fn clearing_payload(&self, payload: &str, clear: i64) -> Option<String> {
+        let mut contact: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(payload).ok()?;
+        let cleared = |bit: i64| bit != 0 && clear & bit != 0;
+        for (name, bit) in [FIRST_NAME, LAST_NAME, PHONE].into_iter().zip(&self.bits) {
+            if cleared(*bit) {
+                contact.insert(name.to_owned(), serde_json::Value::String(String::new()));
+            }
+        }
+        let emptied: Vec<serde_json::Value> = self
+            .fields
+            .iter()
+            .zip(&self.bits[3..])
+            .filter(|(_, bit)| cleared(**bit))
+            .map(|((id, _), _)| serde_json::json!({"id": id, "value": ""}))
+            .collect();
+        if !emptied.is_empty() {
+            let fields = contact
+                .entry("fields")
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+            fields.as_array_mut()?.extend(emptied);
+        }
+        serde_json::to_string(&contact).ok()
     }
 
     /// Where the email is among [`Matching::columns`].
@@ -236,11 +327,17 @@ impl Matching {
             "last name".into()
         })?;
         let phone = self.checked(values, self.phone, Controls::TabOnly, || "phone".into())?;
+        let mut sent_fields = [first_name, last_name, phone]
+            .iter()
+            .zip(&self.bits)
+            .filter(|(value, _)| value.is_some())
+            .fold(0, |sent, (_, bit)| sent | bit);
         let mut fields: Vec<FieldValue<'_>> = Vec::with_capacity(self.fields.len());
-        for &(id, i) in &self.fields {
+        for (&(id, i), bit) in self.fields.iter().zip(&self.bits[3..]) {
             let role = || format!("custom field {id}");
             if let Some(value) = self.checked(values, Some(i), Controls::TabAndLineBreaks, role)? {
                 fields.push(FieldValue { id, value });
+                sent_fields |= bit;
             }
         }
         let field_texts: Vec<String> = fields
@@ -275,6 +372,7 @@ impl Matching {
             key,
             fingerprint,
             payload,
+            sent_fields,
         })
     }
 
