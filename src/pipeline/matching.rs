@@ -605,6 +605,70 @@ mod tests {
     }
 
     #[test]
+    fn mapped_fields_are_named_as_bulk_imports_name_them_and_bits_mark_non_empty_values() {
+        let mut m = Matching::new(&export());
+        m.set_field_slots(&[Some(0), Some(5), Some(2)]);
+
+        let member = m.map(&row("Ann", "", "gold"), &hasher()).expect("valid");
+
+        assert_eq!(m.field_targets(), ["first_name", "phone", "field:3"]);
+        assert_eq!(
+            member.sent_fields, 0b101,
+            "first name and field 3, not the phone"
+        );
+    }
+
+    #[test]
+    fn values_to_clear_are_added_as_empty_strings_and_other_bits_are_ignored() {
+        let mut m = Matching::new(&export());
+        m.set_field_slots(&[Some(0), Some(5), Some(2)]);
+        let member = m.map(&row("Ann", "", ""), &hasher()).expect("valid");
+        let json = |text: &str| -> serde_json::Value { serde_json::from_str(text).expect("JSON") };
+        let base = r#""email":"a@example.com","first_name":"Ann","tags":["vip"],"subscribe":[{"listid":7}]"#;
+        let cases = [
+            (0b10_0000, format!(r#"{{{base},"phone":""}}"#)),
+            (
+                0b100,
+                format!(r#"{{{base},"fields":[{{"id":3,"value":""}}]}}"#),
+            ),
+            (
+                0b10_0100,
+                format!(r#"{{{base},"phone":"","fields":[{{"id":3,"value":""}}]}}"#),
+            ),
+            (0b10, format!("{{{base}}}")),
+        ];
+        for (clear, expected) in cases {
+            let cleared = m
+                .clearing_payload(&member.payload, clear)
+                .expect("a contact");
+            assert_eq!(json(&cleared), json(&expected), "{clear:#b}");
+        }
+    }
+
+    #[test]
+    fn a_value_to_clear_joins_the_fields_already_sent() {
+        let mut export = export();
+        export.fields.push(FieldMapping {
+            field_id: 4,
+            column: "phone".into(),
+        });
+        let mut m = Matching::new(&export);
+        m.set_field_slots(&[Some(0), Some(1), Some(2), Some(3)]);
+        let member = m.map(&row("Ann", "555", ""), &hasher()).expect("valid");
+
+        let cleared = m
+            .clearing_payload(&member.payload, 0b100)
+            .expect("a contact");
+
+        let fields: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(&cleared).expect("JSON")["fields"].clone();
+        assert_eq!(
+            fields,
+            serde_json::json!([{"id": 4, "value": "555"}, {"id": 3, "value": ""}])
+        );
+    }
+
+    #[test]
     fn a_changed_value_changes_the_fingerprint() {
         let m = Matching::new(&export());
         let h = hasher();

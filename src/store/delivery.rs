@@ -504,8 +504,13 @@ impl Store {
         assign: bool,
     ) -> Result<Vec<Option<u8>>, StoreError> {
         const DOING: &str = "giving mapped fields their bits";
-        let plan = plan_slots(&read_slots(self.pool(), export_id).await?, targets);
-        if !assign || (plan.added.is_empty() && plan.released == 0) {
+        let existing = read_slots(self.pool(), export_id).await?;
+        if !assign {
+            let slot = |target: &String| existing.iter().find(|(t, _)| t == target).map(|e| e.1);
+            return Ok(targets.iter().map(slot).collect());
+        }
+        let plan = plan_slots(&existing, targets);
+        if plan.added.is_empty() && plan.released == 0 {
             return Ok(plan.slots);
         }
         let mut tx = self.write().await?;
@@ -701,6 +706,7 @@ mod tests {
                 email,
                 hash,
                 payload,
+                sent_fields: 0,
             })
             .collect();
         let mut tables = WorkTables::create(&store).await.expect("tables");
@@ -745,6 +751,103 @@ mod tests {
                 ("a@example.com".to_owned(), "delivered".to_owned()),
                 ("b@example.com".to_owned(), "failed".to_owned())
             ]
+        );
+    }
+
+    fn targets(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn fields_keep_their_bits_new_ones_take_the_lowest_free_and_unmapped_ones_give_theirs_up() {
+        let existing = |pairs: &[(&str, u8)]| -> Vec<(String, u8)> {
+            pairs.iter().map(|(t, s)| ((*t).to_owned(), *s)).collect()
+        };
+        let cases = [
+            (
+                existing(&[]),
+                targets(&["first_name", "phone"]),
+                vec![Some(0), Some(1)],
+                vec![("first_name", 0), ("phone", 1)],
+                0,
+            ),
+            (
+                existing(&[("first_name", 0), ("phone", 1)]),
+                targets(&["phone", "field:3"]),
+                vec![Some(1), Some(0)],
+                vec![("field:3", 0)],
+                0b01,
+            ),
+            (
+                existing(&[("phone", 1), ("field:3", 0)]),
+                targets(&["phone", "field:3"]),
+                vec![Some(1), Some(0)],
+                vec![],
+                0,
+            ),
+        ];
+        for (existing, targets, slots, added, released) in cases {
+            let plan = plan_slots(&existing, &targets);
+            let added: Vec<(String, u8)> =
+                added.iter().map(|(t, s)| ((*t).to_owned(), *s)).collect();
+            assert_eq!(
+                plan,
+                SlotPlan {
+                    slots,
+                    added,
+                    released
+                },
+                "{targets:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fields_beyond_the_64_bits_get_none() {
+        let many: Vec<String> = (0..70).map(|i| format!("field:{i}")).collect();
+
+        let plan = plan_slots(&[], &many);
+
+        assert_eq!(plan.slots[63], Some(63));
+        assert_eq!(plan.slots[64..], [None; 6]);
+        assert_eq!(plan.added.len(), MAX_FIELD_SLOTS);
+    }
+
+    #[tokio::test]
+    async fn a_field_no_longer_mapped_has_its_bit_cleared_in_every_member_before_reuse() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let slots = store
+            .field_slots(export_id, &targets(&["first_name", "phone"]), true)
+            .await
+            .expect("slots");
+        sqlx::query(
+            "INSERT INTO delivery_state (export_id, email, hash, status, run_id, sent_fields) \
+             VALUES (?, 'a@example.com', x'01', 'delivered', 1, 3)",
+        )
+        .bind(export_id)
+        .execute(store.pool())
+        .await
+        .expect("state");
+
+        let dry = store
+            .field_slots(export_id, &targets(&["first_name", "field:3"]), false)
+            .await
+            .expect("read only");
+        let reused = store
+            .field_slots(export_id, &targets(&["first_name", "field:3"]), true)
+            .await
+            .expect("slots");
+        let sent: i64 = sqlx::query_scalar("SELECT sent_fields FROM delivery_state")
+            .fetch_one(store.pool())
+            .await
+            .expect("state");
+
+        assert_eq!(slots, [Some(0), Some(1)]);
+        assert_eq!(dry, [Some(0), None], "a dry run gives no bits");
+        assert_eq!(reused, [Some(0), Some(1)], "the phone's bit is reused");
+        assert_eq!(
+            sent, 1,
+            "the phone's bit was cleared before field 3 took it"
         );
     }
 }

@@ -250,3 +250,36 @@ async fn where_activecampaign_ignores_empty_values_the_run_still_succeeds_and_se
     );
     assert_eq!(third.counts.sent, 0, "the empty value is not sent again");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fields_of_members_delivered_before_they_were_recorded_are_learned_never_guessed() {
+    let h = Harness::new(EmptyValues::Clear).await;
+    h.members("ada@example.com,Ada,555-0101,\nalan@example.com,Alan,555-0202,\n")
+        .await;
+    h.export(Harness::full_mapping()).await;
+    h.run().await;
+    // As the schema upgrade leaves state written before fields were recorded.
+    sqlx::query("UPDATE delivery_state SET sent_fields = NULL")
+        .execute(h.ctx.store.pool())
+        .await
+        .expect("forget the fields");
+
+    // Ada is unchanged: her fields are learned. Alan's phone went before anything was learned.
+    h.members("ada@example.com,Ada,555-0101,\nalan@example.com,Alan,,\n")
+        .await;
+    h.run().await;
+    h.members("ada@example.com,Ada,,\nalan@example.com,Alan,,\n")
+        .await;
+    h.run().await;
+
+    assert_eq!(
+        h.contact("ada@example.com").phone,
+        None,
+        "learned, then cleared"
+    );
+    assert_eq!(
+        h.contact("alan@example.com").phone.as_deref(),
+        Some("555-0202"),
+        "not known to be acexport's, so not blanked"
+    );
+}
