@@ -185,7 +185,7 @@ impl Planner<'_> {
             for segment in segments {
                 self.read_segment(segment).await?;
             }
-            self.send_emptied_values().await?;
+            self.add_values_to_clear().await?;
             self.plan_leavers(on_leave).await
         }
         .await;
@@ -207,7 +207,7 @@ impl Planner<'_> {
 
     /// Completes the payloads of planned members whose values sent before are empty now, so
     /// that those values are sent as "" and cleared.
-    async fn send_emptied_values(&mut self) -> Result<(), PipelineError> {
+    async fn add_values_to_clear(&mut self) -> Result<(), PipelineError> {
         loop {
             let batch = self.tables.values_to_clear(CLEARS_PER_READ).await?;
             if batch.is_empty() {
