@@ -12,6 +12,11 @@
 //! escape sequence would reach ActiveCampaign and every screen showing the contact. A tab is
 //! allowed everywhere; line breaks (CR, LF) only in custom field values, which may be text
 //! areas (a quoted CSV value carries them intact), never in names or phone numbers.
+//!
+//! An empty value is left out of the contact, so that nothing ActiveCampaign holds from
+//! elsewhere is blanked. Each mapped field has a bit ([`Matching::set_field_slots`]) and a
+//! member records the bits of the values it was sent non-empty; a value sent before and empty
+//! now is then sent as `""` ([`Matching::clearing_payload`]), which clears it.
 
 use std::borrow::Cow;
 
@@ -113,6 +118,9 @@ pub struct Matching {
     last_name: Option<usize>,
     phone: Option<usize>,
     fields: Vec<(i64, usize)>,
+    /// The bit of each mapped field (0 for none): first name, last name, phone, then
+    /// `fields` in order; see [`Matching::field_targets`].
+    bits: Vec<i64>,
     tags: Vec<String>,
     /// The list, as bulk imports name it and as the fingerprint covers it.
     list: [ListRef; 1],
@@ -127,6 +135,8 @@ pub struct Member {
     pub fingerprint: [u8; FINGERPRINT_LEN],
     /// The contact as bulk-import JSON (one element of `contacts[]`).
     pub payload: String,
+    /// The bits of the mapped fields whose value is non-empty, and so in the payload.
+    pub sent_fields: i64,
 }
 
 impl std::fmt::Debug for Member {
@@ -148,11 +158,19 @@ struct ListRef {
     listid: i64,
 }
 
+/// How [`Matching::field_targets`] names the built-in fields, as bulk imports do.
+const FIRST_NAME: &str = "first_name";
+const LAST_NAME: &str = "last_name";
+const PHONE: &str = "phone";
+/// How it names a custom field: `field:` and its ActiveCampaign id.
+const CUSTOM_FIELD_PREFIX: &str = "field:";
+
 /// Bytes reserved for a contact's JSON: enough for email, names, phone, list and a few fields.
 const PAYLOAD_CAPACITY: usize = 256;
 
-/// A contact in ActiveCampaign's bulk-import shape (snake_case). Absent values are omitted,
-/// never sent as "" (that could wipe data in ActiveCampaign).
+/// A contact in ActiveCampaign's bulk-import shape (snake_case). Absent values are omitted:
+/// "" would blank a value ActiveCampaign may hold from elsewhere. Only a value acexport sent
+/// before is sent as "" ([`Matching::clearing_payload`]).
 #[derive(Serialize)]
 struct BulkContact<'a> {
     email: &'a str,
@@ -188,7 +206,7 @@ impl Matching {
         let first_name = export.first_name_column.as_deref().map(&mut index);
         let last_name = export.last_name_column.as_deref().map(&mut index);
         let phone = export.phone_column.as_deref().map(&mut index);
-        let fields = export
+        let fields: Vec<(i64, usize)> = export
             .fields
             .iter()
             .map(|f| (f.field_id, index(&f.column)))
@@ -199,6 +217,7 @@ impl Matching {
             first_name,
             last_name,
             phone,
+            bits: vec![0; 3 + fields.len()],
             fields,
             tags: export.tags.clone(),
             list: [ListRef {
@@ -211,6 +230,78 @@ impl Matching {
     /// The columns to read from each segment, in the order `map` expects.
     pub fn columns(&self) -> &[String] {
         &self.columns
+    }
+
+    /// The mapped fields, each as `first_name`, `last_name`, `phone` or `field:ID`, in the
+    /// order [`Matching::set_field_slots`] takes their bits.
+    pub fn field_targets(&self) -> Vec<String> {
+        let builtin = [
+            (self.first_name, FIRST_NAME),
+            (self.last_name, LAST_NAME),
+            (self.phone, PHONE),
+        ];
+        builtin
+            .into_iter()
+            .filter(|(column, _)| column.is_some())
+            .map(|(_, name)| name.to_owned())
+            .chain(
+                self.fields
+                    .iter()
+                    .map(|(id, _)| format!("{CUSTOM_FIELD_PREFIX}{id}")),
+            )
+            .collect()
+    }
+
+    /// Gives the mapped fields their bits (slots 0 to 63), in [`Matching::field_targets`]
+    /// order; a field without one is never sent empty.
+    pub fn set_field_slots(&mut self, slots: &[Option<u8>]) {
+        let mapped = [
+            self.first_name.is_some(),
+            self.last_name.is_some(),
+            self.phone.is_some(),
+        ]
+        .into_iter()
+        .chain(self.fields.iter().map(|_| true));
+        let mut slots = slots.iter();
+        for (bit, mapped) in self.bits.iter_mut().zip(mapped) {
+            let slot = if mapped {
+                slots.next().copied().flatten()
+            } else {
+                None
+            };
+            *bit = match slot {
+                Some(slot) if u32::from(slot) < i64::BITS => 1_i64 << slot,
+                _ => 0,
+            };
+        }
+    }
+
+    /// `payload` (a contact [`Matching::map`] made) with the values of the fields in `clear`
+    /// (bits) sent as "", which clears them in ActiveCampaign. Bits of fields not mapped are
+    /// ignored. `None` if the payload is not a contact.
+    pub fn clearing_payload(&self, payload: &str, clear: i64) -> Option<String> {
+        let mut contact: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(payload).ok()?;
+        let cleared = |bit: i64| bit != 0 && clear & bit != 0;
+        for (name, bit) in [FIRST_NAME, LAST_NAME, PHONE].into_iter().zip(&self.bits) {
+            if cleared(*bit) {
+                contact.insert(name.to_owned(), serde_json::Value::String(String::new()));
+            }
+        }
+        let emptied: Vec<serde_json::Value> = self
+            .fields
+            .iter()
+            .zip(&self.bits[3..])
+            .filter(|(_, bit)| cleared(**bit))
+            .map(|((id, _), _)| serde_json::json!({"id": id, "value": ""}))
+            .collect();
+        if !emptied.is_empty() {
+            let fields = contact
+                .entry("fields")
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+            fields.as_array_mut()?.extend(emptied);
+        }
+        serde_json::to_string(&contact).ok()
     }
 
     /// Where the email is among [`Matching::columns`].
@@ -236,11 +327,17 @@ impl Matching {
             "last name".into()
         })?;
         let phone = self.checked(values, self.phone, Controls::TabOnly, || "phone".into())?;
+        let mut sent_fields = [first_name, last_name, phone]
+            .iter()
+            .zip(&self.bits)
+            .filter(|(value, _)| value.is_some())
+            .fold(0, |sent, (_, bit)| sent | bit);
         let mut fields: Vec<FieldValue<'_>> = Vec::with_capacity(self.fields.len());
-        for &(id, i) in &self.fields {
+        for (&(id, i), bit) in self.fields.iter().zip(&self.bits[3..]) {
             let role = || format!("custom field {id}");
             if let Some(value) = self.checked(values, Some(i), Controls::TabAndLineBreaks, role)? {
                 fields.push(FieldValue { id, value });
+                sent_fields |= bit;
             }
         }
         let field_texts: Vec<String> = fields
@@ -275,6 +372,7 @@ impl Matching {
             key,
             fingerprint,
             payload,
+            sent_fields,
         })
     }
 
@@ -503,6 +601,70 @@ mod tests {
         assert_eq!(
             member.payload,
             r#"{"email":"a@example.com","fields":[{"id":3,"value":"gold"}],"tags":["vip"],"subscribe":[{"listid":7}]}"#
+        );
+    }
+
+    #[test]
+    fn mapped_fields_are_named_as_bulk_imports_name_them_and_bits_mark_non_empty_values() {
+        let mut m = Matching::new(&export());
+        m.set_field_slots(&[Some(0), Some(5), Some(2)]);
+
+        let member = m.map(&row("Ann", "", "gold"), &hasher()).expect("valid");
+
+        assert_eq!(m.field_targets(), ["first_name", "phone", "field:3"]);
+        assert_eq!(
+            member.sent_fields, 0b101,
+            "first name and field 3, not the phone"
+        );
+    }
+
+    #[test]
+    fn values_to_clear_are_added_as_empty_strings_and_other_bits_are_ignored() {
+        let mut m = Matching::new(&export());
+        m.set_field_slots(&[Some(0), Some(5), Some(2)]);
+        let member = m.map(&row("Ann", "", ""), &hasher()).expect("valid");
+        let json = |text: &str| -> serde_json::Value { serde_json::from_str(text).expect("JSON") };
+        let base = r#""email":"a@example.com","first_name":"Ann","tags":["vip"],"subscribe":[{"listid":7}]"#;
+        let cases = [
+            (0b10_0000, format!(r#"{{{base},"phone":""}}"#)),
+            (
+                0b100,
+                format!(r#"{{{base},"fields":[{{"id":3,"value":""}}]}}"#),
+            ),
+            (
+                0b10_0100,
+                format!(r#"{{{base},"phone":"","fields":[{{"id":3,"value":""}}]}}"#),
+            ),
+            (0b10, format!("{{{base}}}")),
+        ];
+        for (clear, expected) in cases {
+            let cleared = m
+                .clearing_payload(&member.payload, clear)
+                .expect("a contact");
+            assert_eq!(json(&cleared), json(&expected), "{clear:#b}");
+        }
+    }
+
+    #[test]
+    fn a_value_to_clear_joins_the_fields_already_sent() {
+        let mut export = export();
+        export.fields.push(FieldMapping {
+            field_id: 4,
+            column: "phone".into(),
+        });
+        let mut m = Matching::new(&export);
+        m.set_field_slots(&[Some(0), Some(1), Some(2), Some(3)]);
+        let member = m.map(&row("Ann", "555", ""), &hasher()).expect("valid");
+
+        let cleared = m
+            .clearing_payload(&member.payload, 0b100)
+            .expect("a contact");
+
+        let fields: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(&cleared).expect("JSON")["fields"].clone();
+        assert_eq!(
+            fields,
+            serde_json::json!([{"id": 4, "value": "555"}, {"id": 3, "value": ""}])
         );
     }
 

@@ -27,7 +27,6 @@ use crate::store::{
     ExportDef, RunCounts, RunIssue, RunRecord, RunStatus, Store, StoreError, TriggerKind,
 };
 pub use control::{RunControl, StopReason};
-use matching::Matching;
 use plan::{AbortOnDrop, PlanTotals, Planner, SegmentSource};
 use record::Recorder;
 
@@ -340,7 +339,9 @@ async fn read_and_plan(
     } = job;
     preflight(&client, export).await?;
     recorder.counts.requests = client.requests_sent();
-    let matching = Matching::new(export);
+    // A dry run (no control) changes no state.
+    let records_state = control.is_some();
+    let matching = plan::matching_for(store, export, records_state).await?;
     let mut tables = WorkTables::create(store).await?;
     let recheck = chrono::Utc::now() - chrono::Duration::days(suppressed_recheck_days.into());
     tables.recheck_suppressed_before(crate::store::to_text(recheck));
@@ -354,6 +355,7 @@ async fn read_and_plan(
         recorder,
         totals: PlanTotals::default(),
         control,
+        records_state,
     };
     planner.plan(&segments, export.on_leave).await?;
     let totals = planner.totals.clone();

@@ -5,6 +5,10 @@
 //!
 //! A resumed run plans again from the sources; what was confirmed before the crash is then
 //! unchanged and is not sent twice.
+//!
+//! A member's mapped values that were sent non-empty before and are empty now are sent as ""
+//! (clearing them in ActiveCampaign): staging marks them from the bits the delivery state
+//! keeps, and the payloads are completed once all segments are read.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -20,12 +24,15 @@ use crate::secrets::ProfileHasher;
 use crate::source::{self, RowStream, SourceDef, SourceError};
 use crate::store::delivery::{Staged, WorkTables};
 use crate::store::exports::OnLeave;
+use crate::store::{ExportDef, Store};
 
 /// Rows read from a source per chunk; also the number of members looked up per statement.
 pub const CHUNK: usize = 2048;
 
 /// Mapped chunks the matching task may run ahead of planning.
 const MAPPED_AHEAD: usize = 2;
+/// Outbox entries completed with their emptied values per round trip.
+const CLEARS_PER_READ: i64 = 500;
 
 /// One chunk of source rows after matching.
 struct MappedChunk {
@@ -136,6 +143,33 @@ pub struct Planner<'a> {
     pub totals: PlanTotals,
     /// Checked after every chunk, so a cancel or shutdown does not wait for a whole segment.
     pub control: Option<&'a RunControl>,
+    /// Whether planning may write the delivery state (not in a dry run): the fields of
+    /// members delivered before acexport recorded them, learned while planning.
+    pub records_state: bool,
+}
+
+/// The export's data matching, its mapped fields given their bits in the delivery state.
+/// `assign` (a run, not a dry run) gives fields mapped since the last run theirs and takes
+/// back those of fields no longer mapped.
+pub async fn matching_for(
+    store: &Store,
+    export: &ExportDef,
+    assign: bool,
+) -> Result<Matching, PipelineError> {
+    let mut matching = Matching::new(export);
+    let targets = matching.field_targets();
+    let slots = store.field_slots(export.id, &targets, assign).await?;
+    let without = slots.iter().filter(|slot| slot.is_none()).count();
+    if assign && without > 0 {
+        tracing::warn!(
+            fields = targets.len(),
+            without,
+            "More mapped fields than bits to record them: values of the last fields are never \
+             sent empty, so ActiveCampaign keeps them when they are emptied in the source"
+        );
+    }
+    matching.set_field_slots(&slots);
+    Ok(matching)
 }
 
 impl Planner<'_> {
@@ -147,9 +181,11 @@ impl Planner<'_> {
     ) -> Result<(), PipelineError> {
         self.tables.begin().await?;
         let mut planned = async {
+            self.tables.note_unrecorded_fields(self.export_id).await?;
             for segment in segments {
                 self.read_segment(segment).await?;
             }
+            self.add_values_to_clear().await?;
             self.plan_leavers(on_leave).await
         }
         .await;
@@ -159,7 +195,38 @@ impl Planner<'_> {
         if planned.is_err() {
             self.tables.rollback().await;
         }
-        planned
+        planned?;
+        if self.records_state {
+            let learned = self.tables.record_learned_fields(self.export_id).await?;
+            if learned > 0 {
+                tracing::info!(learned, "Recorded which fields earlier runs sent");
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the payloads of planned members whose values sent before are empty now, so
+    /// that those values are sent as "" and cleared.
+    async fn add_values_to_clear(&mut self) -> Result<(), PipelineError> {
+        loop {
+            let batch = self.tables.values_to_clear(CLEARS_PER_READ).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let payloads = batch
+                .into_iter()
+                .map(|entry| {
+                    let payload = self
+                        .matching
+                        .clearing_payload(&entry.payload, entry.fields)
+                        .ok_or(PipelineError::Internal(
+                            "a planned contact could not be read back to clear its values",
+                        ))?;
+                    Ok((entry.seq, payload))
+                })
+                .collect::<Result<Vec<_>, PipelineError>>()?;
+            self.tables.write_clearing_payloads(&payloads).await?;
+        }
     }
 
     /// Streams one segment through matching and planning. Matching runs in a task of its own,
@@ -226,6 +293,7 @@ impl Planner<'_> {
                     email: &member.key,
                     hash: &member.fingerprint,
                     payload: &member.payload,
+                    sent_fields: member.sent_fields,
                 });
             } else {
                 self.recorder.counts.duplicates += 1;

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{Fault, FaultAction};
-pub use state::{ListStatus, RequestRecord, SandboxContact, SandboxStats};
+pub use state::{EmptyValues, ListStatus, RequestRecord, SandboxContact, SandboxStats};
 
 use api::{PendingImport, Shared};
 use faults::{ConnHandle, KillableListener};
@@ -77,6 +77,8 @@ pub struct SandboxOptions {
     /// `import/info` still knows (an older, finished one answers 404 like an unknown id). Counters
     /// keep counting. Bounds the memory of a long-running sandbox.
     pub history: usize,
+    /// What an empty string for a name, the phone or a custom field does in a bulk import.
+    pub empty_values: EmptyValues,
 }
 
 impl Default for SandboxOptions {
@@ -95,6 +97,7 @@ impl Default for SandboxOptions {
                 .collect(),
             store_contacts: true,
             history: DEFAULT_HISTORY,
+            empty_values: EmptyValues::Clear,
         }
     }
 }
@@ -113,6 +116,7 @@ impl fmt::Debug for SandboxOptions {
             .field("fields", &self.fields.len())
             .field("store_contacts", &self.store_contacts)
             .field("history", &self.history)
+            .field("empty_values", &self.empty_values)
             .finish()
     }
 }

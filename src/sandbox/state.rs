@@ -42,6 +42,18 @@ impl fmt::Debug for SandboxContact {
     }
 }
 
+/// What an empty string for a name, the phone or a custom field does in a bulk import. The
+/// docs do not say ("Whether empty strings overwrite existing values" is open), so the sandbox
+/// does either and tests try both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EmptyValues {
+    /// The value is cleared: the contact no longer has one.
+    #[default]
+    Clear,
+    /// The value is left as it was, as if it had not been sent.
+    Ignore,
+}
+
 /// A contact's status on one list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ListStatus {
@@ -238,6 +250,8 @@ pub(crate) struct State {
     pub(crate) faults: FaultQueue,
     /// Flips on every accepted bulk import: AC documents both `"Success"` and `"success"`.
     capital_success_next: bool,
+    /// What an empty value in a bulk import does.
+    pub(crate) empty_values: EmptyValues,
 }
 
 impl State {
@@ -256,6 +270,7 @@ impl State {
             stats: SandboxStats::default(),
             faults: FaultQueue::default(),
             capital_success_next: true,
+            empty_values: EmptyValues::Clear,
         }
     }
 
@@ -444,7 +459,8 @@ impl State {
 
     /// Applies a queued bulk import, following ActiveCampaign's rules: excluded emails and
     /// subscriptions to lists the contact unsubscribed from (or to unknown lists) fail the
-    /// contact; everything else is an upsert by email where absent values are left untouched.
+    /// contact; everything else is an upsert by email where absent values are left untouched
+    /// and empty ones are cleared or ignored as [`EmptyValues`] says.
     pub(crate) fn apply_batch(
         &mut self,
         batch_id: &str,
@@ -518,20 +534,32 @@ impl State {
 
     /// Upserts one bulk contact; returns its id when it was created.
     fn import_stored(&mut self, email: &str, import: ImportContact) -> Option<u64> {
+        let empty_values = self.empty_values;
         let (index, created) = self.upsert(email);
         let stored = &mut self.contacts[index];
         let contact = &mut stored.contact;
-        if import.first_name.is_some() {
-            contact.first_name = import.first_name;
-        }
-        if import.last_name.is_some() {
-            contact.last_name = import.last_name;
-        }
-        if import.phone.is_some() {
-            contact.phone = import.phone;
+        for (value, sent) in [
+            (&mut contact.first_name, import.first_name),
+            (&mut contact.last_name, import.last_name),
+            (&mut contact.phone, import.phone),
+        ] {
+            match sent {
+                None => {}
+                Some(v) if v.is_empty() && empty_values == EmptyValues::Ignore => {}
+                Some(v) if v.is_empty() => *value = None,
+                Some(v) => *value = Some(v),
+            }
         }
         for field in import.fields {
-            contact.fields.insert(field.id.0, field.value);
+            match field.value {
+                v if v.is_empty() && empty_values == EmptyValues::Ignore => {}
+                v if v.is_empty() => {
+                    contact.fields.remove(&field.id.0);
+                }
+                v => {
+                    contact.fields.insert(field.id.0, v);
+                }
+            }
         }
         contact.tags.extend(import.tags);
         for list in import.subscribe {
@@ -611,6 +639,39 @@ mod tests {
             serde_json::from_str(r#"[{"listid":1},{"listid":"2"}]"#).expect("valid");
         assert_eq!(parsed[0].listid, Id(1));
         assert_eq!(parsed[1].listid, Id(2));
+    }
+
+    #[test]
+    fn an_empty_value_clears_the_stored_one_or_is_ignored_as_configured() {
+        let set = r#"[{"email":"a@example.com","first_name":"Ada","last_name":"L","phone":"555",
+            "fields":[{"id":1,"value":"x"},{"id":2,"value":"y"}]}]"#;
+        let blank = r#"[{"email":"a@example.com","first_name":"","phone":"",
+            "fields":[{"id":1,"value":""}]}]"#;
+        let cases = [
+            (EmptyValues::Clear, None, None, vec![(2, "y")]),
+            (
+                EmptyValues::Ignore,
+                Some("Ada"),
+                Some("555"),
+                vec![(1, "x"), (2, "y")],
+            ),
+        ];
+        for (mode, first_name, phone, fields) in cases {
+            let mut state = State::new(true, 100);
+            state.empty_values = mode;
+            apply(&mut state, set);
+            apply(&mut state, blank);
+            let c = state.contact("a@example.com").expect("stored");
+            assert_eq!(c.first_name.as_deref(), first_name, "{mode:?}");
+            assert_eq!(c.phone.as_deref(), phone, "{mode:?}");
+            assert_eq!(
+                c.last_name.as_deref(),
+                Some("L"),
+                "{mode:?}: not sent, kept"
+            );
+            let kept: Vec<(u64, &str)> = c.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            assert_eq!(kept, fields, "{mode:?}");
+        }
     }
 
     #[test]

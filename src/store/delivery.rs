@@ -7,6 +7,11 @@
 //! connection (and with the process on a crash), so the profile values they hold live no
 //! longer than the run. Every statement works on a whole chunk inside SQLite, so no set of
 //! emails or hashes is held in memory, whatever the segment size.
+//!
+//! Beside the hash, each member keeps one bit per mapped field (`sent_fields`), set when the
+//! value was last sent non-empty: a value emptied in the source since is sent empty, clearing
+//! it in ActiveCampaign, while a value never sent is left out, so nothing ActiveCampaign holds
+//! from elsewhere is blanked. Bits are given to fields per export (`delivery_field_slots`).
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
@@ -16,8 +21,11 @@ use super::{Doing, RunCounts, RunIssue, Store, StoreError};
 /// Members staged per statement: a whole chunk of the pipeline (2,048 rows, 3 values each)
 /// in one statement, far below SQLite's 32,766 variables.
 const STAGE_ROWS_PER_STATEMENT: usize = 4096;
-/// Delivery-state rows written per statement (5 values each).
+/// Delivery-state rows written per statement (6 values each).
 const STATE_ROWS_PER_STATEMENT: usize = 500;
+/// Bits in `sent_fields` (an SQLite INTEGER): fields mapped beyond this many have none, and
+/// are never sent empty.
+pub const MAX_FIELD_SLOTS: usize = 64;
 
 stored_words! {
     /// What the delivery state says of a member.
@@ -86,6 +94,8 @@ pub struct Staged<'a> {
     pub hash: &'a [u8],
     /// The contact as bulk-import JSON.
     pub payload: &'a str,
+    /// The bits of the mapped fields whose value is non-empty (and so in the payload).
+    pub sent_fields: i64,
 }
 
 /// One outbox entry. Its `Debug` shows neither the address nor the payload: both are profile
@@ -95,6 +105,8 @@ pub struct OutboxItem {
     pub hash: Vec<u8>,
     pub kind: OutboxKind,
     pub payload: String,
+    /// The bits of the mapped fields sent non-empty, recorded once the import is confirmed.
+    pub sent_fields: i64,
 }
 
 impl std::fmt::Debug for OutboxItem {
@@ -102,6 +114,23 @@ impl std::fmt::Debug for OutboxItem {
         f.debug_struct("OutboxItem")
             .field("kind", &self.kind)
             .field("payload_bytes", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An outbox entry whose payload must send some values empty. Its `Debug` shows no payload.
+pub struct ToClear {
+    pub seq: i64,
+    pub payload: String,
+    /// The bits of the fields to send empty.
+    pub fields: i64,
+}
+
+impl std::fmt::Debug for ToClear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToClear")
+            .field("seq", &self.seq)
+            .field("fields", &format_args!("{:#x}", self.fields))
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +166,8 @@ pub struct WorkTables {
     /// Suppressed members checked at or after this time (RFC 3339) are not sent again while
     /// their values are unchanged; older ones are checked again. Empty: never checked again.
     recheck_before: String,
+    /// Whether some of the export's delivery state does not record its fields yet.
+    learn_fields: bool,
 }
 
 impl WorkTables {
@@ -152,14 +183,23 @@ impl WorkTables {
             "DROP TABLE IF EXISTS temp.outbox",
             "DROP TABLE IF EXISTS temp.stage",
             "DROP TABLE IF EXISTS temp.leavers",
+            "DROP TABLE IF EXISTS temp.learned_fields",
             "CREATE TEMP TABLE seen (email TEXT PRIMARY KEY) WITHOUT ROWID",
             // Members delivered earlier who are in no segment now, found once per run.
             "CREATE TEMP TABLE leavers (email TEXT PRIMARY KEY, hash BLOB NOT NULL, \
              delivered INTEGER NOT NULL) WITHOUT ROWID",
             // One chunk of mapped members at a time, in source order.
-            "CREATE TEMP TABLE stage (email TEXT NOT NULL, hash BLOB NOT NULL, payload TEXT NOT NULL)",
+            "CREATE TEMP TABLE stage (email TEXT NOT NULL, hash BLOB NOT NULL, \
+             payload TEXT NOT NULL, sent_fields INTEGER NOT NULL)",
+            // `clear`: fields sent before and empty now, still to be added to the payload.
             "CREATE TEMP TABLE outbox (seq INTEGER PRIMARY KEY, email TEXT NOT NULL, \
-             hash BLOB NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL)",
+             hash BLOB NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL, \
+             sent_fields INTEGER NOT NULL DEFAULT 0, clear INTEGER NOT NULL DEFAULT 0)",
+            "CREATE INDEX temp.outbox_to_clear ON outbox(seq) WHERE clear != 0",
+            // Fields of members delivered before they were recorded, learned from an
+            // unchanged fingerprint (see `learn_fields`).
+            "CREATE TEMP TABLE learned_fields (email TEXT PRIMARY KEY, \
+             sent_fields INTEGER NOT NULL) WITHOUT ROWID",
         ] {
             sqlx::query(sql)
                 .execute(&mut conn)
@@ -169,6 +209,7 @@ impl WorkTables {
         Ok(WorkTables {
             conn,
             recheck_before: String::new(),
+            learn_fields: false,
         })
     }
 
@@ -216,11 +257,12 @@ impl WorkTables {
         let conn = &mut self.conn;
         for chunk in members.chunks(STAGE_ROWS_PER_STATEMENT) {
             let mut insert: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO temp.stage (email, hash, payload) ");
+                QueryBuilder::new("INSERT INTO temp.stage (email, hash, payload, sent_fields) ");
             insert.push_values(chunk, |mut row, m| {
                 row.push_bind(m.email)
                     .push_bind(m.hash)
-                    .push_bind(m.payload);
+                    .push_bind(m.payload)
+                    .push_bind(m.sent_fields);
             });
             insert
                 .build()
@@ -244,10 +286,11 @@ impl WorkTables {
         // Without `--full` no run id is below the floor.
         let floor = full_floor.unwrap_or(i64::MIN);
         let planned = sqlx::query(
-            "INSERT INTO temp.outbox (email, hash, kind, payload) \
+            "INSERT INTO temp.outbox (email, hash, kind, payload, sent_fields, clear) \
              SELECT s.email, s.hash, CASE WHEN d.email IS NULL THEN ?3 \
              WHEN d.status = ?7 THEN ?8 ELSE ?4 END, \
-             s.payload FROM temp.stage s LEFT JOIN delivery_state d \
+             s.payload, s.sent_fields, COALESCE(d.sent_fields, 0) & ~s.sent_fields \
+             FROM temp.stage s LEFT JOIN delivery_state d \
              ON d.export_id = ?1 AND d.email = s.email \
              WHERE d.email IS NULL OR d.hash != s.hash OR d.run_id < ?2 \
              OR (d.status != ?5 AND NOT (d.status = ?6 AND d.since >= ?9)) ORDER BY s.rowid",
@@ -266,6 +309,9 @@ impl WorkTables {
         .doing("planning deliveries")?
         .rows_affected();
         let held = held_suppressed(conn, export_id, floor, &self.recheck_before).await?;
+        if self.learn_fields {
+            learn_fields(conn, export_id).await?;
+        }
         sqlx::query("DELETE FROM temp.stage")
             .execute(&mut *conn)
             .await
@@ -334,8 +380,8 @@ impl WorkTables {
         limit: i64,
     ) -> Result<Vec<(i64, OutboxItem)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, email, hash, kind, payload FROM temp.outbox WHERE seq > ? ORDER BY seq \
-             LIMIT ?",
+            "SELECT seq, email, hash, kind, payload, sent_fields FROM temp.outbox WHERE seq > ? \
+             ORDER BY seq LIMIT ?",
         )
         .bind(after)
         .bind(limit)
@@ -351,11 +397,93 @@ impl WorkTables {
                         hash: r.try_get(2)?,
                         kind: r.try_get(3)?,
                         payload: r.try_get(4)?,
+                        sent_fields: r.try_get(5)?,
                     },
                 ))
             })
             .collect::<Result<_, sqlx::Error>>()
             .doing("reading the outbox")
+    }
+
+    /// Notes whether some of the export's delivered members do not record their fields yet
+    /// (delivered before acexport kept them): staging then learns them where it can.
+    pub async fn note_unrecorded_fields(&mut self, export_id: i64) -> Result<bool, StoreError> {
+        self.learn_fields = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM delivery_state WHERE export_id = ? \
+             AND sent_fields IS NULL AND status = ?)",
+        )
+        .bind(export_id)
+        .bind(DeliveryStatus::Delivered)
+        .fetch_one(&mut self.conn)
+        .await
+        .doing("reading delivery state")?;
+        Ok(self.learn_fields)
+    }
+
+    /// Up to `limit` outbox entries with values to clear: mapped fields sent non-empty before
+    /// and empty now, whose payload still leaves them out.
+    pub async fn values_to_clear(&mut self, limit: i64) -> Result<Vec<ToClear>, StoreError> {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT seq, payload, clear FROM temp.outbox WHERE clear != 0 ORDER BY seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&mut self.conn)
+        .await
+        .doing("planning values to clear")?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, payload, fields)| ToClear {
+                seq,
+                payload,
+                fields,
+            })
+            .collect())
+    }
+
+    /// Replaces the payloads of outbox entries by ones that send their emptied values empty.
+    pub async fn write_clearing_payloads(
+        &mut self,
+        payloads: &[(i64, String)],
+    ) -> Result<(), StoreError> {
+        for (seq, payload) in payloads {
+            sqlx::query("UPDATE temp.outbox SET payload = ?, clear = 0 WHERE seq = ?")
+                .bind(payload)
+                .bind(seq)
+                .execute(&mut self.conn)
+                .await
+                .doing("planning values to clear")?;
+        }
+        Ok(())
+    }
+
+    /// Records the fields learned while planning for members delivered before acexport kept
+    /// them. Returns how many members now record them.
+    pub async fn record_learned_fields(&mut self, export_id: i64) -> Result<u64, StoreError> {
+        const DOING: &str = "recording which fields were sent";
+        if !self.learn_fields {
+            return Ok(0);
+        }
+        self.exec("BEGIN IMMEDIATE", DOING).await?;
+        let result = sqlx::query(
+            "UPDATE delivery_state SET sent_fields = \
+             (SELECT l.sent_fields FROM temp.learned_fields l WHERE l.email = delivery_state.email) \
+             WHERE export_id = ? AND sent_fields IS NULL \
+             AND email IN (SELECT email FROM temp.learned_fields)",
+        )
+        .bind(export_id)
+        .execute(&mut self.conn)
+        .await
+        .doing(DOING);
+        match result {
+            Ok(done) => {
+                self.exec("COMMIT", DOING).await?;
+                Ok(done.rows_affected())
+            }
+            Err(e) => {
+                self.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     /// Forgets members who left (on-leave `keep`, and failed leavers under `unsubscribe`). The
@@ -391,7 +519,105 @@ impl WorkTables {
     }
 }
 
+/// How the bits of an export's fields change for a mapping (see [`Store::field_slots`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SlotPlan {
+    /// Each target's bit, in the mapping's order; `None` once all 64 are taken.
+    slots: Vec<Option<u8>>,
+    /// Bits given to targets that had none.
+    added: Vec<(String, u8)>,
+    /// Bits of targets no longer mapped, as a mask.
+    released: i64,
+}
+
+/// Keeps the bits of targets still mapped, releases the others', and gives targets without
+/// one the lowest free bit, released ones included (they are cleared before reuse).
+fn plan_slots(existing: &[(String, u8)], targets: &[String]) -> SlotPlan {
+    let mut plan = SlotPlan::default();
+    let mut taken: u64 = 0;
+    for (target, slot) in existing {
+        if targets.contains(target) {
+            taken |= 1 << slot;
+        } else {
+            plan.released |= 1 << slot;
+        }
+    }
+    for target in targets {
+        let slot = match existing.iter().find(|(t, _)| t == target) {
+            Some((_, slot)) => Some(*slot),
+            None => {
+                let free = (!taken).trailing_zeros();
+                (free < MAX_FIELD_SLOTS as u32).then(|| {
+                    taken |= 1 << free;
+                    plan.added.push((target.clone(), free as u8));
+                    free as u8
+                })
+            }
+        };
+        plan.slots.push(slot);
+    }
+    plan
+}
+
 impl Store {
+    /// The bit of each mapped field of the export (`targets`: `first_name`, `last_name`,
+    /// `phone`, `field:ID`), in order; `None` for fields beyond the 64 bits. With `assign` (a
+    /// run), fields without a bit get one, and fields no longer mapped give theirs up after it
+    /// is cleared in every member: an unmapped field is not acexport's to clear. Without (a
+    /// dry run) nothing changes and fields without a bit get `None`.
+    pub async fn field_slots(
+        &self,
+        export_id: i64,
+        targets: &[String],
+        assign: bool,
+    ) -> Result<Vec<Option<u8>>, StoreError> {
+        const DOING: &str = "giving mapped fields their bits";
+        let existing = read_slots(self.pool(), export_id).await?;
+        if !assign {
+            let slot = |target: &String| existing.iter().find(|(t, _)| t == target).map(|e| e.1);
+            return Ok(targets.iter().map(slot).collect());
+        }
+        let plan = plan_slots(&existing, targets);
+        if plan.added.is_empty() && plan.released == 0 {
+            return Ok(plan.slots);
+        }
+        let mut tx = self.write().await?;
+        // Read again under the write lock, so that the plan is the one applied.
+        let plan = plan_slots(&read_slots(&mut *tx, export_id).await?, targets);
+        if plan.released != 0 {
+            sqlx::query(
+                "UPDATE delivery_state SET sent_fields = sent_fields & ~?1 \
+                 WHERE export_id = ?2 AND sent_fields & ?1 != 0",
+            )
+            .bind(plan.released)
+            .bind(export_id)
+            .execute(&mut *tx)
+            .await
+            .doing(DOING)?;
+            sqlx::query(
+                "DELETE FROM delivery_field_slots WHERE export_id = ? AND (1 << slot) & ? != 0",
+            )
+            .bind(export_id)
+            .bind(plan.released)
+            .execute(&mut *tx)
+            .await
+            .doing(DOING)?;
+        }
+        for (target, slot) in &plan.added {
+            sqlx::query(
+                "INSERT INTO delivery_field_slots (export_id, target, slot) VALUES (?, ?, ?)",
+            )
+            .bind(export_id)
+            .bind(target)
+            .bind(i64::from(*slot))
+            .execute(&mut *tx)
+            .await
+            .doing(DOING)?;
+        }
+        tx.commit().await.doing(DOING)?;
+        Ok(plan.slots)
+    }
+
     /// Records confirmed imports: delivery state, failures, issues and the run's counts in one
     /// transaction, so a crash never separates what was delivered from what the run says.
     pub async fn record_confirmed(
@@ -427,6 +653,42 @@ impl Store {
     }
 }
 
+/// The bits an export's fields have, as `(target, slot)`.
+async fn read_slots<'c>(
+    conn: impl sqlx::SqliteExecutor<'c>,
+    export_id: i64,
+) -> Result<Vec<(String, u8)>, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT target, slot FROM delivery_field_slots WHERE export_id = ?")
+            .bind(export_id)
+            .fetch_all(conn)
+            .await
+            .doing("reading the bits of mapped fields")?;
+    // The table's CHECK keeps slots within 0..=63.
+    Ok(rows
+        .into_iter()
+        .filter_map(|(target, slot)| Some((target, u8::try_from(slot).ok()?)))
+        .collect())
+}
+
+/// Learns the fields of staged members whose state does not record them yet: when the
+/// fingerprint is unchanged, the same fields are non-empty as when they were delivered, so
+/// those are the fields ActiveCampaign holds from acexport.
+async fn learn_fields(conn: &mut SqliteConnection, export_id: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO temp.learned_fields (email, sent_fields) \
+         SELECT s.email, s.sent_fields FROM temp.stage s JOIN delivery_state d \
+         ON d.export_id = ? AND d.email = s.email \
+         WHERE d.sent_fields IS NULL AND d.status = ? AND d.hash = s.hash",
+    )
+    .bind(export_id)
+    .bind(DeliveryStatus::Delivered)
+    .execute(conn)
+    .await
+    .doing("planning deliveries")?;
+    Ok(())
+}
+
 async fn upsert_state(
     tx: &mut SqliteConnection,
     export_id: i64,
@@ -440,21 +702,29 @@ async fn upsert_state(
     let on_conflict = match status {
         DeliveryStatus::Delivered => {
             " ON CONFLICT(export_id, email) DO UPDATE SET hash = excluded.hash, \
-             status = excluded.status, run_id = excluded.run_id, reason = NULL, since = NULL"
+             status = excluded.status, run_id = excluded.run_id, reason = NULL, since = NULL, \
+             sent_fields = excluded.sent_fields"
         }
         // Suppressed and left rows are written by their own functions.
         _ => " ON CONFLICT(export_id, email) DO NOTHING",
     };
     for chunk in items.chunks(STATE_ROWS_PER_STATEMENT) {
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO delivery_state (export_id, email, hash, status, run_id) ",
+            "INSERT INTO delivery_state (export_id, email, hash, status, run_id, sent_fields) ",
         );
         insert.push_values(chunk, |mut row, item| {
+            // Only a confirmed import put values in ActiveCampaign (suppressed and left rows are
+            // written by their own functions and keep the bits they had).
+            let sent_fields = match status {
+                DeliveryStatus::Delivered => item.sent_fields,
+                DeliveryStatus::Failed | DeliveryStatus::Suppressed | DeliveryStatus::Left => 0,
+            };
             row.push_bind(export_id)
                 .push_bind(item.email.as_str())
                 .push_bind(&item.hash[..])
                 .push_bind(status)
-                .push_bind(run_id);
+                .push_bind(run_id)
+                .push_bind(sent_fields);
         });
         insert.push(on_conflict);
         insert
@@ -588,6 +858,7 @@ mod tests {
                 email,
                 hash,
                 payload,
+                sent_fields: 0,
             })
             .collect();
         let mut tables = WorkTables::create(&store).await.expect("tables");
@@ -632,6 +903,103 @@ mod tests {
                 ("a@example.com".to_owned(), "delivered".to_owned()),
                 ("b@example.com".to_owned(), "failed".to_owned())
             ]
+        );
+    }
+
+    fn targets(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn fields_keep_their_bits_new_ones_take_the_lowest_free_and_unmapped_ones_give_theirs_up() {
+        let existing = |pairs: &[(&str, u8)]| -> Vec<(String, u8)> {
+            pairs.iter().map(|(t, s)| ((*t).to_owned(), *s)).collect()
+        };
+        let cases = [
+            (
+                existing(&[]),
+                targets(&["first_name", "phone"]),
+                vec![Some(0), Some(1)],
+                vec![("first_name", 0), ("phone", 1)],
+                0,
+            ),
+            (
+                existing(&[("first_name", 0), ("phone", 1)]),
+                targets(&["phone", "field:3"]),
+                vec![Some(1), Some(0)],
+                vec![("field:3", 0)],
+                0b01,
+            ),
+            (
+                existing(&[("phone", 1), ("field:3", 0)]),
+                targets(&["phone", "field:3"]),
+                vec![Some(1), Some(0)],
+                vec![],
+                0,
+            ),
+        ];
+        for (existing, targets, slots, added, released) in cases {
+            let plan = plan_slots(&existing, &targets);
+            let added: Vec<(String, u8)> =
+                added.iter().map(|(t, s)| ((*t).to_owned(), *s)).collect();
+            assert_eq!(
+                plan,
+                SlotPlan {
+                    slots,
+                    added,
+                    released
+                },
+                "{targets:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fields_beyond_the_64_bits_get_none() {
+        let many: Vec<String> = (0..70).map(|i| format!("field:{i}")).collect();
+
+        let plan = plan_slots(&[], &many);
+
+        assert_eq!(plan.slots[63], Some(63));
+        assert_eq!(plan.slots[64..], [None; 6]);
+        assert_eq!(plan.added.len(), MAX_FIELD_SLOTS);
+    }
+
+    #[tokio::test]
+    async fn a_field_no_longer_mapped_has_its_bit_cleared_in_every_member_before_reuse() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let slots = store
+            .field_slots(export_id, &targets(&["first_name", "phone"]), true)
+            .await
+            .expect("slots");
+        sqlx::query(
+            "INSERT INTO delivery_state (export_id, email, hash, status, run_id, sent_fields) \
+             VALUES (?, 'a@example.com', x'01', 'delivered', 1, 3)",
+        )
+        .bind(export_id)
+        .execute(store.pool())
+        .await
+        .expect("state");
+
+        let dry = store
+            .field_slots(export_id, &targets(&["first_name", "field:3"]), false)
+            .await
+            .expect("read only");
+        let reused = store
+            .field_slots(export_id, &targets(&["first_name", "field:3"]), true)
+            .await
+            .expect("slots");
+        let sent: i64 = sqlx::query_scalar("SELECT sent_fields FROM delivery_state")
+            .fetch_one(store.pool())
+            .await
+            .expect("state");
+
+        assert_eq!(slots, [Some(0), Some(1)]);
+        assert_eq!(dry, [Some(0), None], "a dry run gives no bits");
+        assert_eq!(reused, [Some(0), Some(1)], "the phone's bit is reused");
+        assert_eq!(
+            sent, 1,
+            "the phone's bit was cleared before field 3 took it"
         );
     }
 }

@@ -148,6 +148,7 @@ pub(super) mod tests {
             hash: vec![],
             kind: OutboxKind::New,
             payload: "x".repeat(len),
+            sent_fields: 0,
         }
     }
 

@@ -69,6 +69,8 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(opts: SandboxOptions) -> (Arc<Self>, mpsc::UnboundedReceiver<PendingImport>) {
         let (imports, queue) = mpsc::unbounded_channel();
+        let mut state = SandboxState::new(opts.store_contacts, opts.history);
+        state.empty_values = opts.empty_values;
         let shared = Shared {
             known_lists: opts.lists.iter().map(|(id, _)| *id).collect(),
             general_limit: opts
@@ -77,7 +79,7 @@ impl Shared {
             bulk_limit: opts
                 .bulk_imports_per_minute
                 .map(|limit| Mutex::new(SlidingWindow::new(limit, BULK_WINDOW))),
-            state: Mutex::new(SandboxState::new(opts.store_contacts, opts.history)),
+            state: Mutex::new(state),
             token: opts.token,
             retry_after_secs: opts.retry_after_secs,
             latency: opts.latency,
