@@ -30,6 +30,8 @@ use super::{
 const KNOWN_COLUMNS_SCAN_LINES: u64 = 1000;
 /// Read buffer for the line reader; large so that big files take fewer read calls.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Skipped at the start of the file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Scans the whole file: the union of top-level keys in first-seen order and the number of
 /// rows. Fails on the first line that is not a JSON object, naming it, and on a file with no
@@ -298,8 +300,14 @@ struct Lines {
 
 impl Lines {
     fn open(path: &Path, max_bytes: usize) -> Result<Self, SourceError> {
+        let mut reader = open_file(path, READ_BUFFER_BYTES)?;
+        // A UTF-8 BOM (Notepad, PowerShell 5 `Out-File`) is no part of the first line's JSON.
+        // `open_file` has filled the buffer, so a BOM at the start of the file is all in it.
+        if reader.buffer().starts_with(UTF8_BOM) {
+            reader.consume(UTF8_BOM.len());
+        }
         Ok(Lines {
-            reader: open_file(path, READ_BUFFER_BYTES)?,
+            reader,
             buf: Vec::new(),
             max_bytes,
             line: 0,
@@ -532,6 +540,32 @@ mod tests {
             path: file.path().to_owned(),
             limits: SourceSettings::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn review_a_utf8_bom_before_the_first_object_is_skipped() {
+        let file = temp_file(
+            b"\xEF\xBB\xBF{\"email\":\"a@example.com\"}\r\n{\"email\":\"b@example.com\"}\r\n",
+        );
+
+        let description = describe(&def(&file)).await.expect("describe");
+        assert_eq!(description.columns, names(&["email"]));
+        let items = read_all(&def(&file), &["email"]).await;
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            values(items[0].as_ref().expect("first row read despite the BOM")),
+            [Some("a@example.com")]
+        );
+    }
+
+    #[tokio::test]
+    async fn review_a_one_line_file_with_a_utf8_bom_has_its_columns() {
+        let file = temp_file(b"\xEF\xBB\xBF{\"email\":\"a@example.com\"}");
+
+        let description = describe(&def(&file)).await.expect("describe");
+
+        assert_eq!(description.columns, names(&["email"]));
+        assert_eq!(description.rows, 1);
     }
 
     #[tokio::test]
