@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::error::Category;
+use serde_json::value::RawValue;
 
 use super::{
     ChunkSender, ColumnType, Description, Row, RowError, RowStream, SourceError, SourceSettings,
@@ -273,15 +274,17 @@ fn json_error_reason(error: &serde_json::Error) -> String {
     }
 }
 
-/// Text of a top-level value: `None` for null, strings as they are, the rest as JSON text.
-fn render(value: Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        nested => Some(nested.to_string()),
-    }
+/// Text of a top-level value: `None` for null, strings as they are, numbers and booleans as
+/// written (a number is not rounded through `f64`: `12345678901234567890123` and `10.50` stay
+/// as they are), nested arrays and objects as their compact JSON text.
+fn render(raw: &RawValue) -> Result<Option<String>, serde_json::Error> {
+    let text = raw.get();
+    Ok(match text.as_bytes().first() {
+        Some(b'"') => Some(serde_json::from_str::<String>(text)?),
+        Some(b'[' | b'{') => Some(serde_json::from_str::<Value>(text)?.to_string()),
+        _ if text == "null" => None,
+        _ => Some(text.to_owned()),
+    })
 }
 
 /// Non-blank lines of a file with their 1-based line numbers, reusing one buffer.
@@ -485,7 +488,7 @@ impl<'de> Visitor<'de> for Projected<'_> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
-            let text = render(map.next_value::<Value>()?);
+            let text = render(map.next_value::<&'de RawValue>()?).map_err(A::Error::custom)?;
             if text.as_ref().is_some_and(|t| t.len() > max_field_bytes) {
                 too_long.get_or_insert(first);
                 continue;
@@ -540,6 +543,25 @@ mod tests {
             path: file.path().to_owned(),
             limits: SourceSettings::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn review_numbers_are_sent_as_their_json_text() {
+        let file = temp_file(
+            b"{\"id\": 12345678901234567890123, \"price\": 10.50, \"e\": 1e2, \"p\": 0.1}\n",
+        );
+
+        let items = read_all(&def(&file), &["id", "price", "e", "p"]).await;
+
+        assert_eq!(
+            values(items[0].as_ref().expect("row")),
+            [
+                Some("12345678901234567890123"),
+                Some("10.50"),
+                Some("1e2"),
+                Some("0.1")
+            ]
+        );
     }
 
     #[tokio::test]
