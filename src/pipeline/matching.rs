@@ -8,10 +8,13 @@
 //! can be written in punycode (`xn--...`), which is accepted, top-level domain included; a
 //! non-ASCII local part has no such form and is rejected.
 //!
-//! Mapped values must not hold control characters (Unicode `Cc`: C0, DEL, C1): a NUL or an
-//! escape sequence would reach ActiveCampaign and every screen showing the contact. A tab is
-//! allowed everywhere; line breaks (CR, LF) only in custom field values, which may be text
-//! areas (a quoted CSV value carries them intact), never in names or phone numbers.
+//! Mapped values must not hold C0 control characters or DEL: a NUL or an escape sequence
+//! would reach ActiveCampaign and every screen showing the contact. A tab is allowed
+//! everywhere; line breaks (CR, LF) only in custom field values, which may be text areas (a
+//! quoted CSV value carries them intact), never in names or phone numbers. C1 characters
+//! (U+0080 to U+009F) are sent as they are: they are what Windows-1252 text read as Latin-1
+//! holds (`O\u{92}Brien`), and refusing them would drop the whole contact over a typographic
+//! apostrophe.
 //!
 //! An empty value is left out of the contact, so that nothing ActiveCampaign holds from
 //! elsewhere is blanked. Each mapped field has a bit ([`Matching::set_field_slots`]) and a
@@ -104,7 +107,7 @@ enum Controls {
 /// The first control character `value` may not hold, if any.
 fn forbidden_control(value: &str, allowed: Controls) -> Option<char> {
     value.chars().find(|&c| {
-        c.is_control()
+        c.is_ascii_control()
             && !(c == '\t' || (allowed == Controls::TabAndLineBreaks && matches!(c, '\r' | '\n')))
     })
 }
@@ -544,7 +547,6 @@ mod tests {
             (row("Nu\0ll", "", ""), "first name (column `first`)"),
             (row("Ann\u{1b}[2J", "", ""), "first name (column `first`)"),
             (row("Ann\nBob", "", ""), "first name (column `first`)"),
-            (row("An\u{85}n", "x", ""), "first name (column `first`)"),
             (row("Ann", "555\r1234", ""), "phone (column `phone`)"),
             (row("Ann", "", "gold\0"), "custom field 3 (column `tier`)"),
             (
@@ -561,6 +563,21 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    #[test]
+    fn c1_characters_of_misread_windows_1252_text_are_sent_as_they_are() {
+        let m = Matching::new(&export());
+
+        let member = m
+            .map(&row("O\u{92}Brien", "", "caf\u{85}"), &hasher())
+            .expect("valid");
+
+        assert!(
+            member.payload.contains("O\u{92}Brien"),
+            "{}",
+            member.payload
+        );
     }
 
     #[test]
