@@ -828,3 +828,121 @@ async fn postgres_an_sslmode_in_the_url_is_used_and_shown() {
         Some("require (set in the URL: the server certificate is not verified)".to_owned())
     );
 }
+
+/// Review (issue 13): acexport's text for generated values against PostgreSQL's own.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn review_postgres_generated_values_match_the_servers_text() {
+    let url = postgres_url();
+    let query = r#"
+        WITH n AS (
+            SELECT round(((random() - 0.5) * 10 ^ (random() * 30)::int)::numeric
+                         * 10::numeric ^ ((random() * 60)::int - 30),
+                         (random() * 40)::int - 5) AS v
+            FROM generate_series(1, 5000)
+            UNION ALL SELECT x::numeric FROM unnest(ARRAY['NaN', 'Infinity', '-Infinity', '0',
+                '-0', '0.0001', '10000', '1e-20', '1e20', '0.00010000', '-0.000', '9999.9999',
+                '99999999', '1e-1000', '1e1000', '-1e100000', '1e-16383',
+                '123456789012345678901234567890.123456789012345678901234567890']) AS x
+        )
+        SELECT v, v::text AS t FROM n"#;
+    let items = read_all(&sql_def(query, &url), &["v", "t"]).await;
+    let mut bad = Vec::new();
+    for item in &items {
+        match item {
+            Ok(row) => {
+                let v = values(row);
+                if v[0] != v[1] {
+                    bad.push(format!("ours {:?} server {:?}", v[0], v[1]));
+                }
+            }
+            Err(e) => bad.push(format!("row error {e:?}")),
+        }
+    }
+    assert!(items.len() > 5000);
+    assert!(
+        bad.is_empty(),
+        "{} of {}: {:?}",
+        bad.len(),
+        items.len(),
+        &bad[..bad.len().min(10)]
+    );
+
+    // Timestamps, dates and times: ISO text from to_char, fraction as 3 or 6 digits.
+    let query = r#"
+        WITH g AS (
+            SELECT timestamp '0001-01-01' + random() * (timestamp '9999-12-31' - timestamp '0001-01-01') AS ts
+            FROM generate_series(1, 3000)
+            UNION ALL SELECT x::timestamp FROM unnest(ARRAY['1999-12-31 23:59:59.999999',
+                '2000-01-01 00:00:00', '1970-01-01 00:00:00.001', '1900-02-28 12:00:00.5',
+                '0001-01-01 00:00:00', '9999-12-31 23:59:59.999999']) AS x
+        )
+        SELECT ts, ts AT TIME ZONE 'UTC' AS tz, ts::date AS d, ts::time AS t,
+               to_char(ts, 'YYYY-MM-DD"T"HH24:MI:SS') AS s, to_char(ts, 'US') AS us,
+               to_char(ts, 'YYYY-MM-DD') AS ds
+        FROM g"#;
+    let items = read_all(
+        &sql_def(query, &url),
+        &["ts", "tz", "d", "t", "s", "us", "ds"],
+    )
+    .await;
+    let mut bad = Vec::new();
+    for item in &items {
+        let row = item.as_ref().expect("row");
+        let v = values(row);
+        let us: u32 = v[5].expect("us").parse().expect("micros");
+        let fraction = if us == 0 {
+            String::new()
+        } else if us % 1000 == 0 {
+            format!(".{:03}", us / 1000)
+        } else {
+            format!(".{us:06}")
+        };
+        let s = v[4].expect("s");
+        let want_ts = format!("{s}{fraction}");
+        let want = [
+            want_ts.clone(),
+            format!("{want_ts}Z"),
+            v[6].expect("ds").to_owned(),
+            want_ts[11..].to_owned(),
+        ];
+        for (i, w) in want.iter().enumerate() {
+            if v[i] != Some(w.as_str()) {
+                bad.push(format!("col {i}: ours {:?} want {w}", v[i]));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} bad: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(10)]
+    );
+}
+
+/// Review (issue 13): arrays with NULLs, empty strings and more than one dimension.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
+async fn review_postgres_arrays() {
+    let url = postgres_url();
+    let query = r#"SELECT * FROM (VALUES
+        (1, ARRAY[NULL, 'a', '', NULL]::text[], ARRAY[1.50, NULL, -0.001]::numeric[], NULL::date[]),
+        (2, '{{a,b},{c,d}}'::text[], '{}'::numeric[], ARRAY['2024-01-01'::date, NULL]),
+        (3, '[0:1]={x,y}'::text[], ARRAY[NULL]::numeric[], '{}'::date[])
+        ) AS v(id, t, n, d) ORDER BY id"#;
+    let items = read_all(&sql_def(query, &url), &["t", "n", "d"]).await;
+    let shown: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+    assert_eq!(items.len(), 3, "{shown:#?}");
+    assert_eq!(
+        values(items[0].as_ref().expect("row 1")),
+        [Some("||a||"), Some("||1.50||-0.001||"), None],
+        "{shown:#?}"
+    );
+    let two_dims = items[1].as_ref().expect_err("2-d");
+    assert!(two_dims.reason.contains("2-dimensional"), "{shown:#?}");
+    assert_eq!(
+        values(items[2].as_ref().expect("row 3")),
+        [Some("||x||y||"), None, None],
+        "{shown:#?}"
+    );
+}
