@@ -1050,3 +1050,246 @@ mod tests {
         );
     }
 }
+
+/// Review (issue 13): differential check against the `csv` crate over generated inputs.
+#[cfg(test)]
+mod review_diff {
+    use std::io::BufReader;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn gen_input(rng: &mut StdRng, delim: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        if rng.random_bool(0.2) {
+            out.extend_from_slice(b"\xEF\xBB\xBF");
+        }
+        let records = rng.random_range(0..8);
+        for r in 0..records {
+            let fields = rng.random_range(1..5);
+            for f in 0..fields {
+                if f > 0 {
+                    out.push(delim);
+                }
+                let quoted = rng.random_bool(0.4);
+                if quoted {
+                    out.push(b'"');
+                }
+                for _ in 0..rng.random_range(0..5) {
+                    let pick = rng.random_range(0..14);
+                    match pick {
+                        0 => out.push(b'"'),
+                        1 if quoted => out.extend_from_slice(b"\"\""),
+                        2 => out.push(b'\r'),
+                        3 => out.push(b'\n'),
+                        4 => out.extend_from_slice(b"\r\n"),
+                        5 => out.push(b' '),
+                        6 => out.push(b'\t'),
+                        7 => out.push(delim),
+                        8 => out.extend_from_slice("é".as_bytes()),
+                        9 => out.extend_from_slice(b"\xEF\xBB\xBF"),
+                        10 => out.push(b','),
+                        11 => out.push(b';'),
+                        _ => out.push(b'a' + rng.random_range(0..3u8)),
+                    }
+                }
+                if quoted && rng.random_bool(0.95) {
+                    out.push(b'"');
+                }
+            }
+            let last = r + 1 == records;
+            if !last || rng.random_bool(0.6) {
+                match rng.random_range(0..5) {
+                    0 => out.extend_from_slice(b"\r\n"),
+                    1 => out.extend_from_slice(b"\n\n"),
+                    2 => out.extend_from_slice(b"\r"),
+                    3 => out.extend_from_slice(b"\r\n\r\n"),
+                    _ => out.push(b'\n'),
+                }
+            }
+        }
+        out
+    }
+
+    struct Got {
+        fields: Vec<Vec<u8>>,
+        line: u64,
+        raw: usize,
+    }
+
+    fn ours(
+        path: &Path,
+        delim: u8,
+        cap: usize,
+        limits: SourceSettings,
+    ) -> (Vec<Option<Got>>, Option<String>) {
+        let file = File::open(path).expect("open");
+        let mut records = Records {
+            input: BufReader::with_capacity(cap, file),
+            core: ReaderBuilder::new().delimiter(delim).build(),
+            fields: vec![0; limits.max_line_bytes.max(limits.max_header_bytes) + SENTINEL.len()],
+            ends: vec![0; limits.max_columns],
+            used: 0,
+            count: 0,
+            scratch: vec![0; SKIP_BUFFER_BYTES],
+            scratch_ends: vec![0; SKIP_ENDS],
+            eof: Eof::No,
+            path: path.to_owned(),
+        };
+        let mut out = Vec::new();
+        loop {
+            match records.next(limits.max_line_bytes, Cap::Line) {
+                Ok(Next::Record { line }) => out.push(Some(Got {
+                    fields: (0..records.len())
+                        .map(|i| records.field(i).to_vec())
+                        .collect(),
+                    line,
+                    raw: 0,
+                })),
+                Ok(Next::TooManyFields { .. }) => out.push(None),
+                Ok(Next::End) => return (out, None),
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+
+    fn theirs(data: &[u8], delim: u8) -> Vec<Got> {
+        let mut reader = ::csv::ReaderBuilder::new()
+            .delimiter(delim)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(data);
+        let mut out = Vec::new();
+        let mut record = ::csv::ByteRecord::new();
+        while reader.read_byte_record(&mut record).expect("csv") {
+            let start = record.position().expect("pos").byte() as usize;
+            let first = start
+                + data[start..]
+                    .iter()
+                    .take_while(|&&b| b == b'\r' || b == b'\n')
+                    .count();
+            let line = 1 + data[..first].iter().filter(|&&b| b == b'\n').count() as u64;
+            let end = reader.position().byte() as usize;
+            out.push(Got {
+                fields: record.iter().map(<[u8]>::to_vec).collect(),
+                line,
+                raw: end - first,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn review_differential_against_csv_crate() {
+        diff(SourceSettings {
+            max_line_bytes: 1 << 20,
+            max_field_bytes: 1 << 20,
+            max_header_bytes: 1 << 20,
+            max_columns: 64,
+        });
+    }
+
+    #[test]
+    fn review_differential_small_caps() {
+        diff(SourceSettings {
+            max_line_bytes: 12,
+            max_field_bytes: 1 << 20,
+            max_header_bytes: 12,
+            max_columns: 2,
+        });
+    }
+
+    fn diff(limits: SourceSettings) {
+        let mut rng = StdRng::seed_from_u64(13);
+        let mut failures = Vec::new();
+        let mut unterminated = 0;
+        for case in 0..20_000 {
+            let delim = [b',', b';', b'\t'][case % 3];
+            let data = gen_input(&mut rng, delim);
+            let lead = data
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if lead > 0 && data[lead..].starts_with(b"\xEF\xBB\xBF") {
+                continue; // known: ours strips a BOM after leading blank lines, csv keeps it
+            }
+            let cap = [4, 5, 7, 16, 256 * 1024][rng.random_range(0..5)];
+            let file = crate::source::testing::temp_file(&data);
+            let (got, err) = ours(file.path(), delim, cap, limits);
+            let want = theirs(&data, delim);
+            let mut problem = None;
+            let n = got.len();
+            for (i, g) in got.iter().enumerate() {
+                let Some(g) = g else { continue };
+                match want.get(i) {
+                    Some(w) if w.fields == g.fields && w.line == g.line => {}
+                    Some(w) => {
+                        problem = Some(format!(
+                            "record {i}: ours {:?}@{} theirs {:?}@{}",
+                            g.fields
+                                .iter()
+                                .map(|f| String::from_utf8_lossy(f))
+                                .collect::<Vec<_>>(),
+                            g.line,
+                            w.fields
+                                .iter()
+                                .map(|f| String::from_utf8_lossy(f))
+                                .collect::<Vec<_>>(),
+                            w.line
+                        ));
+                        break;
+                    }
+                    None => {
+                        problem = Some(format!("record {i}: extra"));
+                        break;
+                    }
+                }
+            }
+            if problem.is_none() {
+                match &err {
+                    None if n != want.len() => {
+                        problem = Some(format!("{} records, theirs {}", n, want.len()))
+                    }
+                    Some(e) if e.contains("never closed") => {
+                        unterminated += 1;
+                        if n + 1 != want.len() {
+                            problem = Some(format!("{e}: {} records, theirs {}", n, want.len()));
+                        }
+                    }
+                    Some(e)
+                        if limits.max_columns == 2
+                            && (e.contains("max_line_bytes") || e.contains("max_header")) =>
+                    {
+                        let w = &want[n];
+                        let len = w.raw;
+                        if len <= 12 {
+                            problem = Some(format!("{e}: theirs record {n} only {len} bytes"));
+                        }
+                    }
+                    Some(e) => problem = Some(e.clone()),
+                    None => {}
+                }
+            }
+            if let Some(p) = problem {
+                failures.push(format!(
+                    "case {case} cap {cap} {:?}: {p}",
+                    String::from_utf8_lossy(&data)
+                ));
+            }
+        }
+        eprintln!("unterminated: {unterminated}");
+        assert!(
+            failures.is_empty(),
+            "{} failures:\n{}",
+            failures.len(),
+            failures
+                .iter()
+                .take(15)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
