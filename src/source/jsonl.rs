@@ -546,7 +546,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn review_numbers_are_sent_as_their_json_text() {
+    async fn numbers_are_sent_as_their_json_text() {
         let file = temp_file(
             b"{\"id\": 12345678901234567890123, \"price\": 10.50, \"e\": 1e2, \"p\": 0.1}\n",
         );
@@ -565,7 +565,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn review_a_utf8_bom_before_the_first_object_is_skipped() {
+    async fn a_utf8_bom_before_the_first_object_is_skipped() {
         let file = temp_file(
             b"\xEF\xBB\xBF{\"email\":\"a@example.com\"}\r\n{\"email\":\"b@example.com\"}\r\n",
         );
@@ -581,7 +581,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn review_a_one_line_file_with_a_utf8_bom_has_its_columns() {
+    async fn a_one_line_file_with_a_utf8_bom_has_its_columns() {
         let file = temp_file(b"\xEF\xBB\xBF{\"email\":\"a@example.com\"}");
 
         let description = describe(&def(&file)).await.expect("describe");

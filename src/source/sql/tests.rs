@@ -832,7 +832,7 @@ async fn postgres_an_sslmode_in_the_url_is_used_and_shown() {
 /// Review (issue 13): acexport's text for generated values against PostgreSQL's own.
 #[tokio::test]
 #[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
-async fn review_postgres_generated_values_match_the_servers_text() {
+async fn generated_postgres_values_convert_exactly_as_the_servers_own_text() {
     let url = postgres_url();
     let query = r#"
         WITH n AS (
@@ -893,7 +893,7 @@ async fn review_postgres_generated_values_match_the_servers_text() {
         let us: u32 = v[5].expect("us").parse().expect("micros");
         let fraction = if us == 0 {
             String::new()
-        } else if us % 1000 == 0 {
+        } else if us.is_multiple_of(1000) {
             format!(".{:03}", us / 1000)
         } else {
             format!(".{us:06}")
@@ -923,7 +923,7 @@ async fn review_postgres_generated_values_match_the_servers_text() {
 /// Review (issue 13): arrays with NULLs, empty strings and more than one dimension.
 #[tokio::test]
 #[ignore = "needs PostgreSQL: set ACEXPORT_TEST_POSTGRES_URL"]
-async fn review_postgres_arrays() {
+async fn postgres_arrays_drop_nulls_and_empties_and_refuse_two_dimensions() {
     let url = postgres_url();
     let query = r#"SELECT * FROM (VALUES
         (1, ARRAY[NULL, 'a', '', NULL]::text[], ARRAY[1.50, NULL, -0.001]::numeric[], NULL::date[]),
