@@ -86,6 +86,29 @@ pub struct Confirmed<'a> {
     /// Members unsubscribed on leave: their state is removed.
     pub left: &'a [OutboxItem],
     pub issues: &'a [RunIssue],
+    /// Imports ActiveCampaign accepted since the last commit whose outcome is not known yet.
+    pub accepted: &'a [AcceptedImport],
+    /// Batch ids of recorded accepted imports whose outcome is known now: their records go.
+    pub resolved: &'a [String],
+}
+
+/// An import ActiveCampaign accepted (queued), with what the delivery state needs of its
+/// members (their payloads are emptied: ActiveCampaign has them).
+pub struct AcceptedImport {
+    pub batch_id: String,
+    /// The account (the client's host) and list it went to.
+    pub host: String,
+    pub list_id: i64,
+    pub items: Vec<OutboxItem>,
+}
+
+impl std::fmt::Debug for AcceptedImport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptedImport")
+            .field("batch_id", &self.batch_id)
+            .field("members", &self.items.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A run's private work tables, on a connection of its own.
@@ -187,8 +210,10 @@ impl WorkTables {
              SELECT s.email, s.hash, CASE WHEN d.email IS NULL THEN ?3 ELSE ?4 END, \
              s.payload FROM temp.stage s LEFT JOIN delivery_state d \
              ON d.export_id = ?1 AND d.email = s.email \
-             WHERE d.email IS NULL OR d.status != ?5 OR d.hash != s.hash \
-             OR d.run_id < ?2 ORDER BY s.rowid",
+             WHERE (d.email IS NULL OR d.status != ?5 OR d.hash != s.hash \
+             OR d.run_id < ?2) AND NOT EXISTS (SELECT 1 FROM accepted_members a \
+             WHERE a.export_id = ?1 AND a.email = s.email AND a.hash = s.hash) \
+             ORDER BY s.rowid",
         )
         .bind(export_id)
         // Without `--full` no run id is below the floor.
@@ -243,15 +268,23 @@ impl WorkTables {
     }
 
     /// Puts the delivered leavers in the outbox to be unsubscribed. Their payload is built in
-    /// SQL, `before` + the quoted email + `after`, so it stays streaming.
-    pub async fn plan_unsubscribes(&mut self, before: &str, after: &str) -> Result<(), StoreError> {
+    /// SQL, `before` + the quoted email + `after`, so it stays streaming. Leavers whose unsubscribe is in an accepted import are not planned again.
+    pub async fn plan_unsubscribes(
+        &mut self,
+        export_id: i64,
+        before: &str,
+        after: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT email, hash, ?, \
-             ? || json_quote(email) || ? FROM temp.leavers WHERE delivered ORDER BY email",
+            "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT l.email, l.hash, ?1, \
+             ?2 || json_quote(l.email) || ?3 FROM temp.leavers l WHERE l.delivered \
+             AND NOT EXISTS (SELECT 1 FROM accepted_members a WHERE a.export_id = ?4 \
+             AND a.email = l.email AND a.kind = ?1) ORDER BY l.email",
         )
         .bind(OutboxKind::Leave)
         .bind(before)
         .bind(after)
+        .bind(export_id)
         .execute(&mut self.conn)
         .await
         .doing("planning unsubscribes")?;
@@ -363,11 +396,118 @@ impl Store {
                 .await
                 .doing("recording unsubscribes")?;
         }
+        record_accepted(&mut tx, export_id, run_id, confirmed.accepted).await?;
+        forget_accepted(&mut tx, export_id, confirmed.resolved).await?;
         Store::record_issues(&mut tx, run_id, confirmed.issues).await?;
         Store::write_run_counts(&mut tx, run_id, counts).await?;
         tx.commit().await.doing("recording a confirmed import")?;
         Ok(())
     }
+
+    /// The export's accepted imports whose outcome is not recorded, oldest first, with their
+    /// members (payloads empty).
+    pub async fn accepted_imports(
+        &self,
+        export_id: i64,
+    ) -> Result<Vec<AcceptedImport>, StoreError> {
+        const DOING: &str = "reading accepted imports";
+        let mut conn = self.pool().acquire().await.doing(DOING)?;
+        let imports: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT batch_id, host, list_id FROM accepted_imports WHERE export_id = ? \
+             ORDER BY accepted_at, batch_id",
+        )
+        .bind(export_id)
+        .fetch_all(&mut *conn)
+        .await
+        .doing(DOING)?;
+        let mut out = Vec::with_capacity(imports.len());
+        for (batch_id, host, list_id) in imports {
+            let rows = sqlx::query(
+                "SELECT email, hash, kind FROM accepted_members WHERE export_id = ? \
+                 AND batch_id = ? ORDER BY email",
+            )
+            .bind(export_id)
+            .bind(&batch_id)
+            .fetch_all(&mut *conn)
+            .await
+            .doing(DOING)?;
+            let items = rows
+                .iter()
+                .map(|r| {
+                    Ok(OutboxItem {
+                        email: r.try_get(0)?,
+                        hash: r.try_get(1)?,
+                        kind: r.try_get(2)?,
+                        payload: String::new(),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .doing(DOING)?;
+            out.push(AcceptedImport {
+                batch_id,
+                host,
+                list_id,
+                items,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Records accepted imports and their members.
+async fn record_accepted(
+    tx: &mut SqliteConnection,
+    export_id: i64,
+    run_id: i64,
+    imports: &[AcceptedImport],
+) -> Result<(), StoreError> {
+    const DOING: &str = "recording accepted imports";
+    for import in imports {
+        sqlx::query(
+            "INSERT OR IGNORE INTO accepted_imports (export_id, batch_id, run_id, host, list_id, \
+             accepted_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(export_id)
+        .bind(&import.batch_id)
+        .bind(run_id)
+        .bind(&import.host)
+        .bind(import.list_id)
+        .bind(super::now_text())
+        .execute(&mut *tx)
+        .await
+        .doing(DOING)?;
+        for chunk in import.items.chunks(STATE_ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR IGNORE INTO accepted_members (export_id, batch_id, email, hash, kind) ",
+            );
+            insert.push_values(chunk, |mut row, item| {
+                row.push_bind(export_id)
+                    .push_bind(import.batch_id.as_str())
+                    .push_bind(item.email.as_str())
+                    .push_bind(&item.hash[..])
+                    .push_bind(item.kind);
+            });
+            insert.build().execute(&mut *tx).await.doing(DOING)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the records of accepted imports whose outcome is known (members cascade).
+async fn forget_accepted(
+    tx: &mut SqliteConnection,
+    export_id: i64,
+    batch_ids: &[String],
+) -> Result<(), StoreError> {
+    for batch_id in batch_ids {
+        sqlx::query("DELETE FROM accepted_imports WHERE export_id = ? AND batch_id = ?")
+            .bind(export_id)
+            .bind(batch_id)
+            .execute(&mut *tx)
+            .await
+            .doing("removing confirmed imports")?;
+    }
+    Ok(())
 }
 
 async fn upsert_state(

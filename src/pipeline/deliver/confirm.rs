@@ -1,18 +1,26 @@
-//! One batch: send it as a bulk import, then confirm it with `import/info` before anything
+//! One batch: send it as a bulk import, then confirm it with `import/info` before its outcome
 //! is recorded. The wait before the first poll adapts to how long imports take, so a fast
 //! ActiveCampaign is not kept waiting and a slow one is not flooded.
+//!
+//! Accepted is not failed: once ActiveCampaign queued an import, its members are reported to
+//! the delivery loop, which records the import (group commit) so that a run that dies before
+//! the confirmation confirms it on resume instead of sending it again. An `import/info` that
+//! cannot be read is asked again later; an import whose outcome stays unknown is left
+//! `accepted`, never counted failed or sent again while ActiveCampaign may have it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::mpsc::UnboundedSender;
+
 use super::SendingSlot;
 use super::outbox::body;
 use crate::activecampaign::wire::{BulkOutcome, ImportState};
 use crate::activecampaign::{AcError, Client, MAX_BULK_IMPORT_BYTES};
 use crate::pipeline::control::RunControl;
-use crate::store::delivery::OutboxItem;
+use crate::store::delivery::{AcceptedImport, OutboxItem};
 
 /// Longest wait for ActiveCampaign to finish one import.
 const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(20 * 60);
@@ -31,16 +39,61 @@ const NOT_IMPORTED: &str = "ActiveCampaign did not import this contact (excluded
 /// What became of one batch.
 #[derive(Debug, Default)]
 pub(super) struct BatchResult {
+    /// ActiveCampaign's id of the import, once it accepted it.
+    pub(super) batch_id: Option<String>,
     pub(super) delivered: Vec<OutboxItem>,
     pub(super) failed: Vec<(OutboxItem, String)>,
+    /// Accepted, and whether ActiveCampaign imported them could not be learnt: the import
+    /// stays recorded as accepted and a later run confirms it.
+    pub(super) unconfirmed: Vec<OutboxItem>,
+    /// ActiveCampaign does not know the import (404): nothing says it was imported.
+    pub(super) unknown: Vec<OutboxItem>,
     /// Contacts in accepted imports.
     pub(super) sent: u64,
     /// The batch as a whole failed with this error (its contacts are in `failed`).
     pub(super) batch_error: Option<String>,
     /// A key rejection or a redirect: the run must stop.
     pub(super) fatal: Option<AcError>,
-    /// Stopped or aborted before confirmation: not recorded, sent again on resume.
+    /// Stopped or aborted before confirmation: sent again on resume, unless it was accepted
+    /// (then its record is confirmed on resume).
     pub(super) abandoned: bool,
+}
+
+impl BatchResult {
+    /// The import was accepted and its outcome is known now: its record can go.
+    pub(super) fn resolved(&self) -> bool {
+        self.batch_id.is_some() && !self.abandoned && self.unconfirmed.is_empty()
+    }
+}
+
+/// Where accepted imports are reported for the next group commit.
+#[derive(Clone)]
+pub(super) struct AcceptedTx {
+    pub(super) tx: UnboundedSender<AcceptedImport>,
+    pub(super) list_id: i64,
+}
+
+impl AcceptedTx {
+    fn report(&self, client: &Client, batch_id: &str, items: &[OutboxItem]) {
+        let import = AcceptedImport {
+            batch_id: batch_id.to_owned(),
+            host: client.host().to_owned(),
+            list_id: self.list_id,
+            items: items.iter().map(without_payload).collect(),
+        };
+        // The loop outlives every batch task; a send can only fail once it has returned.
+        let _ = self.tx.send(import);
+    }
+}
+
+/// What the delivery state needs of an item.
+pub(super) fn without_payload(item: &OutboxItem) -> OutboxItem {
+    OutboxItem {
+        email: item.email.clone(),
+        hash: item.hash.clone(),
+        kind: item.kind,
+        payload: String::new(),
+    }
 }
 
 /// Sends one batch and waits for ActiveCampaign's verdict. A batch refused for some of its
@@ -51,6 +104,7 @@ pub(super) async fn deliver_batch(
     slot: SendingSlot,
     poll: Arc<AtomicU64>,
     control: RunControl,
+    accepted: AcceptedTx,
 ) -> BatchResult {
     // Asked once the rate permit is granted: a batch not yet sent when the run is told to stop
     // stays for the next run, so "stop at the next batch boundary" holds even with many
@@ -69,6 +123,8 @@ pub(super) async fn deliver_batch(
                 for item in &mut items {
                     item.payload = String::new();
                 }
+                accepted.report(&client, &batch_id, &items);
+                result.batch_id = Some(batch_id.clone());
                 confirm(&client, &batch_id, items, &poll, &mut result).await;
                 return result;
             }
@@ -140,8 +196,10 @@ fn next_retry_poll(first_wait: Duration, previous: Duration, polls: u32) -> Dura
 }
 
 /// Polls `import/info` until the import is final; the first poll comes after the time recent
-/// imports took, so a fast server is not kept waiting and a slow one is not flooded.
-async fn confirm(
+/// imports took, so a fast server is not kept waiting and a slow one is not flooded. An answer
+/// that cannot be read is asked for again, with the same backoff, until [`MAX_CONFIRM_WAIT`];
+/// an import still unconfirmed then is left `unconfirmed` (accepted), never failed.
+pub(super) async fn confirm(
     client: &Client,
     batch_id: &str,
     items: Vec<OutboxItem>,
@@ -210,28 +268,49 @@ async fn confirm(
                 result.abandoned = true;
                 return;
             }
+            Err(e) if is_unknown_import(&e) => {
+                tracing::warn!(batch_id, "ActiveCampaign does not know an accepted import; its contacts are sent again");
+                result.unknown = items;
+                return;
+            }
+            Err(e) if is_worth_asking_again(&e) => {
+                tracing::warn!(batch_id, error = %e, "Import status could not be read; asking again later");
+            }
             Err(e) => {
-                let reason = format!("import {batch_id} could not be confirmed: {e}");
-                result
-                    .failed
-                    .extend(items.into_iter().map(|i| (i, reason.clone())));
-                result.batch_error = Some(reason);
+                tracing::warn!(batch_id, error = %e, "Import status cannot be read; the import stays accepted for the next run to confirm");
+                result.unconfirmed = items;
                 return;
             }
         }
         if started.elapsed() > MAX_CONFIRM_WAIT {
-            let reason = format!(
-                "ActiveCampaign did not finish import {batch_id} within {} minutes",
-                MAX_CONFIRM_WAIT.as_secs() / 60
+            tracing::warn!(
+                batch_id,
+                minutes = MAX_CONFIRM_WAIT.as_secs() / 60,
+                "Import not confirmed in time; it stays accepted for the next run to confirm"
             );
-            result
-                .failed
-                .extend(items.into_iter().map(|i| (i, reason.clone())));
-            result.batch_error = Some(reason);
+            result.unconfirmed = items;
             return;
         }
         wait = next_retry_poll(first_wait, wait, polls);
     }
+}
+
+/// A 404: ActiveCampaign no longer knows the batch (it keeps them for a while only).
+fn is_unknown_import(e: &AcError) -> bool {
+    matches!(e, AcError::NotFound { .. } | AcError::Refused { status: 404, .. })
+}
+
+/// A failure that may pass (the client already retried it): a server error, throttling, no
+/// answer, or an answer that could not be read.
+fn is_worth_asking_again(e: &AcError) -> bool {
+    matches!(
+        e,
+        AcError::Server { .. }
+            | AcError::Throttled { .. }
+            | AcError::Timeout { .. }
+            | AcError::Unreachable { .. }
+            | AcError::Decode { .. }
+    )
 }
 
 #[cfg(test)]

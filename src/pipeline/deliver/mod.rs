@@ -3,6 +3,11 @@
 //! changes (`confirm`). Several imports are in flight at once; confirmed ones are recorded
 //! together (group commit), with the run's counts, in one transaction.
 //!
+//! Every accepted import is recorded with its members in the next group commit, and its record
+//! removed in the one that records its outcome; a run that resumes after a crash first confirms
+//! the imports still recorded (`resume`), so only the import whose request was in flight when
+//! the process died can be sent twice.
+//!
 //! Sending and confirming are capped apart. ActiveCampaign queues imports and may take minutes
 //! to process them, while its budget allows 100 imports a minute: using that budget needs
 //! "imports per second × confirmation time" imports awaiting confirmation, so that cap is
@@ -10,11 +15,13 @@
 
 mod confirm;
 mod outbox;
+mod resume;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::Instrument;
 
@@ -22,10 +29,11 @@ use super::PipelineError;
 use super::control::{RunControl, StopReason};
 use super::record::Recorder;
 use crate::activecampaign::{AcError, Client, MAX_CONTACTS_PER_BULK_IMPORT};
-use crate::store::delivery::{self, OutboxItem, OutboxKind, WorkTables};
+use crate::store::delivery::{self, AcceptedImport, OutboxItem, OutboxKind, WorkTables};
 use crate::store::{RunCounts, RunIssue, Store};
-use confirm::{BatchResult, FIRST_POLL_START, deliver_batch};
+use confirm::{AcceptedTx, BatchResult, FIRST_POLL_START, deliver_batch};
 use outbox::OutboxReader;
+pub use resume::confirm_accepted;
 
 /// Imports prepared and waiting for a rate permit or being sent, with their payloads.
 const MAX_SENDING: usize = 8;
@@ -45,6 +53,8 @@ pub struct Delivery<'a> {
     pub store: &'a Store,
     pub client: Arc<Client>,
     pub export_id: i64,
+    /// The list imports go to, recorded with each accepted import.
+    pub list_id: i64,
     pub run_id: i64,
     pub control: &'a RunControl,
 }
@@ -56,6 +66,9 @@ struct Flow<'t> {
     poll: Arc<AtomicU64>,
     in_flight: JoinSet<BatchResult>,
     sending: Arc<Sending>,
+    /// Batch tasks report accepted imports here, for the next group commit.
+    accepted_tx: AcceptedTx,
+    accepted_rx: UnboundedReceiver<AcceptedImport>,
     confirmed: Confirmed,
     /// The group commit under way, at most one.
     committing: Option<JoinHandle<Result<(), PipelineError>>>,
@@ -90,11 +103,17 @@ impl Delivery<'_> {
         &mut self,
         recorder: &mut Recorder,
     ) -> Result<Option<StopReason>, PipelineError> {
+        let (tx, accepted_rx) = mpsc::unbounded_channel();
         let mut flow = Flow {
             outbox: OutboxReader::new(&mut *self.tables),
             poll: Arc::new(AtomicU64::new(FIRST_POLL_START.as_micros() as u64)),
             in_flight: JoinSet::new(),
             sending: Arc::new(Sending::default()),
+            accepted_tx: AcceptedTx {
+                tx,
+                list_id: self.list_id,
+            },
+            accepted_rx,
             confirmed: Confirmed::default(),
             committing: None,
             failed_in_a_row: 0,
@@ -133,6 +152,10 @@ impl Delivery<'_> {
                         results.push(more);
                     }
                     take_results(&mut flow, results, recorder);
+                }
+                // Recorded by the next group commit, which starts at once when none is under way.
+                Some(import) = flow.accepted_rx.recv() => {
+                    flow.confirmed.accepted.push(import);
                 }
                 (tables, rows) = wait_for(&mut flow.outbox.reading) => {
                     if let Err(e) = flow.outbox.on_page(tables, rows) {
@@ -200,6 +223,7 @@ fn send_batches(
                 slot,
                 Arc::clone(&flow.poll),
                 control.clone(),
+                flow.accepted_tx.clone(),
             )
             .instrument(tracing::Span::current()),
         );
@@ -212,6 +236,11 @@ fn take_results(
     results: Vec<Result<BatchResult, JoinError>>,
     recorder: &mut Recorder,
 ) {
+    // A batch reports its acceptance before it finishes: take the reports first, so that an
+    // outcome never reaches a commit before the acceptance it resolves.
+    while let Ok(import) = flow.accepted_rx.try_recv() {
+        flow.confirmed.accepted.push(import);
+    }
     for result in results {
         let mut result = match result {
             Ok(result) => result,
@@ -291,6 +320,10 @@ struct Confirmed {
     left: Vec<OutboxItem>,
     failed: Vec<OutboxItem>,
     issues: Vec<RunIssue>,
+    /// Accepted imports not recorded yet.
+    accepted: Vec<AcceptedImport>,
+    /// Recorded accepted imports whose outcome is known now.
+    resolved: Vec<String>,
 }
 
 impl Confirmed {
@@ -304,11 +337,29 @@ impl Confirmed {
             && self.left.is_empty()
             && self.failed.is_empty()
             && self.issues.is_empty()
+            && self.accepted.is_empty()
+            && self.resolved.is_empty()
     }
 
     /// Counts one batch's outcome and keeps what the commit must record.
     fn add(&mut self, result: BatchResult, recorder: &mut Recorder) {
+        if result.resolved()
+            && let Some(batch_id) = &result.batch_id
+        {
+            // Accepted and resolved before a commit recorded it: nothing to record or remove.
+            match self.accepted.iter().position(|a| &a.batch_id == batch_id) {
+                Some(index) => {
+                    self.accepted.swap_remove(index);
+                }
+                None => self.resolved.push(batch_id.clone()),
+            }
+        }
         recorder.counts.sent += result.sent;
+        recorder.unconfirmed += result.unconfirmed.len() as u64;
+        let unknown = result.batch_id.as_deref().map(|id| {
+            format!("ActiveCampaign no longer knows import {id}; its contacts are sent again")
+        });
+        let unknown = unknown.unwrap_or_default();
         for item in result.delivered {
             if item.kind == OutboxKind::Leave {
                 recorder.counts.unsubscribed += 1;
@@ -321,7 +372,8 @@ impl Confirmed {
         if let Some(e) = &result.batch_error {
             tracing::error!(error = %e, contacts = result.failed.len(), "Import failed; its contacts are retried next run");
         }
-        for (item, reason) in result.failed {
+        let unknown = result.unknown.into_iter().map(|i| (i, unknown.clone()));
+        for (item, reason) in result.failed.into_iter().chain(unknown) {
             recorder.counts.failed += 1;
             if let Some(issue) = recorder.failure_issue(&item.email, &reason) {
                 self.issues.push(issue);
@@ -345,6 +397,8 @@ impl Confirmed {
             failed: &self.failed,
             left: &self.left,
             issues: &self.issues,
+            accepted: &self.accepted,
+            resolved: &self.resolved,
         };
         store
             .record_confirmed(export_id, run_id, confirmed, counts)

@@ -1,0 +1,77 @@
+//! Resume without re-sending: before a run plans, it confirms with `import/info` the imports an
+//! earlier run of the export had ActiveCampaign accept but did not see through (it was killed,
+//! aborted, or could not read their status). Their outcome is recorded like any confirmation,
+//! so planning then sends only what ActiveCampaign did not import. An import still
+//! unconfirmed stays recorded and its members are not planned (see `WorkTables::stage_chunk`).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::Confirmed;
+use super::confirm::{BatchResult, FIRST_POLL_START, confirm};
+use crate::activecampaign::Client;
+use crate::pipeline::PipelineError;
+use crate::pipeline::record::Recorder;
+use crate::store::Store;
+
+/// Confirms the export's recorded accepted imports and records what became of them. Imports
+/// recorded for another account or list than the export's now say nothing about it: their
+/// records are dropped and their members planned as usual.
+pub async fn confirm_accepted(
+    store: &Store,
+    client: &Arc<Client>,
+    export_id: i64,
+    list_id: i64,
+    run_id: i64,
+    recorder: &mut Recorder,
+) -> Result<(), PipelineError> {
+    let imports = store.accepted_imports(export_id).await?;
+    if imports.is_empty() {
+        return Ok(());
+    }
+    recorder.phase("confirming").await;
+    let mut confirmed = Confirmed::default();
+    let poll = Arc::new(AtomicU64::new(FIRST_POLL_START.as_micros() as u64));
+    let mut tasks = JoinSet::new();
+    for import in imports {
+        if import.host != client.host() || import.list_id != list_id {
+            confirmed.resolved.push(import.batch_id);
+            continue;
+        }
+        let (client, poll) = (Arc::clone(client), Arc::clone(&poll));
+        tasks.spawn(
+            async move {
+                let mut result = BatchResult {
+                    batch_id: Some(import.batch_id.clone()),
+                    ..BatchResult::default()
+                };
+                confirm(&client, &import.batch_id, import.items, &poll, &mut result).await;
+                result
+            }
+            .instrument(tracing::Span::current()),
+        );
+    }
+    let pending = tasks.len();
+    tracing::info!(imports = pending, "Confirming imports an earlier run left accepted");
+    let mut fatal = None;
+    while let Some(joined) = tasks.join_next().await {
+        let mut result = joined?;
+        if let Some(e) = result.fatal.take() {
+            fatal.get_or_insert(e);
+        }
+        // Not imported as far as anyone can tell: planned and sent again by this run, not a
+        // failure of it.
+        result.unknown.clear();
+        confirmed.add(result, recorder);
+    }
+    recorder.counts.requests = client.requests_sent();
+    let counts = recorder.counts;
+    confirmed.commit(store, export_id, run_id, &counts).await?;
+    match fatal {
+        Some(e) => Err(PipelineError::ActiveCampaign(e)),
+        None => Ok(()),
+    }
+}
