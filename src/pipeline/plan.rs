@@ -257,7 +257,9 @@ impl Planner<'_> {
             let (before, after) = template.split_once(&format!("\"{SLOT}\"")).ok_or_else(|| {
                 PipelineError::Internal("the unsubscribe template has no email slot")
             })?;
-            self.tables.plan_unsubscribes(self.export_id, before, after).await?;
+            self.tables
+                .plan_unsubscribes(self.export_id, before, after)
+                .await?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ mod daemon;
 mod deploy;
 mod engine;
 mod layout;
+mod resume;
 mod security_http;
 mod security_sandbox;
 mod security_sources;

@@ -48,8 +48,6 @@ pub(super) struct BatchResult {
     pub(super) unconfirmed: Vec<OutboxItem>,
     /// ActiveCampaign does not know the import (404): nothing says it was imported.
     pub(super) unknown: Vec<OutboxItem>,
-    /// Contacts in accepted imports.
-    pub(super) sent: u64,
     /// The batch as a whole failed with this error (its contacts are in `failed`).
     pub(super) batch_error: Option<String>,
     /// A key rejection or a redirect: the run must stop.
@@ -116,7 +114,6 @@ pub(super) async fn deliver_batch(
         debug_assert!(payload.len() < MAX_BULK_IMPORT_BYTES);
         match client.bulk_import(payload, &go_on).await {
             Ok(BulkOutcome::Queued { batch_id }) => {
-                result.sent += items.len() as u64;
                 drop(slot);
                 // ActiveCampaign has the payloads now; an import that waits minutes for
                 // confirmation holds only what the delivery state records.
@@ -269,7 +266,10 @@ pub(super) async fn confirm(
                 return;
             }
             Err(e) if is_unknown_import(&e) => {
-                tracing::warn!(batch_id, "ActiveCampaign does not know an accepted import; its contacts are sent again");
+                tracing::warn!(
+                    batch_id,
+                    "ActiveCampaign does not know an accepted import; its contacts are sent again"
+                );
                 result.unknown = items;
                 return;
             }
@@ -297,7 +297,10 @@ pub(super) async fn confirm(
 
 /// A 404: ActiveCampaign no longer knows the batch (it keeps them for a while only).
 fn is_unknown_import(e: &AcError) -> bool {
-    matches!(e, AcError::NotFound { .. } | AcError::Refused { status: 404, .. })
+    matches!(
+        e,
+        AcError::NotFound { .. } | AcError::Refused { status: 404, .. }
+    )
 }
 
 /// A failure that may pass (the client already retried it): a server error, throttling, no

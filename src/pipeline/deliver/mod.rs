@@ -155,7 +155,7 @@ impl Delivery<'_> {
                 }
                 // Recorded by the next group commit, which starts at once when none is under way.
                 Some(import) = flow.accepted_rx.recv() => {
-                    flow.confirmed.accepted.push(import);
+                    flow.confirmed.accept(import, recorder);
                 }
                 (tables, rows) = wait_for(&mut flow.outbox.reading) => {
                     if let Err(e) = flow.outbox.on_page(tables, rows) {
@@ -239,7 +239,7 @@ fn take_results(
     // A batch reports its acceptance before it finishes: take the reports first, so that an
     // outcome never reaches a commit before the acceptance it resolves.
     while let Ok(import) = flow.accepted_rx.try_recv() {
-        flow.confirmed.accepted.push(import);
+        flow.confirmed.accept(import, recorder);
     }
     for result in results {
         let mut result = match result {
@@ -341,6 +341,12 @@ impl Confirmed {
             && self.resolved.is_empty()
     }
 
+    /// Counts an accepted import's contacts as sent and keeps the import for the commit.
+    fn accept(&mut self, import: AcceptedImport, recorder: &mut Recorder) {
+        recorder.counts.sent += import.items.len() as u64;
+        self.accepted.push(import);
+    }
+
     /// Counts one batch's outcome and keeps what the commit must record.
     fn add(&mut self, result: BatchResult, recorder: &mut Recorder) {
         if result.resolved()
@@ -354,7 +360,6 @@ impl Confirmed {
                 None => self.resolved.push(batch_id.clone()),
             }
         }
-        recorder.counts.sent += result.sent;
         recorder.unconfirmed += result.unconfirmed.len() as u64;
         let unknown = result.batch_id.as_deref().map(|id| {
             format!("ActiveCampaign no longer knows import {id}; its contacts are sent again")

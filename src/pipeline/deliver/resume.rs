@@ -1,7 +1,8 @@
 //! Resume without re-sending: before a run plans, it confirms with `import/info` the imports an
 //! earlier run of the export had ActiveCampaign accept but did not see through (it was killed,
-//! aborted, or could not read their status). Their outcome is recorded like any confirmation,
-//! so planning then sends only what ActiveCampaign did not import. An import still
+//! aborted, or could not read their status). Their outcome goes into the delivery state, so
+//! planning then counts what ActiveCampaign imported as unchanged and sends only the rest; the
+//! run's own counts are left to planning and sending, so that they add up. An import still
 //! unconfirmed stays recorded and its members are not planned (see `WorkTables::stage_chunk`).
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::activecampaign::Client;
 use crate::pipeline::PipelineError;
 use crate::pipeline::record::Recorder;
 use crate::store::Store;
+use crate::store::delivery::OutboxKind;
 
 /// Confirms the export's recorded accepted imports and records what became of them. Imports
 /// recorded for another account or list than the export's now say nothing about it: their
@@ -55,17 +57,17 @@ pub async fn confirm_accepted(
         );
     }
     let pending = tasks.len();
-    tracing::info!(imports = pending, "Confirming imports an earlier run left accepted");
+    tracing::info!(
+        imports = pending,
+        "Confirming imports an earlier run left accepted"
+    );
     let mut fatal = None;
     while let Some(joined) = tasks.join_next().await {
         let mut result = joined?;
         if let Some(e) = result.fatal.take() {
             fatal.get_or_insert(e);
         }
-        // Not imported as far as anyone can tell: planned and sent again by this run, not a
-        // failure of it.
-        result.unknown.clear();
-        confirmed.add(result, recorder);
+        keep_outcome(&mut confirmed, result, recorder);
     }
     recorder.counts.requests = client.requests_sent();
     let counts = recorder.counts;
@@ -74,4 +76,30 @@ pub async fn confirm_accepted(
         Some(e) => Err(PipelineError::ActiveCampaign(e)),
         None => Ok(()),
     }
+}
+
+/// Keeps what the delivery state must record of a resumed import. Contacts ActiveCampaign did
+/// not import, and those of an import it no longer knows (nothing says they were imported), are
+/// planned again by this run and counted as it sends them.
+fn keep_outcome(confirmed: &mut Confirmed, result: BatchResult, recorder: &mut Recorder) {
+    if result.resolved()
+        && let Some(batch_id) = &result.batch_id
+    {
+        confirmed.resolved.push(batch_id.clone());
+    }
+    if let Some(e) = &result.batch_error {
+        tracing::warn!(error = %e, contacts = result.failed.len(), "A resumed import failed; its contacts are sent again");
+    }
+    recorder.unconfirmed += result.unconfirmed.len() as u64;
+    for item in result.delivered {
+        if item.kind == OutboxKind::Leave {
+            confirmed.left.push(item);
+        } else {
+            confirmed.delivered.push(item);
+        }
+    }
+    let failed = result.failed.into_iter().map(|(item, _)| item);
+    confirmed
+        .failed
+        .extend(failed.filter(|item| item.kind != OutboxKind::Leave));
 }
