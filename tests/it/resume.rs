@@ -289,10 +289,11 @@ fn start_external_sandbox(world: &World) -> (KilledOnDrop, String) {
         .stderr(Stdio::null());
     let mut child = command.spawn().expect("start acexport sandbox");
     let stdout = child.stdout.take().expect("piped stdout");
+    let mut stdout = std::io::BufReader::new(stdout);
     let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("sandbox output");
+    stdout.read_line(&mut line).expect("sandbox output");
+    // The rest is drained: a closed pipe would fail the sandbox's next write, and it exits.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let host = line
         .split_whitespace()
         .find(|w| w.starts_with("http://127.0.0.1:"))
