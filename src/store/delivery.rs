@@ -562,6 +562,83 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn members_of_an_accepted_import_are_not_planned_again_unless_their_values_changed() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let (run, _lock) = store
+            .start_run(export_id, crate::store::TriggerKind::Manual, false)
+            .await
+            .expect("start");
+        let accepted = |email: &str, hash: u8| OutboxItem {
+            email: email.to_owned(),
+            hash: vec![hash; 32],
+            kind: OutboxKind::New,
+            payload: String::new(),
+        };
+        let import = AcceptedImport {
+            batch_id: "batch-1".to_owned(),
+            host: "ac.example".to_owned(),
+            list_id: 1,
+            items: vec![accepted("a@example.com", 1), accepted("c@example.com", 9)],
+        };
+        let record = Confirmed {
+            accepted: std::slice::from_ref(&import),
+            ..Confirmed::default()
+        };
+        store
+            .record_confirmed(export_id, run.id, record, &RunCounts::default())
+            .await
+            .expect("record");
+        let members = [
+            member("a@example.com"),
+            member("b@example.com"),
+            member("c@example.com"),
+        ];
+        let staged: Vec<Staged<'_>> = members
+            .iter()
+            .map(|(email, hash, payload)| Staged {
+                email,
+                hash,
+                payload,
+            })
+            .collect();
+        let mut tables = WorkTables::create(&store).await.expect("tables");
+
+        let chunk = tables
+            .stage_chunk(export_id, None, &staged)
+            .await
+            .expect("stage");
+        let planned: Vec<String> = tables
+            .read_outbox(0, 10)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, item)| item.email)
+            .collect();
+        let recorded = store.accepted_imports(export_id).await.expect("accepted");
+        let resolved = ["batch-1".to_owned()];
+        let forget = Confirmed {
+            resolved: &resolved,
+            ..Confirmed::default()
+        };
+        store
+            .record_confirmed(export_id, run.id, forget, &RunCounts::default())
+            .await
+            .expect("resolve");
+        let left = store.accepted_imports(export_id).await.expect("accepted");
+        let members_left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accepted_members")
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+
+        assert_eq!(chunk.planned, 2);
+        assert_eq!(planned, ["b@example.com", "c@example.com"]);
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].items.len(), 2);
+        assert!(recorded[0].items.iter().all(|i| i.payload.is_empty()));
+        assert_eq!((left.len(), members_left), (0, 0));
+    }
+
+    #[tokio::test]
     async fn outbox_kinds_and_delivery_statuses_are_stored_as_their_words() {
         let (_dir, store, export_id) = test_store_with_export("weekly").await;
         let (run, _lock) = store

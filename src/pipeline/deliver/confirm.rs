@@ -85,7 +85,7 @@ impl AcceptedTx {
 }
 
 /// What the delivery state needs of an item.
-pub(super) fn without_payload(item: &OutboxItem) -> OutboxItem {
+fn without_payload(item: &OutboxItem) -> OutboxItem {
     OutboxItem {
         email: item.email.clone(),
         hash: item.hash.clone(),
@@ -320,6 +320,89 @@ fn is_worth_asking_again(e: &AcError) -> bool {
 mod tests {
     use super::*;
     use crate::pipeline::deliver::outbox::tests::item;
+
+    #[test]
+    fn what_an_unreadable_import_status_leads_to() {
+        let host = || "ac.example".to_owned();
+        // (error, the import is unknown, worth asking again)
+        let cases = [
+            (
+                AcError::Server {
+                    host: host(),
+                    status: 503,
+                    attempts: 4,
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Throttled {
+                    host: host(),
+                    waited_secs: 300,
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Timeout {
+                    host: host(),
+                    secs: 30,
+                    attempts: 4,
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Unreachable {
+                    host: host(),
+                    detail: "refused".into(),
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Decode {
+                    host: host(),
+                    detail: "import/info".into(),
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Refused {
+                    host: host(),
+                    status: 404,
+                    answer: "HTTP 404".into(),
+                },
+                true,
+                false,
+            ),
+            (
+                AcError::NotFound {
+                    host: host(),
+                    what: "batch".into(),
+                },
+                true,
+                false,
+            ),
+            (
+                AcError::Refused {
+                    host: host(),
+                    status: 400,
+                    answer: "HTTP 400".into(),
+                },
+                false,
+                false,
+            ),
+        ];
+        for (error, unknown, again) in cases {
+            assert_eq!(
+                (is_unknown_import(&error), is_worth_asking_again(&error)),
+                (unknown, again),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn an_import_done_at_the_first_poll_shortens_the_next_first_wait() {
