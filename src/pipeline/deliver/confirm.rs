@@ -46,8 +46,6 @@ pub(super) struct BatchResult {
     /// Accepted, and whether ActiveCampaign imported them could not be learnt: the import
     /// stays recorded as accepted and a later run confirms it.
     pub(super) unconfirmed: Vec<OutboxItem>,
-    /// ActiveCampaign does not know the import (404): nothing says it was imported.
-    pub(super) unknown: Vec<OutboxItem>,
     /// The batch as a whole failed with this error (its contacts are in `failed`).
     pub(super) batch_error: Option<String>,
     /// A key rejection or a redirect: the run must stop.
@@ -266,11 +264,17 @@ pub(super) async fn confirm(
                 return;
             }
             Err(e) if is_unknown_import(&e) => {
+                // Nothing says they were imported: failed, so that they are planned again.
+                let reason = format!(
+                    "ActiveCampaign no longer knows import {batch_id}; its contacts are sent again"
+                );
                 tracing::warn!(
                     batch_id,
                     "ActiveCampaign does not know an accepted import; its contacts are sent again"
                 );
-                result.unknown = items;
+                result
+                    .failed
+                    .extend(items.into_iter().map(|i| (i, reason.clone())));
                 return;
             }
             Err(e) if is_worth_asking_again(&e) => {

@@ -361,10 +361,6 @@ impl Confirmed {
             }
         }
         recorder.unconfirmed += result.unconfirmed.len() as u64;
-        let unknown = result.batch_id.as_deref().map(|id| {
-            format!("ActiveCampaign no longer knows import {id}; its contacts are sent again")
-        });
-        let unknown = unknown.unwrap_or_default();
         for item in result.delivered {
             if item.kind == OutboxKind::Leave {
                 recorder.counts.unsubscribed += 1;
@@ -377,8 +373,7 @@ impl Confirmed {
         if let Some(e) = &result.batch_error {
             tracing::error!(error = %e, contacts = result.failed.len(), "Import failed; its contacts are retried next run");
         }
-        let unknown = result.unknown.into_iter().map(|i| (i, unknown.clone()));
-        for (item, reason) in result.failed.into_iter().chain(unknown) {
+        for (item, reason) in result.failed {
             recorder.counts.failed += 1;
             if let Some(issue) = recorder.failure_issue(&item.email, &reason) {
                 self.issues.push(issue);

@@ -80,7 +80,8 @@ pub async fn confirm_accepted(
 
 /// Keeps what the delivery state must record of a resumed import. Contacts ActiveCampaign did
 /// not import, and those of an import it no longer knows (nothing says they were imported), are
-/// planned again by this run and counted as it sends them.
+/// recorded failed (never over a delivered state), so this run plans them again and counts them
+/// as it sends them.
 fn keep_outcome(confirmed: &mut Confirmed, result: BatchResult, recorder: &mut Recorder) {
     if result.resolved()
         && let Some(batch_id) = &result.batch_id
