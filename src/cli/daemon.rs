@@ -46,6 +46,10 @@ pub struct SandboxArgs {
     /// Read the token from standard input
     #[arg(long)]
     pub token_stdin: bool,
+    /// Serve without ActiveCampaign's rate limits (5 requests/s, 100 bulk imports/min), for
+    /// load and crash tests: the client's own budget then sets the pace
+    #[arg(long)]
+    pub no_limits: bool,
     /// No longer accepted (it showed the token in `ps`); kept to say what to use instead
     #[arg(long, value_name = "T", hide = true)]
     pub token: Option<String>,
@@ -104,10 +108,14 @@ pub async fn sandbox(args: SandboxArgs) -> Result<(), CliError> {
             token
         }
     };
-    let opts = SandboxOptions {
+    let mut opts = SandboxOptions {
         token,
         ..SandboxOptions::default()
     };
+    if args.no_limits {
+        opts.requests_per_second = None;
+        opts.bulk_imports_per_minute = None;
+    }
     super::output::emit(&format!(
         "Sandbox API on http://{addr} until Ctrl-C. Try it with:\n  acexport connection add \
          sandbox --host http://{addr} --api-key-stdin --accept-data-transfer\n(the key is the \

@@ -220,6 +220,7 @@ pub async fn run(
         };
         let counts = recorder.counts;
         let (status, error) = match &result {
+            Ok(None) if recorder.unconfirmed > 0 => (RunStatus::Partial, Some(unconfirmed_note(recorder.unconfirmed))),
             Ok(None) if counts.failed > 0 => (RunStatus::Partial, None),
             Ok(None) => (RunStatus::Succeeded, None),
             Ok(Some(StopReason::Cancelled)) => (RunStatus::Cancelled, Some("cancelled by request".to_owned())),
@@ -263,6 +264,14 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Why a run whose imports were accepted but not all confirmed is `partial`.
+fn unconfirmed_note(contacts: u64) -> String {
+    format!(
+        "{contacts} contacts are in imports ActiveCampaign accepted whose outcome could not be \
+         read yet; they are not sent again, and the next run confirms them"
+    )
 }
 
 /// The first run of a chain of resumed `--full` runs: state written since then is this full
@@ -315,13 +324,14 @@ async fn preflight(client: &Client, export: &ExportDef) -> Result<(), PipelineEr
 
 /// What reading and planning leave for delivery.
 struct Planned {
-    client: Client,
+    client: Arc<Client>,
     tables: WorkTables,
     totals: PlanTotals,
 }
 
 /// Preflight, then read every segment through the data matching and plan against the
-/// delivery state. Shared by runs and dry runs.
+/// delivery state. Shared by runs and dry runs; a run (`run_id`) first confirms the imports
+/// earlier runs left accepted, so that planning sends only what ActiveCampaign did not import.
 async fn read_and_plan(
     store: &Store,
     export: &ExportDef,
@@ -329,6 +339,7 @@ async fn read_and_plan(
     full_floor: Option<i64>,
     recorder: &mut Recorder,
     control: Option<&RunControl>,
+    run_id: Option<i64>,
 ) -> Result<Planned, PipelineError> {
     let ExportJob {
         client,
@@ -337,8 +348,13 @@ async fn read_and_plan(
         suppressed_recheck_days,
         ..
     } = job;
+    let client = Arc::new(client);
     preflight(&client, export).await?;
     recorder.counts.requests = client.requests_sent();
+    if let Some(run_id) = run_id {
+        deliver::confirm_accepted(store, &client, export.id, export.list_id, run_id, recorder)
+            .await?;
+    }
     // A dry run (no control) changes no state.
     let records_state = control.is_some();
     let matching = plan::matching_for(store, export, records_state).await?;
@@ -384,7 +400,16 @@ async fn execute(
         client,
         mut tables,
         totals,
-    } = read_and_plan(store, export, job, full_floor, recorder, Some(control)).await?;
+    } = read_and_plan(
+        store,
+        export,
+        job,
+        full_floor,
+        recorder,
+        Some(control),
+        Some(run.id),
+    )
+    .await?;
     if totals.members > max {
         return Err(PipelineError::TooManyProfiles {
             found: totals.members,
@@ -407,7 +432,7 @@ async fn execute(
     let mut delivery = deliver::Delivery {
         tables: &mut tables,
         store,
-        client: Arc::new(client),
+        client,
         export_id: export.id,
         list_id: export.list_id,
         run_id: run.id,
@@ -437,7 +462,7 @@ async fn dry_run(
     let max = job.max_profiles;
     let mut recorder = Recorder::for_dry_run(progress);
     let Planned { totals, .. } =
-        read_and_plan(store, export, job, None, &mut recorder, None).await?;
+        read_and_plan(store, export, job, None, &mut recorder, None, None).await?;
     let counts = recorder.counts;
     let mut plan = recorder.take_plan();
     plan.adds = totals.new;

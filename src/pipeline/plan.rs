@@ -326,7 +326,9 @@ impl Planner<'_> {
             let (before, after) = template.split_once(&format!("\"{SLOT}\"")).ok_or_else(|| {
                 PipelineError::Internal("the unsubscribe template has no email slot")
             })?;
-            self.tables.plan_unsubscribes(before, after).await?;
+            self.tables
+                .plan_unsubscribes(self.export_id, before, after)
+                .await?;
         }
         Ok(())
     }

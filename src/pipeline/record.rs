@@ -41,6 +41,8 @@ enum Target {
 
 pub struct Recorder {
     pub counts: RunCounts,
+    /// Contacts in accepted imports left unconfirmed (they stay recorded for the next run).
+    pub unconfirmed: u64,
     target: Target,
     /// Issues not yet written.
     pending: Vec<RunIssue>,
@@ -68,6 +70,7 @@ impl Recorder {
     fn new(target: Target, progress: Arc<dyn Progress>, phase: &'static str) -> Recorder {
         Recorder {
             counts: RunCounts::default(),
+            unconfirmed: 0,
             target,
             pending: Vec::new(),
             issues_kept: 0,

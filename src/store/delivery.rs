@@ -158,6 +158,29 @@ pub struct Confirmed<'a> {
     /// Members unsubscribed on leave: kept as `left`, so a return re-subscribes them.
     pub left: &'a [OutboxItem],
     pub issues: &'a [RunIssue],
+    /// Imports ActiveCampaign accepted since the last commit whose outcome is not known yet.
+    pub accepted: &'a [AcceptedImport],
+    /// Batch ids of recorded accepted imports whose outcome is known now: their records go.
+    pub resolved: &'a [String],
+}
+
+/// An import ActiveCampaign accepted (queued), with what the delivery state needs of its
+/// members (their payloads are emptied: ActiveCampaign has them).
+pub struct AcceptedImport {
+    pub batch_id: String,
+    /// The account (the client's host) and list it went to.
+    pub host: String,
+    pub list_id: i64,
+    pub items: Vec<OutboxItem>,
+}
+
+impl std::fmt::Debug for AcceptedImport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptedImport")
+            .field("batch_id", &self.batch_id)
+            .field("members", &self.items.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A run's private work tables, on a connection of its own.
@@ -292,8 +315,11 @@ impl WorkTables {
              s.payload, s.sent_fields, COALESCE(d.sent_fields, 0) & ~s.sent_fields \
              FROM temp.stage s LEFT JOIN delivery_state d \
              ON d.export_id = ?1 AND d.email = s.email \
-             WHERE d.email IS NULL OR d.hash != s.hash OR d.run_id < ?2 \
-             OR (d.status != ?5 AND NOT (d.status = ?6 AND d.since >= ?9)) ORDER BY s.rowid",
+             WHERE (d.email IS NULL OR d.hash != s.hash OR d.run_id < ?2 \
+             OR (d.status != ?5 AND NOT (d.status = ?6 AND d.since >= ?9))) \
+             AND NOT EXISTS (SELECT 1 FROM accepted_members a \
+             WHERE a.export_id = ?1 AND a.email = s.email AND a.hash = s.hash) \
+             ORDER BY s.rowid",
         )
         .bind(export_id)
         .bind(floor)
@@ -358,15 +384,23 @@ impl WorkTables {
     }
 
     /// Puts the delivered leavers in the outbox to be unsubscribed. Their payload is built in
-    /// SQL, `before` + the quoted email + `after`, so it stays streaming.
-    pub async fn plan_unsubscribes(&mut self, before: &str, after: &str) -> Result<(), StoreError> {
+    /// SQL, `before` + the quoted email + `after`, so it stays streaming. Leavers whose unsubscribe is in an accepted import are not planned again.
+    pub async fn plan_unsubscribes(
+        &mut self,
+        export_id: i64,
+        before: &str,
+        after: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT email, hash, ?, \
-             ? || json_quote(email) || ? FROM temp.leavers WHERE delivered ORDER BY email",
+            "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT l.email, l.hash, ?1, \
+             ?2 || json_quote(l.email) || ?3 FROM temp.leavers l WHERE l.delivered \
+             AND NOT EXISTS (SELECT 1 FROM accepted_members a WHERE a.export_id = ?4 \
+             AND a.email = l.email AND a.kind = ?1) ORDER BY l.email",
         )
         .bind(OutboxKind::Leave)
         .bind(before)
         .bind(after)
+        .bind(export_id)
         .execute(&mut self.conn)
         .await
         .doing("planning unsubscribes")?;
@@ -646,11 +680,121 @@ impl Store {
         .await?;
         upsert_suppressed(&mut tx, export_id, run_id, confirmed.suppressed).await?;
         record_left(&mut tx, export_id, run_id, confirmed.left).await?;
+        record_accepted(&mut tx, export_id, run_id, confirmed.accepted).await?;
+        forget_accepted(&mut tx, export_id, confirmed.resolved).await?;
         Store::record_issues(&mut tx, run_id, confirmed.issues).await?;
         Store::write_run_counts(&mut tx, run_id, counts).await?;
         tx.commit().await.doing("recording a confirmed import")?;
         Ok(())
     }
+
+    /// The export's accepted imports whose outcome is not recorded, oldest first, with their
+    /// members (payloads empty).
+    pub async fn accepted_imports(
+        &self,
+        export_id: i64,
+    ) -> Result<Vec<AcceptedImport>, StoreError> {
+        const DOING: &str = "reading accepted imports";
+        let mut conn = self.pool().acquire().await.doing(DOING)?;
+        let imports: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT batch_id, host, list_id FROM accepted_imports WHERE export_id = ? \
+             ORDER BY accepted_at, batch_id",
+        )
+        .bind(export_id)
+        .fetch_all(&mut *conn)
+        .await
+        .doing(DOING)?;
+        let mut out = Vec::with_capacity(imports.len());
+        for (batch_id, host, list_id) in imports {
+            let rows = sqlx::query(
+                "SELECT email, hash, kind, sent_fields FROM accepted_members WHERE export_id = ? \
+                 AND batch_id = ? ORDER BY email",
+            )
+            .bind(export_id)
+            .bind(&batch_id)
+            .fetch_all(&mut *conn)
+            .await
+            .doing(DOING)?;
+            let items = rows
+                .iter()
+                .map(|r| {
+                    Ok(OutboxItem {
+                        email: r.try_get(0)?,
+                        hash: r.try_get(1)?,
+                        kind: r.try_get(2)?,
+                        payload: String::new(),
+                        sent_fields: r.try_get(3)?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .doing(DOING)?;
+            out.push(AcceptedImport {
+                batch_id,
+                host,
+                list_id,
+                items,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Records accepted imports and their members.
+async fn record_accepted(
+    tx: &mut SqliteConnection,
+    export_id: i64,
+    run_id: i64,
+    imports: &[AcceptedImport],
+) -> Result<(), StoreError> {
+    const DOING: &str = "recording accepted imports";
+    for import in imports {
+        sqlx::query(
+            "INSERT OR IGNORE INTO accepted_imports (export_id, batch_id, run_id, host, list_id, \
+             accepted_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(export_id)
+        .bind(&import.batch_id)
+        .bind(run_id)
+        .bind(&import.host)
+        .bind(import.list_id)
+        .bind(super::now_text())
+        .execute(&mut *tx)
+        .await
+        .doing(DOING)?;
+        for chunk in import.items.chunks(STATE_ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR IGNORE INTO accepted_members (export_id, batch_id, email, hash, kind, \
+                 sent_fields) ",
+            );
+            insert.push_values(chunk, |mut row, item| {
+                row.push_bind(export_id)
+                    .push_bind(import.batch_id.as_str())
+                    .push_bind(item.email.as_str())
+                    .push_bind(&item.hash[..])
+                    .push_bind(item.kind)
+                    .push_bind(item.sent_fields);
+            });
+            insert.build().execute(&mut *tx).await.doing(DOING)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the records of accepted imports whose outcome is known (members cascade).
+async fn forget_accepted(
+    tx: &mut SqliteConnection,
+    export_id: i64,
+    batch_ids: &[String],
+) -> Result<(), StoreError> {
+    for batch_id in batch_ids {
+        sqlx::query("DELETE FROM accepted_imports WHERE export_id = ? AND batch_id = ?")
+            .bind(export_id)
+            .bind(batch_id)
+            .execute(&mut *tx)
+            .await
+            .doing("removing confirmed imports")?;
+    }
+    Ok(())
 }
 
 /// The bits an export's fields have, as `(target, slot)`.
@@ -842,6 +986,85 @@ mod tests {
             vec![1; 32],
             format!("{{\"email\":\"{email}\"}}"),
         )
+    }
+
+    #[tokio::test]
+    async fn members_of_an_accepted_import_are_not_planned_again_unless_their_values_changed() {
+        let (_dir, store, export_id) = test_store_with_export("weekly").await;
+        let (run, _lock) = store
+            .start_run(export_id, crate::store::TriggerKind::Manual, false)
+            .await
+            .expect("start");
+        let accepted = |email: &str, hash: u8| OutboxItem {
+            email: email.to_owned(),
+            hash: vec![hash; 32],
+            kind: OutboxKind::New,
+            payload: String::new(),
+            sent_fields: 0,
+        };
+        let import = AcceptedImport {
+            batch_id: "batch-1".to_owned(),
+            host: "ac.example".to_owned(),
+            list_id: 1,
+            items: vec![accepted("a@example.com", 1), accepted("c@example.com", 9)],
+        };
+        let record = Confirmed {
+            accepted: std::slice::from_ref(&import),
+            ..Confirmed::default()
+        };
+        store
+            .record_confirmed(export_id, run.id, record, &RunCounts::default())
+            .await
+            .expect("record");
+        let members = [
+            member("a@example.com"),
+            member("b@example.com"),
+            member("c@example.com"),
+        ];
+        let staged: Vec<Staged<'_>> = members
+            .iter()
+            .map(|(email, hash, payload)| Staged {
+                email,
+                hash,
+                payload,
+                sent_fields: 0,
+            })
+            .collect();
+        let mut tables = WorkTables::create(&store).await.expect("tables");
+
+        let chunk = tables
+            .stage_chunk(export_id, None, &staged)
+            .await
+            .expect("stage");
+        let planned: Vec<String> = tables
+            .read_outbox(0, 10)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, item)| item.email)
+            .collect();
+        let recorded = store.accepted_imports(export_id).await.expect("accepted");
+        let resolved = ["batch-1".to_owned()];
+        let forget = Confirmed {
+            resolved: &resolved,
+            ..Confirmed::default()
+        };
+        store
+            .record_confirmed(export_id, run.id, forget, &RunCounts::default())
+            .await
+            .expect("resolve");
+        let left = store.accepted_imports(export_id).await.expect("accepted");
+        let members_left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accepted_members")
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+
+        assert_eq!(chunk.planned, 2);
+        assert_eq!(planned, ["b@example.com", "c@example.com"]);
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].items.len(), 2);
+        assert!(recorded[0].items.iter().all(|i| i.payload.is_empty()));
+        assert_eq!((left.len(), members_left), (0, 0));
     }
 
     #[tokio::test]

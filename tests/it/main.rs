@@ -11,6 +11,7 @@ mod deploy;
 mod engine;
 mod layout;
 mod outcomes;
+mod resume;
 mod security_http;
 mod security_sandbox;
 mod security_sources;

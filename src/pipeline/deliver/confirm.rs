@@ -1,18 +1,26 @@
-//! One batch: send it as a bulk import, then confirm it with `import/info` before anything
+//! One batch: send it as a bulk import, then confirm it with `import/info` before its outcome
 //! is recorded. The wait before the first poll adapts to how long imports take, so a fast
 //! ActiveCampaign is not kept waiting and a slow one is not flooded.
+//!
+//! Accepted is not failed: once ActiveCampaign queued an import, its members are reported to
+//! the delivery loop, which records the import (group commit) so that a run that dies before
+//! the confirmation confirms it on resume instead of sending it again. An `import/info` that
+//! cannot be read is asked again later; an import whose outcome stays unknown is left
+//! `accepted`, never counted failed or sent again while ActiveCampaign may have it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::mpsc::UnboundedSender;
+
 use super::SendingSlot;
 use super::outbox::body;
 use crate::activecampaign::wire::{BulkOutcome, ImportState};
 use crate::activecampaign::{AcError, Client, MAX_BULK_IMPORT_BYTES};
 use crate::pipeline::control::RunControl;
-use crate::store::delivery::{OutboxItem, SuppressReason};
+use crate::store::delivery::{AcceptedImport, OutboxItem, SuppressReason};
 
 /// Longest wait for ActiveCampaign to finish one import.
 const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(20 * 60);
@@ -31,18 +39,60 @@ const NOT_IMPORTED: &str = "ActiveCampaign did not import this contact (excluded
 /// What became of one batch.
 #[derive(Debug, Default)]
 pub(super) struct BatchResult {
+    /// ActiveCampaign's id of the import, once it accepted it.
+    pub(super) batch_id: Option<String>,
     pub(super) delivered: Vec<OutboxItem>,
     pub(super) failed: Vec<(OutboxItem, String)>,
     /// Not imported, and ActiveCampaign will not take them (see [`super::suppress`]).
     pub(super) suppressed: Vec<(OutboxItem, SuppressReason)>,
-    /// Contacts in accepted imports.
-    pub(super) sent: u64,
+    /// Accepted, and whether ActiveCampaign imported them could not be learnt: the import
+    /// stays recorded as accepted and a later run confirms it.
+    pub(super) unconfirmed: Vec<OutboxItem>,
     /// The batch as a whole failed with this error (its contacts are in `failed`).
     pub(super) batch_error: Option<String>,
     /// A key rejection or a redirect: the run must stop.
     pub(super) fatal: Option<AcError>,
-    /// Stopped or aborted before confirmation: not recorded, sent again on resume.
+    /// Stopped or aborted before confirmation: sent again on resume, unless it was accepted
+    /// (then its record is confirmed on resume).
     pub(super) abandoned: bool,
+}
+
+impl BatchResult {
+    /// The import was accepted and its outcome is known now: its record can go.
+    pub(super) fn resolved(&self) -> bool {
+        self.batch_id.is_some() && !self.abandoned && self.unconfirmed.is_empty()
+    }
+}
+
+/// Where accepted imports are reported for the next group commit.
+#[derive(Clone)]
+pub(super) struct AcceptedTx {
+    pub(super) tx: UnboundedSender<AcceptedImport>,
+    pub(super) list_id: i64,
+}
+
+impl AcceptedTx {
+    fn report(&self, client: &Client, batch_id: &str, items: &[OutboxItem]) {
+        let import = AcceptedImport {
+            batch_id: batch_id.to_owned(),
+            host: client.host().to_owned(),
+            list_id: self.list_id,
+            items: items.iter().map(without_payload).collect(),
+        };
+        // The loop outlives every batch task; a send can only fail once it has returned.
+        let _ = self.tx.send(import);
+    }
+}
+
+/// What the delivery state needs of an item.
+fn without_payload(item: &OutboxItem) -> OutboxItem {
+    OutboxItem {
+        email: item.email.clone(),
+        hash: item.hash.clone(),
+        kind: item.kind,
+        payload: String::new(),
+        sent_fields: item.sent_fields,
+    }
 }
 
 /// Sends one batch and waits for ActiveCampaign's verdict. A batch refused for some of its
@@ -54,6 +104,7 @@ pub(super) async fn deliver_batch(
     slot: SendingSlot,
     poll: Arc<AtomicU64>,
     control: RunControl,
+    accepted: AcceptedTx,
 ) -> BatchResult {
     // Asked once the rate permit is granted: a batch not yet sent when the run is told to stop
     // stays for the next run, so "stop at the next batch boundary" holds even with many
@@ -70,13 +121,14 @@ pub(super) async fn deliver_batch(
         debug_assert!(payload.len() < MAX_BULK_IMPORT_BYTES);
         match client.bulk_import(payload, &go_on).await {
             Ok(BulkOutcome::Queued { batch_id }) => {
-                result.sent += items.len() as u64;
                 drop(slot);
                 // ActiveCampaign has the payloads now; an import that waits minutes for
                 // confirmation holds only what the delivery state records.
                 for item in &mut items {
                     item.payload = String::new();
                 }
+                accepted.report(&client, &batch_id, &items);
+                result.batch_id = Some(batch_id.clone());
                 confirm(&client, list_id, &batch_id, items, &poll, &mut result).await;
                 return result;
             }
@@ -148,8 +200,10 @@ fn next_retry_poll(first_wait: Duration, previous: Duration, polls: u32) -> Dura
 }
 
 /// Polls `import/info` until the import is final; the first poll comes after the time recent
-/// imports took, so a fast server is not kept waiting and a slow one is not flooded.
-async fn confirm(
+/// imports took, so a fast server is not kept waiting and a slow one is not flooded. An answer
+/// that cannot be read is asked for again, with the same backoff, until [`MAX_CONFIRM_WAIT`];
+/// an import still unconfirmed then is left `unconfirmed` (accepted), never failed.
+pub(super) async fn confirm(
     client: &Client,
     list_id: i64,
     batch_id: &str,
@@ -222,34 +276,150 @@ async fn confirm(
                 result.abandoned = true;
                 return;
             }
-            Err(e) => {
-                let reason = format!("import {batch_id} could not be confirmed: {e}");
+            Err(e) if is_unknown_import(&e) => {
+                // Nothing says they were imported: failed, so that they are planned again.
+                let reason = format!(
+                    "ActiveCampaign no longer knows import {batch_id}; its contacts are sent again"
+                );
+                tracing::warn!(
+                    batch_id,
+                    "ActiveCampaign does not know an accepted import; its contacts are sent again"
+                );
                 result
                     .failed
                     .extend(items.into_iter().map(|i| (i, reason.clone())));
-                result.batch_error = Some(reason);
+                return;
+            }
+            Err(e) if is_worth_asking_again(&e) => {
+                tracing::warn!(batch_id, error = %e, "Import status could not be read; asking again later");
+            }
+            Err(e) => {
+                tracing::warn!(batch_id, error = %e, "Import status cannot be read; the import stays accepted for the next run to confirm");
+                result.unconfirmed = items;
                 return;
             }
         }
         if started.elapsed() > MAX_CONFIRM_WAIT {
-            let reason = format!(
-                "ActiveCampaign did not finish import {batch_id} within {} minutes",
-                MAX_CONFIRM_WAIT.as_secs() / 60
+            tracing::warn!(
+                batch_id,
+                minutes = MAX_CONFIRM_WAIT.as_secs() / 60,
+                "Import not confirmed in time; it stays accepted for the next run to confirm"
             );
-            result
-                .failed
-                .extend(items.into_iter().map(|i| (i, reason.clone())));
-            result.batch_error = Some(reason);
+            result.unconfirmed = items;
             return;
         }
         wait = next_retry_poll(first_wait, wait, polls);
     }
 }
 
+/// A 404: ActiveCampaign no longer knows the batch (it keeps them for a while only).
+fn is_unknown_import(e: &AcError) -> bool {
+    matches!(
+        e,
+        AcError::NotFound { .. } | AcError::Refused { status: 404, .. }
+    )
+}
+
+/// A failure that may pass (the client already retried it): a server error, throttling, no
+/// answer, or an answer that could not be read.
+fn is_worth_asking_again(e: &AcError) -> bool {
+    matches!(
+        e,
+        AcError::Server { .. }
+            | AcError::Throttled { .. }
+            | AcError::Timeout { .. }
+            | AcError::Unreachable { .. }
+            | AcError::Decode { .. }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pipeline::deliver::outbox::tests::item;
+
+    #[test]
+    fn what_an_unreadable_import_status_leads_to() {
+        let host = || "ac.example".to_owned();
+        // (error, the import is unknown, worth asking again)
+        let cases = [
+            (
+                AcError::Server {
+                    host: host(),
+                    status: 503,
+                    attempts: 4,
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Throttled {
+                    host: host(),
+                    waited_secs: 300,
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Timeout {
+                    host: host(),
+                    secs: 30,
+                    attempts: 4,
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Unreachable {
+                    host: host(),
+                    detail: "refused".into(),
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Decode {
+                    host: host(),
+                    detail: "import/info".into(),
+                },
+                false,
+                true,
+            ),
+            (
+                AcError::Refused {
+                    host: host(),
+                    status: 404,
+                    answer: "HTTP 404".into(),
+                },
+                true,
+                false,
+            ),
+            (
+                AcError::NotFound {
+                    host: host(),
+                    what: "batch".into(),
+                },
+                true,
+                false,
+            ),
+            (
+                AcError::Refused {
+                    host: host(),
+                    status: 400,
+                    answer: "HTTP 400".into(),
+                },
+                false,
+                false,
+            ),
+        ];
+        for (error, unknown, again) in cases {
+            assert_eq!(
+                (is_unknown_import(&error), is_worth_asking_again(&error)),
+                (unknown, again),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn an_import_done_at_the_first_poll_shortens_the_next_first_wait() {

@@ -3,6 +3,11 @@
 //! changes (`confirm`). Several imports are in flight at once; confirmed ones are recorded
 //! together (group commit), with the run's counts, in one transaction.
 //!
+//! Every accepted import is recorded with its members in the next group commit, and its record
+//! removed in the one that records its outcome; a run that resumes after a crash first confirms
+//! the imports still recorded (`resume`), so only the import whose request was in flight when
+//! the process died can be sent twice.
+//!
 //! Sending and confirming are capped apart. ActiveCampaign queues imports and may take minutes
 //! to process them, while its budget allows 100 imports a minute: using that budget needs
 //! "imports per second × confirmation time" imports awaiting confirmation, so that cap is
@@ -10,12 +15,14 @@
 
 mod confirm;
 mod outbox;
+mod resume;
 mod suppress;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::Instrument;
 
@@ -23,10 +30,13 @@ use super::PipelineError;
 use super::control::{RunControl, StopReason};
 use super::record::Recorder;
 use crate::activecampaign::{AcError, Client, MAX_CONTACTS_PER_BULK_IMPORT};
-use crate::store::delivery::{self, OutboxItem, OutboxKind, SuppressReason, WorkTables};
+use crate::store::delivery::{
+    self, AcceptedImport, OutboxItem, OutboxKind, SuppressReason, WorkTables,
+};
 use crate::store::{RunCounts, RunIssue, Store};
-use confirm::{BatchResult, FIRST_POLL_START, deliver_batch};
+use confirm::{AcceptedTx, BatchResult, FIRST_POLL_START, deliver_batch};
 use outbox::OutboxReader;
+pub use resume::confirm_accepted;
 
 /// Imports prepared and waiting for a rate permit or being sent, with their payloads.
 const MAX_SENDING: usize = 8;
@@ -46,7 +56,8 @@ pub struct Delivery<'a> {
     pub store: &'a Store,
     pub client: Arc<Client>,
     pub export_id: i64,
-    /// The export's list: where returning members are re-subscribed and refusals looked up.
+    /// The export's list: where returning members are re-subscribed, refusals looked up, and
+    /// what each accepted import is recorded with.
     pub list_id: i64,
     pub run_id: i64,
     pub control: &'a RunControl,
@@ -59,6 +70,9 @@ struct Flow<'t> {
     poll: Arc<AtomicU64>,
     in_flight: JoinSet<BatchResult>,
     sending: Arc<Sending>,
+    /// Batch tasks report accepted imports here, for the next group commit.
+    accepted_tx: AcceptedTx,
+    accepted_rx: UnboundedReceiver<AcceptedImport>,
     confirmed: Confirmed,
     /// The group commit under way, at most one.
     committing: Option<JoinHandle<Result<(), PipelineError>>>,
@@ -93,11 +107,17 @@ impl Delivery<'_> {
         &mut self,
         recorder: &mut Recorder,
     ) -> Result<Option<StopReason>, PipelineError> {
+        let (tx, accepted_rx) = mpsc::unbounded_channel();
         let mut flow = Flow {
             outbox: OutboxReader::new(&mut *self.tables),
             poll: Arc::new(AtomicU64::new(FIRST_POLL_START.as_micros() as u64)),
             in_flight: JoinSet::new(),
             sending: Arc::new(Sending::default()),
+            accepted_tx: AcceptedTx {
+                tx,
+                list_id: self.list_id,
+            },
+            accepted_rx,
             confirmed: Confirmed::default(),
             committing: None,
             failed_in_a_row: 0,
@@ -142,6 +162,10 @@ impl Delivery<'_> {
                         results.push(more);
                     }
                     take_results(&mut flow, results, recorder);
+                }
+                // Recorded by the next group commit, which starts at once when none is under way.
+                Some(import) = flow.accepted_rx.recv() => {
+                    flow.confirmed.accept(import, recorder);
                 }
                 (tables, rows) = wait_for(&mut flow.outbox.reading) => {
                     if let Err(e) = flow.outbox.on_page(tables, rows) {
@@ -211,6 +235,7 @@ fn send_batches(
                 slot,
                 Arc::clone(&flow.poll),
                 control.clone(),
+                flow.accepted_tx.clone(),
             )
             .instrument(tracing::Span::current()),
         );
@@ -223,6 +248,11 @@ fn take_results(
     results: Vec<Result<BatchResult, JoinError>>,
     recorder: &mut Recorder,
 ) {
+    // A batch reports its acceptance before it finishes: take the reports first, so that an
+    // outcome never reaches a commit before the acceptance it resolves.
+    while let Ok(import) = flow.accepted_rx.try_recv() {
+        flow.confirmed.accept(import, recorder);
+    }
     for result in results {
         let mut result = match result {
             Ok(result) => result,
@@ -303,6 +333,10 @@ struct Confirmed {
     failed: Vec<OutboxItem>,
     suppressed: Vec<(OutboxItem, SuppressReason)>,
     issues: Vec<RunIssue>,
+    /// Accepted imports not recorded yet.
+    accepted: Vec<AcceptedImport>,
+    /// Recorded accepted imports whose outcome is known now.
+    resolved: Vec<String>,
 }
 
 impl Confirmed {
@@ -317,11 +351,30 @@ impl Confirmed {
             && self.failed.is_empty()
             && self.suppressed.is_empty()
             && self.issues.is_empty()
+            && self.accepted.is_empty()
+            && self.resolved.is_empty()
+    }
+
+    /// Counts an accepted import's contacts as sent and keeps the import for the commit.
+    fn accept(&mut self, import: AcceptedImport, recorder: &mut Recorder) {
+        recorder.counts.sent += import.items.len() as u64;
+        self.accepted.push(import);
     }
 
     /// Counts one batch's outcome and keeps what the commit must record.
     fn add(&mut self, result: BatchResult, recorder: &mut Recorder) {
-        recorder.counts.sent += result.sent;
+        if result.resolved()
+            && let Some(batch_id) = &result.batch_id
+        {
+            // Accepted and resolved before a commit recorded it: nothing to record or remove.
+            match self.accepted.iter().position(|a| &a.batch_id == batch_id) {
+                Some(index) => {
+                    self.accepted.swap_remove(index);
+                }
+                None => self.resolved.push(batch_id.clone()),
+            }
+        }
+        recorder.unconfirmed += result.unconfirmed.len() as u64;
         for item in result.delivered {
             if item.kind == OutboxKind::Leave {
                 recorder.counts.unsubscribed += 1;
@@ -366,6 +419,8 @@ impl Confirmed {
             suppressed: &self.suppressed,
             left: &self.left,
             issues: &self.issues,
+            accepted: &self.accepted,
+            resolved: &self.resolved,
         };
         store
             .record_confirmed(export_id, run_id, confirmed, counts)
