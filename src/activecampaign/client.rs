@@ -13,6 +13,7 @@
 //! to whatever host the answer names, over plain http too.
 
 use std::error::Error as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -129,6 +130,9 @@ pub struct ClientOptions {
     pub max_throttle_wait: Duration,
     /// The proxy the settings name, if any; the environment's proxy variables are ignored.
     pub proxy: Option<ProxyUrl>,
+    /// The folder of the account budgets that every process using it shares (the state
+    /// folder's `locks/`); `None` keeps the budget in this process.
+    pub budget_dir: Option<PathBuf>,
 }
 
 impl ClientOptions {
@@ -142,6 +146,7 @@ impl ClientOptions {
             retry_cap: Duration::from_secs(30),
             max_throttle_wait: Duration::from_secs(900),
             proxy: s.proxy.clone(),
+            budget_dir: None,
         }
     }
 }
@@ -210,6 +215,7 @@ impl Client {
             detail: error_chain(&e.without_url()),
         })?;
         let budget = budget_for(
+            options.budget_dir.as_deref(),
             base.host(),
             options.requests_per_second,
             options.bulk_imports_per_minute,
