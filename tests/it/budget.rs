@@ -2,11 +2,13 @@
 //! at once, each a process of its own, together stay within the account's limits, as the
 //! sandbox (with those limits on) counts what arrives.
 
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use acexport::sandbox::world::World;
 use futures::future::join_all;
 
+use crate::daemon::DaemonProcess;
 use crate::support::{API_KEY, OutputExt, TestEnv};
 
 /// ActiveCampaign's per-second limit, in the settings and enforced by the sandbox.
@@ -66,18 +68,10 @@ async fn two_exports_on_one_account() -> TestEnv {
     env
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_runs_and_a_burst_of_commands_on_one_account_stay_within_its_limits_together() {
-    let env = two_exports_on_one_account().await;
-
-    let run_args = [["export", "run", "first"], ["export", "run", "second"]];
-    let runs = run_args.iter().map(|args| env.run(args));
-    let commands = (0..COMMANDS).map(|_| env.run(&["connection", "test", "crm"]));
-    let (runs, commands) = tokio::join!(join_all(runs), join_all(commands));
-
-    for out in runs.iter().chain(&commands) {
-        out.assert_ok();
-    }
+/// What the sandbox counted must be within the limits: no 429, no bulk "Rate limit exceeded.",
+/// never more attempts in a second or bulk imports in a minute than allowed, and bulk imports
+/// at the per-minute pace in every [`PACE_WINDOW`].
+fn assert_within_limits(env: &TestEnv) {
     let stats = env.sandbox.stats();
     assert_eq!(stats.contacts_imported, 2 * PROFILES as u64, "{stats:?}");
     assert_eq!(stats.too_many_requests, 0, "{stats:?}");
@@ -100,4 +94,54 @@ async fn two_runs_and_a_burst_of_commands_on_one_account_stay_within_its_limits_
         densest <= pace,
         "{densest} bulk imports within {PACE_WINDOW:?}"
     );
+}
+
+/// Runs `export run` of both exports and [`COMMANDS`] `connection test` at once, each its own
+/// process; every one must succeed.
+async fn run_both_exports_and_a_burst_of_commands(env: &TestEnv) {
+    let run_args = [["export", "run", "first"], ["export", "run", "second"]];
+    let runs = run_args.iter().map(|args| env.run(args));
+    let commands = (0..COMMANDS).map(|_| env.run(&["connection", "test", "crm"]));
+    let (runs, commands) = tokio::join!(join_all(runs), join_all(commands));
+    for out in runs.iter().chain(&commands) {
+        out.assert_ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_runs_and_a_burst_of_commands_on_one_account_stay_within_its_limits_together() {
+    let env = two_exports_on_one_account().await;
+
+    run_both_exports_and_a_burst_of_commands(&env).await;
+
+    assert_within_limits(&env);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_beside_a_daemon_running_two_exports_stay_within_the_limits_together() {
+    let env = two_exports_on_one_account().await;
+    let log = env.path("daemon.log");
+    let mut daemon = env.command(env!("CARGO_BIN_EXE_acexport"));
+    daemon
+        .arg("daemon")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let _daemon = DaemonProcess::new(daemon.spawn().expect("start the daemon"));
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Daemon ready")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "daemon not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Both runs are handed to the daemon; the commands send their own requests.
+    run_both_exports_and_a_burst_of_commands(&env).await;
+
+    assert_within_limits(&env);
 }
