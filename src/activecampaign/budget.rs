@@ -74,22 +74,31 @@ pub(super) struct Slots {
 }
 
 impl Slots {
+    /// When a request of `kind` may go.
+    fn ready_at(&self, kind: RequestKind) -> u64 {
+        let own = match kind {
+            RequestKind::Plain => 0,
+            RequestKind::BulkImport => self.bulk,
+            RequestKind::Poll => self.polls,
+        };
+        self.paused_until.max(self.requests).max(own)
+    }
+
+    /// How long from `now` until a request of `kind` may go; `None` if it may go now.
+    fn wait(&self, kind: RequestKind, now: u64) -> Option<Duration> {
+        let ready = self.ready_at(kind);
+        (now < ready).then(|| Duration::from_nanos(ready - now))
+    }
+
     /// Takes a permit for `kind` at `now`, or says how long until one may be taken.
     fn take(&mut self, kind: RequestKind, now: u64, spacing: &Spacing) -> Result<(), Duration> {
-        let (own, own_spacing) = match kind {
-            RequestKind::Plain => (None, 0),
-            RequestKind::BulkImport => (Some(&mut self.bulk), spacing.bulk),
-            RequestKind::Poll => (Some(&mut self.polls), spacing.polls),
-        };
-        let ready = self
-            .paused_until
-            .max(self.requests)
-            .max(own.as_deref().copied().unwrap_or(0));
-        if now < ready {
-            return Err(Duration::from_nanos(ready - now));
+        if let Some(wait) = self.wait(kind, now) {
+            return Err(wait);
         }
-        if let Some(own) = own {
-            *own = now.saturating_add(own_spacing);
+        match kind {
+            RequestKind::Plain => {}
+            RequestKind::BulkImport => self.bulk = now.saturating_add(spacing.bulk),
+            RequestKind::Poll => self.polls = now.saturating_add(spacing.polls),
         }
         self.requests = now.saturating_add(spacing.requests);
         Ok(())
@@ -227,6 +236,12 @@ impl AccountBudget {
         };
         let spacing = *self.spacing.lock().unwrap_or_else(|e| e.into_inner());
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        // The file's times are never earlier than the last seen here: while this process's
+        // view says wait, so does the file, and the senders waiting in this process do not
+        // all read it each time one of them is let through.
+        if let Some(wait) = local.wait(kind, budget_file::now()) {
+            return Some(Err(wait));
+        }
         let taken = file.update(|slots, now| {
             *slots = slots.latest(*local);
             let taken = slots.take(kind, now, &spacing);
