@@ -168,6 +168,8 @@ pub struct AccountBudget {
     shared: Option<BudgetFile>,
     /// Since when another process holds the file lock, while it does.
     busy_since: Mutex<Option<Instant>>,
+    /// A pause (429) that could not be written to the file yet, because it was busy.
+    unpublished_pause: AtomicBool,
     /// Whether the log already says this process spaces permits on its own.
     warned: AtomicBool,
 }
@@ -191,6 +193,7 @@ impl AccountBudget {
             local: Mutex::new(Slots::default()),
             shared: None,
             busy_since: Mutex::new(None),
+            unpublished_pause: AtomicBool::new(false),
             warned: AtomicBool::new(false),
         }
     }
@@ -216,7 +219,7 @@ impl AccountBudget {
             let taken = match self.try_shared(kind) {
                 Some(taken) => taken,
                 None if self.stuck() => {
-                    self.on_its_own("its budget file stays locked", None);
+                    self.on_its_own("the budget file stays locked", None);
                     self.try_local(kind)
                 }
                 None => Err(LOCK_RETRY),
@@ -239,7 +242,8 @@ impl AccountBudget {
         // The file's times are never earlier than the last seen here: while this process's
         // view says wait, so does the file, and the senders waiting in this process do not
         // all read it each time one of them is let through.
-        if let Some(wait) = local.wait(kind, budget_file::now()) {
+        let publish = self.unpublished_pause.load(Ordering::Relaxed);
+        if !publish && let Some(wait) = local.wait(kind, budget_file::now()) {
             return Some(Err(wait));
         }
         let taken = file.update(|slots, now| {
@@ -253,6 +257,9 @@ impl AccountBudget {
         match taken {
             Ok(Some(taken)) => {
                 *busy_since = None;
+                if publish {
+                    self.unpublished_pause.store(false, Ordering::Relaxed);
+                }
                 Some(taken)
             }
             Ok(None) => {
@@ -261,7 +268,7 @@ impl AccountBudget {
             }
             Err(error) => {
                 drop(busy_since);
-                self.on_its_own("its budget file cannot be used", Some(&error));
+                self.on_its_own("the budget file cannot be used", Some(&error));
                 Some(self.try_local(kind))
             }
         }
@@ -288,8 +295,10 @@ impl AccountBudget {
         let file = self.shared.as_ref().map(|f| f.path().display().to_string());
         tracing::warn!(
             file = file.as_deref().unwrap_or_default(),
+            reason = why,
             error = error.map(tracing::field::display),
-            "ActiveCampaign request budget is not shared with other processes: {why}; this              process keeps its own limits, and requests of other acexport processes come on top"
+            "Request budget not shared with other acexport processes; this one keeps its own \
+             limits, and theirs come on top"
         );
     }
 
@@ -300,11 +309,14 @@ impl AccountBudget {
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
         local.paused_until = local.paused_until.max(until);
         if let Some(file) = &self.shared {
-            // Best effort: if the file is busy, the next permit taken here carries the pause.
-            let _ = file.update(|slots, _| {
+            let published = file.update(|slots, _| {
                 *slots = slots.latest(*local);
                 *local = *slots;
             });
+            if matches!(published, Ok(None)) {
+                // The file is busy this instant: the next try here writes the pause.
+                self.unpublished_pause.store(true, Ordering::Relaxed);
+            }
         }
     }
 
@@ -536,6 +548,39 @@ mod tests {
         throttled.pause_for(Duration::from_millis(400));
         other.acquire(RequestKind::Plain).await;
 
+        assert!(
+            start.elapsed() >= Duration::from_millis(380),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pause_taken_while_the_file_is_busy_still_reaches_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (throttled, other) = two_processes(dir.path(), 100, 6000);
+        throttled.acquire(RequestKind::Plain).await;
+        let file = throttled
+            .shared
+            .as_ref()
+            .expect("shared")
+            .path()
+            .to_path_buf();
+        let holder = std::fs::File::open(&file).expect("open");
+        holder.lock().expect("lock");
+        let start = std::time::Instant::now();
+
+        throttled.pause_for(Duration::from_millis(400));
+        drop(holder);
+        // The throttled sender tries again (and waits out the pause); then another process.
+        let retry = tokio::time::timeout(
+            Duration::from_millis(50),
+            throttled.acquire(RequestKind::Plain),
+        )
+        .await;
+        other.acquire(RequestKind::Plain).await;
+
+        assert!(retry.is_err(), "the retry waits for the pause");
         assert!(
             start.elapsed() >= Duration::from_millis(380),
             "{:?}",
