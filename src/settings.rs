@@ -80,9 +80,10 @@ pub struct SecretsSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveCampaignSettings {
-    /// Budget for all requests to one ActiveCampaign account, shared by every run.
+    /// Budget for all requests to one ActiveCampaign account, shared by every run and every
+    /// acexport process using the same state folder (the daemon, commands in a terminal).
     pub requests_per_second: u32,
-    /// Budget for multi-contact bulk imports to one account.
+    /// Budget for multi-contact bulk imports to one account, shared the same way.
     pub bulk_imports_per_minute: u32,
     /// Total timeout of one HTTP request.
     pub timeout_secs: u64,

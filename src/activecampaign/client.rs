@@ -13,6 +13,7 @@
 //! to whatever host the answer names, over plain http too.
 
 use std::error::Error as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -136,6 +137,9 @@ pub struct ClientOptions {
     pub max_throttle_wait: Duration,
     /// The proxy the settings name, if any; the environment's proxy variables are ignored.
     pub proxy: Option<ProxyUrl>,
+    /// The folder of the account budgets that every process using it shares (the state
+    /// folder's `locks/`); `None` keeps the budget in this process.
+    pub budget_dir: Option<PathBuf>,
 }
 
 impl ClientOptions {
@@ -149,6 +153,7 @@ impl ClientOptions {
             retry_cap: Duration::from_secs(30),
             max_throttle_wait: Duration::from_secs(900),
             proxy: s.proxy.clone(),
+            budget_dir: None,
         }
     }
 }
@@ -217,6 +222,7 @@ impl Client {
             detail: error_chain(&e.without_url()),
         })?;
         let budget = budget_for(
+            options.budget_dir.as_deref(),
             base.host(),
             options.requests_per_second,
             options.bulk_imports_per_minute,
@@ -917,6 +923,7 @@ mod tests {
             retry_cap: Duration::from_millis(1),
             max_throttle_wait: Duration::from_secs(1),
             proxy: None,
+            budget_dir: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! types and the client. Facts and sources: `../shared/reference/activecampaign-api.md`.
 
 pub mod budget;
+mod budget_file;
 pub mod client;
 pub mod host;
 pub mod retry;

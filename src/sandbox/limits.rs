@@ -2,6 +2,8 @@
 //! budget (answered with 429) and a per-minute budget for multi-contact bulk imports (answered
 //! with a 400). A sliding log of hit times is exact where a token bucket would let bursts through
 //! at window edges, and at these sizes (at most a few hundred entries) it costs nothing.
+//! [`PeakWindow`] counts the other way round: every attempt, admitted or not, and the most that
+//! ever fell within one window, so a test can read what all its clients together sent.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -60,6 +62,42 @@ impl SlidingWindow {
     }
 }
 
+/// The most hits that ever fell within one window of length `window`; every hit counts.
+#[derive(Debug)]
+pub(crate) struct PeakWindow {
+    window: Duration,
+    /// Times of the hits still inside the window ending at the latest hit, oldest first.
+    hits: VecDeque<Instant>,
+    peak: u64,
+}
+
+impl PeakWindow {
+    pub(crate) fn new(window: Duration) -> Self {
+        Self {
+            window,
+            hits: VecDeque::new(),
+            peak: 0,
+        }
+    }
+
+    /// Counts a hit at `now`; `now` must not go backwards (callers take it under their lock).
+    pub(crate) fn hit(&mut self, now: Instant) {
+        while let Some(&oldest) = self.hits.front() {
+            if now.duration_since(oldest) >= self.window {
+                self.hits.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.hits.push_back(now);
+        self.peak = self.peak.max(self.hits.len() as u64);
+    }
+
+    pub(crate) fn peak(&self) -> u64 {
+        self.peak
+    }
+}
+
 /// The largest number of `times` (sorted ascending) that fall within one window of length
 /// `window`, i.e. with less than `window` between the first and the last.
 pub(crate) fn max_in_window(times: &[Instant], window: Duration) -> usize {
@@ -103,6 +141,18 @@ mod tests {
             Err(WindowFull)
         );
         assert_eq!(window.try_hit(t0 + Duration::from_millis(1000)), Ok(0));
+    }
+
+    #[test]
+    fn a_peak_window_keeps_the_densest_stretch_seen_also_after_it_slid_out() {
+        let t0 = Instant::now();
+        let mut peak = PeakWindow::new(GENERAL_WINDOW);
+        for ms in [0, 100, 200, 999, 1100, 3000] {
+            peak.hit(t0 + Duration::from_millis(ms));
+        }
+
+        // 0..=999 holds four; by 1100 the hits at 0 and 100 (1000 ms back) have slid out.
+        assert_eq!(peak.peak(), 4);
     }
 
     #[test]

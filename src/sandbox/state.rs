@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::faults::FaultQueue;
+use super::limits::{BULK_WINDOW, GENERAL_WINDOW, PeakWindow};
 
 /// A contact as the sandbox stores it.
 #[derive(Clone, PartialEq, Eq)]
@@ -116,6 +117,11 @@ pub struct SandboxStats {
     pub contacts_stored: u64,
     /// Accepted bulk imports not processed yet.
     pub pending_imports: u64,
+    /// The most API requests that arrived within one sliding second, whatever their answer:
+    /// what all clients of the account sent together, against its per-second limit.
+    pub peak_requests_per_second: u64,
+    /// The most bulk imports that arrived within one sliding minute, whatever their answer.
+    pub peak_bulk_imports_per_minute: u64,
 }
 
 /// A numeric id that clients send either as a JSON number or as a string (`"listid": 1` in the
@@ -247,6 +253,10 @@ pub(crate) struct State {
     /// How many requests and batches are remembered.
     history: usize,
     pub(crate) stats: SandboxStats,
+    /// Every API request's arrival, for `peak_requests_per_second`.
+    attempts: PeakWindow,
+    /// Every bulk import's arrival, for `peak_bulk_imports_per_minute`.
+    bulk_attempts: PeakWindow,
     pub(crate) faults: FaultQueue,
     /// Flips on every accepted bulk import: AC documents both `"Success"` and `"success"`.
     capital_success_next: bool,
@@ -268,9 +278,21 @@ impl State {
             requests: VecDeque::new(),
             history,
             stats: SandboxStats::default(),
+            attempts: PeakWindow::new(GENERAL_WINDOW),
+            bulk_attempts: PeakWindow::new(BULK_WINDOW),
             faults: FaultQueue::default(),
             capital_success_next: true,
             empty_values: EmptyValues::Clear,
+        }
+    }
+
+    /// Counts a request's arrival (before faults, admission or the handler) in the peaks.
+    pub(crate) fn count_arrival(&mut self, bulk_import: bool) {
+        // Taken under the state's lock, so arrivals are counted in order.
+        let now = Instant::now();
+        self.attempts.hit(now);
+        if bulk_import {
+            self.bulk_attempts.hit(now);
         }
     }
 
@@ -301,6 +323,8 @@ impl State {
         SandboxStats {
             contacts_stored: self.contacts.len() as u64,
             pending_imports: pending as u64,
+            peak_requests_per_second: self.attempts.peak(),
+            peak_bulk_imports_per_minute: self.bulk_attempts.peak(),
             ..self.stats.clone()
         }
     }

@@ -793,6 +793,26 @@ async fn the_stats_view_answers_with_the_token() {
 }
 
 #[tokio::test]
+async fn the_stats_view_shows_the_peak_attempts_per_second_and_bulk_imports_per_minute() {
+    // Limit of 2 a second: the third request is refused, yet it was sent and counts.
+    let opts = SandboxOptions {
+        requests_per_second: Some(2),
+        ..options()
+    };
+    let (_sandbox, client) = start(opts).await;
+    let import = json!({"contacts": [{"email": "a@example.com"}, {"email": "b@example.com"}]});
+    client.post("/import/bulk_import", &import).await;
+    client.post("/import/bulk_import", &import).await;
+    let refused = client.get("/users/me").await;
+
+    let stats = body(client.view("/_sandbox/stats", Some(TOKEN)).await).await;
+
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(stats["peak_requests_per_second"], 3);
+    assert_eq!(stats["peak_bulk_imports_per_minute"], 2);
+}
+
+#[tokio::test]
 async fn the_views_refuse_a_request_without_the_token_or_with_a_wrong_one_and_show_no_profile() {
     let (sandbox, client) = start(options()).await;
     sandbox.unsubscribe("ada.lovelace@example.com", 1);

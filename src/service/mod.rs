@@ -268,7 +268,11 @@ impl Context {
     }
 
     pub fn client_for(&self, base: BaseUrl, key: SecretString) -> Result<Client, ServiceError> {
-        let options = ClientOptions::from_settings(&self.settings.activecampaign);
+        let options = ClientOptions {
+            // Every process using this store draws from one budget per account.
+            budget_dir: Some(self.store.locks_dir()),
+            ..ClientOptions::from_settings(&self.settings.activecampaign)
+        };
         Ok(Client::new(base, key, options, self.control.abort_token())?)
     }
 }

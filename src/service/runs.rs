@@ -1,9 +1,9 @@
 //! Runs as a user asks for them: a run now (handed to the daemon when one is up, else in this
 //! process), following a handed-over run to its end, triggers, cancels and the run history.
 //!
-//! One process owns each ActiveCampaign account's budget: while the daemon runs, a manual run
-//! is handed to it as a signal file and followed in the database, never run beside it with a
-//! budget of its own.
+//! The daemon owns runs while it is up: a manual run is handed to it as a signal file and
+//! followed in the database, never run beside it. (The request budget of each ActiveCampaign
+//! account is shared by every process anyway: `activecampaign::budget`.)
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -290,10 +290,15 @@ impl Store {
         &self.path
     }
 
-    /// Where the lock files live: a `locks` folder beside the database.
-    fn lock_path(&self, name: &str) -> PathBuf {
+    /// Where the lock files live: a `locks` folder beside the database (also the home of the
+    /// account budgets that processes share).
+    pub fn locks_dir(&self) -> PathBuf {
         let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
-        dir.join("locks").join(name)
+        dir.join("locks")
+    }
+
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.locks_dir().join(name)
     }
 
     /// The lock an export holds while it runs.

@@ -178,6 +178,13 @@ impl Env {
 /// assertion), so that no daemon outlives its test.
 pub(super) struct DaemonProcess(Child);
 
+impl DaemonProcess {
+    /// Takes charge of a daemon a test started itself.
+    pub(super) fn new(child: Child) -> DaemonProcess {
+        DaemonProcess(child)
+    }
+}
+
 impl std::ops::Deref for DaemonProcess {
     type Target = Child;
     fn deref(&self) -> &Child {

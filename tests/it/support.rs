@@ -57,6 +57,12 @@ impl TestEnv {
         TestEnv { world }
     }
 
+    /// A test environment on a world the test built itself (with the sandbox's limits on, say);
+    /// give it [`API_KEY`] as its token.
+    pub fn on(world: World) -> TestEnv {
+        TestEnv { world }
+    }
+
     /// How messages name the sandbox: `127.0.0.1:PORT`.
     pub fn host_port(&self) -> String {
         self.sandbox.addr().to_string()

@@ -28,7 +28,7 @@ pub(super) const MAX_BULK_PAYLOAD_BYTES: usize = 400_000;
 const FORBIDDEN_EMAIL_CHARS: &[char] =
     &['"', '(', ')', ',', ':', ';', '<', '>', '@', '[', '\\', ']'];
 
-const BULK_IMPORT_PATH: &str = "/api/3/import/bulk_import";
+pub(super) const BULK_IMPORT_PATH: &str = "/api/3/import/bulk_import";
 
 /// The bulk endpoints, behind the gate.
 pub(super) fn routes() -> Router<Arc<Shared>> {

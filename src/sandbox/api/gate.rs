@@ -1,5 +1,6 @@
-//! The gate every API request passes: injected faults first, then admission (`auth`), then the
-//! handler, then the configured latency; every request is logged, whatever its fate.
+//! The gate every API request passes: its arrival is counted (the peaks per second and per
+//! minute), then injected faults, then admission (`auth`), then the handler, then the configured
+//! latency; every request is logged, whatever its fate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::admit;
-use super::bulk::{BulkContacts, bulk_contacts_in};
+use super::bulk::{BULK_IMPORT_PATH, BulkContacts, bulk_contacts_in};
 use super::{RETRY_AFTER, Shared};
 use crate::sandbox::faults::{ConnHandle, FaultAction};
 use crate::sandbox::lock;
@@ -32,6 +33,7 @@ pub(super) async fn gate(
         .map(|info| info.0.clone());
     let fault = {
         let mut state = lock(&shared.state);
+        state.count_arrival(method == "POST" && path == BULK_IMPORT_PATH);
         let fault = state.faults.take(&path);
         if fault.is_some() {
             state.stats.faults_applied += 1;

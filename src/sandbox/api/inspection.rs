@@ -1,4 +1,5 @@
-//! The sandbox's own views, outside ActiveCampaign's API: `/_sandbox/stats` (the counters) and
+//! The sandbox's own views, outside ActiveCampaign's API: `/_sandbox/stats` (the counters, with
+//! the most requests that arrived in one second and bulk imports in one minute) and
 //! `/_sandbox/contacts` (what arrived, optionally on one list), so a person trying
 //! `acexport sandbox` can see what an export delivered. They need the API's `Api-Token` (the
 //! router puts `auth::require_token` in front): the contacts are whatever profiles were sent.
