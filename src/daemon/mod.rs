@@ -216,7 +216,10 @@ impl Daemon {
             .await
             .is_err()
         {
-            tracing::warn!("Imports still unconfirmed at the drain deadline; abandoning them");
+            tracing::warn!(
+                "Imports still unconfirmed at the drain deadline; they stay recorded as accepted \
+                 and are confirmed at the next start"
+            );
             self.ctx.control.abort();
             if tokio::time::timeout(ABORT_MARGIN, tracker.wait())
                 .await
