@@ -86,8 +86,9 @@ pub fn service_error_text(e: &ServiceError) -> String {
             format!("segment {segment:?} was not changed: {problem}")
         }
         ServiceError::ColumnsStillMapped { segment, missing } => format!(
-            "segment {segment:?} was not changed: its new source lacks columns that exports map: \
-             {}. Keep them in the source, or first map other columns in those exports with \
+            "segment {segment:?} was not changed: its new source lacks, or cannot export, \
+             columns that exports map: {}. Keep them in the source (with a type `segment show` \
+             lists as exportable), or first map other columns in those exports with \
              `acexport export update`",
             describe_columns_in_use(missing)
         ),

@@ -470,6 +470,7 @@ impl Context {
                 database_shown: resolved.database_shown.as_deref(),
                 columns: &description.columns,
                 column_types_json: column_types_json.as_deref(),
+                unexportable: &[],
                 row_count: description.rows,
             })
             .await?;
@@ -520,6 +521,13 @@ impl Context {
             .await
             .map_err(in_segment(name))?;
         let column_types_json = serde_json::to_string(&description.types).ok();
+        let unexportable: Vec<String> = description
+            .columns
+            .iter()
+            .zip(&description.types)
+            .filter(|(_, ty)| ty.refusal().is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
         let outcome = self
             .store
             .update_segment(
@@ -535,6 +543,7 @@ impl Context {
                     database_shown: resolved.database_shown.as_deref(),
                     columns: &description.columns,
                     column_types_json: column_types_json.as_deref(),
+                    unexportable: &unexportable,
                     row_count: description.rows,
                 },
             )

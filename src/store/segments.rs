@@ -80,6 +80,9 @@ pub struct NewSegment<'a> {
     pub columns: &'a [String],
     /// See [`SegmentDef::column_types_json`].
     pub column_types_json: Option<&'a str>,
+    /// Columns of the new source whose type cannot be exported: an update is refused while an
+    /// export maps one, as it is for a column the source lacks.
+    pub unexportable: &'a [String],
     pub row_count: u64,
 }
 
@@ -87,8 +90,8 @@ pub struct NewSegment<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentUpdate {
     Saved,
-    /// Columns that exports reading the segment map and the new source lacks; nothing was
-    /// saved.
+    /// Columns that exports reading the segment map and the new source lacks or cannot
+    /// export; nothing was saved.
     ColumnsInUse(Vec<MappedColumn>),
     /// The segment was removed meanwhile; nothing was saved.
     Gone,
@@ -168,7 +171,9 @@ impl Store {
         let missing: Vec<MappedColumn> = columns_mapped_from_segment(&mut tx, id)
             .await?
             .into_iter()
-            .filter(|mapped| !s.columns.contains(&mapped.column))
+            .filter(|mapped| {
+                !s.columns.contains(&mapped.column) || s.unexportable.contains(&mapped.column)
+            })
             .collect();
         if !missing.is_empty() {
             // Dropping the transaction rolls it back; nothing was written yet anyway.
@@ -258,6 +263,7 @@ pub(in crate::store) mod tests {
                 database_shown: None,
                 columns: &columns,
                 column_types_json: None,
+                unexportable: &[],
                 row_count: 2,
             })
             .await
@@ -289,6 +295,7 @@ pub(in crate::store) mod tests {
             database_shown: None,
             columns,
             column_types_json: None,
+            unexportable: &[],
             row_count: 7,
         }
     }
@@ -441,6 +448,7 @@ pub(in crate::store) mod tests {
                 database_shown: None,
                 columns: &columns,
                 column_types_json: Some(types),
+                unexportable: &[],
                 row_count: 1,
             })
             .await

@@ -444,6 +444,38 @@ async fn an_update_that_drops_mapped_columns_is_refused_naming_export_and_column
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_update_whose_mapped_column_cannot_be_exported_is_refused_and_saves_nothing() {
+    let env = TestEnv::new().await;
+    env.add_connection("crm").await;
+    env.add_csv_segment("members").await;
+    env.run(&crate::support::export_add_args(&["--field", "3=tier"]))
+        .await
+        .assert_ok();
+    let before = stored_segment(&env, "members").await;
+    let url = typed_sqlite_database(&env).await;
+
+    let out = env
+        .run_stdin(
+            &[
+                "segment",
+                "update",
+                "members",
+                "--sql",
+                "SELECT email, photo AS tier FROM typed",
+                "--database-stdin",
+            ],
+            &url,
+        )
+        .await;
+
+    out.assert_fails_with(1, "export \"weekly\"");
+    let stderr = out.stderr_text();
+    assert!(stderr.contains("cannot export"), "{stderr}");
+    assert!(stderr.contains("\"tier\""), "{stderr}");
+    assert_eq!(stored_segment(&env, "members").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn update_of_an_unknown_segment_is_refused_naming_it() {
     let env = TestEnv::new().await;
     let csv = env.write("members.csv", MEMBERS_CSV);
