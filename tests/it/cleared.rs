@@ -283,3 +283,37 @@ async fn fields_of_members_delivered_before_they_were_recorded_are_learned_never
         "not known to be acexport's, so not blanked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_member_whose_phone_was_removed_while_away_has_it_cleared() {
+    let h = Harness::new(EmptyValues::Clear).await;
+    let both = "ada@example.com,Ada,555-0101,gold\nalan@example.com,Alan,555-0202,silver\n";
+    h.members(both).await;
+    h.export(ExportInput {
+        on_leave: acexport::store::exports::OnLeave::Unsubscribe,
+        ..Harness::full_mapping()
+    })
+    .await;
+    h.run().await;
+    // Ada leaves: acexport unsubscribes her (`left`).
+    h.members("alan@example.com,Alan,555-0202,silver\n").await;
+    let left = h.run().await;
+    assert_eq!(left.counts.unsubscribed, 1);
+
+    // She returns without a phone.
+    h.members("ada@example.com,Ada,,gold\nalan@example.com,Alan,555-0202,silver\n")
+        .await;
+    let back = h.run().await;
+
+    assert_eq!(back.counts.upserted, 1, "{:?}", back.counts);
+    assert_eq!(
+        h.world.sandbox.list_status("ada@example.com", 1),
+        Some(acexport::sandbox::ListStatus::Active),
+        "re-subscribed"
+    );
+    assert_eq!(
+        h.contact("ada@example.com").phone.as_deref(),
+        None,
+        "the phone sent before she left is cleared"
+    );
+}

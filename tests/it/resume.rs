@@ -391,3 +391,145 @@ async fn random_kills_of_a_10000_profile_run_send_at_most_the_import_in_flight_a
     );
     assert_eq!(over, 0, "re-sent per kill: {resent_per_kill:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_contact_activecampaign_did_not_import_in_a_resumed_import_is_suppressed_not_sent_again()
+{
+    let env = Env::new(test_sandbox_options(TOKEN), 5).await;
+    env.sandbox.exclude("person3@example.com");
+    // The first run cannot read its import's status (a 400 is asked once): it stays accepted
+    // for the next run.
+    env.fail_import_info(1, 400);
+    let first = env.run().await;
+    assert_eq!(first.status, RunStatus::Partial, "{:?}", first.error);
+
+    let resumed = env.run().await;
+    let third = env.run().await;
+
+    assert_eq!(resumed.status, RunStatus::Succeeded, "{:?}", resumed.error);
+    assert_eq!(
+        (resumed.counts.planned, resumed.counts.failed),
+        (0, 0),
+        "the excluded contact is sorted out on resume, not planned again: {:?}",
+        resumed.counts
+    );
+    assert_eq!(resumed.counts.suppressed, 1, "{:?}", resumed.counts);
+    assert_eq!(
+        env.sandbox.stats().bulk_imports,
+        1,
+        "the excluded contact was not sent again"
+    );
+    assert_eq!((third.counts.planned, third.counts.suppressed), (0, 1));
+}
+
+/// Every row of the tables a run plans from or records in, as text.
+async fn delivery_tables(ctx: &Context) -> Vec<String> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT email || '|' || hex(hash) || '|' || status || '|' || run_id || '|' || \
+         COALESCE(reason, '') || '|' || COALESCE(since, '') || '|' || \
+         COALESCE(sent_fields, 'null') FROM delivery_state ORDER BY email",
+        "SELECT batch_id || '|' || run_id FROM accepted_imports ORDER BY batch_id",
+        "SELECT batch_id || '|' || email || '|' || kind || '|' || sent_fields \
+         FROM accepted_members ORDER BY email",
+        "SELECT target || '|' || slot FROM delivery_field_slots ORDER BY target",
+        "SELECT id || '|' || status FROM runs ORDER BY id",
+    ] {
+        let rows: Vec<String> = sqlx::query_scalar(sql)
+            .fetch_all(ctx.store.pool())
+            .await
+            .expect(sql);
+        out.push(sql.split_whitespace().last().unwrap_or_default().to_owned());
+        out.extend(rows);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_with_an_accepted_import_a_suppressed_contact_and_a_new_field_changes_no_state() {
+    let env = Env::new(test_sandbox_options(TOKEN), 5).await;
+    env.sandbox.exclude("person3@example.com");
+    env.run().await;
+    // person4 changes; its import stays accepted (its status cannot be read).
+    std::fs::write(env.csv_path("people"), csv(5).replace("Given4", "Other4")).expect("csv");
+    env.fail_import_info(1, 400);
+    let partial = env.run().await;
+    assert_eq!(partial.status, RunStatus::Partial, "{:?}", partial.error);
+    // A field mapped since, and a value changed since.
+    let patch = acexport::service::exports::ExportPatch {
+        last_name: Some(Some("first".into())),
+        ..Default::default()
+    };
+    env.ctx.update_export(EXPORT, patch).await.expect("patch");
+    std::fs::write(env.csv_path("people"), csv(5).replace("Given1", "Other1")).expect("csv");
+    let before = delivery_tables(&env.ctx).await;
+    assert!(before.iter().any(|r| r.contains("|changed|")), "{before:?}");
+    assert!(
+        before.iter().any(|r| r.contains("|suppressed|")),
+        "{before:?}"
+    );
+
+    let options = RunOptions {
+        trigger: TriggerKind::Manual,
+        full: false,
+        dry_run: true,
+    };
+    let dry = env
+        .ctx
+        .run_export(EXPORT, options, Arc::new(Silent))
+        .await
+        .expect("dry run");
+
+    assert_eq!(dry.run_id, None);
+    assert_eq!(delivery_tables(&env.ctx).await, before);
+    assert_eq!(env.sandbox.stats().bulk_imports, 2, "nothing sent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_member_whose_import_stayed_accepted_is_confirmed_once_and_not_resent() {
+    let env = Env::new(test_sandbox_options(TOKEN), 3).await;
+    let patch = acexport::service::exports::ExportPatch {
+        on_leave: Some(acexport::store::exports::OnLeave::Unsubscribe),
+        ..Default::default()
+    };
+    env.ctx.update_export(EXPORT, patch).await.expect("patch");
+    env.run().await;
+    // person1 leaves: acexport unsubscribes them.
+    std::fs::write(
+        env.csv_path("people"),
+        csv(3).replace("person1@example.com,Given1\n", ""),
+    )
+    .expect("csv");
+    let left = env.run().await;
+    assert_eq!(left.counts.unsubscribed, 1, "{:?}", left.counts);
+    // person1 returns, changed; the import's status cannot be read this run.
+    std::fs::write(env.csv_path("people"), csv(3).replace("Given1", "Back1")).expect("csv");
+    env.fail_import_info(1, 400);
+    let back = env.run().await;
+    assert_eq!(back.status, RunStatus::Partial, "{:?}", back.error);
+    let imports = env.sandbox.stats().bulk_imports;
+
+    let resumed = env.run().await;
+    let again = env.run().await;
+
+    assert_eq!(resumed.status, RunStatus::Succeeded, "{:?}", resumed.error);
+    assert_eq!(
+        (resumed.counts.planned, resumed.counts.unchanged),
+        (0, 3),
+        "{:?}",
+        resumed.counts
+    );
+    assert_eq!((again.counts.planned, again.counts.unchanged), (0, 3));
+    assert_eq!(env.sandbox.stats().bulk_imports, imports, "nothing resent");
+    assert_eq!(
+        env.sandbox.list_status("person1@example.com", 1),
+        Some(ListStatus::Active)
+    );
+    let resubscribes = env
+        .sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/3/contactLists")
+        .count();
+    assert_eq!(resubscribes, 1);
+}

@@ -86,10 +86,12 @@ pub async fn confirm_accepted(
     }
 }
 
-/// Keeps what the delivery state must record of a resumed import. Contacts ActiveCampaign did
-/// not import, and those of an import it no longer knows (nothing says they were imported), are
-/// recorded failed (never over a delivered state), so this run plans them again and counts them
-/// as it sends them.
+/// Keeps what the delivery state must record of a resumed import. Contacts ActiveCampaign will
+/// not subscribe are recorded suppressed, as in a run's own imports, so that planning holds
+/// them back (and counts them suppressed) instead of sending them again. Those it did not import
+/// for another cause, and those of an import it no longer knows (nothing says they were
+/// imported), are recorded failed (never over a delivered state), so this run plans them again
+/// and counts them as it sends them.
 fn keep_outcome(confirmed: &mut Confirmed, result: BatchResult, recorder: &mut Recorder) {
     if result.resolved()
         && let Some(batch_id) = &result.batch_id
@@ -106,6 +108,12 @@ fn keep_outcome(confirmed: &mut Confirmed, result: BatchResult, recorder: &mut R
         } else {
             confirmed.delivered.push(item);
         }
+    }
+    for (item, reason) in result.suppressed {
+        if let Some(issue) = recorder.suppressed_issue(&item.email, reason) {
+            confirmed.issues.push(issue);
+        }
+        confirmed.suppressed.push((item, reason));
     }
     let failed = result.failed.into_iter().map(|(item, _)| item);
     confirmed
