@@ -234,6 +234,7 @@ fn run_json(out: &Output) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: mounts a small tmpfs and fills it"]
 async fn a_full_disk_at_start_is_named_with_its_file_and_the_run_works_once_space_is_freed() {
     let disk = Tmpfs::mount();
     let db = disk.path().join("acexport.db");
@@ -274,6 +275,7 @@ async fn until_sending(world: &World) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: mounts a small tmpfs and fills it"]
 async fn a_disk_that_fills_during_a_run_fails_it_with_one_message_and_records_it_failed() {
     let disk = Tmpfs::mount();
     let db = disk.path().join("acexport.db");
@@ -318,6 +320,7 @@ async fn a_disk_that_fills_during_a_run_fails_it_with_one_message_and_records_it
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: mounts a small tmpfs and fills it"]
 async fn a_run_whose_finish_cannot_be_written_on_a_full_disk_is_recorded_by_the_next_start() {
     let disk = Tmpfs::mount();
     let db = disk.path().join("acexport.db");
@@ -382,6 +385,7 @@ async fn a_run_whose_finish_cannot_be_written_on_a_full_disk_is_recorded_by_the_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root: runs acexport as another user"]
 async fn a_read_only_database_is_named_with_the_fix_and_runs_again_once_writable() {
     assert!(
         rustix::process::geteuid().is_root(),
