@@ -533,3 +533,42 @@ async fn a_returning_member_whose_import_stayed_accepted_is_confirmed_once_and_n
         .count();
     assert_eq!(resubscribes, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsubscribe_confirmed_on_resume_is_counted_by_the_run_that_confirms_it() {
+    let env = Env::new(test_sandbox_options(TOKEN), 3).await;
+    let patch = acexport::service::exports::ExportPatch {
+        on_leave: Some(acexport::store::exports::OnLeave::Unsubscribe),
+        ..Default::default()
+    };
+    env.ctx.update_export(EXPORT, patch).await.expect("patch");
+    env.run().await;
+    // person1 leaves; the unsubscribe's status cannot be read this run.
+    std::fs::write(
+        env.csv_path("people"),
+        csv(3).replace("person1@example.com,Given1\n", ""),
+    )
+    .expect("csv");
+    env.fail_import_info(1, 400);
+    let unconfirmed = env.run().await;
+    assert_eq!(
+        unconfirmed.status,
+        RunStatus::Partial,
+        "{:?}",
+        unconfirmed.error
+    );
+    assert_eq!(
+        unconfirmed.counts.unsubscribed, 0,
+        "{:?}",
+        unconfirmed.counts
+    );
+
+    let resumed = env.run().await;
+
+    assert_eq!(resumed.status, RunStatus::Succeeded, "{:?}", resumed.error);
+    assert_eq!(resumed.counts.unsubscribed, 1, "{:?}", resumed.counts);
+    assert_eq!(
+        env.sandbox.list_status("person1@example.com", 1),
+        Some(ListStatus::Unsubscribed)
+    );
+}

@@ -104,6 +104,8 @@ fn keep_outcome(confirmed: &mut Confirmed, result: BatchResult, recorder: &mut R
     recorder.unconfirmed += result.unconfirmed.len() as u64;
     for item in result.delivered {
         if item.kind == OutboxKind::Leave {
+            // Counted by the run that confirms it: the run that sent it counted it sent only.
+            recorder.counts.unsubscribed += 1;
             confirmed.left.push(item);
         } else {
             confirmed.delivered.push(item);
