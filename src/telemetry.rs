@@ -6,14 +6,22 @@
 //! Text lines escape every field value ([`crate::escape::untrusted`]), so a name or a server
 //! message with a newline or an ESC sequence cannot forge a line; JSON lines are escaped by
 //! JSON itself.
+//!
+//! Under systemd, stderr is a journal stream (`JOURNAL_STREAM` names its device and inode):
+//! text lines then start with their syslog priority (`<4>` for a warning, sd-daemon(3)), so
+//! `journalctl -p warning` finds them, and carry no timestamp of their own (the journal adds
+//! one).
 
 use std::fmt;
 use std::io::IsTerminal;
 
 use tracing::field::Field;
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt;
-use tracing_subscriber::fmt::format::{FormatFields, Writer, debug_fn};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer, debug_fn};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::settings::LogFormat;
 
@@ -45,6 +53,53 @@ fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
     .delimited(" ")
 }
 
+/// A text event format with the line's syslog priority in front, for the journal.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for JournalPriority<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", syslog_priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// sd-daemon(3) priorities: err 3, warning 4, info 6, debug 7.
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM` holds
+/// `DEVICE:INODE` of it, and a redirected stderr (`2>file`) no longer matches.
+fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stderr())
+        .is_ok_and(|stat| names_stream(&stream, stat.st_dev, stat.st_ino))
+}
+
+/// Whether a `JOURNAL_STREAM` value names the file with this device and inode.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    value
+        .split_once(':')
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
 /// Installs the global subscriber. Calling it again (tests, or a command that re-initialises)
 /// keeps the first subscriber rather than failing. `quiet` picks [`QUIET_FILTER`] as the
 /// default; `RUST_LOG` always wins.
@@ -56,6 +111,16 @@ pub fn init(format: LogFormat, quiet: bool) {
         .with_writer(std::io::stderr);
     // A failed `try_init` only means a subscriber is already installed.
     let _ = match format {
+        LogFormat::Text if stderr_is_journal() => builder
+            .fmt_fields(escaped_fields())
+            .with_ansi(false)
+            .event_format(JournalPriority(
+                tracing_subscriber::fmt::format()
+                    .compact()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .try_init(),
         LogFormat::Text => builder
             .fmt_fields(escaped_fields())
             .compact()
@@ -122,6 +187,54 @@ mod tests {
             "{}",
             lines[1]
         );
+    }
+
+    #[test]
+    fn journal_lines_start_with_their_priority_and_carry_no_timestamp() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .fmt_fields(escaped_fields())
+            .with_ansi(false)
+            .event_format(JournalPriority(
+                tracing_subscriber::fmt::format()
+                    .compact()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!("Run failed");
+            tracing::warn!(export = "weekly", "Run partial");
+            tracing::info!("Idle");
+        });
+        let bytes = captured.0.lock().expect("not poisoned").clone();
+        let text = String::from_utf8(bytes).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("<3>"), "{}", lines[0]);
+        assert!(lines[1].starts_with("<4>"), "{}", lines[1]);
+        assert!(lines[1].contains(r#"export="weekly""#), "{}", lines[1]);
+        assert!(lines[2].starts_with("<6>"), "{}", lines[2]);
+        let year = chrono::Utc::now().format("%Y-").to_string();
+        assert!(lines.iter().all(|l| !l.contains(&year)), "{text}");
+    }
+
+    #[test]
+    fn a_journal_stream_is_told_by_its_device_and_inode() {
+        let cases = [
+            ("8:1234", 8, 1234, true),
+            ("8:1234", 8, 1235, false),
+            ("9:1234", 8, 1234, false),
+            ("", 8, 1234, false),
+            ("8", 8, 1234, false),
+            ("x:y", 8, 1234, false),
+        ];
+        for (value, dev, ino, is) in cases {
+            assert_eq!(names_stream(value, dev, ino), is, "{value:?}");
+        }
     }
 
     #[test]

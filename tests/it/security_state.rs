@@ -222,6 +222,39 @@ async fn an_existing_state_folder_open_to_others_is_closed_to_them_and_a_warning
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn on_a_journal_stream_a_warning_carries_its_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new().await;
+    let dir = state_dir(&env);
+    std::fs::create_dir(&dir).expect("create the state folder");
+    set_mode(&dir, 0o755);
+    // systemd names the stream it connected as stderr by device and inode.
+    let log = env.path("journal-stream");
+    let file = std::fs::File::create(&log).expect("stderr file");
+    let meta = file.metadata().expect("meta");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+
+    let status = env
+        .command(env!("CARGO_BIN_EXE_acexport"))
+        .args(["connection", "list"])
+        .env("JOURNAL_STREAM", &stream)
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .status()
+        .expect("run acexport");
+
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).expect("read stderr");
+    let warning = text
+        .lines()
+        .find(|l| l.contains("State folder"))
+        .unwrap_or_else(|| panic!("no warning in {text:?}"));
+    assert!(warning.starts_with("<4>"), "{warning}");
+    let year = chrono::Utc::now().format("%Y-").to_string();
+    assert!(!warning.contains(&year), "{warning}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_state_folder_its_group_can_write_is_closed_to_group_writes() {
     let env = TestEnv::new().await;
     let dir = state_dir(&env);
