@@ -12,15 +12,13 @@ use crate::escape::untrusted_capped;
 use crate::service::Context;
 use crate::service::segments::{
     DatabaseInput, NewSource, SegmentInput, SegmentKind, SegmentPatch, SegmentPreview, SegmentView,
+    shown_column,
 };
 
 /// Rows `segment preview` shows unless `--limit` says otherwise.
 const DEFAULT_PREVIEW_ROWS: u16 = 10;
 /// Upper bound of `--limit`: a preview is for eyes, not for copying a segment out.
 const MAX_PREVIEW_ROWS: u16 = 1000;
-/// Characters of a column name shown: names come from the file and may be anything up to
-/// `source.max_header_bytes`.
-const SHOWN_NAME_CHARS: usize = 64;
 /// Characters of a value shown in a preview cell: enough to recognise it, and a table stays a
 /// table.
 const SHOWN_VALUE_CHARS: usize = 40;
@@ -296,7 +294,7 @@ pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {
 }
 
 fn describe(v: &SegmentView) -> String {
-    let columns: Vec<String> = v.columns.iter().map(|c| shown_name(c)).collect();
+    let columns: Vec<String> = v.columns.iter().map(|c| shown_column(c)).collect();
     let mut fields = vec![
         ("name", v.name.clone()),
         ("kind", v.kind.to_string()),
@@ -315,7 +313,7 @@ fn describe(v: &SegmentView) -> String {
         let mut table = Table::new(["COLUMN", "TYPE", "SENT AS"]);
         for column in &v.column_types {
             table.row(vec![
-                shown_name(&column.name),
+                shown_column(&column.name),
                 column.type_name.clone(),
                 column.conversion.clone(),
             ]);
@@ -334,7 +332,7 @@ fn preview_text(preview: &SegmentPreview) -> String {
         SegmentKind::Csv | SegmentKind::Jsonl => "line",
         SegmentKind::Sql => "row",
     };
-    let mut table = Table::new(preview.columns.iter().map(|c| shown_name(c)));
+    let mut table = Table::new(preview.columns.iter().map(|c| shown_column(c)));
     let mut rejected = Vec::new();
     for row in &preview.rows {
         match row {
@@ -366,19 +364,13 @@ fn preview_text(preview: &SegmentPreview) -> String {
         for column in &preview.hidden {
             text.push_str(&format!(
                 "  {} ({}): {}\n",
-                shown_name(&column.name),
+                shown_column(&column.name),
                 column.type_name,
                 column.conversion
             ));
         }
     }
     text
-}
-
-/// A column name as the text output shows it: escaped and cut (JSON output keeps it whole; the
-/// header cap bounds it there).
-fn shown_name(name: &str) -> String {
-    untrusted_capped(name, SHOWN_NAME_CHARS).into_owned()
 }
 
 #[cfg(test)]

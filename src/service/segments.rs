@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::{Context, MappedField, Remedy, ServiceError, check_name};
 use crate::secrets::Purpose;
+pub use crate::source::shown_column;
 use crate::source::{self, ColumnType, Row, RowError, SourceDef, SourceError};
 use crate::store::SegmentDef;
 use crate::store::connections::Sealed;
@@ -376,10 +377,7 @@ impl Context {
         match s.kind {
             SegmentKind::Csv => Ok(SourceDef::Csv {
                 path: PathBuf::from(s.path.clone().unwrap_or_default()),
-                delimiter: s
-                    .delimiter
-                    .and_then(|d| u8::try_from(d).ok())
-                    .unwrap_or(b','),
+                delimiter: csv_delimiter(s),
                 limits: self.settings.source,
             }),
             SegmentKind::Jsonl => Ok(SourceDef::Jsonl {

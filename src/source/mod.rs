@@ -268,7 +268,12 @@ impl SourceError {
 /// A column name as messages show it: quoted, escaped and cut to [`SHOWN_NAME_CHARS`], since
 /// it comes from the file.
 pub fn shown_name(name: &str) -> String {
-    format!("`{}`", untrusted_capped(name, SHOWN_NAME_CHARS))
+    format!("`{}`", shown_column(name))
+}
+
+/// A column name as a table cell shows it: [`shown_name`] without the quotes.
+pub fn shown_column(name: &str) -> String {
+    untrusted_capped(name, SHOWN_NAME_CHARS).into_owned()
 }
 
 /// Up to [`SHOWN_NAMES`] names, each as [`shown_name`], then how many more there are.

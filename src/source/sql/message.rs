@@ -11,7 +11,8 @@ use crate::escape::untrusted;
 /// running `query`.
 pub(super) fn database_message(error: &sqlx::Error, query: &str) -> String {
     let sqlx::Error::Database(database) = error else {
-        return error.to_string();
+        // Protocol and TLS errors can quote what the server sent.
+        return untrusted(&error.to_string()).into_owned();
     };
     let Some(postgres) = database.try_downcast_ref::<PgDatabaseError>() else {
         return untrusted(database.message()).into_owned();

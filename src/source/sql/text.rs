@@ -25,7 +25,7 @@ pub(super) fn to_row<R: TextRow>(
             Err(reason) => {
                 return Err(RowError {
                     number,
-                    reason: format!("column `{name}`: {reason}"),
+                    reason: format!("column {}: {reason}", crate::source::shown_name(name)),
                 });
             }
         }

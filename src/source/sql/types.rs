@@ -6,7 +6,7 @@ use sqlx::TypeInfo;
 use sqlx::postgres::{PgTypeInfo, PgTypeKind};
 use sqlx::sqlite::SqliteTypeInfo;
 
-use crate::source::{ColumnType, Conversion};
+use crate::source::{ColumnType, Conversion, shown_column};
 
 /// A database's column type, classified.
 pub(super) trait ColumnTypeOf {
@@ -42,9 +42,10 @@ impl ColumnTypeOf for SqliteTypeInfo {
 /// The type as messages show it: sqlx's name (`NUMERIC`, `TEXT[]`, `citext`), with arrays of
 /// user-defined types as `mood[]` rather than PostgreSQL's internal `_mood`.
 fn postgres_type_name(ty: &PgTypeInfo) -> String {
+    // User-defined types are named by whoever created them: escaped and cut like column names.
     match ty.kind() {
-        PgTypeKind::Array(element) => format!("{}[]", element.name()),
-        _ => ty.name().to_owned(),
+        PgTypeKind::Array(element) => format!("{}[]", shown_column(element.name())),
+        _ => shown_column(ty.name()),
     }
 }
 
