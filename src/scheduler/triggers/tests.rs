@@ -48,7 +48,9 @@ fn only_rejection(dir: &Path) -> (Rejection, String) {
     assert_eq!(claimed.rejected.len(), 1, "{:?}", claimed.rejected);
     let reasons: Vec<_> = names_in(&dir.join(REJECTED_DIR))
         .into_iter()
-        .filter(|name| name.ends_with(REASON_SUFFIX) && is_key(name))
+        .filter(|name| {
+            name.ends_with(REASON_SUFFIX) && is_key(name) && !name.starts_with(PLANTED_KEY)
+        })
         .collect();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     let text = fs::read_to_string(dir.join(REJECTED_DIR).join(&reasons[0])).expect("reason");
@@ -324,17 +326,23 @@ fn prepared_trigger_dir() -> (tempfile::TempDir, PathBuf) {
     (root, dir)
 }
 
+/// A claim key as the daemon makes them, so that a rejection tries `<KEY>.reason` first: a file
+/// dropped under another name gets a fresh key, and a planted `<name>.reason` is never tried.
+const PLANTED_KEY: &str = "20260101T000000.000000000Z-0123456789abcdef-kill";
+
 #[test]
 fn a_reason_file_planted_as_a_symlink_to_a_victim_leaves_the_victim_unchanged() {
     let (root, dir) = prepared_trigger_dir();
     let victim = victim(root.path());
-    std::os::unix::fs::symlink(&victim, dir.join(REJECTED_DIR).join("kill.reason"))
-        .expect("plant the link");
-    fs::write(dir.join(PROCESSING_DIR).join("kill"), b"x").expect("drop the bad file");
+    let planted = dir.join(REJECTED_DIR).join(format!("{PLANTED_KEY}.reason"));
+    std::os::unix::fs::symlink(&victim, &planted).expect("plant the link");
+    fs::write(dir.join(PROCESSING_DIR).join(PLANTED_KEY), b"x").expect("drop the bad file");
 
     let claimed = claim_all(&dir).expect("claim");
 
     assert_eq!(claimed.rejected.len(), 1, "{claimed:?}");
+    assert_eq!(claimed.rejected[0].name, "kill", "{claimed:?}");
+    assert!(fs::symlink_metadata(&planted).expect("link").is_symlink());
     assert_eq!(
         fs::read(&victim).expect("victim still there"),
         b"precious database pages"
@@ -594,9 +602,9 @@ fn a_reason_quoting_the_file_s_content_shows_it_escaped() {
 #[test]
 fn a_reason_name_taken_by_someone_else_is_left_alone_and_another_name_used() {
     let (_root, dir) = prepared_trigger_dir();
-    let planted = dir.join(REJECTED_DIR).join("kill.reason");
+    let planted = dir.join(REJECTED_DIR).join(format!("{PLANTED_KEY}.reason"));
     fs::write(&planted, b"theirs").expect("plant");
-    fs::write(dir.join(PROCESSING_DIR).join("kill"), b"x").expect("drop the bad file");
+    fs::write(dir.join(PROCESSING_DIR).join(PLANTED_KEY), b"x").expect("drop the bad file");
 
     let (rejection, text) = only_rejection(&dir);
 
