@@ -61,7 +61,9 @@ pub fn mask_email(email: &str) -> String {
     let first: String = email
         .chars()
         .take(1)
-        .filter(|c| !c.is_whitespace())
+        // The first character of whatever a source held: kept only when it cannot be a
+        // control, bidi or other invisible character.
+        .filter(|c| c.is_alphanumeric())
         .collect();
     match email.split_once('@') {
         Some((_, domain))
@@ -396,6 +398,8 @@ mod tests {
         assert_eq!(mask_email("nodomain"), "n***");
         assert_eq!(mask_email("a@b,John Smith,555-1234"), "a***");
         assert_eq!(mask_email(""), "***");
+        assert_eq!(mask_email("\u{1b}[2J@example.com"), "***@example.com");
+        assert_eq!(mask_email("\u{202e}x@example.com"), "***@example.com");
     }
 
     #[test]

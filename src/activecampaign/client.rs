@@ -586,7 +586,13 @@ impl Client {
 
     /// A transport error on one line, saying which proxy it went through, if any.
     fn transport_detail(&self, e: &reqwest::Error) -> String {
-        let chain = error_chain(e);
+        // The chain can quote the server (a TLS failure names its certificate's hosts): it is
+        // bounded and escaped like any other server text.
+        let chain = crate::escape::untrusted_capped(
+            &self.scrub.hide_secrets(&error_chain(e)),
+            crate::redact::MAX_SERVER_MESSAGE_CHARS,
+        )
+        .into_owned();
         match &self.options.proxy {
             Some(proxy) => format!("{chain} (through the proxy {})", proxy.redacted()),
             None => chain,
