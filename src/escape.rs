@@ -41,6 +41,11 @@ pub fn untrusted_capped(text: &str, max_chars: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Whether `text` shows as it is: nothing in it that [`untrusted`] would escape.
+pub fn is_plain(text: &str) -> bool {
+    !text.chars().any(needs_escape)
+}
+
 /// Whether `c` could change how a line reads or where it ends: control characters (C0, DEL,
 /// C1), bidi embeddings, overrides and isolates, zero-width and line/paragraph separators.
 fn needs_escape(c: char) -> bool {

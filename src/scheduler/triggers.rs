@@ -29,7 +29,6 @@
 
 mod folder;
 
-use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +37,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::escape::{untrusted, untrusted_capped};
+use crate::escape::{is_plain, untrusted};
 pub(super) use folder::ensure_dir;
 use folder::{Area, Folder, Head, REASON_SUFFIX};
 
@@ -245,14 +244,6 @@ fn parse_trigger(bytes: &[u8]) -> Result<(TriggerRequest, Option<String>), Strin
     let wire: WireRequest =
         serde_json::from_slice(bytes).map_err(|e| format!("is not a valid request: {e}"))?;
     wire.into_request()
-}
-
-/// Whether `text` shows as it is: nothing in it that [`untrusted`] would escape.
-fn is_plain(text: &str) -> bool {
-    matches!(
-        untrusted_capped(text, text.chars().count()),
-        Cow::Borrowed(_)
-    )
 }
 
 /// `name` as text when it can be shown as it is; otherwise `Err` with how to show it:

@@ -92,13 +92,7 @@ const LOOSE_FILE_BITS: u32 = 0o077;
 /// Makes sure the database at `path` and its `-wal` and `-shm` files, where they exist, are
 /// owner-only: tightened when this process's user owns them, warned about otherwise.
 pub(super) fn ensure_private_files(path: &Path) -> Result<(), StoreError> {
-    let mut names = vec![path.to_path_buf()];
-    for suffix in ["-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        names.push(name.into());
-    }
-    for name in names {
+    for name in std::iter::once(path.to_path_buf()).chain(super::faults::sidecars(path)) {
         let file = match OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
