@@ -36,6 +36,10 @@ const MAX_FIRST_POLL: Duration = Duration::from_secs(5 * 60);
 const NOT_IMPORTED: &str = "ActiveCampaign did not import this contact (excluded, bounced, \
      unsubscribed from the list earlier, or over the account's contact limit)";
 
+/// Why a batch's contacts are sent again when `import/info` lists failures it cannot match.
+const UNMATCHED_FAILURES: &str = "ActiveCampaign's import report lists failures that name no \
+     contact of the batch, so which contacts it imported is unknown; sent again";
+
 /// What became of one batch.
 #[derive(Debug, Default)]
 pub(super) struct BatchResult {
@@ -238,13 +242,20 @@ pub(super) async fn confirm(
                         Some(next.as_micros() as u64)
                     });
                     let failures: HashSet<String> = info.failed_emails().collect();
-                    let mut not_imported = Vec::new();
-                    for item in items {
-                        if failures.contains(&item.email) {
-                            not_imported.push(item);
-                        } else {
-                            result.delivered.push(item);
-                        }
+                    let (not_imported, imported): (Vec<_>, Vec<_>) = items
+                        .into_iter()
+                        .partition(|item| failures.contains(&item.email));
+                    if not_imported.len() < info.failure.len() {
+                        // A failure entry that names none of the batch's contacts (not a
+                        // string, or another address): which contacts were imported is not
+                        // known, so none is recorded delivered; they are sent again.
+                        result.failed.extend(
+                            imported
+                                .into_iter()
+                                .map(|i| (i, UNMATCHED_FAILURES.to_owned())),
+                        );
+                    } else {
+                        result.delivered.extend(imported);
                     }
                     super::suppress::sort_out(client, list_id, not_imported, NOT_IMPORTED, result)
                         .await;
@@ -450,6 +461,49 @@ mod tests {
         let next = next_first_poll(wait, wait, 3, Duration::from_millis(500));
 
         assert_eq!(next, Duration::from_millis(200));
+    }
+
+    /// A loopback host answering every request with `body` (200, JSON).
+    async fn answering(body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn failures_that_name_no_contact_of_the_batch_record_none_delivered() {
+        let host = answering(r#"{"status":"completed","success":[],"failure":[42]}"#).await;
+        let settings = crate::settings::Settings::default();
+        let options = crate::activecampaign::ClientOptions::from_settings(&settings.activecampaign);
+        let base = crate::activecampaign::BaseUrl::parse(&host).expect("loopback host");
+        let client = Client::new(base, "key".to_owned().into(), options, Default::default())
+            .expect("client");
+        let poll = AtomicU64::new(0);
+        let mut result = BatchResult::default();
+
+        confirm(&client, 1, "batch", vec![item(10)], &poll, &mut result).await;
+
+        assert!(result.delivered.is_empty(), "{:?}", result.delivered);
+        assert_eq!(result.failed.len(), 1, "{result:?}");
+        assert_eq!(result.failed[0].1, UNMATCHED_FAILURES);
     }
 
     #[tokio::test]
