@@ -10,6 +10,7 @@ pub mod activecampaign;
 pub mod cli;
 pub mod daemon;
 pub mod escape;
+pub mod identity;
 pub mod pipeline;
 pub mod redact;
 #[cfg(feature = "sandbox")]

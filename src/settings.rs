@@ -47,6 +47,48 @@ pub const DEFAULT_MAX_COLUMNS: usize = 1000;
 const MAX_LINE_BYTES_CEILING: usize = 64 * 1024 * 1024;
 /// Highest `source.max_columns` accepted.
 const MAX_COLUMNS_CEILING: usize = 100_000;
+/// The control socket's file name in its default folder.
+pub const CONTROL_SOCKET_NAME: &str = "control.sock";
+/// Longest socket path the kernel accepts (`sun_path` is 108 bytes with its final NUL).
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+/// Longest user or group name in `access.*`.
+const MAX_ACCESS_NAME_LEN: usize = 64;
+
+/// An `access.*` entry: a user name, or `@` and a group name, as the user and group databases
+/// spell them.
+fn check_access_entry(entry: &str) -> Result<(), String> {
+    let name = entry.strip_prefix('@').unwrap_or(entry);
+    let ok = !name.is_empty()
+        && name.len() <= MAX_ACCESS_NAME_LEN
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a user name or @group name (letters, digits, '_', '-', '.', at most              {MAX_ACCESS_NAME_LEN} characters)",
+            crate::escape::untrusted_capped(entry, 80)
+        ))
+    }
+}
+
+/// A socket path the kernel can bind.
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Err("must not be empty".to_owned());
+    }
+    if len > MAX_SOCKET_PATH_BYTES {
+        return Err(format!(
+            "{} is {len} bytes long; a Unix socket path may have at most              {MAX_SOCKET_PATH_BYTES}: choose a shorter one",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Smallest line cap accepted: below this, ordinary profiles would not fit.
 const MIN_LINE_BYTES: usize = 1024;
 
@@ -61,6 +103,7 @@ pub struct Settings {
     pub daemon: DaemonSettings,
     pub schedule: ScheduleSettings,
     pub log: LogSettings,
+    pub access: AccessSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -192,6 +235,19 @@ pub struct DaemonSettings {
     pub trigger_dir: PathBuf,
     /// How many exports run at once.
     pub workers: u32,
+    /// The control socket every command goes through while the daemon runs. Unset: beside the
+    /// database, or `$RUNTIME_DIRECTORY/control.sock` when systemd gives a runtime directory.
+    pub socket: Option<PathBuf>,
+}
+
+/// Who holds which role (`service::access`): user names and `@group` names. Root and the
+/// daemon's own user are always admins and need no entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSettings {
+    pub admins: Vec<String>,
+    pub contributors: Vec<String>,
+    pub viewers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -287,6 +343,7 @@ impl Default for DaemonSettings {
         Self {
             trigger_dir: default_state_dir().join("triggers"),
             workers: 2,
+            socket: None,
         }
     }
 }
@@ -404,6 +461,28 @@ impl Settings {
                 *path = base.join(&*path);
             }
         }
+        if let Some(socket) = self.daemon.socket.as_mut().filter(|p| p.is_relative()) {
+            *socket = base.join(&*socket);
+        }
+    }
+
+    /// The control socket in force: `daemon.socket`, else `$RUNTIME_DIRECTORY/control.sock`
+    /// (systemd's `RuntimeDirectory=`), else `control.sock` beside the database.
+    pub fn control_socket(&self) -> PathBuf {
+        if let Some(path) = &self.daemon.socket {
+            return path.clone();
+        }
+        let runtime = std::env::var_os("RUNTIME_DIRECTORY")
+            .and_then(|dirs| std::env::split_paths(&dirs).next())
+            .filter(|d| d.is_absolute());
+        let dir = runtime.unwrap_or_else(|| {
+            self.store
+                .path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        });
+        dir.join(CONTROL_SOCKET_NAME)
     }
 
     /// Checks every value a deserializer cannot: ranges, cron syntax, time zone names.
@@ -484,6 +563,21 @@ impl Settings {
             crate::scheduler::Schedule::parse(expr, tz).map_err(|e| SettingsError::Key {
                 key: "schedule.refresh",
                 message: e.to_string(),
+            })?;
+        }
+        for (key, entries) in [
+            ("access.admins", &self.access.admins),
+            ("access.contributors", &self.access.contributors),
+            ("access.viewers", &self.access.viewers),
+        ] {
+            for entry in entries {
+                check_access_entry(entry).map_err(|message| SettingsError::Key { key, message })?;
+            }
+        }
+        if let Some(socket) = &self.daemon.socket {
+            check_socket_path(socket).map_err(|message| SettingsError::Key {
+                key: "daemon.socket",
+                message,
             })?;
         }
         for (key, path) in [

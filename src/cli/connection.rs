@@ -146,6 +146,14 @@ pub async fn run(ctx: &Context, cmd: ConnectionCommand) -> Result<(), CliError> 
                      --api-key-stdin --accept-data-transfer",
                 );
             }
+            // Non-admins see the connections shared with them by name, type and status only.
+            if views.iter().any(|v| v.details.is_none()) {
+                let mut table = Table::new(["NAME", "TYPE", "STATUS"]);
+                for v in &views {
+                    table.row(vec![v.name.clone(), v.kind.to_owned(), v.status.to_string()]);
+                }
+                return output::emit(&table.render());
+            }
             let mut table = Table::new([
                 "NAME",
                 "HOST",
@@ -155,13 +163,14 @@ pub async fn run(ctx: &Context, cmd: ConnectionCommand) -> Result<(), CliError> 
                 "EXPORTS",
             ]);
             for v in &views {
+                let Some(d) = &v.details else { continue };
                 table.row(vec![
                     v.name.clone(),
-                    v.host.clone(),
-                    v.api_key.clone(),
-                    output::or_none(v.export_user.as_deref()),
+                    d.host.clone(),
+                    d.api_key.clone(),
+                    output::or_none(d.export_user.as_deref()),
                     v.status.to_string(),
-                    output::list_or_none(&v.exports),
+                    output::list_or_none(&d.exports),
                 ]);
             }
             output::emit(&table.render())
@@ -176,12 +185,15 @@ pub async fn run(ctx: &Context, cmd: ConnectionCommand) -> Result<(), CliError> 
         }
         ConnectionCommand::Test { name } => {
             let view = ctx.test_connection(&name).await?;
+            let Some(d) = &view.details else {
+                return output::emit(&format!("Connection {:?} verified.", view.name));
+            };
             output::emit(&format!(
                 "Connection {:?} verified: ActiveCampaign at {} accepted the API key {} (user {}).",
                 view.name,
-                view.host,
-                view.api_key,
-                output::or_none(view.export_user.as_deref())
+                d.host,
+                d.api_key,
+                output::or_none(d.export_user.as_deref())
             ))
         }
         ConnectionCommand::Update(args) => {
@@ -216,23 +228,32 @@ pub async fn run(ctx: &Context, cmd: ConnectionCommand) -> Result<(), CliError> 
     }
 }
 
-/// The connection as a `key: value` block; the key appears only as its hint.
+/// The connection as a `key: value` block; the key appears only as its hint, and only to
+/// admins.
 fn describe(v: &ConnectionView) -> String {
-    let status = match &v.status_detail {
-        Some(detail) => format!("{} ({detail}), checked {}", v.status, v.checked_at),
-        None => format!("{}, checked {}", v.status, v.checked_at),
+    let Some(d) = &v.details else {
+        return output::fields(&[
+            ("name", v.name.clone()),
+            ("type", v.kind.to_owned()),
+            ("status", v.status.to_string()),
+        ]);
+    };
+    let status = match &d.status_detail {
+        Some(detail) => format!("{} ({detail}), checked {}", v.status, d.checked_at),
+        None => format!("{}, checked {}", v.status, d.checked_at),
     };
     output::fields(&[
         ("name", v.name.clone()),
-        ("host", v.host.clone()),
-        ("api key", v.api_key.clone()),
-        ("export user", output::or_none(v.export_user.as_deref())),
+        ("type", v.kind.to_owned()),
+        ("host", d.host.clone()),
+        ("api key", d.api_key.clone()),
+        ("export user", output::or_none(d.export_user.as_deref())),
         ("status", status),
-        ("used by", v.allowed_users.to_owned()),
+        ("used by", d.allowed_users.to_owned()),
         (
             "data transfer",
-            format!("accepted by {} at {}", v.consent_by, v.consent_at),
+            format!("accepted by {} at {}", d.consent_by, d.consent_at),
         ),
-        ("exports", output::list_or_none(&v.exports)),
+        ("exports", output::list_or_none(&d.exports)),
     ])
 }

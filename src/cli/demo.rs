@@ -99,7 +99,10 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
         "1. Connection `demo` verified (acexport connection add demo --host {} --api-key-stdin \
          --accept-data-transfer); key shown as {}.",
         world.host(),
-        connection.api_key
+        connection
+            .details
+            .as_ref()
+            .map_or(output::NONE, |d| d.api_key.as_str())
     ))?;
     let segment = world
         .add_csv_segment(&ctx, "customers", &sample_csv())
@@ -127,6 +130,7 @@ pub async fn run(_loaded: Loaded) -> Result<(), CliError> {
             trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
+            requested_by: None,
         };
         let outcome = ctx
             .run_export("newsletter", options, TerminalProgress::for_stderr())

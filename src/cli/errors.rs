@@ -125,7 +125,8 @@ pub fn service_error_text(e: &ServiceError) -> String {
         | ServiceError::Source(_)
         | ServiceError::SegmentSource { .. }
         | ServiceError::Secrets(_)
-        | ServiceError::Store(_) => e.to_string(),
+        | ServiceError::Store(_)
+        | ServiceError::Forbidden(_) => e.to_string(),
     }
 }
 

@@ -33,6 +33,8 @@ use crate::settings::{Loaded, Settings, SettingsError};
 pub const EXIT_INVALID_SETTINGS: u8 = 78;
 /// Exit status for every other failure.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit status for a request the user's role does not allow (`EX_NOPERM` from sysexits.h).
+pub const EXIT_NO_PERMISSION: u8 = 77;
 
 /// Export customer segments into ActiveCampaign lists.
 #[derive(Debug, Parser)]
@@ -149,6 +151,10 @@ impl CliError {
         match self {
             CliError::Settings(_) => EXIT_INVALID_SETTINGS,
             CliError::Quiet(code) => *code,
+            CliError::Service(Worded(ServiceError::Forbidden(_)))
+            | CliError::Run(Worded(RunError::Service(ServiceError::Forbidden(_)))) => {
+                EXIT_NO_PERMISSION
+            }
             _ => EXIT_FAILURE,
         }
     }

@@ -363,7 +363,10 @@ pub async fn trigger(ctx: &Context, args: TriggerArgs) -> Result<(), CliError> {
         None => TriggerTarget::All,
     };
     let triggered = ctx.trigger_run(target, args.full).await?;
-    let mut text = format!("Signal file written: {}\n", triggered.signal_file.display());
+    let mut text = match &triggered.signal_file {
+        Some(file) => format!("Signal file written: {}\n", file.display()),
+        None => "The daemon queued the run.\n".to_owned(),
+    };
     if triggered.daemon_up {
         text.push_str(
             "The daemon picks it up within a second; follow it with `acexport status`.\n",

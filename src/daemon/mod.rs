@@ -115,7 +115,7 @@ impl Daemon {
         Ok(Daemon {
             file: loaded.file,
             _lock: lock,
-            ctx: Arc::new(ctx),
+            ctx: Arc::new(ctx.for_daemon()),
             board: Board::default(),
         })
     }
@@ -274,6 +274,7 @@ impl Daemon {
                 trigger,
                 full: queued.full,
                 dry_run: false,
+                requested_by: queued.requested_by.clone(),
             };
             let store = self.ctx.store.clone();
             tracker.spawn(async move {
@@ -376,9 +377,21 @@ impl Daemon {
         for r in claimed.rejected {
             tracing::warn!(file = %r.name, reason = %r.reason, "Signal file rejected; its reason is in rejected/");
         }
-        let store = &self.ctx.store;
         for file in claimed.requests {
-            let by = file.requested_by.clone();
+            // Authorized as the file's owner, by the roles the control socket uses.
+            let ctx = match self.ctx.trigger_actor(file.owner, &file.request).await {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    let reason = e.to_string();
+                    match file.reject(&reason) {
+                        Ok(r) => tracing::warn!(file = %r.name, reason = %r.reason, "Signal file refused; its reason is in rejected/"),
+                        Err(e) => tracing::warn!(error = %e, "Cannot reject a signal file; it is tried again at the next wake"),
+                    }
+                    continue;
+                }
+            };
+            let store = &ctx.store;
+            let by = Some(requester(&ctx.actor().name, file.requested_by.as_deref()));
             let outcome: Result<Option<String>, StoreError> = match &file.request {
                 TriggerRequest::Run { export, full } => match store.export(export).await {
                     Ok(None) => Ok(Some(format!("unknown export {export:?}"))),
@@ -388,7 +401,7 @@ impl Daemon {
                         .await
                         .map(|fresh| {
                             if fresh {
-                                tracing::info!(export = %e.name, file = %file.name, full, "Signal file: run queued");
+                                tracing::info!(export = %e.name, file = %file.name, by = %ctx.actor().name, full, "Signal file: run queued");
                             }
                             None
                         }),
@@ -436,6 +449,14 @@ impl Daemon {
             };
             match outcome {
                 Ok(None) => {
+                    let (action, subject) = match &file.request {
+                        TriggerRequest::Run { export, .. } => ("run.request", export.as_str()),
+                        TriggerRequest::RunAll { .. } => ("run.request", "every enabled export"),
+                        TriggerRequest::Cancel { export } => ("run.cancel", export.as_str()),
+                    };
+                    if let Err(e) = store.record_audit(action, subject, Some("signal file")).await {
+                        tracing::warn!(error = %e, "Cannot record a signal file in the audit log");
+                    }
                     if let Err(e) = file.finish() {
                         tracing::warn!(error = %e, "Cannot remove a consumed signal file");
                     }
@@ -544,5 +565,14 @@ pub async fn termination() {
             tracing::warn!("Cannot listen for SIGTERM/SIGINT; stopping will not be graceful");
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// A signal file's requester: its owner, with the name written inside kept as a note only
+/// (anyone can write any name there).
+fn requester(owner: &str, note: Option<&str>) -> String {
+    match note {
+        Some(note) => format!("{owner} (note: {})", crate::escape::untrusted_capped(note, 100)),
+        None => owner.to_owned(),
     }
 }

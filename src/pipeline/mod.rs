@@ -126,6 +126,8 @@ pub struct RunOptions {
     pub full: bool,
     /// Plan only: send nothing, change no state.
     pub dry_run: bool,
+    /// Who asked for it, recorded on the run.
+    pub requested_by: Option<String>,
 }
 
 /// Receives progress; the CLI draws a bar, the daemon updates systemd's STATUS.
@@ -182,7 +184,12 @@ pub async fn run(
         return dry_run(store, export, progress, job.await?).await;
     }
     let (run, _run_lock) = match store
-        .start_run(export.id, options.trigger, options.full)
+        .start_run(
+            export.id,
+            options.trigger,
+            options.full,
+            options.requested_by.as_deref(),
+        )
         .await
     {
         Ok(started) => started,

@@ -73,8 +73,10 @@ pub struct TriggerFile {
     /// The file's name as the writer dropped it, for messages.
     pub name: String,
     pub request: TriggerRequest,
-    /// Free text from the writer saying who asked.
+    /// Free text from the writer saying who asked: a note only, never an identity.
     pub requested_by: Option<String>,
+    /// The file's owner (uid): the request is authorized as this user.
+    pub owner: u32,
     /// What was read and parsed, kept in `rejected/` if the caller refuses the request.
     content: Vec<u8>,
     /// The trigger folder, to delete the claimed file or reach `rejected/`.
@@ -414,6 +416,7 @@ fn examine(folder: &Arc<Folder>, area: Area, name: &OsStr) -> Result<Examined, T
             name: shown,
             request,
             requested_by,
+            owner: head.owner,
             content: head.bytes,
             folder: Arc::clone(folder),
         })),

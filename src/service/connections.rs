@@ -4,13 +4,14 @@
 use secrecy::SecretString;
 use serde::Serialize;
 
+use super::access::Role;
 use super::{Context, Remedy, ServiceError, check_name};
 use crate::activecampaign::BaseUrl;
 use crate::redact::hint;
 use crate::secrets::Purpose;
 pub use crate::store::connections::ConnectionStatus;
 use crate::store::connections::{NewConnection, Sealed};
-use crate::store::{ConnectionDef, now_text, os_user};
+use crate::store::{ConnectionDef, now_text};
 
 /// Shown when an admin adds a connection without accepting the data transfer; each front end
 /// adds how to accept it.
@@ -36,15 +37,31 @@ pub struct UpdateConnection {
     pub allow_contributors: Option<bool>,
 }
 
-/// A connection as shown to users: never the key, only its last characters.
+/// The kind of destination a connection reaches (Customer Insights shows a connection's
+/// "type" to contributors).
+pub const CONNECTION_TYPE: &str = "ActiveCampaign";
+
+/// A connection as shown to users: its name, type and status to everyone who may use it; the
+/// rest to admins only.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionView {
     pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub status: ConnectionStatus,
+    /// `None` for non-admins: the host, key hint and account are where data goes, which only
+    /// admins control.
+    #[serde(flatten)]
+    pub details: Option<ConnectionDetails>,
+}
+
+/// What only admins see of a connection: never the key, only its last characters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionDetails {
     pub host: String,
     pub api_key: String,
     pub allowed_users: &'static str,
     pub export_user: Option<String>,
-    pub status: ConnectionStatus,
     pub status_detail: Option<String>,
     pub checked_at: String,
     pub consent_at: String,
@@ -54,12 +71,19 @@ pub struct ConnectionView {
 
 impl Context {
     async fn connection_view(&self, c: ConnectionDef) -> Result<ConnectionView, ServiceError> {
+        if !self.actor().is_admin() {
+            return Ok(ConnectionView {
+                name: c.name,
+                kind: CONNECTION_TYPE,
+                status: c.status,
+                details: None,
+            });
+        }
         let exports = self.store.exports_using_connection(c.id).await?;
-        Ok(ConnectionView {
+        let details = ConnectionDetails {
             host: BaseUrl::parse(&c.base_url)
                 .map(|b| b.host().to_owned())
                 .unwrap_or(c.base_url),
-            name: c.name,
             api_key: c.api_key_hint,
             allowed_users: if c.allow_contributors {
                 "admins and contributors"
@@ -67,12 +91,17 @@ impl Context {
                 "admins"
             },
             export_user: c.ac_user,
-            status: c.status,
             status_detail: c.status_detail,
             checked_at: c.checked_at,
             consent_at: c.consent_at,
             consent_by: c.consent_by,
             exports,
+        };
+        Ok(ConnectionView {
+            name: c.name,
+            kind: CONNECTION_TYPE,
+            status: c.status,
+            details: Some(details),
         })
     }
 
@@ -83,14 +112,21 @@ impl Context {
             .ok_or_else(|| ServiceError::not_found("connection", name))
     }
 
+    /// A connection by name for an admin operation: refused before anything is looked up.
+    async fn admin_connection(&self, name: &str, action: &str) -> Result<ConnectionDef, ServiceError> {
+        self.require(Role::Admin, action)?;
+        self.find_connection(name).await
+    }
+
     /// Verifies the key against ActiveCampaign, then saves the connection.
     pub async fn add_connection(&self, req: AddConnection) -> Result<ConnectionView, ServiceError> {
+        self.require(Role::Admin, "add connections")?;
         check_name("connection", &req.name)?;
         if !req.accept_data_transfer {
             return Err(ServiceError::ConsentRequired);
         }
         let base = BaseUrl::parse(&req.host)?;
-        if self.store.connection(&req.name).await?.is_some() {
+        if self.store.name_taken("connections", &req.name).await? {
             return Err(ServiceError::Duplicate {
                 kind: "connection",
                 name: req.name,
@@ -101,7 +137,7 @@ impl Context {
             .users_me()
             .await?;
         let sealed = self.secret_key().seal(Purpose::ApiKey, &req.api_key);
-        let consent_by = os_user();
+        let consent_by = self.actor().name.clone();
         let inserted = self
             .store
             .insert_connection(NewConnection {
@@ -124,22 +160,29 @@ impl Context {
         self.show_connection(&req.name).await
     }
 
+    /// The connections the actor may use: all of them for admins, the shared ones (name, type
+    /// and status only) for contributors and viewers.
     pub async fn list_connections(&self) -> Result<Vec<ConnectionView>, ServiceError> {
+        self.require(Role::Viewer, "list connections")?;
         let mut out = Vec::new();
         for c in self.store.connections().await? {
-            out.push(self.connection_view(c).await?);
+            if self.may_use(&c) {
+                out.push(self.connection_view(c).await?);
+            }
         }
         Ok(out)
     }
 
     pub async fn show_connection(&self, name: &str) -> Result<ConnectionView, ServiceError> {
+        self.require(Role::Viewer, "see connections")?;
         let c = self.find_connection(name).await?;
+        self.require_on(&c, Role::Viewer, "see this connection")?;
         self.connection_view(c).await
     }
 
     /// Re-verifies a stored connection and records the result.
     pub async fn test_connection(&self, name: &str) -> Result<ConnectionView, ServiceError> {
-        let c = self.find_connection(name).await?;
+        let c = self.admin_connection(name, "test connections").await?;
         let result = self.client(&c)?.users_me().await;
         match &result {
             Ok(_) => {
@@ -168,7 +211,12 @@ impl Context {
         name: &str,
         req: UpdateConnection,
     ) -> Result<ConnectionView, ServiceError> {
-        let mut c = self.find_connection(name).await?;
+        let action = if req.host.is_none() && req.api_key.is_none() {
+            "share connections"
+        } else {
+            "update connections"
+        };
+        let mut c = self.admin_connection(name, action).await?;
         let base = match &req.host {
             Some(host) => BaseUrl::parse(host)?,
             None => BaseUrl::parse(&c.base_url)?,
@@ -210,7 +258,7 @@ impl Context {
         name: &str,
         force: bool,
     ) -> Result<Vec<String>, ServiceError> {
-        let c = self.find_connection(name).await?;
+        let c = self.admin_connection(name, "remove connections").await?;
         let users = self.store.exports_using_connection(c.id).await?;
         if !users.is_empty() && !force {
             return Err(ServiceError::InUse {

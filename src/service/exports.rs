@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::segments::stored_column_types;
+use super::access::Role;
 use super::{Context, ServiceError, check_name};
 use crate::scheduler::Schedule;
 use crate::store::connections::ConnectionStatus;
@@ -169,6 +170,7 @@ impl Context {
         }
         // The connection is usable, the list and fields exist in ActiveCampaign.
         let connection = self.find_connection(&input.connection).await?;
+        self.require_on(&connection, Role::Contributor, "change exports on this connection")?;
         if connection.status == ConnectionStatus::Rejected {
             return Err(ServiceError::ConnectionRejected {
                 connection: connection.name,
@@ -223,9 +225,22 @@ impl Context {
         })
     }
 
+    /// Refuses unless the actor holds `need` on the export's connection (read at each request,
+    /// so sharing changes take effect at once).
+    pub async fn require_export(
+        &self,
+        export: &ExportDef,
+        need: Role,
+        action: &str,
+    ) -> Result<(), ServiceError> {
+        self.require_on_connection_id(export.connection_id, need, action)
+            .await
+    }
+
     pub async fn add_export(&self, input: ExportInput) -> Result<ExportView, ServiceError> {
+        self.require(Role::Contributor, "add exports")?;
         check_name("export", &input.name)?;
-        if self.store.export(&input.name).await?.is_some() {
+        if self.store.name_taken("exports", &input.name).await? {
             return Err(ServiceError::Duplicate {
                 kind: "export",
                 name: input.name,
@@ -247,7 +262,10 @@ impl Context {
         name: &str,
         patch: ExportPatch,
     ) -> Result<ExportView, ServiceError> {
+        self.require(Role::Contributor, "update exports")?;
         let current = self.find_export(name).await?;
+        self.require_export(&current, Role::Contributor, "update this export")
+            .await?;
         let input = ExportInput {
             name: current.name.clone(),
             connection: patch.connection.unwrap_or(current.connection),
@@ -279,21 +297,38 @@ impl Context {
     }
 
     pub async fn set_export_enabled(&self, name: &str, enabled: bool) -> Result<(), ServiceError> {
+        let action = if enabled { "enable exports" } else { "disable exports" };
+        self.require(Role::Contributor, action)?;
         let export = self.find_export(name).await?;
-        self.store.set_export_enabled(export.id, enabled).await?;
+        self.require_export(&export, Role::Contributor, action).await?;
+        self.store
+            .set_export_enabled(export.id, &export.name, enabled)
+            .await?;
         Ok(())
     }
 
     /// Removes an export and purges its delivery state.
     pub async fn remove_export(&self, name: &str) -> Result<(), ServiceError> {
+        self.require(Role::Contributor, "remove exports")?;
         let export = self.find_export(name).await?;
+        self.require_export(&export, Role::Contributor, "remove this export")
+            .await?;
         self.store.remove_export(export.id, name).await?;
         Ok(())
     }
 
+    /// The exports the actor may see: on the connections they may use.
     pub async fn list_exports(&self) -> Result<Vec<ExportView>, ServiceError> {
+        self.require(Role::Viewer, "list exports")?;
+        let usable = self.usable_connections().await?;
         let mut out = Vec::new();
         for def in self.store.exports().await? {
+            if usable
+                .as_ref()
+                .is_some_and(|ids| !ids.contains(&def.connection_id))
+            {
+                continue;
+            }
             let last_run = self.store.last_run(def.id).await?;
             out.push(ExportView { def, last_run });
         }
@@ -301,7 +336,10 @@ impl Context {
     }
 
     pub async fn show_export(&self, name: &str) -> Result<ExportView, ServiceError> {
+        self.require(Role::Viewer, "see exports")?;
         let def = self.find_export(name).await?;
+        self.require_export(&def, Role::Viewer, "see this export")
+            .await?;
         let last_run = self.store.last_run(def.id).await?;
         Ok(ExportView { def, last_run })
     }

@@ -4,6 +4,7 @@
 //! Every definition change checks everything first and writes in one transaction: a refused
 //! definition is never half-saved.
 
+pub mod access;
 pub mod connections;
 pub mod exports;
 pub mod jobs;
@@ -32,8 +33,8 @@ pub use crate::store::exports::OnLeave;
 pub use crate::store::queue::DaemonState;
 pub use crate::store::{RunCounts, RunIssue, RunRecord, RunStatus, StoreError, TriggerKind};
 
-/// Longest definition name accepted.
-const MAX_NAME_LEN: usize = 64;
+/// Longest definition name accepted, in characters.
+const MAX_NAME_CHARS: usize = 100;
 
 /// Why an operation was refused or failed, in the service's own terms. Its `Display` names no
 /// command-line flag (the daemon's logs and a control socket show it); the command line renders
@@ -48,9 +49,10 @@ pub enum ServiceError {
     #[error("export {export:?} refers to connection id {connection_id}, which no longer exists")]
     ConnectionGone { export: String, connection_id: i64 },
     #[error(
-        "{kind} name {name:?} is invalid: use 1 to {max} letters, digits, '-', '_' or '.' (not \
-         starting with '.')",
-        max = MAX_NAME_LEN
+        "{kind} name {} is invalid: use 1 to {max} characters, without control or invisible \
+         characters and without spaces at either end",
+        crate::escape::untrusted_capped(.name, MAX_NAME_CHARS + 20),
+        max = MAX_NAME_CHARS
     )]
     InvalidName { kind: &'static str, name: String },
     /// A definition other definitions depend on; `remedy` says what lifts the refusal.
@@ -170,6 +172,9 @@ pub enum ServiceError {
     Secrets(#[from] SecretsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The actor's role does not allow it; nothing was changed.
+    #[error("{0}")]
+    Forbidden(access::Refusal),
 }
 
 /// What lifts an [`ServiceError::InUse`] refusal.
@@ -215,6 +220,12 @@ pub struct Context {
     /// The process's stop requests (shutdown, abort); every run in the process gets a control
     /// of its own under it.
     pub control: RunControl,
+    /// Who the operations are for: the process's own user (an admin), or a control-socket
+    /// peer (`as_actor`).
+    actor: Arc<access::Actor>,
+    /// Whether this is the daemon's context: runs asked for are queued for its workers, not
+    /// handed over by signal file.
+    in_daemon: bool,
 }
 
 impl Context {
@@ -227,12 +238,26 @@ impl Context {
             Some(key) => key,
             None => first_key(&settings, &key_path, &store).await?,
         };
+        let actor = access::Actor::process(&crate::identity::current());
         Ok(Context {
             settings,
-            store,
+            store: store.as_actor(&actor.name),
             key: Arc::new(key),
             control: RunControl::new(),
+            actor: Arc::new(actor),
+            in_daemon: false,
         })
+    }
+
+    /// The daemon's context: runs asked for through it go straight to its queue.
+    pub fn for_daemon(mut self) -> Context {
+        self.in_daemon = true;
+        self
+    }
+
+    /// Whether this is the daemon's context.
+    pub fn in_daemon(&self) -> bool {
+        self.in_daemon
     }
 
     /// The same store, secrets key and run control with other settings (a reload).
@@ -245,6 +270,8 @@ impl Context {
             store: self.store.clone(),
             key: Arc::clone(&self.key),
             control: self.control.clone(),
+            actor: Arc::clone(&self.actor),
+            in_daemon: self.in_daemon,
         }
     }
 
@@ -295,14 +322,14 @@ async fn first_key(
     Ok(SecretKey::create(path)?)
 }
 
-/// Names are shown in tables, logs and trigger files: keep them simple and unambiguous.
+/// Display names ("Marketing AC") are free text, but shown in tables, logs and trigger files:
+/// nothing in them may change how a line reads, and spaces at either end would make two names
+/// look alike. Uniqueness ignores case (`Store::name_taken`).
 pub fn check_name(kind: &'static str, name: &str) -> Result<(), ServiceError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.');
+    let chars = name.chars().count();
+    let ok = (1..=MAX_NAME_CHARS).contains(&chars)
+        && crate::escape::is_plain(name)
+        && name.trim() == name;
     if ok {
         Ok(())
     } else {
@@ -318,10 +345,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_with_spaces_or_slashes_are_refused() {
-        assert!(check_name("export", "weekly-news_1.0").is_ok());
-        for bad in ["", "a b", "a/b", ".hidden", &"x".repeat(65)] {
+    fn display_names_are_free_text_without_control_characters_or_outer_spaces() {
+        for good in ["weekly-news_1.0", "Marketing AC", "Käufer (DE)", "a/b", &"x".repeat(100)] {
+            assert!(check_name("export", good).is_ok(), "{good:?}");
+        }
+        let too_long = "x".repeat(101);
+        for bad in ["", " lead", "trail ", "tab\there", "line\nbreak", "bidi\u{202e}", &too_long]
+        {
             assert!(check_name("export", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_invalid_name_is_shown_escaped() {
+        let err = check_name("connection", "evil\x1b[2J").expect_err("control character");
+        assert!(!err.to_string().contains('\x1b'), "{err}");
     }
 }

@@ -15,7 +15,8 @@ use serde::Serialize;
 use super::{Context, ServiceError};
 use crate::pipeline::{PipelineError, Progress, RunOptions, RunOutcome};
 use crate::scheduler::{TriggerError, TriggerRequest, write_trigger};
-use crate::store::{RunIssue, RunRecord, RunStatus, StoreError, TriggerKind, from_text, os_user};
+use super::access::{Actor, Role};
+use crate::store::{RunIssue, RunRecord, RunStatus, StoreError, TriggerKind, from_text};
 
 /// How long a handed-over run may take to start (or at least be queued) before the follower
 /// gives up: the daemon takes signal files within a second, so this means it is stuck.
@@ -106,7 +107,8 @@ pub enum TriggerTarget {
 /// A trigger written for the daemon.
 #[derive(Debug, Clone)]
 pub struct Triggered {
-    pub signal_file: PathBuf,
+    /// `None` when the daemon itself queued the run (a request on its control socket).
+    pub signal_file: Option<PathBuf>,
     /// Whether a daemon is up to take it now (else it waits until one starts).
     pub daemon_up: bool,
 }
@@ -149,7 +151,10 @@ impl Context {
 
     /// Decides where a run asked for now goes and, when the daemon is up, hands it over.
     pub async fn route_run(&self, request: RunRequest) -> Result<RunRoute, RunError> {
+        self.require(Role::Contributor, "run exports")?;
         let export = self.find_export(&request.export).await?;
+        self.require_export(&export, Role::Contributor, "run this export")
+            .await?;
         if !export.enabled && !request.dry_run {
             return Err(RunError::Disabled {
                 export: export.name,
@@ -157,12 +162,18 @@ impl Context {
             });
         }
         if request.dry_run || !self.daemon_is_up().await? {
+            if !request.dry_run {
+                self.store
+                    .record_audit("run.request", &export.name, None)
+                    .await?;
+            }
             return Ok(RunRoute::Here(LocalRun {
                 export: export.name,
                 options: RunOptions {
                     trigger: TriggerKind::Manual,
                     full: request.full,
                     dry_run: request.dry_run,
+                    requested_by: Some(self.actor().name.clone()),
                 },
             }));
         }
@@ -172,12 +183,20 @@ impl Context {
             .await?
             .first()
             .map_or(0, |r| r.id);
-        let trigger = TriggerRequest::Run {
-            export: export.name.clone(),
-            full: request.full,
-        };
-        let by = format!("{} ({})", request.origin, os_user());
-        write_trigger(&self.settings.daemon.trigger_dir, &trigger, Some(&by))?;
+        if self.in_daemon() {
+            self.queue_run(export.id, &export.name, TriggerKind::Manual, request.full)
+                .await?;
+        } else {
+            let trigger = TriggerRequest::Run {
+                export: export.name.clone(),
+                full: request.full,
+            };
+            write_trigger(
+                &self.settings.daemon.trigger_dir,
+                &trigger,
+                Some(&request.origin),
+            )?;
+        }
         Ok(RunRoute::HandedOver(HandOver {
             export: export.name,
             export_id: export.id,
@@ -245,7 +264,10 @@ impl Context {
     ) -> Result<Triggered, RunError> {
         let request = match target {
             TriggerTarget::Export(name) => {
+                self.require(Role::Contributor, "run exports")?;
                 let export = self.find_export(&name).await?;
+                self.require_export(&export, Role::Contributor, "run this export")
+                    .await?;
                 if !export.enabled {
                     return Err(RunError::Disabled {
                         export: name,
@@ -257,15 +279,28 @@ impl Context {
                     full,
                 }
             }
-            TriggerTarget::All => TriggerRequest::RunAll { full },
+            TriggerTarget::All => {
+                self.require(Role::Admin, "run every export at once")?;
+                TriggerRequest::RunAll { full }
+            }
         };
-        let signal_file = write_trigger(
-            &self.settings.daemon.trigger_dir,
-            &request,
-            Some(&os_user()),
-        )?;
+        if self.in_daemon() {
+            let exports = match &request {
+                TriggerRequest::Run { export, .. } => vec![self.find_export(export).await?],
+                _ => self.store.exports().await?.into_iter().filter(|e| e.enabled).collect(),
+            };
+            for export in &exports {
+                self.queue_run(export.id, &export.name, TriggerKind::SignalFile, full)
+                    .await?;
+            }
+            return Ok(Triggered {
+                signal_file: None,
+                daemon_up: true,
+            });
+        }
+        let signal_file = write_trigger(&self.settings.daemon.trigger_dir, &request, None)?;
         Ok(Triggered {
-            signal_file,
+            signal_file: Some(signal_file),
             daemon_up: self.daemon_is_up().await?,
         })
     }
@@ -276,28 +311,115 @@ impl Context {
     /// The cancel is recorded in the database, tied to the run it names, for whichever process
     /// runs the export (the daemon or a foreground `export run`) to find within a second.
     pub async fn cancel_run(&self, export: &str) -> Result<CancelOutcome, RunError> {
+        self.require(Role::Contributor, "cancel runs")?;
         let export = self.find_export(export).await?;
+        self.require_export(&export, Role::Contributor, "cancel this export's run")
+            .await?;
         let (dequeued, running) = self.store.cancel_export(export.id).await?;
+        self.store
+            .record_audit("run.cancel", &export.name, None)
+            .await?;
         Ok(cancel_outcome(export.name, dequeued, running))
     }
 
     /// The latest runs, optionally of one export.
+    /// The latest runs the actor may see (of exports on connections they may use).
     pub async fn list_runs(&self, query: &RunsQuery) -> Result<Vec<RunRecord>, RunError> {
+        self.require(Role::Viewer, "read run history")?;
         let export_id = match &query.export {
-            Some(name) => Some(self.find_export(name).await?.id),
+            Some(name) => {
+                let export = self.find_export(name).await?;
+                self.require_export(&export, Role::Viewer, "read this export's runs")
+                    .await?;
+                Some(export.id)
+            }
             None => None,
         };
-        Ok(self.store.runs(export_id, query.limit).await?)
+        let Some(usable) = self.usable_connections().await? else {
+            return Ok(self.store.runs(export_id, query.limit).await?);
+        };
+        let visible: Vec<i64> = self
+            .store
+            .exports()
+            .await?
+            .into_iter()
+            .filter(|e| usable.contains(&e.connection_id))
+            .map(|e| e.id)
+            .collect();
+        // Filtered after reading: the history is one row per run, and a viewer's page must be
+        // full even when other exports ran in between.
+        let mut out = Vec::new();
+        for run in self.store.runs(export_id, u32::MAX).await? {
+            if out.len() >= query.limit as usize {
+                break;
+            }
+            if visible.contains(&run.export_id) {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The context a signal file acts in: its owner's, under the roles the control socket
+    /// uses. Refused when the owner may not ask for this; an unknown export is left to the
+    /// caller to name.
+    pub async fn trigger_actor(
+        &self,
+        owner: u32,
+        request: &TriggerRequest,
+    ) -> Result<Context, ServiceError> {
+        let user = crate::identity::lookup(owner, None);
+        let service_uid = rustix::process::geteuid().as_raw();
+        let ctx = self.as_actor(Actor::of(&user, &self.settings.access, service_uid));
+        match request {
+            TriggerRequest::Run { export, .. } | TriggerRequest::Cancel { export } => {
+                ctx.require(Role::Contributor, "run exports")?;
+                if let Some(e) = self.store.export(export).await? {
+                    ctx.require_export(&e, Role::Contributor, "run this export")
+                        .await?;
+                }
+            }
+            TriggerRequest::RunAll { .. } => {
+                ctx.require(Role::Admin, "run every export at once")?
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// Queues a run for the daemon's workers (this is the daemon) and records who asked.
+    async fn queue_run(
+        &self,
+        export_id: i64,
+        export: &str,
+        trigger: TriggerKind,
+        full: bool,
+    ) -> Result<(), RunError> {
+        let by = self.actor().name.clone();
+        self.store
+            .enqueue_run(export_id, trigger, full, None, Some(&by))
+            .await?;
+        self.store.record_audit("run.request", export, None).await?;
+        Ok(())
     }
 
     /// One run with up to `max_issues` of its rejected and failed profiles.
     pub async fn show_run(&self, run_id: i64, max_issues: u32) -> Result<RunDetail, RunError> {
+        self.require(Role::Viewer, "read run history")?;
         let run = self
             .store
             .run(run_id)
             .await?
             .ok_or(RunError::RunNotFound { id: run_id })?;
-        let issues = self.store.run_issues(run_id, max_issues).await?;
+        if let Some(export) = self.store.export_by_id(run.export_id).await? {
+            self.require_export(&export, Role::Viewer, "read this export's runs")
+                .await?;
+        }
+        // The rejected and failed profiles are segment rows: not for viewers.
+        let issues = if self.actor().role >= Some(Role::Contributor) {
+            self.store.run_issues(run_id, max_issues).await?
+        } else {
+            Vec::new()
+        };
         Ok(RunDetail { run, issues })
     }
 }

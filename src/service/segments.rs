@@ -5,11 +5,12 @@
 //! reads its new source the same way, and is refused while an export maps a column the new
 //! source lacks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
+use super::access::Role;
 use super::{Context, MappedField, Remedy, ServiceError, check_name};
 use crate::secrets::Purpose;
 pub use crate::source::shown_column;
@@ -441,13 +442,15 @@ impl Context {
         name: &str,
         input: SegmentInput,
     ) -> Result<SegmentView, ServiceError> {
+        self.require(Role::Contributor, "add segments")?;
         check_name("segment", name)?;
-        if self.store.segment(name).await?.is_some() {
+        if self.store.name_taken("segments", name).await? {
             return Err(ServiceError::Duplicate {
                 kind: "segment",
                 name: name.to_owned(),
             });
         }
+        self.require_source_input(&input)?;
         let resolved = self.resolve_source(input)?;
         let description = source::describe(&resolved.def)
             .await
@@ -494,7 +497,9 @@ impl Context {
         name: &str,
         patch: SegmentPatch,
     ) -> Result<SegmentView, ServiceError> {
+        self.require(Role::Contributor, "update segments")?;
         let current = self.find_segment(name).await?;
+        self.require_segment_change(&current, "update this segment").await?;
         let input = match patched_source(&current, patch)? {
             PatchedSource::Csv { path, delimiter } => SegmentInput::Csv { path, delimiter },
             PatchedSource::Jsonl { path } => SegmentInput::Jsonl { path },
@@ -514,6 +519,7 @@ impl Context {
                 database: None,
             } => self.kept_database(&current, query)?,
         };
+        self.require_source_input(&input)?;
         let resolved = self.resolve_source(input)?;
         let description = source::describe(&resolved.def)
             .await
@@ -657,6 +663,7 @@ impl Context {
     }
 
     pub async fn list_segments(&self) -> Result<Vec<SegmentView>, ServiceError> {
+        self.require(Role::Contributor, "list segments")?;
         let mut out = Vec::new();
         for s in self.store.segments().await? {
             out.push(self.segment_view(s).await?);
@@ -666,7 +673,9 @@ impl Context {
 
     /// Columns, their types and the current row count (the source is read again).
     pub async fn show_segment(&self, name: &str) -> Result<SegmentView, ServiceError> {
+        self.require(Role::Contributor, "see segments")?;
         let s = self.find_segment(name).await?;
+        self.require_readable_source(&s)?;
         let def = self.source_def(&s)?;
         let mut view = self.segment_view(s).await?;
         let description = source::describe(&def).await.map_err(in_segment(name))?;
@@ -684,7 +693,9 @@ impl Context {
         name: &str,
         limit: usize,
     ) -> Result<SegmentPreview, ServiceError> {
+        self.require(Role::Contributor, "preview segment rows")?;
         let s = self.find_segment(name).await?;
+        self.require_readable_source(&s)?;
         let def = self.source_def(&s)?;
         let preview = source::preview(&def, limit)
             .await
@@ -701,7 +712,9 @@ impl Context {
     }
 
     pub async fn remove_segment(&self, name: &str) -> Result<(), ServiceError> {
+        self.require(Role::Contributor, "remove segments")?;
         let s = self.find_segment(name).await?;
+        self.require_segment_change(&s, "remove this segment").await?;
         let users = self.store.exports_using_segment(s.id).await?;
         if !users.is_empty() {
             return Err(ServiceError::InUse {
@@ -712,6 +725,46 @@ impl Context {
             });
         }
         self.store.remove_segment(s.id, name).await?;
+        Ok(())
+    }
+}
+
+impl Context {
+    /// A new source's access: SQL sources are for admins (they would lend the daemon's own
+    /// database access and environment); a file must be readable by the actor.
+    fn require_source_input(&self, input: &SegmentInput) -> Result<(), ServiceError> {
+        match input {
+            SegmentInput::Sql { .. } => self.require(Role::Admin, "use SQL sources"),
+            SegmentInput::Csv { path, .. } | SegmentInput::Jsonl { path } => {
+                self.require_readable(path)
+            }
+        }
+    }
+
+    /// A stored file source must be readable by the actor to be shown or previewed.
+    fn require_readable_source(&self, s: &SegmentDef) -> Result<(), ServiceError> {
+        match (&s.kind, &s.path) {
+            (SegmentKind::Csv | SegmentKind::Jsonl, Some(path)) => {
+                self.require_readable(Path::new(path))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A segment is changed or removed by a non-admin only when it is no SQL segment and every
+    /// export reading it is on a connection they may use: its rows go wherever those go.
+    async fn require_segment_change(&self, s: &SegmentDef, action: &str) -> Result<(), ServiceError> {
+        if self.actor().is_admin() {
+            return Ok(());
+        }
+        if s.kind == SegmentKind::Sql {
+            return self.require(Role::Admin, "change SQL segments");
+        }
+        for export in self.store.exports().await? {
+            if export.segments.iter().any(|seg| seg.name == s.name) {
+                self.require_export(&export, Role::Contributor, action).await?;
+            }
+        }
         Ok(())
     }
 }

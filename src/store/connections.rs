@@ -112,7 +112,16 @@ impl Store {
         .await
         .doing("saving a connection")?;
         if id.is_some() {
-            super::audit(&mut tx, "connection.add", c.name, Some(c.base_url)).await?;
+            super::audit(&mut tx, &self.actor, "connection.add", c.name, Some(c.base_url)).await?;
+            super::audit(
+                &mut tx,
+                &self.actor,
+                "connection.consent",
+                c.name,
+                Some("accepted that exports send personal data to ActiveCampaign"),
+            )
+            .await?;
+            super::audit(&mut tx, &self.actor, "connection.share", c.name, Some(sharing(c.allow_contributors))).await?;
         }
         tx.commit().await.doing("saving a connection")?;
         Ok(id)
@@ -123,11 +132,12 @@ impl Store {
     /// every member there. Returns whether it was purged.
     pub async fn update_connection(&self, c: &ConnectionDef) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
-        let old_base: String = sqlx::query_scalar("SELECT base_url FROM connections WHERE id = ?")
-            .bind(c.id)
-            .fetch_one(&mut *tx)
-            .await
-            .doing("updating a connection")?;
+        let (old_base, old_shared): (String, bool) =
+            sqlx::query_as("SELECT base_url, allow_contributors FROM connections WHERE id = ?")
+                .bind(c.id)
+                .fetch_one(&mut *tx)
+                .await
+                .doing("updating a connection")?;
         let moved = old_base != c.base_url;
         if moved {
             sqlx::query(
@@ -157,7 +167,10 @@ impl Store {
         .execute(&mut *tx)
         .await
         .doing("updating a connection")?;
-        super::audit(&mut tx, "connection.update", &c.name, Some(&c.base_url)).await?;
+        super::audit(&mut tx, &self.actor, "connection.update", &c.name, Some(&c.base_url)).await?;
+        if old_shared != c.allow_contributors {
+            super::audit(&mut tx, &self.actor, "connection.share", &c.name, Some(sharing(c.allow_contributors))).await?;
+        }
         tx.commit().await.doing("updating a connection")?;
         if moved {
             self.empty_wal().await;
@@ -214,10 +227,19 @@ impl Store {
             .await
             .doing("removing a connection")?;
         let detail = format!("{removed_exports} export(s) removed with it");
-        super::audit(&mut tx, "connection.remove", name, Some(&detail)).await?;
+        super::audit(&mut tx, &self.actor, "connection.remove", name, Some(&detail)).await?;
         tx.commit().await.doing("removing a connection")?;
         self.empty_wal().await;
         Ok(removed_exports)
+    }
+}
+
+/// A connection's sharing as the audit log words it.
+fn sharing(allow_contributors: bool) -> &'static str {
+    if allow_contributors {
+        "admins and contributors"
+    } else {
+        "admins only"
     }
 }
 

@@ -992,7 +992,7 @@ mod tests {
     async fn members_of_an_accepted_import_are_not_planned_again_unless_their_values_changed() {
         let (_dir, store, export_id) = test_store_with_export("weekly").await;
         let (run, _lock) = store
-            .start_run(export_id, crate::store::TriggerKind::Manual, false)
+            .start_run(export_id, crate::store::TriggerKind::Manual, false, None)
             .await
             .expect("start");
         let accepted = |email: &str, hash: u8| OutboxItem {
@@ -1071,7 +1071,7 @@ mod tests {
     async fn outbox_kinds_and_delivery_statuses_are_stored_as_their_words() {
         let (_dir, store, export_id) = test_store_with_export("weekly").await;
         let (run, _lock) = store
-            .start_run(export_id, crate::store::TriggerKind::Manual, false)
+            .start_run(export_id, crate::store::TriggerKind::Manual, false, None)
             .await
             .expect("start");
         let members = [member("a@example.com"), member("b@example.com")];

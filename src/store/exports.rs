@@ -273,7 +273,7 @@ impl Store {
             return Ok(None);
         };
         write_export_parts(&mut tx, id, spec).await?;
-        super::audit(&mut tx, "export.add", &spec.name, None).await?;
+        super::audit(&mut tx, &self.actor, "export.add", &spec.name, None).await?;
         tx.commit().await.doing("saving an export")?;
         Ok(Some(id))
     }
@@ -329,7 +329,7 @@ impl Store {
         }
         write_export_parts(&mut tx, id, spec).await?;
         let detail = moved.then_some("destination changed; delivery state reset");
-        super::audit(&mut tx, "export.update", &spec.name, detail).await?;
+        super::audit(&mut tx, &self.actor, "export.update", &spec.name, detail).await?;
         tx.commit().await.doing("updating an export")?;
         if moved {
             self.empty_wal().await;
@@ -337,7 +337,12 @@ impl Store {
         Ok(moved)
     }
 
-    pub async fn set_export_enabled(&self, id: i64, enabled: bool) -> Result<(), StoreError> {
+    pub async fn set_export_enabled(
+        &self,
+        id: i64,
+        name: &str,
+        enabled: bool,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         sqlx::query("UPDATE exports SET enabled = ?, updated_at = ? WHERE id = ?")
             .bind(enabled)
@@ -346,6 +351,8 @@ impl Store {
             .execute(&mut *tx)
             .await
             .doing("enabling or disabling an export")?;
+        let action = if enabled { "export.enable" } else { "export.disable" };
+        super::audit(&mut tx, &self.actor, action, name, None).await?;
         tx.commit().await.doing("enabling or disabling an export")?;
         Ok(())
     }
@@ -361,6 +368,7 @@ impl Store {
             .doing("removing an export")?;
         super::audit(
             &mut tx,
+            &self.actor,
             "export.remove",
             name,
             Some("delivery state purged"),

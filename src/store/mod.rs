@@ -29,6 +29,7 @@ pub mod words;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -188,6 +189,9 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    /// Who the audit log names for changes made through this handle: the process's user, or a
+    /// control-socket peer (`as_actor`). Never `$USER`, which anyone can set.
+    actor: Arc<str>,
 }
 
 impl Store {
@@ -265,7 +269,65 @@ impl Store {
         Ok(Store {
             pool,
             path: path.to_path_buf(),
+            actor: crate::identity::current().display().into(),
         })
+    }
+
+    /// The same store, recording `actor` in the audit log.
+    pub fn as_actor(&self, actor: &str) -> Store {
+        Store {
+            actor: actor.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether a definition in `table` ("connections", "segments" or "exports") has `name`,
+    /// ignoring case: "Marketing AC" and "marketing ac" would be one name to the people using
+    /// them.
+    pub async fn name_taken(&self, table: &'static str, name: &str) -> Result<bool, StoreError> {
+        let query = match table {
+            "connections" => "SELECT name FROM connections",
+            "segments" => "SELECT name FROM segments",
+            "exports" => "SELECT name FROM exports",
+            other => unreachable!("no definition table {other}"),
+        };
+        // Compared in Rust: SQLite's NOCASE folds ASCII only ("Käufer", "KÄUFER").
+        let names: Vec<String> = sqlx::query_scalar(query)
+            .fetch_all(self.pool())
+            .await
+            .doing("checking a name")?;
+        let wanted = name.to_lowercase();
+        Ok(names.iter().any(|n| n.to_lowercase() == wanted))
+    }
+
+    /// Who changes made through this handle are recorded for.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Records an action that changes no definition (a run asked for, a cancel) in the audit
+    /// log.
+    pub async fn record_audit(
+        &self,
+        action: &str,
+        subject: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        audit(&mut tx, &self.actor, action, subject, detail).await?;
+        tx.commit().await.doing("writing the audit log")
+    }
+
+    /// The latest audit entries, newest first.
+    pub async fn audit_entries(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        sqlx::query_as(
+            "SELECT id, at, actor, action, subject, detail FROM audit_log ORDER BY id DESC \
+             LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .doing("reading the audit log")
     }
 
     fn options(path: &Path) -> SqliteConnectOptions {
@@ -450,24 +512,21 @@ pub fn from_text(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The operating-system user running this process, for consent and audit records.
-pub fn os_user() -> String {
-    use std::os::unix::fs::MetadataExt;
-    if let Some(user) = ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-    {
-        return user;
-    }
-    match std::fs::metadata("/proc/self") {
-        Ok(meta) => format!("uid {}", meta.uid()),
-        Err(_) => "unknown".to_owned(),
-    }
+/// One entry of the audit log: who changed what, never a profile value or a secret.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: Option<String>,
 }
 
 /// Appends a PII-free entry to the audit log inside the caller's transaction.
 pub async fn audit(
     tx: &mut Transaction<'static, Sqlite>,
+    actor: &str,
     action: &str,
     subject: &str,
     detail: Option<&str>,
@@ -476,7 +535,7 @@ pub async fn audit(
         "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
     )
     .bind(now_text())
-    .bind(os_user())
+    .bind(actor)
     .bind(action)
     .bind(subject)
     .bind(detail)

@@ -348,7 +348,7 @@ mod tests {
     async fn a_run_is_queued_again_behind_another_process_unless_that_run_was_cancelled() {
         let (_dir, store, export_id) = test_store_with_export("weekly").await;
         let (blocking, _lock) = store
-            .start_run(export_id, TriggerKind::Manual, false)
+            .start_run(export_id, TriggerKind::Manual, false, None)
             .await
             .expect("start");
 

@@ -92,6 +92,8 @@ pub struct RunRecord {
     pub counts: RunCounts,
     pub resumes_run_id: Option<i64>,
     pub error: Option<String>,
+    /// Who asked for it (`None` for a scheduled run).
+    pub requested_by: Option<String>,
 }
 
 /// A profile that did not arrive: `rejected` before sending, `failed` or `suppressed` at
@@ -142,6 +144,7 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> 
         },
         resumes_run_id: row.try_get("resumes_run_id")?,
         error: row.try_get("error")?,
+        requested_by: row.try_get("requested_by")?,
     })
 }
 
@@ -216,6 +219,7 @@ impl Store {
         export_id: i64,
         trigger: TriggerKind,
         full: bool,
+        requested_by: Option<&str>,
     ) -> Result<(RunRecord, Lock), StartError> {
         let Some(lock) = self.lock_export(export_id)? else {
             let running = self.running_run(export_id).await?.map_or(0, |r| r.id);
@@ -245,7 +249,7 @@ impl Store {
         };
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO runs (export_id, trigger, full, status, started_at, resumes_run_id, \
-             owner_pid) VALUES (?, ?, ?, 'running', ?, ?, ?) RETURNING id",
+             owner_pid, requested_by) VALUES (?, ?, ?, 'running', ?, ?, ?, ?) RETURNING id",
         )
         .bind(export_id)
         .bind(trigger)
@@ -253,6 +257,7 @@ impl Store {
         .bind(now_text())
         .bind(resumes)
         .bind(i64::from(std::process::id()))
+        .bind(requested_by)
         .fetch_one(&mut *tx)
         .await
         .doing("creating a run")?;
@@ -545,7 +550,7 @@ mod tests {
         ];
         for (trigger, status) in triggers.into_iter().zip(statuses) {
             let (run, _lock) = store
-                .start_run(export_id, trigger, false)
+                .start_run(export_id, trigger, false, None)
                 .await
                 .expect("start");
             assert_eq!(stored(&store, "status", run.id).await, "running");
@@ -570,7 +575,7 @@ mod tests {
     async fn an_unknown_stored_status_is_an_error_not_a_failed_run() {
         let (_dir, store, export_id) = test_store_with_export("weekly").await;
         let (run, _lock) = store
-            .start_run(export_id, TriggerKind::Manual, false)
+            .start_run(export_id, TriggerKind::Manual, false, None)
             .await
             .expect("start");
         sqlx::query("UPDATE runs SET status = 'exploded' WHERE id = ?")
@@ -588,7 +593,7 @@ mod tests {
     async fn issue_kinds_are_stored_as_their_words() {
         let (_dir, store, export_id) = test_store_with_export("weekly").await;
         let (run, _lock) = store
-            .start_run(export_id, TriggerKind::Manual, false)
+            .start_run(export_id, TriggerKind::Manual, false, None)
             .await
             .expect("start");
         let issue = |kind| RunIssue {
@@ -627,7 +632,7 @@ mod tests {
     async fn a_cancel_removes_the_queued_run_and_flags_the_running_one() {
         let (_dir, store, export_id) = test_store_with_export("weekly").await;
         let (run, _lock) = store
-            .start_run(export_id, TriggerKind::Manual, false)
+            .start_run(export_id, TriggerKind::Manual, false, None)
             .await
             .expect("start");
         store

@@ -141,7 +141,7 @@ impl Store {
         .await
         .doing("saving a segment")?;
         if id.is_some() {
-            super::audit(&mut tx, "segment.add", s.name, Some(s.kind.as_str())).await?;
+            super::audit(&mut tx, &self.actor, "segment.add", s.name, Some(s.kind.as_str())).await?;
         }
         tx.commit().await.doing("saving a segment")?;
         Ok(id)
@@ -206,7 +206,7 @@ impl Store {
         } else {
             format!("{old_kind} -> {}", s.kind)
         };
-        super::audit(&mut tx, "segment.update", s.name, Some(&detail)).await?;
+        super::audit(&mut tx, &self.actor, "segment.update", s.name, Some(&detail)).await?;
         tx.commit().await.doing("updating a segment")?;
         Ok(SegmentUpdate::Saved)
     }
@@ -230,7 +230,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .doing("removing a segment")?;
-        super::audit(&mut tx, "segment.remove", name, None).await?;
+        super::audit(&mut tx, &self.actor, "segment.remove", name, None).await?;
         tx.commit().await.doing("removing a segment")?;
         Ok(())
     }

@@ -512,6 +512,7 @@ impl Bench {
             trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
+            requested_by: None,
         };
         self.ctx
             .run_export("bench", options, Arc::new(Silent))

@@ -76,6 +76,7 @@ impl Harness {
             trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
+            requested_by: None,
         };
         let outcome = self
             .ctx

@@ -725,7 +725,7 @@ async fn a_cancel_reaches_a_run_waiting_behind_the_same_export_in_another_proces
     let (foreground, lock) = env
         .ctx
         .store
-        .start_run(export_id, TriggerKind::Manual, false)
+        .start_run(export_id, TriggerKind::Manual, false, None)
         .await
         .expect("start");
     let mut daemon = env.start(None);

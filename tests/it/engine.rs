@@ -612,6 +612,7 @@ async fn a_run_stopped_by_shutdown_resumes_without_resending_confirmed_batches()
         trigger: TriggerKind::Manual,
         full: false,
         dry_run: false,
+        requested_by: None,
     };
     let second = ctx
         .run_export("weekly", options, Arc::new(Silent))

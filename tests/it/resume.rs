@@ -123,6 +123,7 @@ async fn run_in(ctx: &Context, export: &str) -> RunOutcome {
         trigger: TriggerKind::Manual,
         full: false,
         dry_run: false,
+        requested_by: None,
     };
     ctx.run_export(export, options, Arc::new(Silent))
         .await
@@ -473,6 +474,7 @@ async fn a_dry_run_with_an_accepted_import_a_suppressed_contact_and_a_new_field_
         trigger: TriggerKind::Manual,
         full: false,
         dry_run: true,
+        requested_by: None,
     };
     let dry = env
         .ctx

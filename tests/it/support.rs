@@ -173,6 +173,7 @@ impl TestEnv {
             trigger: TriggerKind::Manual,
             full: false,
             dry_run: false,
+            requested_by: None,
         };
         let outcome = ctx
             .run_export(name, options, Arc::new(Silent))

@@ -69,6 +69,8 @@ pub(super) struct Head {
     pub bytes: Vec<u8>,
     /// The size `fstat` reported when the file was opened.
     pub size: u64,
+    /// The file's owner, as `fstat` reported it: whom the request is authorized as.
+    pub owner: u32,
 }
 
 /// The trigger folder, opened: descriptors for it and its two subfolders.
@@ -175,6 +177,7 @@ impl Folder {
         Ok(Head {
             bytes,
             size: u64::try_from(stat.st_size).unwrap_or(0),
+            owner: stat.st_uid,
         })
     }
 
