@@ -8,13 +8,15 @@ use clap::{ArgGroup, Args, Subcommand};
 use secrecy::SecretString;
 
 use super::output::{self, Table};
+use super::remote::Carried;
 use super::{CliError, secret_from_env, secret_from_file, secret_from_stdin};
 use crate::service::Context;
 use crate::service::connections::{AddConnection, ConnectionView, UpdateConnection};
 
 const WHAT: &str = "API key";
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ConnectionCommand {
     /// Verify an ActiveCampaign account's API key and save the connection
     Add(AddArgs),
@@ -45,7 +47,7 @@ pub enum ConnectionCommand {
 }
 
 /// Where the API key comes from; never the key itself on the command line.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 #[group(id = "api_key_source", multiple = false)]
 pub struct ApiKeyArgs {
     /// Read the API key from this file (e.g. a systemd credential)
@@ -57,11 +59,33 @@ pub struct ApiKeyArgs {
     /// Read the API key from standard input
     #[arg(long)]
     pub api_key_stdin: bool,
+    /// The key as the client read it, for a command the daemon runs (`super::remote`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub carried: Option<Carried>,
 }
 
 impl ApiKeyArgs {
+    /// Reads the key here, in the user's process, so the daemon never reads a file or an
+    /// environment variable for them.
+    pub fn carry(&mut self) -> Result<(), CliError> {
+        self.carried = self.read()?.map(Carried);
+        self.api_key_file = None;
+        self.api_key_env = None;
+        self.api_key_stdin = false;
+        Ok(())
+    }
+
+    /// Whether the key still has to be read from a local source.
+    pub fn is_local(&self) -> bool {
+        self.api_key_file.is_some() || self.api_key_env.is_some() || self.api_key_stdin
+    }
+
     /// The key from whichever source was given, or `None` when none was.
     fn read(&self) -> Result<Option<SecretString>, CliError> {
+        if let Some(key) = &self.carried {
+            return Ok(Some(key.0.clone()));
+        }
         if let Some(path) = &self.api_key_file {
             return secret_from_file(WHAT, path).map(Some);
         }
@@ -75,14 +99,14 @@ impl ApiKeyArgs {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 #[command(group(
     ArgGroup::new("api_key_required")
         .required(true)
         .args(["api_key_file", "api_key_env", "api_key_stdin"])
 ))]
 pub struct AddArgs {
-    /// Name of the connection (letters, digits, '-', '_', '.')
+    /// Name of the connection, e.g. "Marketing AC" (up to 100 characters)
     pub name: String,
     /// REST endpoint of the account (Settings > Developer), e.g. acme.api-us1.com
     #[arg(long, value_name = "HOST")]
@@ -97,7 +121,7 @@ pub struct AddArgs {
     pub accept_data_transfer: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct UpdateArgs {
     /// Name of the connection
     pub name: String,
@@ -150,7 +174,11 @@ pub async fn run(ctx: &Context, cmd: ConnectionCommand) -> Result<(), CliError> 
             if views.iter().any(|v| v.details.is_none()) {
                 let mut table = Table::new(["NAME", "TYPE", "STATUS"]);
                 for v in &views {
-                    table.row(vec![v.name.clone(), v.kind.to_owned(), v.status.to_string()]);
+                    table.row(vec![
+                        v.name.clone(),
+                        v.kind.to_owned(),
+                        v.status.to_string(),
+                    ]);
                 }
                 return output::emit(&table.render());
             }

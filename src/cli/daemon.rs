@@ -82,7 +82,7 @@ impl SandboxArgs {
 
 /// `acexport daemon`: runs until SIGTERM or SIGINT; SIGHUP reloads the settings.
 pub async fn daemon(loaded: Loaded) -> Result<(), CliError> {
-    Ok(crate::daemon::run_with_signals(loaded).await?)
+    Ok(crate::daemon::run_with_signals(loaded, super::remote::handler()).await?)
 }
 
 /// `acexport demo`.

@@ -10,7 +10,8 @@ use crate::service::exports::{ExportInput, ExportPatch, ExportView, parse_field_
 use crate::service::{Context, OnLeave, RunRecord};
 use crate::settings::Settings;
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ExportCommand {
     /// Define an export (checked against ActiveCampaign; nothing is sent)
     Add(AddArgs),
@@ -40,7 +41,7 @@ pub enum ExportCommand {
 }
 
 /// What happens to list members who left every segment of the export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum OnLeaveArg {
     /// Leave them on the list
     Keep,
@@ -57,9 +58,9 @@ impl From<OnLeaveArg> for OnLeave {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct AddArgs {
-    /// Name of the export (letters, digits, '-', '_', '.')
+    /// Name of the export (up to 100 characters)
     pub name: String,
     /// Connection to the ActiveCampaign account
     #[arg(long, value_name = "NAME")]
@@ -96,7 +97,7 @@ pub struct AddArgs {
     pub on_leave: OnLeaveArg,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct UpdateArgs {
     /// Name of the export
     pub name: String,

@@ -5,6 +5,7 @@
 //! Secrets never travel as option values (they would land in shell history and `ps`): API keys
 //! and database URLs with passwords come from a file, an environment variable or stdin.
 
+pub mod audit;
 pub mod connection;
 pub mod daemon;
 #[cfg(feature = "sandbox")]
@@ -12,6 +13,7 @@ pub mod demo;
 pub mod errors;
 pub mod export;
 pub mod output;
+pub mod remote;
 pub mod run;
 pub mod runs;
 pub mod segment;
@@ -73,6 +75,8 @@ pub enum Command {
     Cancel(run::CancelArgs),
     /// What the daemon is doing: running exports, queue, next schedules
     Status(run::StatusArgs),
+    /// Who changed what: definitions, sharing, consents, run requests (admins only)
+    Audit(audit::AuditArgs),
     /// Serve an ActiveCampaign-compatible sandbox API on loopback
     #[cfg(feature = "sandbox")]
     Sandbox(daemon::SandboxArgs),
@@ -123,6 +127,13 @@ pub enum CliError {
     #[cfg(feature = "sandbox")]
     #[error(transparent)]
     World(crate::sandbox::world::WorldError),
+    /// The daemon's control socket could not be reached or broke off.
+    #[error("cannot reach the daemon's control socket {}: {source}", .socket.display())]
+    Control {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the sandbox stopped: {0}")]
     Sandbox(std::io::Error),
     #[error("cannot write the output: {0}")]
@@ -222,9 +233,25 @@ pub fn load_settings(cli: &Cli) -> Result<Loaded, CliError> {
     Ok(Settings::load(cli.config.as_deref())?)
 }
 
-/// Runs one parsed command with loaded settings.
+/// Runs one parsed command with loaded settings: through the daemon's control socket when the
+/// daemon runs, else here.
 pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
-    match cli.command {
+    let command = match remote::Request::route(cli.command) {
+        remote::Route::Daemon(request) => {
+            let socket = loaded.settings.control_socket();
+            match remote::connect(&socket).await? {
+                Some(stream) => {
+                    return match remote::forward(stream, &socket, request).await? {
+                        0 => Ok(()),
+                        code => Err(CliError::Quiet(code)),
+                    };
+                }
+                None => request.into_command(),
+            }
+        }
+        remote::Route::Here(command) => command,
+    };
+    match command {
         Command::CheckConfig => check_config(&loaded),
         Command::Connection(cmd) => {
             with_context(loaded, async |ctx| connection::run(ctx, cmd).await).await
@@ -247,6 +274,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
         Command::Status(args) => {
             with_context(loaded, async |ctx| run::status(ctx, args).await).await
         }
+        Command::Audit(args) => with_context(loaded, async |ctx| audit::run(ctx, args).await).await,
         #[cfg(feature = "sandbox")]
         Command::Demo => daemon::demo(loaded).await,
         Command::Daemon => daemon::daemon(loaded).await,

@@ -14,8 +14,59 @@ const COLUMN_GAP: &str = "  ";
 /// Shown for an absent value in tables and blocks.
 pub const NONE: &str = "-";
 
+/// Where a command's output goes when it runs in the daemon for a control-socket client:
+/// frames sent back to the client, which prints them on its own stdout and stderr.
+pub use crate::daemon::control::Console as RemoteConsole;
+use crate::daemon::control::Frame;
+
+tokio::task_local! {
+    /// Set while a command runs for a control-socket client.
+    static REMOTE: RemoteConsole;
+}
+
+/// Runs `f` with its output sent to `console` instead of this process's stdout and stderr.
+pub async fn with_remote_console<F: Future>(console: RemoteConsole, f: F) -> F::Output {
+    REMOTE.scope(console, f).await
+}
+
+/// Whether the command runs for a control-socket client.
+pub fn is_remote() -> bool {
+    REMOTE.try_with(|_| ()).is_ok()
+}
+
+/// Whether the user's stderr is a terminal (the client's, for a remote command).
+pub fn stderr_is_terminal() -> bool {
+    REMOTE
+        .try_with(|c| c.terminal)
+        .unwrap_or_else(|_| std::io::IsTerminal::is_terminal(&std::io::stderr()))
+}
+
+/// Writes `text` to the user's stderr as it is (progress, notes; not errors, which `main`
+/// prints).
+pub fn note(text: &str) {
+    if REMOTE
+        .try_with(|c| c.frames.send(Frame::Err(text.to_owned())))
+        .is_ok()
+    {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
+}
+
 /// Writes `text` to stdout, adding a final newline when missing.
 pub fn emit(text: &str) -> Result<(), CliError> {
+    if let Ok(sent) = REMOTE.try_with(|c| {
+        let mut text = text.to_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        c.frames.send(Frame::Out(text))
+    }) {
+        // A client that hung up: as a closed pipe would be here.
+        return sent.map_err(|_| CliError::Output(std::io::ErrorKind::BrokenPipe.into()));
+    }
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes()).map_err(CliError::Output)?;
     if !text.ends_with('\n') {

@@ -3,7 +3,6 @@
 //! (handed to the daemon when one is up) and follows it; this file draws the progress, handles
 //! Ctrl-C and prints.
 
-use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ pub const EXIT_PARTIAL: u8 = 2;
 /// Who asks, in the signal file `export run` hands to the daemon.
 const EXPORT_RUN_ORIGIN: &str = "acexport export run";
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct ExportRunArgs {
     /// Name of the export
     pub name: String,
@@ -38,7 +37,7 @@ pub struct ExportRunArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 #[command(group(ArgGroup::new("target").required(true).args(["name", "all"])))]
 pub struct TriggerArgs {
     /// Name of the export to run
@@ -51,13 +50,13 @@ pub struct TriggerArgs {
     pub full: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct CancelArgs {
     /// Name of the export whose run should stop
     pub name: String,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct StatusArgs {
     /// Print JSON
     #[arg(long)]
@@ -72,7 +71,7 @@ pub struct TerminalProgress {
 impl TerminalProgress {
     /// A display when stderr is a terminal, else nothing.
     pub fn for_stderr() -> Arc<dyn Progress> {
-        if std::io::stderr().is_terminal() {
+        if output::stderr_is_terminal() {
             Arc::new(TerminalProgress {
                 last: Mutex::new(None),
             })
@@ -82,8 +81,8 @@ impl TerminalProgress {
     }
 
     pub fn finish() {
-        if std::io::stderr().is_terminal() {
-            eprint!("\r\x1b[2K");
+        if output::stderr_is_terminal() {
+            output::note("\r\x1b[2K");
         }
     }
 }
@@ -95,8 +94,7 @@ impl Progress for TerminalProgress {
             return;
         }
         *last = Some(Instant::now());
-        eprint!("\r\x1b[2K{}", progress_line(phase, c));
-        let _ = std::io::stderr().flush();
+        output::note(&format!("\r\x1b[2K{}", progress_line(phase, c)));
     }
 }
 
@@ -242,6 +240,20 @@ fn print_outcome(o: &RunOutcome, as_json: bool) -> Result<(), CliError> {
     }
 }
 
+/// `acexport export run NAME` in a context already open (the daemon's, for a client), with
+/// `--json` printing the one object on failure too.
+pub async fn export_run_reporting(ctx: &Context, args: ExportRunArgs) -> Result<(), CliError> {
+    let json = args.json;
+    let export = args.name.clone();
+    match export_run(ctx, args).await {
+        Err(error) if json && !matches!(error, CliError::Quiet(_) | CliError::Output(_)) => {
+            output::emit_json(&failure_json(&export, &error))?;
+            Err(error)
+        }
+        other => other,
+    }
+}
+
 /// `acexport export run NAME` from the opening of the store on. With `--json`, a failure that
 /// has no outcome to print (the store cannot be opened, the run cannot start or cannot record
 /// its finish) is printed as the one object too, with its message (also said on stderr).
@@ -288,18 +300,21 @@ pub async fn export_run(ctx: &Context, args: ExportRunArgs) -> Result<(), CliErr
     };
     let outcome = match ctx.route_run(request).await? {
         RunRoute::Here(run) => {
-            let signals = stop_on_termination(ctx);
+            // In the daemon (a remote dry run), its own signal handling stops the run.
+            let signals = (!output::is_remote()).then(|| stop_on_termination(ctx));
             let result = ctx.run_here(run, TerminalProgress::for_stderr()).await;
-            signals.abort();
+            if let Some(signals) = signals {
+                signals.abort();
+            }
             TerminalProgress::finish();
             result?
         }
         RunRoute::HandedOver(hand_over) => {
             if !args.json {
-                eprintln!(
-                    "The daemon is running; the run of {} was handed to it. Following it here.",
+                output::note(&format!(
+                    "The daemon is running; the run of {} was handed to it. Following it here.\n",
                     hand_over.export
-                );
+                ));
             }
             let progress = TerminalProgress::for_stderr();
             let result = ctx.follow_run(&hand_over, progress.as_ref()).await;

@@ -15,7 +15,7 @@ const MAX_RUNS: u32 = 1000;
 /// Most rejected, failed and suppressed profiles `runs show` prints: enough to see the pattern.
 const MAX_ISSUES_SHOWN: u32 = 200;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct RunsArgs {
     #[command(subcommand)]
@@ -32,7 +32,8 @@ pub struct RunsArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RunsCommand {
     /// One run with its counts and the profiles it rejected, failed or found suppressed
     Show {
@@ -114,6 +115,7 @@ async fn show(ctx: &Context, run_id: i64, json: bool) -> Result<(), CliError> {
         ("run", run.id.to_string()),
         ("export", run.export.clone()),
         ("trigger", trigger_text(&run)),
+        ("requested by", output::or_none(run.requested_by.as_deref())),
         ("status", run.status.to_string()),
         ("phase", run.phase.clone()),
         ("started", run.started_at.clone()),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Subcommand};
 
 use super::output::{self, Table};
+use super::remote::Carried;
 use super::{CliError, secret_from_stdin};
 use crate::escape::untrusted_capped;
 use crate::service::Context;
@@ -23,7 +24,8 @@ const MAX_PREVIEW_ROWS: u16 = 1000;
 /// table.
 const SHOWN_VALUE_CHARS: usize = 40;
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SegmentCommand {
     /// Add a segment; the source is read through once and refused if any line is broken
     Add(AddArgs),
@@ -55,13 +57,13 @@ pub enum SegmentCommand {
     Remove { name: String },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 #[command(group(ArgGroup::new("source").required(true).args(["csv", "jsonl", "sql"])))]
 #[command(group(
     ArgGroup::new("database_source").args(["database", "database_env", "database_stdin"])
 ))]
 pub struct AddArgs {
-    /// Name of the segment (letters, digits, '-', '_', '.')
+    /// Name of the segment (up to 100 characters)
     pub name: String,
     /// A CSV file whose first line names the columns
     #[arg(long, value_name = "PATH")]
@@ -84,9 +86,13 @@ pub struct AddArgs {
     /// Read the database URL from standard input; it is sealed in the store
     #[arg(long, requires = "sql")]
     pub database_stdin: bool,
+    /// The URL as the client read it from stdin, for a command the daemon runs.
+    #[arg(skip)]
+    #[serde(default)]
+    pub database_carried: Option<Carried>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 #[command(group(
     ArgGroup::new("change")
         .required(true)
@@ -122,6 +128,10 @@ pub struct UpdateArgs {
     /// Read the database URL from standard input; it is sealed in the store
     #[arg(long)]
     pub database_stdin: bool,
+    /// The URL as the client read it from stdin, for a command the daemon runs.
+    #[arg(skip)]
+    #[serde(default)]
+    pub database_carried: Option<Carried>,
     /// Print the segment as JSON, as `segment show --json` does
     #[arg(long)]
     pub json: bool,
@@ -138,7 +148,12 @@ impl UpdateArgs {
         Ok(SegmentPatch {
             source,
             delimiter: self.delimiter,
-            database: database_input(self.database, self.database_env, self.database_stdin)?,
+            database: database_input(
+                self.database,
+                self.database_env,
+                self.database_stdin,
+                self.database_carried,
+            )?,
         })
     }
 }
@@ -149,7 +164,11 @@ fn database_input(
     url: Option<String>,
     env: Option<String>,
     stdin: bool,
+    carried: Option<Carried>,
 ) -> Result<Option<DatabaseInput>, CliError> {
+    if let Some(url) = carried {
+        return Ok(Some(DatabaseInput::Url(url.0)));
+    }
     Ok(match (url, env) {
         (Some(url), _) => {
             refuse_password_in_url(&url)?;
@@ -204,7 +223,12 @@ impl AddArgs {
                 "give one of --csv, --jsonl or --sql".to_owned(),
             ));
         };
-        let Some(database) = database_input(self.database, self.database_env, self.database_stdin)?
+        let Some(database) = database_input(
+            self.database,
+            self.database_env,
+            self.database_stdin,
+            self.database_carried,
+        )?
         else {
             return Err(CliError::Input(
                 "--sql needs --database URL, --database-env VAR or --database-stdin".to_owned(),
@@ -217,6 +241,47 @@ impl AddArgs {
             database_env,
         })
     }
+}
+
+/// Reads what only the user's process can (a database URL on stdin) and makes file paths
+/// absolute, before the command goes to the daemon.
+pub fn carry(cmd: &mut SegmentCommand) -> Result<(), CliError> {
+    let (csv, jsonl, stdin, carried) = match cmd {
+        SegmentCommand::Add(a) => (
+            &mut a.csv,
+            &mut a.jsonl,
+            &mut a.database_stdin,
+            &mut a.database_carried,
+        ),
+        SegmentCommand::Update(u) => (
+            &mut u.csv,
+            &mut u.jsonl,
+            &mut u.database_stdin,
+            &mut u.database_carried,
+        ),
+        _ => return Ok(()),
+    };
+    for path in [csv, jsonl].into_iter().flatten() {
+        *path = std::path::absolute(&*path).map_err(|source| CliError::Read {
+            what: format!("the path {}", path.display()),
+            source,
+        })?;
+    }
+    if *stdin {
+        *carried = Some(Carried(secret_from_stdin("database URL")?));
+        *stdin = false;
+    }
+    Ok(())
+}
+
+/// Whether the command still needs something only the user's process has.
+pub fn is_local(cmd: &SegmentCommand) -> bool {
+    let (csv, jsonl, stdin) = match cmd {
+        SegmentCommand::Add(a) => (&a.csv, &a.jsonl, a.database_stdin),
+        SegmentCommand::Update(u) => (&u.csv, &u.jsonl, u.database_stdin),
+        _ => return false,
+    };
+    stdin || [csv, jsonl].into_iter().flatten().any(|p| p.is_relative())
 }
 
 pub async fn run(ctx: &Context, cmd: SegmentCommand) -> Result<(), CliError> {

@@ -10,6 +10,7 @@
 //! live in the database: nothing queued is lost by a restart, and runs left `running` by a
 //! crash are resumed.
 
+pub mod control;
 pub mod systemd;
 
 use std::collections::HashMap;
@@ -18,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::pipeline::{PipelineError, Progress, RunControl, RunOptions};
@@ -57,6 +59,8 @@ pub enum DaemonError {
     Triggers(#[from] crate::scheduler::TriggerError),
     #[error("cannot install the SIGHUP handler: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
 }
 
 /// The exports this daemon runs now: their names and run controls (a cancel reaches the run
@@ -103,6 +107,9 @@ pub struct Daemon {
     _lock: crate::store::locks::Lock,
     ctx: Arc<Context>,
     board: Board,
+    /// Runs the commands that arrive on the control socket (the command line's); `None`
+    /// serves no socket.
+    control: Option<control::Handler>,
 }
 
 impl Daemon {
@@ -117,7 +124,14 @@ impl Daemon {
             _lock: lock,
             ctx: Arc::new(ctx.for_daemon()),
             board: Board::default(),
+            control: None,
         })
+    }
+
+    /// Serves the control socket (`Settings::control_socket`) with `handler` while running.
+    pub fn serve_control(mut self, handler: control::Handler) -> Daemon {
+        self.control = Some(handler);
+        self
     }
 
     /// Runs until `shutdown` resolves; `reload` receives a message per SIGHUP.
@@ -156,6 +170,19 @@ impl Daemon {
         let mut last_watchdog = tokio::time::Instant::now();
         tokio::pin!(shutdown);
 
+        // Bound before READY=1: once systemd reports the unit started, commands reach it.
+        let (contexts, contexts_rx) = watch::channel(Arc::clone(&self.ctx));
+        let stop_control = CancellationToken::new();
+        let socket_path = self.ctx.settings.control_socket();
+        let control_task = match self.control.clone() {
+            Some(handler) => {
+                let socket = control::ControlSocket::bind(&socket_path).await?;
+                tracing::info!(socket = %socket.path().display(), "Control socket ready");
+                let stop = stop_control.clone();
+                Some(tokio::spawn(socket.serve(contexts_rx, handler, stop)))
+            }
+            None => None,
+        };
         self.check_schedules().await;
         systemd::ready();
         tracing::info!(
@@ -170,7 +197,12 @@ impl Daemon {
                 biased;
                 () = &mut shutdown => break,
                 Some(()) = reload.recv() => {
-                    if let Some(dir) = self.reload().filter(|d| *d != trigger_dir) {
+                    let reloaded = self.reload();
+                    contexts.send_replace(Arc::clone(&self.ctx));
+                    if self.ctx.settings.control_socket() != socket_path {
+                        tracing::warn!("daemon.socket changed; the new socket is used after a restart");
+                    }
+                    if let Some(dir) = reloaded.filter(|d| *d != trigger_dir) {
                         match TriggerWatcher::start(&dir, TRIGGER_RESCAN) {
                             Ok((w, r)) => { _watcher = w; wake = r; trigger_dir = dir; }
                             Err(e) => tracing::error!(error = %e, "Cannot watch the new trigger folder; keeping the old one"),
@@ -203,6 +235,11 @@ impl Daemon {
         }
 
         systemd::stopping();
+        // No new requests; the socket file goes with the server.
+        stop_control.cancel();
+        if let Some(task) = control_task {
+            let _ = task.await;
+        }
         tracing::info!(
             running = running.len(),
             "Shutting down: running exports stop at their next batch boundary"
@@ -384,8 +421,12 @@ impl Daemon {
                 Err(e) => {
                     let reason = e.to_string();
                     match file.reject(&reason) {
-                        Ok(r) => tracing::warn!(file = %r.name, reason = %r.reason, "Signal file refused; its reason is in rejected/"),
-                        Err(e) => tracing::warn!(error = %e, "Cannot reject a signal file; it is tried again at the next wake"),
+                        Ok(r) => {
+                            tracing::warn!(file = %r.name, reason = %r.reason, "Signal file refused; its reason is in rejected/")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot reject a signal file; it is tried again at the next wake")
+                        }
                     }
                     continue;
                 }
@@ -454,7 +495,10 @@ impl Daemon {
                         TriggerRequest::RunAll { .. } => ("run.request", "every enabled export"),
                         TriggerRequest::Cancel { export } => ("run.cancel", export.as_str()),
                     };
-                    if let Err(e) = store.record_audit(action, subject, Some("signal file")).await {
+                    if let Err(e) = store
+                        .record_audit(action, subject, Some("signal file"))
+                        .await
+                    {
                         tracing::warn!(error = %e, "Cannot record a signal file in the audit log");
                     }
                     if let Err(e) = file.finish() {
@@ -532,10 +576,13 @@ impl Daemon {
 }
 
 /// Runs the daemon with the process signals: SIGTERM/SIGINT stop it, SIGHUP reloads.
-pub async fn run_with_signals(loaded: Loaded) -> Result<(), DaemonError> {
+pub async fn run_with_signals(
+    loaded: Loaded,
+    handler: control::Handler,
+) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let ctx = Context::open(loaded.settings.clone()).await?;
-    let daemon = Daemon::build(loaded, ctx).await?;
+    let daemon = Daemon::build(loaded, ctx).await?.serve_control(handler);
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     tokio::spawn(async move {
@@ -572,7 +619,10 @@ pub async fn termination() {
 /// (anyone can write any name there).
 fn requester(owner: &str, note: Option<&str>) -> String {
     match note {
-        Some(note) => format!("{owner} (note: {})", crate::escape::untrusted_capped(note, 100)),
+        Some(note) => format!(
+            "{owner} (note: {})",
+            crate::escape::untrusted_capped(note, 100)
+        ),
         None => owner.to_owned(),
     }
 }

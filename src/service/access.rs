@@ -146,7 +146,11 @@ pub enum RefusalReason {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let held = self.role.map_or("no role", Role::as_str);
-        write!(f, "user {:?} ({held}) may not {}: ", self.actor, self.action)?;
+        write!(
+            f,
+            "user {:?} ({held}) may not {}: ",
+            self.actor, self.action
+        )?;
         match &self.reason {
             RefusalReason::Needs(role) => write!(
                 f,
@@ -356,7 +360,10 @@ mod tests {
             (user(0, Some("root"), &[]), Some(Role::Admin)),
             (user(SERVICE_UID, Some("acexport"), &[]), Some(Role::Admin)),
             (user(1001, Some("ann"), &["staff"]), Some(Role::Admin)),
-            (user(1002, Some("bob"), &["marketing"]), Some(Role::Contributor)),
+            (
+                user(1002, Some("bob"), &["marketing"]),
+                Some(Role::Contributor),
+            ),
             (user(1003, Some("carl"), &[]), Some(Role::Contributor)),
             (user(1004, Some("dora"), &["staff"]), Some(Role::Viewer)),
             (user(1005, Some("eve"), &["users"]), None),
@@ -387,6 +394,39 @@ mod tests {
             ..contributor
         };
         assert!(!nobody.holds(Role::Viewer));
+    }
+
+    #[test]
+    fn a_file_is_readable_by_someone_else_only_through_folders_they_may_search() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        let file = open.join("members.csv");
+        std::fs::write(&file, "email\n").expect("write");
+        // Someone who owns nothing here and is in none of its groups.
+        let (uid, gids) = (4_000_000_001, [4_000_000_001]);
+        mode(dir.path(), 0o755);
+        mode(&open, 0o755);
+        mode(&file, 0o644);
+        assert_eq!(readable_by(&file, uid, &gids), Ok(()));
+        mode(&file, 0o640);
+        assert_eq!(readable_by(&file, uid, &gids), Err("no read permission".to_owned()));
+        mode(&file, 0o644);
+        mode(&open, 0o750);
+        let err = readable_by(&file, uid, &gids).expect_err("folder closed");
+        assert!(err.starts_with("no search permission on "), "{err}");
+        assert!(readable_by(Path::new("relative.csv"), uid, &gids).is_err());
+        mode(&open, 0o755);
+        // A link is judged by what it leads to.
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        assert_eq!(readable_by(&link, uid, &gids), Ok(()));
+        mode(&file, 0o600);
+        assert!(readable_by(&link, uid, &gids).is_err());
     }
 
     #[test]

@@ -113,7 +113,11 @@ impl Context {
     }
 
     /// A connection by name for an admin operation: refused before anything is looked up.
-    async fn admin_connection(&self, name: &str, action: &str) -> Result<ConnectionDef, ServiceError> {
+    async fn admin_connection(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<ConnectionDef, ServiceError> {
         self.require(Role::Admin, action)?;
         self.find_connection(name).await
     }

@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use super::segments::stored_column_types;
 use super::access::Role;
+use super::segments::stored_column_types;
 use super::{Context, ServiceError, check_name};
 use crate::scheduler::Schedule;
 use crate::store::connections::ConnectionStatus;
@@ -170,7 +170,11 @@ impl Context {
         }
         // The connection is usable, the list and fields exist in ActiveCampaign.
         let connection = self.find_connection(&input.connection).await?;
-        self.require_on(&connection, Role::Contributor, "change exports on this connection")?;
+        self.require_on(
+            &connection,
+            Role::Contributor,
+            "change exports on this connection",
+        )?;
         if connection.status == ConnectionStatus::Rejected {
             return Err(ServiceError::ConnectionRejected {
                 connection: connection.name,
@@ -297,10 +301,15 @@ impl Context {
     }
 
     pub async fn set_export_enabled(&self, name: &str, enabled: bool) -> Result<(), ServiceError> {
-        let action = if enabled { "enable exports" } else { "disable exports" };
+        let action = if enabled {
+            "enable exports"
+        } else {
+            "disable exports"
+        };
         self.require(Role::Contributor, action)?;
         let export = self.find_export(name).await?;
-        self.require_export(&export, Role::Contributor, action).await?;
+        self.require_export(&export, Role::Contributor, action)
+            .await?;
         self.store
             .set_export_enabled(export.id, &export.name, enabled)
             .await?;

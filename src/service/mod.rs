@@ -5,6 +5,7 @@
 //! definition is never half-saved.
 
 pub mod access;
+pub mod audit;
 pub mod connections;
 pub mod exports;
 pub mod jobs;
@@ -346,12 +347,25 @@ mod tests {
 
     #[test]
     fn display_names_are_free_text_without_control_characters_or_outer_spaces() {
-        for good in ["weekly-news_1.0", "Marketing AC", "Käufer (DE)", "a/b", &"x".repeat(100)] {
+        for good in [
+            "weekly-news_1.0",
+            "Marketing AC",
+            "Käufer (DE)",
+            "a/b",
+            &"x".repeat(100),
+        ] {
             assert!(check_name("export", good).is_ok(), "{good:?}");
         }
         let too_long = "x".repeat(101);
-        for bad in ["", " lead", "trail ", "tab\there", "line\nbreak", "bidi\u{202e}", &too_long]
-        {
+        for bad in [
+            "",
+            " lead",
+            "trail ",
+            "tab\there",
+            "line\nbreak",
+            "bidi\u{202e}",
+            &too_long,
+        ] {
             assert!(check_name("export", bad).is_err(), "{bad:?}");
         }
     }

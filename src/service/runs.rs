@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
+use super::access::{Actor, Role};
 use super::{Context, ServiceError};
 use crate::pipeline::{PipelineError, Progress, RunOptions, RunOutcome};
 use crate::scheduler::{TriggerError, TriggerRequest, write_trigger};
-use super::access::{Actor, Role};
 use crate::store::{RunIssue, RunRecord, RunStatus, StoreError, TriggerKind, from_text};
 
 /// How long a handed-over run may take to start (or at least be queued) before the follower
@@ -287,7 +287,13 @@ impl Context {
         if self.in_daemon() {
             let exports = match &request {
                 TriggerRequest::Run { export, .. } => vec![self.find_export(export).await?],
-                _ => self.store.exports().await?.into_iter().filter(|e| e.enabled).collect(),
+                _ => self
+                    .store
+                    .exports()
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.enabled)
+                    .collect(),
             };
             for export in &exports {
                 self.queue_run(export.id, &export.name, TriggerKind::SignalFile, full)

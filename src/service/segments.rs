@@ -499,7 +499,8 @@ impl Context {
     ) -> Result<SegmentView, ServiceError> {
         self.require(Role::Contributor, "update segments")?;
         let current = self.find_segment(name).await?;
-        self.require_segment_change(&current, "update this segment").await?;
+        self.require_segment_change(&current, "update this segment")
+            .await?;
         let input = match patched_source(&current, patch)? {
             PatchedSource::Csv { path, delimiter } => SegmentInput::Csv { path, delimiter },
             PatchedSource::Jsonl { path } => SegmentInput::Jsonl { path },
@@ -714,7 +715,8 @@ impl Context {
     pub async fn remove_segment(&self, name: &str) -> Result<(), ServiceError> {
         self.require(Role::Contributor, "remove segments")?;
         let s = self.find_segment(name).await?;
-        self.require_segment_change(&s, "remove this segment").await?;
+        self.require_segment_change(&s, "remove this segment")
+            .await?;
         let users = self.store.exports_using_segment(s.id).await?;
         if !users.is_empty() {
             return Err(ServiceError::InUse {
@@ -753,7 +755,11 @@ impl Context {
 
     /// A segment is changed or removed by a non-admin only when it is no SQL segment and every
     /// export reading it is on a connection they may use: its rows go wherever those go.
-    async fn require_segment_change(&self, s: &SegmentDef, action: &str) -> Result<(), ServiceError> {
+    async fn require_segment_change(
+        &self,
+        s: &SegmentDef,
+        action: &str,
+    ) -> Result<(), ServiceError> {
         if self.actor().is_admin() {
             return Ok(());
         }
@@ -762,7 +768,8 @@ impl Context {
         }
         for export in self.store.exports().await? {
             if export.segments.iter().any(|seg| seg.name == s.name) {
-                self.require_export(&export, Role::Contributor, action).await?;
+                self.require_export(&export, Role::Contributor, action)
+                    .await?;
             }
         }
         Ok(())

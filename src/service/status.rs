@@ -45,13 +45,30 @@ pub struct StatusReport {
 
 /// What the daemon is doing, from the database.
 pub async fn status_report(ctx: &Context) -> Result<StatusReport, ServiceError> {
-    let state = ctx.store.daemon_state().await?;
+    ctx.require(super::access::Role::Viewer, "see the status")?;
+    // Non-admins see the exports on the connections they may use, and nothing of the others.
+    let usable = ctx.usable_connections().await?;
+    let visible = |connection_id: i64| {
+        usable
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&connection_id))
+    };
+    let mut state = ctx.store.daemon_state().await?;
+    if let Some(state) = state.as_mut().filter(|_| usable.is_some()) {
+        // The daemon's status line names every running export.
+        state.status = "details shown to admins".to_owned();
+    }
     let up = state.as_ref().is_some_and(DaemonState::is_live);
     let tz = ctx.settings.timezone();
     let now = Utc::now();
     let mut running = Vec::new();
     let mut exports = Vec::new();
+    let mut shown = Vec::new();
     for export in ctx.store.exports().await? {
+        if !visible(export.connection_id) {
+            continue;
+        }
+        shown.push(export.name.clone());
         if let Some(run) = ctx.store.running_run(export.id).await? {
             running.push(run);
         }
@@ -78,6 +95,7 @@ pub async fn status_report(ctx: &Context) -> Result<StatusReport, ServiceError> 
         .queued_runs()
         .await?
         .into_iter()
+        .filter(|(_, name)| shown.contains(name))
         .map(|(q, name)| QueuedInfo {
             export: name,
             trigger: q.trigger,

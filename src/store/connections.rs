@@ -112,7 +112,14 @@ impl Store {
         .await
         .doing("saving a connection")?;
         if id.is_some() {
-            super::audit(&mut tx, &self.actor, "connection.add", c.name, Some(c.base_url)).await?;
+            super::audit(
+                &mut tx,
+                &self.actor,
+                "connection.add",
+                c.name,
+                Some(c.base_url),
+            )
+            .await?;
             super::audit(
                 &mut tx,
                 &self.actor,
@@ -121,7 +128,14 @@ impl Store {
                 Some("accepted that exports send personal data to ActiveCampaign"),
             )
             .await?;
-            super::audit(&mut tx, &self.actor, "connection.share", c.name, Some(sharing(c.allow_contributors))).await?;
+            super::audit(
+                &mut tx,
+                &self.actor,
+                "connection.share",
+                c.name,
+                Some(sharing(c.allow_contributors)),
+            )
+            .await?;
         }
         tx.commit().await.doing("saving a connection")?;
         Ok(id)
@@ -167,9 +181,23 @@ impl Store {
         .execute(&mut *tx)
         .await
         .doing("updating a connection")?;
-        super::audit(&mut tx, &self.actor, "connection.update", &c.name, Some(&c.base_url)).await?;
+        super::audit(
+            &mut tx,
+            &self.actor,
+            "connection.update",
+            &c.name,
+            Some(&c.base_url),
+        )
+        .await?;
         if old_shared != c.allow_contributors {
-            super::audit(&mut tx, &self.actor, "connection.share", &c.name, Some(sharing(c.allow_contributors))).await?;
+            super::audit(
+                &mut tx,
+                &self.actor,
+                "connection.share",
+                &c.name,
+                Some(sharing(c.allow_contributors)),
+            )
+            .await?;
         }
         tx.commit().await.doing("updating a connection")?;
         if moved {
@@ -227,7 +255,14 @@ impl Store {
             .await
             .doing("removing a connection")?;
         let detail = format!("{removed_exports} export(s) removed with it");
-        super::audit(&mut tx, &self.actor, "connection.remove", name, Some(&detail)).await?;
+        super::audit(
+            &mut tx,
+            &self.actor,
+            "connection.remove",
+            name,
+            Some(&detail),
+        )
+        .await?;
         tx.commit().await.doing("removing a connection")?;
         self.empty_wal().await;
         Ok(removed_exports)

@@ -351,7 +351,11 @@ impl Store {
             .execute(&mut *tx)
             .await
             .doing("enabling or disabling an export")?;
-        let action = if enabled { "export.enable" } else { "export.disable" };
+        let action = if enabled {
+            "export.enable"
+        } else {
+            "export.disable"
+        };
         super::audit(&mut tx, &self.actor, action, name, None).await?;
         tx.commit().await.doing("enabling or disabling an export")?;
         Ok(())

@@ -141,7 +141,14 @@ impl Store {
         .await
         .doing("saving a segment")?;
         if id.is_some() {
-            super::audit(&mut tx, &self.actor, "segment.add", s.name, Some(s.kind.as_str())).await?;
+            super::audit(
+                &mut tx,
+                &self.actor,
+                "segment.add",
+                s.name,
+                Some(s.kind.as_str()),
+            )
+            .await?;
         }
         tx.commit().await.doing("saving a segment")?;
         Ok(id)
@@ -206,7 +213,14 @@ impl Store {
         } else {
             format!("{old_kind} -> {}", s.kind)
         };
-        super::audit(&mut tx, &self.actor, "segment.update", s.name, Some(&detail)).await?;
+        super::audit(
+            &mut tx,
+            &self.actor,
+            "segment.update",
+            s.name,
+            Some(&detail),
+        )
+        .await?;
         tx.commit().await.doing("updating a segment")?;
         Ok(SegmentUpdate::Saved)
     }

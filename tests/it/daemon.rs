@@ -572,9 +572,13 @@ async fn export_run_hands_over_to_a_running_daemon_and_follows_it() {
     assert_eq!(json["status"], "succeeded");
     assert_eq!(json["counts"]["upserted"], 300);
     let runs = env.runs().await;
-    assert_eq!(
-        runs[0].trigger, "signal-file",
-        "the daemon ran it, not the CLI"
+    assert_eq!(runs[0].trigger, "manual");
+    let me = acexport::identity::current().display();
+    assert_eq!(runs[0].requested_by.as_deref(), Some(me.as_str()));
+    let log = env.log();
+    assert!(
+        log.contains("Control request") && log.contains("export.run"),
+        "the daemon ran it, not the CLI: {log}"
     );
     signal(&daemon, "TERM");
     assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());

@@ -116,6 +116,7 @@ impl Harness {
             trigger: TriggerKind::Manual,
             full,
             dry_run,
+            requested_by: None,
         };
         self.ctx
             .run_export("weekly", options, Arc::new(Silent))

@@ -1,0 +1,406 @@
+//! The control socket: while the daemon runs, every command of every user comes here, and is
+//! authorized per request from the peer's credentials (`SO_PEERCRED`), as PostgreSQL's peer
+//! authentication does. The socket itself is open to all (0666): who may do what is decided
+//! by the roles, not by file modes.
+//!
+//! The protocol, version 1, one request per connection, line-delimited JSON:
+//! - the client sends one line: `{"v":1,"terminal":false,"command":{...}}` (at most
+//!   [`MAX_REQUEST_BYTES`], newline included), where `command` is the parsed command line;
+//! - the daemon answers with lines `{"out":"text"}` (stdout) and `{"err":"text"}` (stderr),
+//!   then a last `{"exit":N}` with the exit status, and closes.
+//!
+//! A request that cannot be read (truncated, oversized, not JSON, another version) gets an
+//! `err` line and `exit` 76 (`EX_PROTOCOL`); the daemon carries on serving.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::escape::untrusted_capped;
+use crate::service::Context;
+use crate::service::access::Actor;
+
+/// The protocol version this daemon speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line: a command line with a long SQL query fits many times over.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests served at once; more wait for a free slot (a local user cannot exhaust the
+/// daemon's descriptors or memory by opening connections).
+const MAX_CONNECTIONS: usize = 64;
+/// Exit status for a request that could not be read (`EX_PROTOCOL` from sysexits.h).
+pub const EXIT_PROTOCOL: u8 = 76;
+/// Exit status for a peer without any role (`EX_NOPERM`).
+const EXIT_NO_PERMISSION: u8 = 77;
+
+/// A piece of a command's output, sent back to the client as it is produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Out(String),
+    Err(String),
+}
+
+/// Where a command run for a client writes.
+#[derive(Debug, Clone)]
+pub struct Console {
+    pub frames: mpsc::UnboundedSender<Frame>,
+    /// Whether the client's stderr is a terminal (progress is drawn only there).
+    pub terminal: bool,
+}
+
+/// Runs one command (the request's `command`) for a client in `ctx` (acting as the peer) and
+/// returns its exit status. The command line supplies it: the daemon knows no command.
+pub type Handler =
+    Arc<dyn Fn(Context, serde_json::Value, Console) -> BoxFuture<'static, u8> + Send + Sync>;
+
+/// The request line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(default)]
+    pub terminal: bool,
+    pub command: serde_json::Value,
+}
+
+/// One line of the answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    Out(String),
+    Err(String),
+    Exit(u8),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "cannot serve the control socket at {}: {source}; set daemon.socket to a path in a \
+         folder the daemon may write",
+        .path.display()
+    )]
+    Bind { path: PathBuf, source: io::Error },
+    #[error(
+        "{} exists and is not a socket; remove it or set daemon.socket to another path",
+        .path.display()
+    )]
+    NotASocket { path: PathBuf },
+    #[error(
+        "another process serves the control socket {}; stop it or set daemon.socket to another \
+         path",
+        .path.display()
+    )]
+    InUse { path: PathBuf },
+}
+
+/// The bound socket; its file is removed when this is dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ControlSocket {
+    /// Binds `path`, replacing a stale socket a crashed daemon left (never anything else).
+    pub async fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if UnixStream::connect(path).await.is_ok() {
+                    return Err(ControlError::InUse {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::fs::remove_file(path).map_err(|source| ControlError::Bind {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+            Ok(_) => {
+                return Err(ControlError::NotASocket {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ControlError::Bind {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        let bind_error = |source| ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(bind_error)?;
+        let socket = ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+        };
+        // Everyone may connect; each request is authorized on its own.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+            .map_err(bind_error)?;
+        Ok(socket)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until `stop` is cancelled. `contexts` holds the daemon's current context (it
+    /// changes with a reload, and with it the roles).
+    pub async fn serve(
+        self,
+        contexts: watch::Receiver<Arc<Context>>,
+        handler: Handler,
+        stop: CancellationToken,
+    ) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let permit = tokio::select! {
+                () = stop.cancelled() => break,
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let stream = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot accept a control connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let ctx = Arc::clone(&contexts.borrow());
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_one(stream, ctx, handler).await;
+            });
+        }
+    }
+}
+
+/// Serves one connection: read the request, authorize the peer, run, answer.
+async fn serve_one(stream: UnixStream, ctx: Arc<Context>, handler: Handler) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "Control connection without peer credentials; closed");
+            return;
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let user = crate::identity::lookup(cred.uid(), Some(cred.gid()));
+    let actor = Actor::of(
+        &user,
+        &ctx.settings.access,
+        rustix::process::geteuid().as_raw(),
+    );
+    let envelope = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(read)).await {
+        Ok(Ok(envelope)) => envelope,
+        Ok(Err(problem)) => {
+            tracing::warn!(user = %actor.name, problem = %problem, "Control request refused");
+            let text = format!("acexport: the daemon refused the request: {problem}\n");
+            let _ = answer(&mut write, &[Reply::Err(text), Reply::Exit(EXIT_PROTOCOL)]).await;
+            return;
+        }
+        Err(_) => {
+            let text = format!(
+                "acexport: the daemon refused the request: none arrived within {} s\n",
+                REQUEST_TIMEOUT.as_secs()
+            );
+            let _ = answer(&mut write, &[Reply::Err(text), Reply::Exit(EXIT_PROTOCOL)]).await;
+            return;
+        }
+    };
+    let what = command_name(&envelope.command);
+    if actor.role.is_none() {
+        tracing::warn!(user = %actor.name, command = %what, "Control request from a user without a role refused");
+        let text = format!(
+            "acexport: user {:?} has no role here: an admin can grant one in access.admins, \
+             access.contributors or access.viewers\n",
+            actor.name
+        );
+        let _ = answer(
+            &mut write,
+            &[Reply::Err(text), Reply::Exit(EXIT_NO_PERMISSION)],
+        )
+        .await;
+        return;
+    }
+    tracing::info!(user = %actor.name, command = %what, "Control request");
+    let (frames, mut outgoing) = mpsc::unbounded_channel();
+    let console = Console {
+        frames,
+        terminal: envelope.terminal,
+    };
+    let name = actor.name.clone();
+    let run = tokio::spawn(handler(ctx.as_actor(actor), envelope.command, console));
+    // The command's output goes out as it comes; a client that left stops nothing but the
+    // output (like a closed pipe).
+    let mut connected = true;
+    while let Some(frame) = outgoing.recv().await {
+        let reply = match frame {
+            Frame::Out(text) => Reply::Out(text),
+            Frame::Err(text) => Reply::Err(text),
+        };
+        if connected && answer(&mut write, &[reply]).await.is_err() {
+            connected = false;
+        }
+    }
+    let code = run.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "Control request failed inside the daemon");
+        1
+    });
+    if connected {
+        let _ = answer(&mut write, &[Reply::Exit(code)]).await;
+    }
+    tracing::debug!(user = %name, command = %what, exit = code, "Control request done");
+}
+
+/// Reads and checks the request line; the error says what is wrong with it.
+async fn read_request(read: impl AsyncRead + Unpin) -> Result<Envelope, String> {
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut line = Vec::new();
+    reader
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    parse_request(&line)
+}
+
+/// Checks a request line as read (newline included when it came).
+pub fn parse_request(line: &[u8]) -> Result<Envelope, String> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "it is over {MAX_REQUEST_BYTES} bytes (the most one request may hold)"
+        ));
+    }
+    let Some(body) = line.strip_suffix(b"\n") else {
+        return Err(if line.is_empty() {
+            "it is empty".to_owned()
+        } else {
+            "it was cut off before its end of line".to_owned()
+        });
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("it is not a JSON object ({e})"))?;
+    match value.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(format!(
+                "protocol version {v} is not supported; this daemon speaks version \
+                 {PROTOCOL_VERSION} (use the acexport of the same release as the daemon)"
+            ));
+        }
+        None => return Err("it has no protocol version (\"v\")".to_owned()),
+    }
+    serde_json::from_value(value).map_err(|e| format!("it is not a valid request ({e})"))
+}
+
+/// The command's name for the log (`connection.add`), from the request's outer keys; escaped.
+fn command_name(command: &serde_json::Value) -> String {
+    let mut parts = Vec::new();
+    let mut value = command;
+    while let Some((key, inner)) = value.as_object().and_then(|o| o.iter().next()) {
+        parts.push(untrusted_capped(key, 40).into_owned());
+        if parts.len() == 2 {
+            break;
+        }
+        value = inner;
+    }
+    if parts.is_empty() {
+        "?".to_owned()
+    } else {
+        parts.join(".")
+    }
+}
+
+async fn answer(write: &mut (impl AsyncWriteExt + Unpin), replies: &[Reply]) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    for reply in replies {
+        serde_json::to_writer(&mut bytes, reply).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+    }
+    write.write_all(&bytes).await?;
+    write.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_line_is_checked_before_anything_runs() {
+        let ok = br#"{"v":1,"terminal":true,"command":{"status":{"json":false}}}
+"#;
+        let envelope = parse_request(ok).expect("valid");
+        assert!(envelope.terminal);
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "it is empty"),
+            (br#"{"v":1,"command":{}}"#, "cut off"),
+            (b"not json\n", "not a JSON object"),
+            (b"[1,2]\n", "no protocol version"),
+            (
+                br#"{"v":2,"command":{}}
+"#,
+                "protocol version 2 is not supported",
+            ),
+            (
+                br#"{"v":"1","command":{}}
+"#,
+                "no protocol version",
+            ),
+            (
+                br#"{"v":1}
+"#,
+                "not a valid request",
+            ),
+        ];
+        for (line, expected) in cases {
+            let err = parse_request(line).expect_err("refused");
+            assert!(err.contains(expected), "{line:?}: {err}");
+        }
+        let mut huge = vec![b' '; MAX_REQUEST_BYTES + 1];
+        huge.push(b'\n');
+        assert!(parse_request(&huge).expect_err("too big").contains("over"));
+    }
+
+    #[test]
+    fn the_logged_command_name_is_the_two_outer_keys_escaped() {
+        let value = serde_json::json!({"connection": {"add": {"name": "x"}}});
+        assert_eq!(command_name(&value), "connection.add");
+        let value = serde_json::json!({"evil\u{1b}[2J": 1});
+        assert!(!command_name(&value).contains('\u{1b}'));
+        assert_eq!(command_name(&serde_json::json!(3)), "?");
+    }
+
+    #[test]
+    fn replies_are_one_json_object_per_line() {
+        let line = serde_json::to_string(&Reply::Out("a\nb".into())).expect("json");
+        assert_eq!(line, r#"{"out":"a\nb"}"#);
+        assert_eq!(
+            serde_json::to_string(&Reply::Exit(77)).expect("json"),
+            r#"{"exit":77}"#
+        );
+    }
+}
