@@ -132,7 +132,7 @@ mod tests {
             TriggerWatcher::start(&dir, Duration::from_secs(3600)).expect("start watcher");
 
         let mode = fs::metadata(&dir).expect("dir exists").permissions().mode();
-        assert_eq!(mode & 0o777, 0o770);
+        assert_eq!(mode & 0o7777, 0o1770);
     }
 
     #[tokio::test]

@@ -42,8 +42,10 @@ pub(super) const MAX_REJECTED_KEPT: usize = 100;
 /// Names tried in `rejected/` before giving up; a taken name means someone planted it there.
 const NAME_ATTEMPTS: usize = 8;
 /// The trigger folder and its subfolders: the service user and its group (the tools that drop
-/// triggers) may write, others may not look.
-const DIR_MODE: u32 = 0o770;
+/// triggers) may write, others may not look. Sticky: a request is authorized as its file's
+/// owner, so no one may rename or remove a file they do not own (a copy the daemon kept in
+/// `rejected/`, moved back into the folder, would otherwise ask as the daemon's own user).
+const DIR_MODE: u32 = 0o1770;
 /// A kept copy: its content may come from any file a hard link reached, so owner only.
 const COPY_MODE: u32 = 0o600;
 /// A reason file: the group that drops triggers may read why one was refused.
