@@ -15,7 +15,9 @@ use tokio::net::UnixStream;
 
 use super::output::{self, RemoteConsole};
 use super::{CliError, Command, audit, connection, export, run, runs, segment};
-use crate::daemon::control::{Console, EXIT_PROTOCOL, Envelope, Handler, PROTOCOL_VERSION, Reply};
+use crate::daemon::control::{
+    Console, EXIT_PROTOCOL, Envelope, Frame, Handler, PROTOCOL_VERSION, Reply,
+};
 use crate::service::Context;
 
 /// Longest answer line the client reads: one command's whole output (a long `runs --json`).
@@ -161,12 +163,36 @@ async fn serve(ctx: Context, command: serde_json::Value, console: Console) -> u8
         );
         return EXIT_PROTOCOL;
     }
+    // Non-admins never read a connection's address, whatever quotes it.
+    let hidden = match ctx.hidden_addresses().await {
+        Ok(hidden) => hidden,
+        Err(e) => {
+            say(format!("acexport: {}\n", super::error_chain(&e)));
+            return super::EXIT_FAILURE;
+        }
+    };
+    let (frames, mut produced) = tokio::sync::mpsc::unbounded_channel();
+    let client = console.frames.clone();
+    let scrubber = tokio::spawn(async move {
+        while let Some(frame) = produced.recv().await {
+            let frame = match frame {
+                Frame::Out(text) => Frame::Out(hide(text, &hidden)),
+                Frame::Err(text) => Frame::Err(hide(text, &hidden)),
+            };
+            if client.send(frame).is_err() {
+                break;
+            }
+        }
+    });
     let remote = RemoteConsole {
-        frames: console.frames.clone(),
+        frames: frames.clone(),
         terminal: console.terminal,
     };
     let result = output::with_remote_console(remote, request.run(&ctx)).await;
-    match result {
+    let say = |text: String| {
+        let _ = frames.send(Frame::Err(text));
+    };
+    let code = match result {
         Ok(()) => 0,
         Err(e) if e.is_closed_pipe() => 0,
         Err(CliError::Quiet(code)) => code,
@@ -174,7 +200,21 @@ async fn serve(ctx: Context, command: serde_json::Value, console: Console) -> u8
             say(format!("acexport: {}\n", super::error_chain(&e)));
             e.exit_code()
         }
-    }
+    };
+    drop(frames);
+    let _ = scrubber.await;
+    code
+}
+
+/// `text` with every hidden address replaced.
+fn hide(text: String, hidden: &[(String, String)]) -> String {
+    hidden.iter().fold(text, |text, (address, shown)| {
+        if text.contains(address.as_str()) {
+            text.replace(address.as_str(), shown)
+        } else {
+            text
+        }
+    })
 }
 
 /// Connects to the daemon's control socket. `None` when no daemon listens there (no socket,

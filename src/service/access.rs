@@ -269,6 +269,28 @@ impl Context {
         }
     }
 
+    /// What non-admins must not read in any output, with what to show instead: each
+    /// connection's address (a server's error or a run's recorded error may quote it). Empty
+    /// for admins.
+    pub async fn hidden_addresses(&self) -> Result<Vec<(String, String)>, ServiceError> {
+        if self.actor.is_admin() {
+            return Ok(Vec::new());
+        }
+        let mut hidden = Vec::new();
+        for c in self.store.connections().await? {
+            let shown = format!("[the address of connection {:?}]", c.name);
+            if let Ok(base) = crate::activecampaign::BaseUrl::parse(&c.base_url) {
+                hidden.push((base.as_str().to_owned(), shown.clone()));
+                hidden.push((base.host().to_owned(), shown.clone()));
+            }
+            hidden.push((c.base_url, shown));
+        }
+        // Longest first, so a full URL is replaced before the host inside it.
+        hidden.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
+        hidden.retain(|(text, _)| !text.is_empty());
+        Ok(hidden)
+    }
+
     /// The ids of the connections the actor may use (`None`: all of them).
     pub async fn usable_connections(&self) -> Result<Option<Vec<i64>>, ServiceError> {
         if self.actor.is_admin() {
@@ -414,7 +436,10 @@ mod tests {
         mode(&file, 0o644);
         assert_eq!(readable_by(&file, uid, &gids), Ok(()));
         mode(&file, 0o640);
-        assert_eq!(readable_by(&file, uid, &gids), Err("no read permission".to_owned()));
+        assert_eq!(
+            readable_by(&file, uid, &gids),
+            Err("no read permission".to_owned())
+        );
         mode(&file, 0o644);
         mode(&open, 0o750);
         let err = readable_by(&file, uid, &gids).expect_err("folder closed");

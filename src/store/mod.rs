@@ -314,8 +314,13 @@ impl Store {
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        audit(&mut tx, &self.actor, action, subject, detail).await?;
-        tx.commit().await.doing("writing the audit log")
+        audit(&mut tx, &self.actor, action, subject, detail)
+            .await
+            .map_err(|e| e.at(&self.path))?;
+        tx.commit()
+            .await
+            .doing("writing the audit log")
+            .map_err(|e| e.at(&self.path))
     }
 
     /// The latest audit entries, newest first.

@@ -258,6 +258,20 @@ async fn a_contributor_sees_only_shared_connections_by_name_type_and_status() {
             .await,
         "connection \"Private AC\" is not shared with contributors",
     );
+    // An error that quotes the address (an unknown custom field) does not show it either.
+    let mut args = export_args("Fields", "Marketing AC");
+    args.extend(["--field", "999=first_name"]);
+    let out = team.as_user(CONTRIBUTOR, &args).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "custom field 999 not found in ActiveCampaign at [the address of \
+                         connection \"Marketing AC\"]"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(host), "{stderr}");
     // Admins see everything, the host included.
     let admin = team.as_user(ADMIN, &["connection", "list"]).await;
     admin.assert_ok();
