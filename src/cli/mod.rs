@@ -48,7 +48,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the settings and print the values in force
-    CheckConfig,
+    CheckConfig(CheckConfigArgs),
     /// Connections to ActiveCampaign accounts
     #[command(subcommand)]
     Connection(connection::ConnectionCommand),
@@ -74,6 +74,13 @@ pub enum Command {
     /// Serve an ActiveCampaign-compatible sandbox API on loopback
     #[cfg(feature = "sandbox")]
     Sandbox(daemon::SandboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// Print `{"settings_file", "settings": {section: {key: value}}}` (secrets as `***`)
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Command {
@@ -219,7 +226,7 @@ pub fn load_settings(cli: &Cli) -> Result<Loaded, CliError> {
 /// Runs one parsed command with loaded settings.
 pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
     match cli.command {
-        Command::CheckConfig => check_config(&loaded),
+        Command::CheckConfig(args) => check_config(&loaded, &args),
         Command::Connection(cmd) => {
             with_context(loaded, async |ctx| connection::run(ctx, cmd).await).await
         }
@@ -260,7 +267,13 @@ where
     result
 }
 
-fn check_config(loaded: &Loaded) -> Result<(), CliError> {
+fn check_config(loaded: &Loaded, args: &CheckConfigArgs) -> Result<(), CliError> {
+    if args.json {
+        return output::emit_json(&serde_json::json!({
+            "settings_file": loaded.file,
+            "settings": loaded.settings.to_json(),
+        }));
+    }
     let file = match &loaded.file {
         Some(path) => path.display().to_string(),
         None => "none, built-in defaults".to_owned(),

@@ -10,6 +10,7 @@
 //! live in the database: nothing queued is lost by a restart, and runs left `running` by a
 //! crash are resumed.
 
+mod observe;
 pub mod systemd;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::pipeline::{PipelineError, Progress, RunControl, RunOptions};
 use crate::scheduler::{Schedule, TriggerRequest, TriggerWatcher, claim_all};
+use crate::service::status::{activity_line, run_activity};
 use crate::service::{Context, ServiceError};
 use crate::settings::{Loaded, Settings};
 use crate::store::{RunCounts, StoreError, TriggerKind};
@@ -57,6 +59,8 @@ pub enum DaemonError {
     Triggers(#[from] crate::scheduler::TriggerError),
     #[error("cannot install the SIGHUP handler: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] observe::ListenError),
 }
 
 /// The exports this daemon runs now: their names and run controls (a cancel reaches the run
@@ -103,6 +107,10 @@ pub struct Daemon {
     _lock: crate::store::locks::Lock,
     ctx: Arc<Context>,
     board: Board,
+    /// The `metrics.listen` socket, bound at build so that a taken port stops the start.
+    metrics_listener: Option<tokio::net::TcpListener>,
+    /// Beaten by the scheduling loop; `/healthz` reads it.
+    liveness: crate::metrics::Liveness,
 }
 
 impl Daemon {
@@ -112,11 +120,20 @@ impl Daemon {
             Ok(lock) => lock,
             Err(pid) => return Err(DaemonError::AlreadyRunning(pid)),
         };
+        let metrics_listener = match observe::bind(&ctx.settings).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = ctx.store.release_daemon().await;
+                return Err(e.into());
+            }
+        };
         Ok(Daemon {
             file: loaded.file,
             _lock: lock,
             ctx: Arc::new(ctx),
             board: Board::default(),
+            metrics_listener,
+            liveness: crate::metrics::Liveness::new(observe::HEALTH_STALE),
         })
     }
 
@@ -154,9 +171,16 @@ impl Daemon {
         let mut last_beat = tokio::time::Instant::now() - HEARTBEAT;
         let watchdog = systemd::watchdog_interval();
         let mut last_watchdog = tokio::time::Instant::now();
+        // Set when a run starts or ends, so the heartbeat's line follows at the next tick.
+        let mut beat_due = false;
         tokio::pin!(shutdown);
 
-        self.check_schedules().await;
+        observe::apply_settings(&self.ctx.settings);
+        observe::seed(&store).await;
+        let server = observe::Server::start(self.metrics_listener.take(), self.liveness.clone());
+        if self.check_schedules().await {
+            self.liveness.beat();
+        }
         systemd::ready();
         tracing::info!(
             workers = self.ctx.settings.daemon.workers,
@@ -177,10 +201,12 @@ impl Daemon {
                         }
                     }
                 }
-                Some(export_id) = done_rx.recv() => { running.remove(&export_id); }
+                Some(export_id) = done_rx.recv() => { running.remove(&export_id); beat_due = true; }
                 Some(()) = wake.recv() => self.consume_triggers(&trigger_dir, &running).await,
                 _ = tick.tick() => {
-                    self.check_schedules().await;
+                    if self.check_schedules().await {
+                        self.liveness.beat();
+                    }
                     if let Some(interval) = watchdog {
                         // Pinged from this loop, after a database round trip, so a stuck loop
                         // or database is noticed, not just a live runtime.
@@ -189,7 +215,8 @@ impl Daemon {
                             last_watchdog = tokio::time::Instant::now();
                         }
                     }
-                    if last_beat.elapsed() >= HEARTBEAT {
+                    if beat_due || last_beat.elapsed() >= HEARTBEAT {
+                        beat_due = false;
                         let status = self.status_line(&running).await;
                         systemd::status(&status);
                         if let Err(e) = store.beat(&status).await {
@@ -199,9 +226,13 @@ impl Daemon {
                     }
                 }
             }
+            let before = running.len();
             self.dispatch(&mut running, &tracker, &done_tx).await;
+            beat_due |= running.len() != before;
+            crate::metrics::global().set_running(running.len());
         }
 
+        self.liveness.stop();
         systemd::stopping();
         tracing::info!(
             running = running.len(),
@@ -227,6 +258,9 @@ impl Daemon {
             {
                 tracing::error!("Running exports did not stop in time; they resume at next start");
             }
+        }
+        if let Some(server) = server {
+            server.stop().await;
         }
         let _ = store.release_daemon().await;
         store.close().await;
@@ -281,7 +315,7 @@ impl Daemon {
                 let _done = DoneGuard { export_id: export.id, done, board: Arc::clone(&board), name: export.name.clone() };
                 let progress = Arc::new(BoardProgress { export: export.name.clone(), board });
                 match ctx.run_export_with(&export.name, options.clone(), &control, progress).await {
-                    Ok(_) => {}
+                    Ok(outcome) => observe::record_outcome(&outcome),
                     Err(PipelineError::AlreadyRunning { run_id, .. }) => {
                         // Another process (a foreground `export run`) runs it: run after it.
                         // Wait a little first, so that the queue is not taken and put back
@@ -306,16 +340,16 @@ impl Daemon {
         }
     }
 
-    /// Queues every export whose schedule has a slot due. A new or changed schedule starts
-    /// counting from now; a slot missed while the daemon was down runs once.
-    async fn check_schedules(&self) {
+    /// Queues every export whose schedule has a slot due, read in the export's time zone (else
+    /// `schedule.timezone`). A new or changed schedule or zone starts counting from now; a slot
+    /// missed while the daemon was down runs once. Returns whether the exports could be read.
+    async fn check_schedules(&self) -> bool {
         let settings = &self.ctx.settings;
-        let tz = settings.timezone();
         let exports = match self.ctx.store.schedule_candidates().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot read exports");
-                return;
+                return false;
             }
         };
         let now = Utc::now();
@@ -327,14 +361,18 @@ impl Daemon {
             else {
                 continue;
             };
-            let schedule = match Schedule::parse(expr, tz) {
+            let zone = export
+                .timezone
+                .as_deref()
+                .unwrap_or(&settings.schedule.timezone);
+            let schedule = match Schedule::parse_tz(zone).and_then(|tz| Schedule::parse(expr, tz)) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(export = %export.name, error = %e, "Schedule cannot be used");
                     continue;
                 }
             };
-            let key = format!("{expr} @ {}", settings.schedule.timezone);
+            let key = format!("{expr} @ {zone}");
             let result = match export.mark {
                 Some((marked, last)) if marked == key => match schedule.due(last, now) {
                     Some(slot) => {
@@ -362,6 +400,7 @@ impl Daemon {
                 tracing::error!(export = %export.name, error = %e, "Cannot record a schedule slot");
             }
         }
+        true
     }
 
     /// Takes every signal file in the trigger folder exactly once.
@@ -470,6 +509,10 @@ impl Daemon {
                 if loaded.settings.store.path != self.ctx.settings.store.path {
                     tracing::warn!("store.path changed; the new database is used after a restart");
                 }
+                if loaded.settings.metrics != self.ctx.settings.metrics {
+                    tracing::warn!("metrics settings changed; they take effect after a restart");
+                }
+                observe::apply_settings(&loaded.settings);
                 let ctx = self.ctx.with_settings(loaded.settings);
                 let dir = ctx.settings.daemon.trigger_dir.clone();
                 self.ctx = Arc::new(ctx);
@@ -490,23 +533,15 @@ impl Daemon {
             .await
             .map(|q| q.len())
             .unwrap_or(0);
-        if running.is_empty() {
-            return format!("idle; {queued} queued");
-        }
-        let mut parts: Vec<String> = running
+        crate::metrics::global().set_queue_length(queued);
+        let runs = running
             .values()
             .map(|(name, _)| match board.get(name) {
-                Some((phase, c)) => format!(
-                    "{name}: {phase}, read {}, sent {}/{}",
-                    c.rows_read,
-                    c.upserted + c.unsubscribed + c.failed,
-                    c.planned
-                ),
+                Some((phase, c)) => run_activity(name, phase, c),
                 None => format!("{name}: starting"),
             })
             .collect();
-        parts.sort();
-        format!("running {}; {queued} queued", parts.join("; "))
+        activity_line(runs, queued)
     }
 }
 

@@ -17,6 +17,7 @@ fn record(id: i64, status: RunStatus, finished_at: Option<&str>) -> RunRecord {
         counts: RunCounts::default(),
         resumes_run_id: None,
         error: None,
+        owner_pid: None,
     }
 }
 
