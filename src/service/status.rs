@@ -94,7 +94,7 @@ pub async fn status_report(ctx: &Context) -> Result<StatusReport, ServiceError> 
         for run in ctx.store.runs(Some(export.id), 2).await? {
             if run.status != RunStatus::Running {
                 last_run.get_or_insert(run);
-            } else if still_running(&run, state.as_ref(), up) {
+            } else if still_running(&run) {
                 running.push(run);
             } else {
                 last_run.get_or_insert(as_gone(run));
@@ -142,6 +142,10 @@ pub async fn status_report(ctx: &Context) -> Result<StatusReport, ServiceError> 
                 .map(|r| run_activity(&r.export, &r.phase, &r.counts))
                 .collect();
             activity_line(own, queued.len())
+        } else if process_exists(s.pid) {
+            // Its loop has not beaten for a while (a database locked for long, a stopped
+            // process); its runs are still its own and shown running.
+            format!("not responding since {}", s.heartbeat)
         } else {
             "not running".to_owned()
         };
@@ -169,15 +173,11 @@ pub fn daemon_alive(state: &DaemonState) -> bool {
     state.is_live() && process_exists(state.pid)
 }
 
-/// Whether a run row saying `running` has a live process behind it: the daemon's runs live as
-/// long as the daemon, another process's as long as that process.
-fn still_running(run: &RunRecord, daemon: Option<&DaemonState>, daemon_up: bool) -> bool {
-    match run.owner_pid {
-        // A row written before owners were recorded: nothing to check it against.
-        None => true,
-        Some(pid) if daemon.is_some_and(|d| d.pid == pid) => daemon_up,
-        Some(pid) => process_exists(pid),
-    }
+/// Whether a run row saying `running` still has its process (the daemon, or a terminal's
+/// `export run`) behind it.
+fn still_running(run: &RunRecord) -> bool {
+    // A row written before owners were recorded has nothing to check against.
+    run.owner_pid.is_none_or(process_exists)
 }
 
 /// A run whose process is gone, as the next start will record it.
@@ -190,20 +190,34 @@ fn as_gone(run: RunRecord) -> RunRecord {
 }
 
 /// Whether a process with this id exists. A process of another user counts (the answer is
-/// "not permitted", not "no such process"); the id of a process gone since could have been
-/// reused, so a live answer is a "maybe", a dead one is sure.
+/// "not permitted", not "no such process"), a zombie (ended, not yet reaped by its parent)
+/// does not; the id of a process gone since could have been reused, so a live answer is a
+/// "maybe", a dead one is sure.
 fn process_exists(pid: i64) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .filter(|pid| *pid > 0)
-        .and_then(rustix::process::Pid::from_raw)
-    else {
+    let Some(raw) = i32::try_from(pid).ok().filter(|pid| *pid > 0) else {
         return false;
     };
-    match rustix::process::test_kill_process(pid) {
+    let Some(pid) = rustix::process::Pid::from_raw(raw) else {
+        return false;
+    };
+    let exists = match rustix::process::test_kill_process(pid) {
         Ok(()) => true,
         Err(e) => e == rustix::io::Errno::PERM,
-    }
+    };
+    exists && !is_zombie(raw)
+}
+
+/// Whether /proc says the process has ended and waits to be reaped. Unreadable (another
+/// user's process under `ProtectProc=invisible`): not known to be a zombie.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        .and_then(|stat| {
+            let (_, after) = stat.rsplit_once(')')?;
+            after.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
 }
 
 /// One run's progress for a status line: `weekly: sending, read 3000, sent 250/1000`.
@@ -321,5 +335,27 @@ mod tests {
         assert!(process_exists(i64::from(std::process::id())));
         assert!(!process_exists(pid), "an ended and reaped process");
         assert!(!process_exists(-1));
+    }
+
+    #[test]
+    fn an_ended_process_its_parent_has_not_reaped_yet_is_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start a process");
+        let pid = child.id();
+        let raw = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        rustix::process::kill_process(raw, rustix::process::Signal::KILL).expect("kill");
+        // Waits for it to end but leaves it unreaped (a zombie), as a parent slow to reap does.
+        rustix::process::waitid(
+            rustix::process::WaitId::Pid(raw),
+            rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT,
+        )
+        .expect("it ends");
+
+        let seen = process_exists(i64::from(pid));
+
+        child.wait().expect("reap it");
+        assert!(!seen, "a zombie is not a running process");
     }
 }
