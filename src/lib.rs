@@ -5,12 +5,14 @@
 //! Data flows one way: `cli` and `daemon` → `service` (every user operation, typed) →
 //! `pipeline` (the engine: matching → plan → deliver → record) → `store`, `activecampaign`,
 //! `source`. The engine never imports the service, and the CLI never touches the store.
+//! `metrics` sits below them all: anyone records into it, it depends on nothing of the crate.
 
 pub mod activecampaign;
 pub mod cli;
 pub mod daemon;
 pub mod escape;
 pub mod identity;
+pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 #[cfg(feature = "sandbox")]

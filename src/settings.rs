@@ -3,6 +3,7 @@
 //! code path, so what it accepts is exactly what the daemon will run with.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,7 @@ pub struct Settings {
     pub schedule: ScheduleSettings,
     pub log: LogSettings,
     pub access: AccessSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -257,6 +259,25 @@ pub struct ScheduleSettings {
     pub refresh: Option<String>,
     /// IANA time zone the crons are read in.
     pub timezone: String,
+}
+
+/// The daemon's `/metrics` and `/healthz` server (off unless `listen` is set).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Address and port to serve on, e.g. `127.0.0.1:9464`; unset or empty, nothing is served.
+    #[serde(deserialize_with = "empty_text_as_unset")]
+    pub listen: Option<String>,
+    /// Allows a `listen` address other than loopback. The server has no authentication, and
+    /// its export names and counts are the business's own: serving them beyond this host must
+    /// be a choice.
+    pub allow_remote: bool,
+}
+
+/// `key = ""` means unset, so that an environment variable can lift what the file sets.
+fn empty_text_as_unset<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    Ok(text.filter(|t| !t.trim().is_empty()))
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -580,6 +601,7 @@ impl Settings {
                 message,
             })?;
         }
+        self.metrics_listen()?;
         for (key, path) in [
             ("store.path", &self.store.path),
             ("secrets.key_file", &self.secrets.key_file),
@@ -600,6 +622,31 @@ impl Settings {
         crate::scheduler::Schedule::parse_tz(&self.schedule.timezone).unwrap_or(chrono_tz::UTC)
     }
 
+    /// The address the daemon serves `/metrics` and `/healthz` on, if any. A non-loopback
+    /// address needs `metrics.allow_remote` (checked at load).
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, SettingsError> {
+        let Some(text) = &self.metrics.listen else {
+            return Ok(None);
+        };
+        let refuse = |message: String| SettingsError::Key {
+            key: "metrics.listen",
+            message,
+        };
+        let addr: SocketAddr = text.trim().parse().map_err(|_| {
+            refuse(format!(
+                "{text:?} is not an IP address and port; give e.g. 127.0.0.1:9464 or [::1]:9464"
+            ))
+        })?;
+        if !addr.ip().is_loopback() && !self.metrics.allow_remote {
+            return Err(refuse(format!(
+                "{addr} is not a loopback address, and /metrics and /healthz have no \
+                 authentication; listen on 127.0.0.1, or set metrics.allow_remote = true to \
+                 serve them beyond this host (behind a firewall or a proxy that authenticates)"
+            )));
+        }
+        Ok(Some(addr))
+    }
+
     /// The secrets key file in force: under systemd, `LoadCredential=acexport-secrets-key:...`
     /// wins over `secrets.key_file`, because credentials are readable by this unit only.
     pub fn secrets_key_path(&self) -> PathBuf {
@@ -616,11 +663,7 @@ impl Settings {
     /// proxy's password, is shown as `***`; the secrets key is named by its path only.
     pub fn to_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        let mut shown = self.clone();
-        if let Some(proxy) = &mut shown.activecampaign.proxy {
-            *proxy = ProxyUrl(proxy.redacted());
-        }
-        let value = serde_json::to_value(&shown).unwrap_or_default();
+        let value = self.to_json();
         if let Some(sections) = value.as_object() {
             for (section, keys) in sections {
                 if let Some(keys) = keys.as_object() {
@@ -635,6 +678,16 @@ impl Settings {
             }
         }
         lines
+    }
+
+    /// The settings as one JSON object of sections, for `check-config --json`, with the same
+    /// redaction as [`Settings::to_lines`] (which is built from it).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut shown = self.clone();
+        if let Some(proxy) = &mut shown.activecampaign.proxy {
+            *proxy = ProxyUrl(proxy.redacted());
+        }
+        serde_json::to_value(&shown).unwrap_or_default()
     }
 }
 
@@ -891,6 +944,85 @@ mod tests {
         );
         assert!(!lines.contains("s3cret-pw"), "{lines}");
         assert!(!debug.contains("s3cret-pw"), "{debug}");
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_listen_on_a_loopback_address_when_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let off = write(dir.path(), "");
+        let loaded = Settings::load_from(Some(&off), &env(&[])).expect("load");
+        assert_eq!(loaded.settings.metrics_listen().expect("valid"), None);
+
+        for (listen, addr) in [
+            ("127.0.0.1:9464", "127.0.0.1:9464"),
+            ("[::1]:9464", "[::1]:9464"),
+        ] {
+            let file = write(dir.path(), &format!("[metrics]\nlisten = \"{listen}\"\n"));
+            let loaded = Settings::load_from(Some(&file), &env(&[])).expect(listen);
+            let shown = loaded.settings.metrics_listen().expect("valid");
+            assert_eq!(shown.map(|a| a.to_string()).as_deref(), Some(addr));
+        }
+    }
+
+    #[test]
+    fn a_non_loopback_metrics_address_is_refused_unless_remote_is_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for listen in ["0.0.0.0:9464", "192.0.2.10:9464", "[::]:9464"] {
+            let file = write(dir.path(), &format!("[metrics]\nlisten = \"{listen}\"\n"));
+
+            let err = Settings::load_from(Some(&file), &env(&[])).expect_err(listen);
+
+            let message = err.to_string();
+            assert!(message.contains("metrics.listen"), "{message}");
+            assert!(message.contains("metrics.allow_remote = true"), "{message}");
+
+            let allowed = write(
+                dir.path(),
+                &format!("[metrics]\nlisten = \"{listen}\"\nallow_remote = true\n"),
+            );
+            assert!(
+                Settings::load_from(Some(&allowed), &env(&[])).is_ok(),
+                "{listen}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_metrics_address_that_is_not_an_ip_and_port_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for listen in ["localhost:9464", "9464", "127.0.0.1"] {
+            let file = write(dir.path(), &format!("[metrics]\nlisten = \"{listen}\"\n"));
+
+            let err = Settings::load_from(Some(&file), &env(&[])).expect_err(listen);
+
+            assert!(err.to_string().contains("metrics.listen"), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_metrics_address_from_the_environment_turns_the_server_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+
+        let loaded = Settings::load_from(Some(&file), &env(&[("ACEXPORT_METRICS__LISTEN", "")]))
+            .expect("load");
+
+        assert_eq!(loaded.settings.metrics_listen().expect("valid"), None);
+    }
+
+    #[test]
+    fn the_json_settings_hide_a_proxy_password_like_the_lines() {
+        let mut settings = Settings::default();
+        settings.activecampaign.proxy = Some(ProxyUrl("https://me:s3cret-pw@proxy.example".into()));
+
+        let json = settings.to_json();
+
+        assert_eq!(
+            json["activecampaign"]["proxy"],
+            "https://me:***@proxy.example"
+        );
+        assert!(!json.to_string().contains("s3cret-pw"));
+        assert_eq!(json["metrics"]["listen"], serde_json::Value::Null);
     }
 
     #[test]

@@ -12,11 +12,12 @@
 //! keep the `Api-Token` header (it drops only the standard credential headers), sending the key
 //! to whatever host the answer names, over plain http too.
 
+use std::borrow::Cow;
 use std::error::Error as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
@@ -24,6 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use super::budget::{AccountBudget, RequestKind, budget_for};
+use super::endpoint;
 use super::host::BaseUrl;
 use super::retry::{Attempt, Verdict, backoff, classify};
 use super::wire;
@@ -460,8 +462,12 @@ impl Client {
         let mut failures = 0u32;
         let mut throttled = Duration::ZERO;
         let host = self.host().to_owned();
+        let endpoint = endpoint::template(path);
+        let metrics = crate::metrics::global();
         loop {
+            let asked = Instant::now();
             self.wait_or_abort(self.budget.acquire(kind)).await?;
+            metrics.record_permit(permit_kind(kind), asked.elapsed());
             if go_on.is_some_and(|go_on| !go_on()) {
                 return Err(AcError::Stopped);
             }
@@ -473,6 +479,7 @@ impl Client {
                     .body(body.clone());
             }
             let result = self.wait_or_abort(send(request)).await?;
+            metrics.record_request(endpoint, attempt_status(&result));
             let (verdict, last) = match &result {
                 Ok(answer) => (
                     classify(Attempt::Response {
@@ -511,6 +518,7 @@ impl Client {
                     return Ok(Answer::Body(answer.body));
                 }
                 Verdict::Throttled(wait) => {
+                    metrics.record_throttled(endpoint);
                     throttled += wait;
                     if throttled > self.options.max_throttle_wait {
                         return Err(AcError::Throttled {
@@ -621,6 +629,25 @@ impl Client {
 /// Where a redirect from `url` points: the host and port only (a path or query could hold
 /// anything), without the key (a host name can hold it too), escaped and capped, since the
 /// server chose it.
+/// The `kind` label of a rate permit.
+fn permit_kind(kind: RequestKind) -> &'static str {
+    match kind {
+        RequestKind::Plain => "request",
+        RequestKind::BulkImport => "bulk_import",
+        RequestKind::Poll => "poll",
+    }
+}
+
+/// The `status` label of an attempt: its HTTP status, or how it failed without one.
+fn attempt_status(result: &Result<Received, reqwest::Error>) -> Cow<'static, str> {
+    match result {
+        Ok(answer) => Cow::Owned(answer.status.as_u16().to_string()),
+        Err(e) if e.is_timeout() => Cow::Borrowed("timeout"),
+        Err(e) if is_tls(e) => Cow::Borrowed("tls"),
+        Err(_) => Cow::Borrowed("connection"),
+    }
+}
+
 fn redirect_target(url: &str, location: Option<&str>, scrub: &ServerTextScrubber) -> String {
     let Some(location) = location else {
         return "no location".to_owned();

@@ -4,6 +4,7 @@
 pub mod budget;
 mod budget_file;
 pub mod client;
+mod endpoint;
 pub mod host;
 pub mod retry;
 pub mod wire;

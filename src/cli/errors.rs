@@ -51,6 +51,7 @@ pub fn service_error_text(e: &ServiceError) -> String {
             format!("--list {id} is not an ActiveCampaign list ID (a positive number)")
         }
         ServiceError::BadSchedule(e) => format!("--schedule: {e}"),
+        ServiceError::BadTimezone(e) => format!("--timezone: {e}"),
         ServiceError::UnknownColumn {
             field,
             column,
@@ -196,6 +197,10 @@ mod tests {
             (ServiceError::NoSegment, "--segment"),
             (ServiceError::InvalidListId(0), "--list 0"),
             (ServiceError::BadSchedule(schedule), "--schedule: "),
+            (
+                ServiceError::BadTimezone(Schedule::parse_tz("Mars/Olympus").expect_err("no zone")),
+                "--timezone: ",
+            ),
             (
                 ServiceError::SegmentPatchMismatch {
                     segment: "vips".to_owned(),

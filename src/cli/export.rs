@@ -92,6 +92,9 @@ pub struct AddArgs {
     /// Own cron schedule (else the refresh schedule of the settings)
     #[arg(long, value_name = "CRON")]
     pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in, e.g. Europe/Berlin (else schedule.timezone)
+    #[arg(long, value_name = "ZONE")]
+    pub timezone: Option<String>,
     /// What happens to members who left every segment
     #[arg(long, value_enum, value_name = "keep|unsubscribe", default_value_t = OnLeaveArg::Keep)]
     pub on_leave: OnLeaveArg,
@@ -131,6 +134,12 @@ pub struct UpdateArgs {
     /// Own cron schedule
     #[arg(long, value_name = "CRON", conflicts_with = "no_schedule")]
     pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in, e.g. Europe/Berlin
+    #[arg(long, value_name = "ZONE", conflicts_with = "no_timezone")]
+    pub timezone: Option<String>,
+    /// Drop the own time zone (read the schedule in schedule.timezone)
+    #[arg(long)]
+    pub no_timezone: bool,
     /// What happens to members who left every segment
     #[arg(long, value_enum, value_name = "keep|unsubscribe")]
     pub on_leave: Option<OnLeaveArg>,
@@ -173,6 +182,7 @@ impl UpdateArgs {
             fields: self.fields.as_deref().map(parse_fields).transpose()?,
             tags: self.tags,
             schedule: column_change(self.schedule, self.no_schedule),
+            timezone: column_change(self.timezone, self.no_timezone),
             on_leave: self.on_leave.map(OnLeave::from),
         })
     }
@@ -193,6 +203,7 @@ pub async fn run(ctx: &Context, cmd: ExportCommand) -> Result<(), CliError> {
                 phone: args.phone,
                 tags: args.tags,
                 schedule: args.schedule,
+                timezone: args.timezone,
                 on_leave: args.on_leave.into(),
                 enabled: true,
             };
@@ -281,9 +292,17 @@ fn segment_names(v: &ExportView) -> Vec<String> {
     v.def.segments.iter().map(|s| s.name.clone()).collect()
 }
 
+/// The time zone the export's schedule is read in: its own, else the settings'.
+fn timezone<'a>(v: &'a ExportView, settings: &'a Settings) -> &'a str {
+    v.def
+        .timezone
+        .as_deref()
+        .unwrap_or(&settings.schedule.timezone)
+}
+
 /// When the export runs without being asked.
 fn schedule_text(v: &ExportView, settings: &Settings) -> String {
-    let tz = &settings.schedule.timezone;
+    let tz = timezone(v, settings);
     match (&v.def.schedule, &settings.schedule.refresh) {
         (Some(cron), _) => format!("{cron} ({tz})"),
         (None, Some(refresh)) => format!("refresh: {refresh} ({tz})"),
@@ -294,12 +313,10 @@ fn schedule_text(v: &ExportView, settings: &Settings) -> String {
 /// Saving runs nothing; say when it will run.
 fn saved_note(v: &ExportView, settings: &Settings) -> String {
     let name = &v.def.name;
+    let tz = timezone(v, settings);
     let when = match (&v.def.schedule, &settings.schedule.refresh) {
-        (Some(cron), _) => format!("on its schedule ({cron}, {})", settings.schedule.timezone),
-        (None, Some(refresh)) => format!(
-            "with the refresh schedule ({refresh}, {})",
-            settings.schedule.timezone
-        ),
+        (Some(cron), _) => format!("on its schedule ({cron}, {tz})"),
+        (None, Some(refresh)) => format!("with the refresh schedule ({refresh}, {tz})"),
         (None, None) => "on demand".to_owned(),
     };
     let when = if v.def.enabled {
@@ -340,6 +357,13 @@ fn describe(v: &ExportView, settings: &Settings) -> String {
         ("tags", output::list_or_none(&d.tags)),
         ("on leave", d.on_leave.as_str().to_owned()),
         ("schedule", schedule_text(v, settings)),
+        (
+            "time zone",
+            match &d.timezone {
+                Some(zone) => zone.clone(),
+                None => format!("{} (schedule.timezone)", settings.schedule.timezone),
+            },
+        ),
         ("enabled", if d.enabled { "yes" } else { "no" }.to_owned()),
         ("last run", last_run_text(v.last_run.as_ref())),
     ])

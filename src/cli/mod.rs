@@ -52,7 +52,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the settings and print the values in force
-    CheckConfig,
+    CheckConfig(CheckConfigArgs),
     /// Connections to ActiveCampaign accounts
     #[command(subcommand)]
     Connection(connection::ConnectionCommand),
@@ -80,6 +80,13 @@ pub enum Command {
     /// Serve an ActiveCampaign-compatible sandbox API on loopback
     #[cfg(feature = "sandbox")]
     Sandbox(daemon::SandboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// Print `{"settings_file", "settings": {section: {key: value}}}` (secrets as `***`)
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Command {
@@ -252,7 +259,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
         remote::Route::Here(command) => command,
     };
     match command {
-        Command::CheckConfig => check_config(&loaded),
+        Command::CheckConfig(args) => check_config(&loaded, &args),
         Command::Connection(cmd) => {
             with_context(loaded, async |ctx| connection::run(ctx, cmd).await).await
         }
@@ -294,7 +301,13 @@ where
     result
 }
 
-fn check_config(loaded: &Loaded) -> Result<(), CliError> {
+fn check_config(loaded: &Loaded, args: &CheckConfigArgs) -> Result<(), CliError> {
+    if args.json {
+        return output::emit_json(&serde_json::json!({
+            "settings_file": loaded.file,
+            "settings": loaded.settings.to_json(),
+        }));
+    }
     let file = match &loaded.file {
         Some(path) => path.display().to_string(),
         None => "none, built-in defaults".to_owned(),

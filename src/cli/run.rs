@@ -464,8 +464,7 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<(), CliError> {
             if e.enabled { "yes" } else { "no" }.to_owned(),
             e.schedule.clone().unwrap_or_else(|| "on demand".to_owned()),
             e.next_run
-                .clone()
-                .unwrap_or_else(|| output::NONE.to_owned()),
+                .map_or_else(|| output::NONE.to_owned(), |n| n.to_string()),
             last,
         ]);
     }

@@ -11,6 +11,7 @@
 //! crash are resumed.
 
 pub mod control;
+mod observe;
 pub mod systemd;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::pipeline::{PipelineError, Progress, RunControl, RunOptions};
 use crate::scheduler::{Schedule, TriggerRequest, TriggerWatcher, claim_all};
+use crate::service::status::{activity_line, run_activity};
 use crate::service::{Context, ServiceError};
 use crate::settings::{Loaded, Settings};
 use crate::store::{RunCounts, StoreError, TriggerKind};
@@ -61,6 +63,8 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error(transparent)]
+    Metrics(#[from] observe::ListenError),
 }
 
 /// The exports this daemon runs now: their names and run controls (a cancel reaches the run
@@ -110,6 +114,10 @@ pub struct Daemon {
     /// Runs the commands that arrive on the control socket (the command line's); `None`
     /// serves no socket.
     control: Option<control::Handler>,
+    /// The `metrics.listen` socket, bound at build so that a taken port stops the start.
+    metrics_listener: Option<tokio::net::TcpListener>,
+    /// Beaten by the scheduling loop; `/healthz` reads it.
+    liveness: crate::metrics::Liveness,
 }
 
 impl Daemon {
@@ -119,12 +127,21 @@ impl Daemon {
             Ok(lock) => lock,
             Err(pid) => return Err(DaemonError::AlreadyRunning(pid)),
         };
+        let metrics_listener = match observe::bind(&ctx.settings).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = ctx.store.release_daemon().await;
+                return Err(e.into());
+            }
+        };
         Ok(Daemon {
             file: loaded.file,
             _lock: lock,
             ctx: Arc::new(ctx.for_daemon()),
             board: Board::default(),
             control: None,
+            metrics_listener,
+            liveness: crate::metrics::Liveness::new(observe::HEALTH_STALE),
         })
     }
 
@@ -168,6 +185,8 @@ impl Daemon {
         let mut last_beat = tokio::time::Instant::now() - HEARTBEAT;
         let watchdog = systemd::watchdog_interval();
         let mut last_watchdog = tokio::time::Instant::now();
+        // Set when a run starts or ends, so the heartbeat's line follows at the next tick.
+        let mut beat_due = false;
         tokio::pin!(shutdown);
 
         // Bound before READY=1: once systemd reports the unit started, commands reach it.
@@ -184,6 +203,12 @@ impl Daemon {
             None => None,
         };
         self.check_schedules().await;
+        observe::apply_settings(&self.ctx.settings);
+        observe::seed(&store).await;
+        let server = observe::Server::start(self.metrics_listener.take(), self.liveness.clone());
+        if self.check_schedules().await {
+            self.liveness.beat();
+        }
         systemd::ready();
         tracing::info!(
             workers = self.ctx.settings.daemon.workers,
@@ -209,10 +234,12 @@ impl Daemon {
                         }
                     }
                 }
-                Some(export_id) = done_rx.recv() => { running.remove(&export_id); }
+                Some(export_id) = done_rx.recv() => { running.remove(&export_id); beat_due = true; }
                 Some(()) = wake.recv() => self.consume_triggers(&trigger_dir, &running).await,
                 _ = tick.tick() => {
-                    self.check_schedules().await;
+                    if self.check_schedules().await {
+                        self.liveness.beat();
+                    }
                     if let Some(interval) = watchdog {
                         // Pinged from this loop, after a database round trip, so a stuck loop
                         // or database is noticed, not just a live runtime.
@@ -221,7 +248,8 @@ impl Daemon {
                             last_watchdog = tokio::time::Instant::now();
                         }
                     }
-                    if last_beat.elapsed() >= HEARTBEAT {
+                    if beat_due || last_beat.elapsed() >= HEARTBEAT {
+                        beat_due = false;
                         let status = self.status_line(&running).await;
                         systemd::status(&status);
                         if let Err(e) = store.beat(&status).await {
@@ -231,9 +259,13 @@ impl Daemon {
                     }
                 }
             }
+            let before = running.len();
             self.dispatch(&mut running, &tracker, &done_tx).await;
+            beat_due |= running.len() != before;
+            crate::metrics::global().set_running(running.len());
         }
 
+        self.liveness.stop();
         systemd::stopping();
         // No new requests; the socket file goes with the server.
         stop_control.cancel();
@@ -264,6 +296,9 @@ impl Daemon {
             {
                 tracing::error!("Running exports did not stop in time; they resume at next start");
             }
+        }
+        if let Some(server) = server {
+            server.stop().await;
         }
         let _ = store.release_daemon().await;
         store.close().await;
@@ -319,7 +354,7 @@ impl Daemon {
                 let _done = DoneGuard { export_id: export.id, done, board: Arc::clone(&board), name: export.name.clone() };
                 let progress = Arc::new(BoardProgress { export: export.name.clone(), board });
                 match ctx.run_export_with(&export.name, options.clone(), &control, progress).await {
-                    Ok(_) => {}
+                    Ok(outcome) => observe::record_outcome(&outcome),
                     Err(PipelineError::AlreadyRunning { run_id, .. }) => {
                         // Another process (a foreground `export run`) runs it: run after it.
                         // Wait a little first, so that the queue is not taken and put back
@@ -344,16 +379,16 @@ impl Daemon {
         }
     }
 
-    /// Queues every export whose schedule has a slot due. A new or changed schedule starts
-    /// counting from now; a slot missed while the daemon was down runs once.
-    async fn check_schedules(&self) {
+    /// Queues every export whose schedule has a slot due, read in the export's time zone (else
+    /// `schedule.timezone`). A new or changed schedule or zone starts counting from now; a slot
+    /// missed while the daemon was down runs once. Returns whether the exports could be read.
+    async fn check_schedules(&self) -> bool {
         let settings = &self.ctx.settings;
-        let tz = settings.timezone();
         let exports = match self.ctx.store.schedule_candidates().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot read exports");
-                return;
+                return false;
             }
         };
         let now = Utc::now();
@@ -365,14 +400,18 @@ impl Daemon {
             else {
                 continue;
             };
-            let schedule = match Schedule::parse(expr, tz) {
+            let zone = export
+                .timezone
+                .as_deref()
+                .unwrap_or(&settings.schedule.timezone);
+            let schedule = match Schedule::parse_tz(zone).and_then(|tz| Schedule::parse(expr, tz)) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(export = %export.name, error = %e, "Schedule cannot be used");
                     continue;
                 }
             };
-            let key = format!("{expr} @ {}", settings.schedule.timezone);
+            let key = format!("{expr} @ {zone}");
             let result = match export.mark {
                 Some((marked, last)) if marked == key => match schedule.due(last, now) {
                     Some(slot) => {
@@ -400,6 +439,7 @@ impl Daemon {
                 tracing::error!(export = %export.name, error = %e, "Cannot record a schedule slot");
             }
         }
+        true
     }
 
     /// Takes every signal file in the trigger folder exactly once.
@@ -535,6 +575,10 @@ impl Daemon {
                 if loaded.settings.store.path != self.ctx.settings.store.path {
                     tracing::warn!("store.path changed; the new database is used after a restart");
                 }
+                if loaded.settings.metrics != self.ctx.settings.metrics {
+                    tracing::warn!("metrics settings changed; they take effect after a restart");
+                }
+                observe::apply_settings(&loaded.settings);
                 let ctx = self.ctx.with_settings(loaded.settings);
                 let dir = ctx.settings.daemon.trigger_dir.clone();
                 self.ctx = Arc::new(ctx);
@@ -555,23 +599,15 @@ impl Daemon {
             .await
             .map(|q| q.len())
             .unwrap_or(0);
-        if running.is_empty() {
-            return format!("idle; {queued} queued");
-        }
-        let mut parts: Vec<String> = running
+        crate::metrics::global().set_queue_length(queued);
+        let runs = running
             .values()
             .map(|(name, _)| match board.get(name) {
-                Some((phase, c)) => format!(
-                    "{name}: {phase}, read {}, sent {}/{}",
-                    c.rows_read,
-                    c.upserted + c.unsubscribed + c.failed,
-                    c.planned
-                ),
+                Some((phase, c)) => run_activity(name, phase, c),
                 None => format!("{name}: starting"),
             })
             .collect();
-        parts.sort();
-        format!("running {}; {queued} queued", parts.join("; "))
+        activity_line(runs, queued)
     }
 }
 

@@ -459,6 +459,7 @@ mod tests {
             segments: vec![],
             on_leave: OnLeave::Keep,
             schedule: None,
+            timezone: None,
             enabled: true,
             created_at: String::new(),
             updated_at: String::new(),

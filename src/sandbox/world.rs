@@ -99,6 +99,7 @@ pub fn export_input(name: &str, connection: &str, segments: &[&str]) -> ExportIn
         fields: Vec::new(),
         tags: Vec::new(),
         schedule: None,
+        timezone: None,
         on_leave: OnLeave::Keep,
         enabled: true,
     }

@@ -28,6 +28,8 @@ pub struct ExportInput {
     pub fields: Vec<(i64, String)>,
     pub tags: Vec<String>,
     pub schedule: Option<String>,
+    /// IANA time zone of the schedule; `None` follows `schedule.timezone`.
+    pub timezone: Option<String>,
     pub on_leave: OnLeave,
     pub enabled: bool,
 }
@@ -45,6 +47,7 @@ pub struct ExportPatch {
     pub fields: Option<Vec<(i64, String)>>,
     pub tags: Option<Vec<String>>,
     pub schedule: Option<Option<String>>,
+    pub timezone: Option<Option<String>>,
     pub on_leave: Option<OnLeave>,
 }
 
@@ -112,9 +115,14 @@ impl Context {
         if input.list_id <= 0 {
             return Err(ServiceError::InvalidListId(input.list_id));
         }
+        // Stored by its canonical name, so the daemon and `status` read back what was checked.
+        let timezone = match &input.timezone {
+            Some(zone) => Some(Schedule::parse_tz(zone.trim()).map_err(ServiceError::BadTimezone)?),
+            None => None,
+        };
         let schedule = match &input.schedule {
             Some(expr) => {
-                Schedule::parse(expr, self.settings.timezone())
+                Schedule::parse(expr, timezone.unwrap_or_else(|| self.settings.timezone()))
                     .map_err(ServiceError::BadSchedule)?;
                 Some(expr.trim().to_owned())
             }
@@ -225,6 +233,7 @@ impl Context {
             segment_ids,
             on_leave: input.on_leave,
             schedule,
+            timezone: timezone.map(|tz| tz.name().to_owned()),
             enabled: input.enabled,
         })
     }
@@ -290,6 +299,7 @@ impl Context {
             }),
             tags: patch.tags.unwrap_or(current.tags),
             schedule: patch.schedule.unwrap_or(current.schedule),
+            timezone: patch.timezone.unwrap_or(current.timezone),
             on_leave: patch.on_leave.unwrap_or(current.on_leave),
             enabled: current.enabled,
         };

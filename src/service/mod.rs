@@ -114,6 +114,8 @@ pub enum ServiceError {
     InvalidListId(i64),
     #[error("invalid schedule: {0}")]
     BadSchedule(#[source] ScheduleError),
+    #[error("invalid time zone: {0}")]
+    BadTimezone(#[source] ScheduleError),
     #[error("segment {segment:?} is given twice")]
     SegmentTwice { segment: String },
     /// A mapped column missing from one of the export's segments.

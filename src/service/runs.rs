@@ -140,13 +140,13 @@ pub struct RunDetail {
 }
 
 impl Context {
-    /// Whether a daemon is beating on this database.
+    /// Whether a daemon is beating on this database (and its process is still there).
     pub async fn daemon_is_up(&self) -> Result<bool, StoreError> {
         Ok(self
             .store
             .daemon_state()
             .await?
-            .is_some_and(|d| d.is_live()))
+            .is_some_and(|d| super::status::daemon_alive(&d)))
     }
 
     /// Decides where a run asked for now goes and, when the daemon is up, hands it over.

@@ -47,6 +47,8 @@ pub struct ExportDef {
     pub segments: Vec<SegmentRef>,
     pub on_leave: OnLeave,
     pub schedule: Option<String>,
+    /// The IANA time zone the schedule is read in; `None` follows `schedule.timezone`.
+    pub timezone: Option<String>,
     pub enabled: bool,
     pub created_at: String,
     pub updated_at: String,
@@ -68,6 +70,7 @@ pub struct ExportSpec {
     pub segment_ids: Vec<i64>,
     pub on_leave: OnLeave,
     pub schedule: Option<String>,
+    pub timezone: Option<String>,
     pub enabled: bool,
 }
 
@@ -237,6 +240,7 @@ impl Store {
             segments,
             on_leave,
             schedule: row.get("schedule"),
+            timezone: row.get("timezone"),
             enabled: row.get("enabled"),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
@@ -249,8 +253,8 @@ impl Store {
         let now = now_text();
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO exports (name, connection_id, list_id, list_name, email_column, \
-             first_name_column, last_name_column, phone_column, on_leave, schedule, enabled, \
-             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             first_name_column, last_name_column, phone_column, on_leave, schedule, timezone, \
+             enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT(name) DO NOTHING RETURNING id",
         )
         .bind(&spec.name)
@@ -263,6 +267,7 @@ impl Store {
         .bind(&spec.phone_column)
         .bind(spec.on_leave)
         .bind(&spec.schedule)
+        .bind(&spec.timezone)
         .bind(spec.enabled)
         .bind(&now)
         .bind(&now)
@@ -301,7 +306,7 @@ impl Store {
         sqlx::query(
             "UPDATE exports SET connection_id = ?, list_id = ?, list_name = ?, email_column = ?, \
              first_name_column = ?, last_name_column = ?, phone_column = ?, on_leave = ?, \
-             schedule = ?, enabled = ?, updated_at = ? WHERE id = ?",
+             schedule = ?, timezone = ?, enabled = ?, updated_at = ? WHERE id = ?",
         )
         .bind(spec.connection_id)
         .bind(spec.list_id)
@@ -312,6 +317,7 @@ impl Store {
         .bind(&spec.phone_column)
         .bind(spec.on_leave)
         .bind(&spec.schedule)
+        .bind(&spec.timezone)
         .bind(spec.enabled)
         .bind(now_text())
         .bind(id)
@@ -448,6 +454,7 @@ pub(in crate::store) mod tests {
                 segment_ids: vec![segment_id],
                 on_leave,
                 schedule: None,
+                timezone: None,
                 enabled: true,
             })
             .await
@@ -523,6 +530,7 @@ pub(in crate::store) mod tests {
             segment_ids,
             on_leave: OnLeave::Keep,
             schedule: None,
+            timezone: None,
             enabled: true,
         };
         for export in [
@@ -552,6 +560,43 @@ pub(in crate::store) mod tests {
             ]
         };
         assert_eq!(seen, [one_export("daily"), one_export("weekly")].concat());
+    }
+
+    #[tokio::test]
+    async fn an_exports_time_zone_is_saved_updated_and_dropped() {
+        let (_dir, store, id) = test_store_with_export("weekly").await;
+        let saved = store.export_by_id(id).await.expect("read").expect("exists");
+        assert_eq!(saved.timezone, None, "follows the settings by default");
+        let spec = |timezone: Option<&str>| ExportSpec {
+            name: "weekly".to_owned(),
+            connection_id: saved.connection_id,
+            list_id: saved.list_id,
+            list_name: saved.list_name.clone(),
+            email_column: saved.email_column.clone(),
+            first_name_column: None,
+            last_name_column: None,
+            phone_column: None,
+            fields: Vec::new(),
+            tags: Vec::new(),
+            segment_ids: saved.segments.iter().map(|s| s.id).collect(),
+            on_leave: OnLeave::Keep,
+            schedule: Some("30 6 * * *".to_owned()),
+            timezone: timezone.map(str::to_owned),
+            enabled: true,
+        };
+
+        store
+            .update_export(id, &spec(Some("Europe/Berlin")))
+            .await
+            .expect("update");
+        let berlin = store.export_by_id(id).await.expect("read").expect("exists");
+        let candidates = store.schedule_candidates().await.expect("candidates");
+        store.update_export(id, &spec(None)).await.expect("update");
+        let dropped = store.export_by_id(id).await.expect("read").expect("exists");
+
+        assert_eq!(berlin.timezone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(candidates[0].timezone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(dropped.timezone, None);
     }
 
     /// A store with one connection and one export; returns the export's id.

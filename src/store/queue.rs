@@ -23,6 +23,8 @@ pub struct ScheduleCandidate {
     pub name: String,
     /// The export's own schedule; `None` follows the system refresh.
     pub schedule: Option<String>,
+    /// The export's own time zone; `None` follows `schedule.timezone`.
+    pub timezone: Option<String>,
     /// The schedule (with its time zone) the last slot counted for, and that slot.
     pub mark: Option<(String, DateTime<Utc>)>,
 }
@@ -174,9 +176,16 @@ impl Store {
     /// Every enabled export with its own schedule and its schedule mark, in one query: the
     /// daemon asks twice a second and needs nothing else of the definitions.
     pub async fn schedule_candidates(&self) -> Result<Vec<ScheduleCandidate>, StoreError> {
-        type CandidateRow = (i64, String, Option<String>, Option<String>, Option<String>);
+        type CandidateRow = (
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let rows: Vec<CandidateRow> = sqlx::query_as(
-            "SELECT e.id, e.name, e.schedule, m.schedule, m.last_slot FROM exports e \
+            "SELECT e.id, e.name, e.schedule, e.timezone, m.schedule, m.last_slot FROM exports e \
              LEFT JOIN schedule_marks m ON m.export_id = e.id WHERE e.enabled ORDER BY e.name",
         )
         .fetch_all(self.pool())
@@ -185,10 +194,11 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(export_id, name, schedule, marked, slot)| ScheduleCandidate {
+                |(export_id, name, schedule, timezone, marked, slot)| ScheduleCandidate {
                     export_id,
                     name,
                     schedule,
+                    timezone,
                     mark: marked.zip(slot.as_deref().and_then(from_text)),
                 },
             )

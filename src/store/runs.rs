@@ -94,6 +94,9 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// Who asked for it (`None` for a scheduled run).
     pub requested_by: Option<String>,
+    /// The process running it, while it runs (`status` checks that it is still there).
+    #[serde(skip)]
+    pub owner_pid: Option<i64>,
 }
 
 /// A profile that did not arrive: `rejected` before sending, `failed` or `suppressed` at
@@ -145,6 +148,7 @@ fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, sqlx::Error> 
         resumes_run_id: row.try_get("resumes_run_id")?,
         error: row.try_get("error")?,
         requested_by: row.try_get("requested_by")?,
+        owner_pid: row.try_get("owner_pid")?,
     })
 }
 
@@ -509,6 +513,17 @@ impl Store {
         .fetch_all(self.pool())
         .await
         .doing("looking for interrupted runs")
+    }
+
+    /// When each export's latest succeeded run finished (RFC 3339), by export name.
+    pub async fn last_successes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT e.name, MAX(r.finished_at) FROM runs r JOIN exports e ON e.id = r.export_id \
+             WHERE r.status = 'succeeded' AND r.finished_at IS NOT NULL GROUP BY e.id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .doing("reading the exports' last successes")
     }
 
     /// The most recent finished run per export, for `status`.

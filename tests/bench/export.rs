@@ -499,6 +499,7 @@ impl Bench {
                 fields: vec![],
                 tags: vec![],
                 schedule: None,
+                timezone: None,
                 on_leave: OnLeave::Unsubscribe,
                 enabled: true,
             })

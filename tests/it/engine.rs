@@ -100,6 +100,7 @@ impl Harness {
                 fields: vec![(3, "tier".into())],
                 tags: vec!["acexport".into()],
                 schedule: None,
+                timezone: None,
                 on_leave,
                 enabled: true,
             })

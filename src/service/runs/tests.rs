@@ -18,6 +18,7 @@ fn record(id: i64, status: RunStatus, finished_at: Option<&str>) -> RunRecord {
         resumes_run_id: None,
         error: None,
         requested_by: None,
+        owner_pid: None,
     }
 }
 
