@@ -9,7 +9,7 @@ use crate::service::Context;
 /// Entries listed unless `--limit` says otherwise.
 const DEFAULT_ENTRIES: u32 = 50;
 /// Most entries one listing shows.
-const MAX_ENTRIES: u32 = 10_000;
+pub(super) const MAX_ENTRIES: u32 = 10_000;
 
 #[derive(Debug, Args, serde::Serialize, serde::Deserialize)]
 pub struct AuditArgs {

@@ -115,6 +115,42 @@ impl Request {
         }
     }
 
+    /// What the command line's parser would have refused: a request is built by a client the
+    /// daemon does not trust, so its bounds are checked again here.
+    fn check(&self) -> Result<(), String> {
+        let within = |what: &str, value: u64, max: u64| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{what} must be between 1 and {max}, got {value}"))
+            }
+        };
+        match self {
+            Request::Segment(segment::SegmentCommand::Preview { limit, .. }) => within(
+                "--limit",
+                u64::from(*limit),
+                u64::from(segment::MAX_PREVIEW_ROWS),
+            ),
+            Request::Runs(args) => {
+                within("--limit", u64::from(args.limit), u64::from(runs::MAX_RUNS))
+            }
+            Request::Audit(args) => within(
+                "--limit",
+                u64::from(args.limit),
+                u64::from(audit::MAX_ENTRIES),
+            ),
+            Request::Trigger(args) if args.name.is_some() == args.all => {
+                Err("give either an export name or --all".to_owned())
+            }
+            Request::Connection(connection::ConnectionCommand::Add(a))
+                if a.key.carried.is_none() =>
+            {
+                Err("the API key is missing".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Runs the request in `ctx` (acting for the peer).
     async fn run(self, ctx: &Context) -> Result<(), CliError> {
         match self {
@@ -161,6 +197,12 @@ async fn serve(ctx: Context, command: serde_json::Value, console: Console) -> u8
              path that only the client can read; the client reads those itself\n"
                 .to_owned(),
         );
+        return EXIT_PROTOCOL;
+    }
+    if let Err(problem) = request.check() {
+        say(format!(
+            "acexport: the daemon refused the request: {problem}\n"
+        ));
         return EXIT_PROTOCOL;
     }
     // Non-admins never read a connection's address, whatever quotes it.
@@ -221,7 +263,10 @@ fn hide(text: String, hidden: &[(String, String)]) -> String {
 /// or one a stopped daemon left): the command then runs here.
 pub async fn connect(socket: &Path) -> Result<Option<UnixStream>, CliError> {
     match UnixStream::connect(socket).await {
-        Ok(stream) => Ok(Some(stream)),
+        Ok(stream) => {
+            check_server(&stream, socket)?;
+            Ok(Some(stream))
+        }
         Err(e)
             if matches!(
                 e.kind(),
@@ -234,6 +279,33 @@ pub async fn connect(socket: &Path) -> Result<Option<UnixStream>, CliError> {
             socket: socket.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// Requests carry keys and database URLs: they go only to a daemon running as root or as the
+/// owner of the socket's folder (the service user), never to whoever managed to listen there.
+fn check_server(stream: &UnixStream, socket: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| CliError::Control {
+        socket: socket.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
+    };
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| refuse(format!("cannot tell who serves it ({e})")))?
+        .uid();
+    let folder = socket.parent().unwrap_or(Path::new("/"));
+    let owner = std::fs::metadata(folder)
+        .map_err(|e| refuse(format!("cannot inspect {} ({e})", folder.display())))?
+        .uid();
+    if peer == 0 || peer == owner {
+        Ok(())
+    } else {
+        Err(refuse(format!(
+            "it is served by uid {peer}, neither root nor the owner of {} (uid {owner}); \
+             nothing was sent to it",
+            folder.display()
+        )))
     }
 }
 

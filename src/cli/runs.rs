@@ -11,7 +11,7 @@ use crate::service::{Context, RunRecord};
 /// Runs listed unless `--limit` says otherwise.
 const DEFAULT_RUNS: u32 = 20;
 /// Most runs one listing shows.
-const MAX_RUNS: u32 = 1000;
+pub(super) const MAX_RUNS: u32 = 1000;
 /// Most rejected, failed and suppressed profiles `runs show` prints: enough to see the pattern.
 const MAX_ISSUES_SHOWN: u32 = 200;
 

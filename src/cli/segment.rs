@@ -19,7 +19,7 @@ use crate::service::segments::{
 /// Rows `segment preview` shows unless `--limit` says otherwise.
 const DEFAULT_PREVIEW_ROWS: u16 = 10;
 /// Upper bound of `--limit`: a preview is for eyes, not for copying a segment out.
-const MAX_PREVIEW_ROWS: u16 = 1000;
+pub(super) const MAX_PREVIEW_ROWS: u16 = 1000;
 /// Characters of a value shown in a preview cell: enough to recognise it, and a table stays a
 /// table.
 const SHOWN_VALUE_CHARS: usize = 40;

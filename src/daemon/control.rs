@@ -12,15 +12,16 @@
 //! A request that cannot be read (truncated, oversized, not JSON, another version) gets an
 //! `err` line and `exit` 76 (`EX_PROTOCOL`); the daemon carries on serving.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -34,10 +35,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line: a command line with a long SQL query fits many times over.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests served at once; more wait for a free slot (a local user cannot exhaust the
-/// daemon's descriptors or memory by opening connections).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one answer line may wait for a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests served at once; more are refused at once (a local user cannot exhaust the daemon's
+/// descriptors or memory by opening connections).
 const MAX_CONNECTIONS: usize = 64;
+/// Requests one user may have open at once: one user cannot take every slot. A user without a
+/// role gets fewer, and only for as long as it takes to refuse them.
+const MAX_PER_USER: usize = 8;
+const MAX_PER_USER_WITHOUT_ROLE: usize = 2;
 /// Exit status for a request that could not be read (`EX_PROTOCOL` from sysexits.h).
 pub const EXIT_PROTOCOL: u8 = 76;
 /// Exit status for a peer without any role (`EX_NOPERM`).
@@ -170,14 +177,8 @@ impl ControlSocket {
         stop: CancellationToken,
     ) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let per_user: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
         loop {
-            let permit = tokio::select! {
-                () = stop.cancelled() => break,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let stream = tokio::select! {
                 () = stop.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
@@ -191,31 +192,89 @@ impl ControlSocket {
             };
             let ctx = Arc::clone(&contexts.borrow());
             let handler = Arc::clone(&handler);
+            let slots = Arc::clone(&slots);
+            let per_user = Arc::clone(&per_user);
             tokio::spawn(async move {
-                let _permit = permit;
-                serve_one(stream, ctx, handler).await;
+                let Ok(cred) = stream.peer_cred() else {
+                    tracing::warn!("Control connection without peer credentials; closed");
+                    return;
+                };
+                let user = crate::identity::lookup(cred.uid(), Some(cred.gid()));
+                let actor = Actor::of(
+                    &user,
+                    &ctx.settings.access,
+                    rustix::process::geteuid().as_raw(),
+                );
+                let cap = if actor.role.is_some() {
+                    MAX_PER_USER
+                } else {
+                    MAX_PER_USER_WITHOUT_ROLE
+                };
+                let Some(_user_slot) = UserSlot::take(&per_user, cred.uid(), cap) else {
+                    refuse(
+                        stream,
+                        "you have too many requests open at once; wait for them",
+                    )
+                    .await;
+                    return;
+                };
+                let Ok(_permit) = slots.try_acquire_owned() else {
+                    refuse(stream, "the daemon is busy with other requests; try again").await;
+                    return;
+                };
+                serve_one(stream, ctx, actor, handler).await;
             });
         }
     }
 }
 
-/// Serves one connection: read the request, authorize the peer, run, answer.
-async fn serve_one(stream: UnixStream, ctx: Arc<Context>, handler: Handler) {
-    let cred = match stream.peer_cred() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "Control connection without peer credentials; closed");
-            return;
+/// A user's share of the open requests, given back when dropped.
+struct UserSlot {
+    counts: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl UserSlot {
+    fn take(counts: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32, cap: usize) -> Option<UserSlot> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let open = map.entry(uid).or_insert(0);
+        if *open >= cap {
+            return None;
         }
-    };
+        *open += 1;
+        Some(UserSlot {
+            counts: Arc::clone(counts),
+            uid,
+        })
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = map.get_mut(&self.uid) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Answers a connection that is not served, after letting its request arrive (a client whose
+/// request could not be written would not see why).
+async fn refuse(stream: UnixStream, why: &str) {
     let (read, mut write) = stream.into_split();
-    let user = crate::identity::lookup(cred.uid(), Some(cred.gid()));
-    let actor = Actor::of(
-        &user,
-        &ctx.settings.access,
-        rustix::process::geteuid().as_raw(),
-    );
-    let envelope = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(read)).await {
+    let _ = tokio::time::timeout(Duration::from_secs(1), read_request(BufReader::new(read))).await;
+    let text = format!("acexport: the daemon refused the request: {why}\n");
+    let _ = answer(&mut write, &[Reply::Err(text), Reply::Exit(EXIT_PROTOCOL)]).await;
+}
+
+/// Serves one connection: read the request, authorize the peer, run, answer.
+async fn serve_one(stream: UnixStream, ctx: Arc<Context>, actor: Actor, handler: Handler) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let envelope = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut reader)).await {
         Ok(Ok(envelope)) => envelope,
         Ok(Err(problem)) => {
             tracing::warn!(user = %actor.name, problem = %problem, "Control request refused");
@@ -254,32 +313,67 @@ async fn serve_one(stream: UnixStream, ctx: Arc<Context>, handler: Handler) {
         terminal: envelope.terminal,
     };
     let name = actor.name.clone();
-    let run = tokio::spawn(handler(ctx.as_actor(actor), envelope.command, console));
-    // The command's output goes out as it comes; a client that left stops nothing but the
-    // output (like a closed pipe).
-    let mut connected = true;
-    while let Some(frame) = outgoing.recv().await {
-        let reply = match frame {
-            Frame::Out(text) => Reply::Out(text),
-            Frame::Err(text) => Reply::Err(text),
-        };
-        if connected && answer(&mut write, &[reply]).await.is_err() {
-            connected = false;
+    let mut run = tokio::spawn(handler(ctx.as_actor(actor), envelope.command, console));
+    // A client that leaves (Ctrl-C, or it stops reading) ends its command, as a closed
+    // terminal ends a local one: nothing is left holding a slot for it. Definitions are
+    // written in single transactions, so a command stopped midway changed nothing.
+    let left = async move {
+        let mut rest = [0u8; 64];
+        loop {
+            match reader.read(&mut rest).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::pin!(left);
+    let mut finished = None;
+    loop {
+        tokio::select! {
+            frame = outgoing.recv() => match frame {
+                Some(frame) => {
+                    let reply = match frame {
+                        Frame::Out(text) => Reply::Out(text),
+                        Frame::Err(text) => Reply::Err(text),
+                    };
+                    let sent = tokio::time::timeout(WRITE_TIMEOUT, answer(&mut write, &[reply])).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        run.abort();
+                        break;
+                    }
+                }
+                None => {
+                    finished = Some(match (&mut run).await {
+                        Ok(code) => code,
+                        Err(e) => {
+                            tracing::error!(error = %e, "Control request failed inside the daemon");
+                            1
+                        }
+                    });
+                    break;
+                }
+            },
+            () = &mut left => {
+                run.abort();
+                break;
+            }
         }
     }
-    let code = run.await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "Control request failed inside the daemon");
-        1
-    });
-    if connected {
-        let _ = answer(&mut write, &[Reply::Exit(code)]).await;
+    match finished {
+        Some(code) => {
+            let _ =
+                tokio::time::timeout(WRITE_TIMEOUT, answer(&mut write, &[Reply::Exit(code)])).await;
+            tracing::debug!(user = %name, command = %what, exit = code, "Control request done");
+        }
+        None => {
+            tracing::info!(user = %name, command = %what, "Control client left; its request stopped")
+        }
     }
-    tracing::debug!(user = %name, command = %what, exit = code, "Control request done");
 }
 
 /// Reads and checks the request line; the error says what is wrong with it.
-async fn read_request(read: impl AsyncRead + Unpin) -> Result<Envelope, String> {
-    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+async fn read_request(read: impl AsyncBufRead + Unpin) -> Result<Envelope, String> {
+    let mut reader = read.take(MAX_REQUEST_BYTES as u64 + 1);
     let mut line = Vec::new();
     reader
         .read_until(b'\n', &mut line)

@@ -24,6 +24,9 @@ use crate::identity::LocalUser;
 use crate::settings::AccessSettings;
 use crate::store::ConnectionDef;
 
+/// The kernel's overflow uid (`/proc/sys/kernel/overflowuid`, "nobody").
+const OVERFLOW_UID: u32 = 65534;
+
 /// A role, ordered: each may do what the ones below it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +108,11 @@ pub fn role_of(user: &LocalUser, access: &AccessSettings, service_uid: u32) -> O
     if user.uid == 0 || user.uid == service_uid {
         return Some(Role::Admin);
     }
+    // The overflow uid is what every unmapped user looks like from inside a user namespace
+    // (systemd's PrivateUsers=): a role for it would be a role for everyone.
+    if user.uid == OVERFLOW_UID {
+        return None;
+    }
     [
         (Role::Admin, &access.admins),
         (Role::Contributor, &access.contributors),
@@ -137,8 +145,8 @@ pub struct Refusal {
 pub enum RefusalReason {
     /// The action needs this role.
     Needs(Role),
-    /// The connection is kept for admins.
-    NotShared { connection: String },
+    /// The connection is kept for admins (named when the user named it).
+    NotShared { connection: Option<String> },
     /// A file the actor cannot read themselves: the daemon reads it only for those who can.
     Unreadable { path: PathBuf, why: String },
 }
@@ -157,10 +165,16 @@ impl fmt::Display for Refusal {
                 "that needs the {role} role; an admin can grant it in {}",
                 role.setting()
             ),
-            RefusalReason::NotShared { connection } => write!(
+            RefusalReason::NotShared {
+                connection: Some(connection),
+            } => write!(
                 f,
                 "connection {connection:?} is not shared with contributors; an admin can share \
                  it"
+            ),
+            RefusalReason::NotShared { connection: None } => f.write_str(
+                "it is on a connection that is not shared with contributors; an admin can share \
+                 it",
             ),
             RefusalReason::Unreadable { path, why } => write!(
                 f,
@@ -215,7 +229,7 @@ impl Context {
         if self.actor.uid == rustix::process::geteuid().as_raw() {
             return Ok(());
         }
-        readable_by(path, self.actor.uid, &self.actor.gids).map_err(|why| {
+        crate::source::access::readable_by(path, self.actor.uid, &self.actor.gids).map_err(|why| {
             self.refuse(
                 "use this file as a source",
                 RefusalReason::Unreadable {
@@ -223,6 +237,16 @@ impl Context {
                     why,
                 },
             )
+        })
+    }
+
+    /// Whom a file the actor names is read for: themselves, unless they are root or the
+    /// daemon's own user (who read as the daemon does anyway).
+    pub fn file_reader(&self) -> Option<crate::source::FileReader> {
+        let own = rustix::process::geteuid().as_raw();
+        (self.actor.uid != 0 && self.actor.uid != own).then(|| crate::source::FileReader {
+            uid: self.actor.uid,
+            gids: self.actor.gids.clone(),
         })
     }
 
@@ -245,7 +269,7 @@ impl Context {
             Err(self.refuse(
                 action,
                 RefusalReason::NotShared {
-                    connection: connection.name.clone(),
+                    connection: Some(connection.name.clone()),
                 },
             ))
         }
@@ -263,8 +287,10 @@ impl Context {
         if self.actor.is_admin() {
             return Ok(());
         }
+        // The export was named, not its connection: the refusal does not name it either.
         match self.store.connection_by_id(connection_id).await? {
-            Some(c) => self.require_on(&c, need, action),
+            Some(c) if self.may_use(&c) => Ok(()),
+            Some(_) => Err(self.refuse(action, RefusalReason::NotShared { connection: None })),
             None => Err(self.refuse(action, RefusalReason::Needs(Role::Admin))),
         }
     }
@@ -307,50 +333,6 @@ impl Context {
     }
 }
 
-/// Whether `uid` with groups `gids` may read `path`: search permission on every folder of its
-/// resolved path and read permission on the file, from the mode bits (as the kernel checks
-/// them without ACLs; an ACL can only make us refuse someone it would let in). Resolving links
-/// first is enough: whoever can reach the target can read it by its own path.
-fn readable_by(path: &Path, uid: u32, gids: &[u32]) -> Result<(), String> {
-    if !path.is_absolute() {
-        return Err("the path is not absolute".to_owned());
-    }
-    if uid == 0 {
-        return Ok(());
-    }
-    let resolved = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
-    let mut folder = PathBuf::from("/");
-    let mut parts = resolved.components().skip(1).peekable();
-    while let Some(part) = parts.next() {
-        let meta = std::fs::metadata(&folder).map_err(|e| e.to_string())?;
-        if !permits(&meta, uid, gids, 0o1) {
-            return Err(format!("no search permission on {}", folder.display()));
-        }
-        folder.push(part);
-        if parts.peek().is_none() {
-            let meta = std::fs::metadata(&folder).map_err(|e| e.to_string())?;
-            if !permits(&meta, uid, gids, 0o4) {
-                return Err("no read permission".to_owned());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The owner, group or other bits that apply to `uid`, tested for `bit` (4 read, 1 search).
-fn permits(meta: &std::fs::Metadata, uid: u32, gids: &[u32], bit: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let mode = meta.mode();
-    let shift = if meta.uid() == uid {
-        6
-    } else if gids.contains(&meta.gid()) {
-        3
-    } else {
-        0
-    };
-    (mode >> shift) & bit != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,7 +359,11 @@ mod tests {
 
     #[test]
     fn roles_come_from_names_and_groups_and_the_highest_wins() {
-        let a = access(&["ann"], &["@marketing", "carl"], &["@staff", "carl"]);
+        let a = access(
+            &["ann"],
+            &["@marketing", "carl"],
+            &["@staff", "carl", "nobody"],
+        );
         let cases: &[(LocalUser, Option<Role>)] = &[
             (user(0, Some("root"), &[]), Some(Role::Admin)),
             (user(SERVICE_UID, Some("acexport"), &[]), Some(Role::Admin)),
@@ -394,6 +380,8 @@ mod tests {
             (user(1007, Some("staff"), &["ann"]), None),
             // A uid without a name matches groups only.
             (user(1008, None, &["marketing"]), Some(Role::Contributor)),
+            // The overflow uid never holds a role, even when named.
+            (user(65534, Some("nobody"), &["nogroup"]), None),
         ];
         for (u, expected) in cases {
             assert_eq!(role_of(u, &a, SERVICE_UID), *expected, "{u:?}");
@@ -419,42 +407,6 @@ mod tests {
     }
 
     #[test]
-    fn a_file_is_readable_by_someone_else_only_through_folders_they_may_search() {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path, m: u32| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
-        };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let open = dir.path().join("open");
-        std::fs::create_dir(&open).expect("mkdir");
-        let file = open.join("members.csv");
-        std::fs::write(&file, "email\n").expect("write");
-        // Someone who owns nothing here and is in none of its groups.
-        let (uid, gids) = (4_000_000_001, [4_000_000_001]);
-        mode(dir.path(), 0o755);
-        mode(&open, 0o755);
-        mode(&file, 0o644);
-        assert_eq!(readable_by(&file, uid, &gids), Ok(()));
-        mode(&file, 0o640);
-        assert_eq!(
-            readable_by(&file, uid, &gids),
-            Err("no read permission".to_owned())
-        );
-        mode(&file, 0o644);
-        mode(&open, 0o750);
-        let err = readable_by(&file, uid, &gids).expect_err("folder closed");
-        assert!(err.starts_with("no search permission on "), "{err}");
-        assert!(readable_by(Path::new("relative.csv"), uid, &gids).is_err());
-        mode(&open, 0o755);
-        // A link is judged by what it leads to.
-        let link = dir.path().join("link.csv");
-        std::os::unix::fs::symlink(&file, &link).expect("symlink");
-        assert_eq!(readable_by(&link, uid, &gids), Ok(()));
-        mode(&file, 0o600);
-        assert!(readable_by(&link, uid, &gids).is_err());
-    }
-
-    #[test]
     fn a_refusal_names_the_user_the_role_held_and_the_role_needed() {
         let refusal = Refusal {
             actor: "bob".into(),
@@ -472,7 +424,7 @@ mod tests {
             role: Some(Role::Contributor),
             action: "add exports".into(),
             reason: RefusalReason::NotShared {
-                connection: "Marketing AC".into(),
+                connection: Some("Marketing AC".into()),
             },
         };
         assert_eq!(

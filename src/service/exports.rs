@@ -150,6 +150,9 @@ impl Context {
                 });
             }
             let segment = self.find_segment(name).await?;
+            // An export sends its segments' rows out: a contributor may send only what they
+            // could read themselves.
+            self.require_segment_use(&segment)?;
             // Recorded when the segment was saved; a segment saved before they were is
             // checked when a run opens it.
             let types = stored_column_types(&segment);

@@ -14,7 +14,9 @@ use super::access::Role;
 use super::{Context, MappedField, Remedy, ServiceError, check_name};
 use crate::secrets::Purpose;
 pub use crate::source::shown_column;
-use crate::source::{self, ColumnType, Row, RowError, SourceDef, SourceError};
+use crate::source::{
+    self, ColumnType, FileReader, Row, RowError, SourceDef, SourceError, SourceFile,
+};
 use crate::store::SegmentDef;
 use crate::store::connections::Sealed;
 use crate::store::exports::{ColumnRole, MappedColumn};
@@ -279,6 +281,16 @@ struct ResolvedSource {
 }
 
 impl ResolvedSource {
+    /// Whom its file is read for, to be stored with the segment.
+    fn reader_uid(&self) -> Option<u32> {
+        match &self.def {
+            SourceDef::Csv { path, .. } | SourceDef::Jsonl { path, .. } => {
+                path.reader.as_ref().map(|r| r.uid)
+            }
+            SourceDef::Sql { .. } => None,
+        }
+    }
+
     /// A file source: only its path is kept.
     fn file(def: SourceDef, kind: SegmentKind, path: String, delimiter: Option<u8>) -> Self {
         ResolvedSource {
@@ -377,12 +389,12 @@ impl Context {
     pub fn source_def(&self, s: &SegmentDef) -> Result<SourceDef, ServiceError> {
         match s.kind {
             SegmentKind::Csv => Ok(SourceDef::Csv {
-                path: PathBuf::from(s.path.clone().unwrap_or_default()),
+                path: stored_file(s),
                 delimiter: csv_delimiter(s),
                 limits: self.settings.source,
             }),
             SegmentKind::Jsonl => Ok(SourceDef::Jsonl {
-                path: PathBuf::from(s.path.clone().unwrap_or_default()),
+                path: stored_file(s),
                 limits: self.settings.source,
             }),
             SegmentKind::Sql => {
@@ -458,6 +470,7 @@ impl Context {
         // Serialising plain strings and enums cannot fail; an empty list would only mean
         // "not recorded", never a wrong type.
         let column_types_json = serde_json::to_string(&description.types).ok();
+        let reader_uid = resolved.reader_uid();
         let inserted = self
             .store
             .insert_segment(NewSegment {
@@ -473,6 +486,7 @@ impl Context {
                 column_types_json: column_types_json.as_deref(),
                 unexportable: &[],
                 row_count: description.rows,
+                reader_uid,
             })
             .await?;
         if inserted.is_none() {
@@ -533,6 +547,7 @@ impl Context {
             .filter(|(_, ty)| ty.refusal().is_some())
             .map(|(name, _)| name.clone())
             .collect();
+        let reader_uid = resolved.reader_uid();
         let outcome = self
             .store
             .update_segment(
@@ -550,6 +565,7 @@ impl Context {
                     column_types_json: column_types_json.as_deref(),
                     unexportable: &unexportable,
                     row_count: description.rows,
+                    reader_uid,
                 },
             )
             .await?;
@@ -607,7 +623,7 @@ impl Context {
                 let shown = path.display().to_string();
                 Ok(ResolvedSource::file(
                     SourceDef::Csv {
-                        path,
+                        path: SourceFile::new(path, self.file_reader()),
                         delimiter,
                         limits: self.settings.source,
                     },
@@ -621,7 +637,7 @@ impl Context {
                 let shown = path.display().to_string();
                 Ok(ResolvedSource::file(
                     SourceDef::Jsonl {
-                        path,
+                        path: SourceFile::new(path, self.file_reader()),
                         limits: self.settings.source,
                     },
                     SegmentKind::Jsonl,
@@ -665,9 +681,20 @@ impl Context {
 
     pub async fn list_segments(&self) -> Result<Vec<SegmentView>, ServiceError> {
         self.require(Role::Contributor, "list segments")?;
+        let visible = self.visible_export_names().await?;
         let mut out = Vec::new();
         for s in self.store.segments().await? {
-            out.push(self.segment_view(s).await?);
+            let sql = s.kind == SegmentKind::Sql;
+            let mut view = self.segment_view(s).await?;
+            // Non-admins see neither the query and database of an SQL segment nor exports
+            // on connections not shared with them.
+            if let Some(visible) = &visible {
+                if sql {
+                    view.source = "an SQL query (shown to admins)".to_owned();
+                }
+                view.exports.retain(|e| visible.contains(e));
+            }
+            out.push(view);
         }
         Ok(out)
     }
@@ -684,6 +711,9 @@ impl Context {
         view.columns = description.columns;
         view.rows = description.rows as i64;
         view.tls = source::postgres_tls(&def).map(|tls| tls.to_string());
+        if let Some(visible) = self.visible_export_names().await? {
+            view.exports.retain(|e| visible.contains(e));
+        }
         Ok(view)
     }
 
@@ -743,14 +773,37 @@ impl Context {
         }
     }
 
-    /// A stored file source must be readable by the actor to be shown or previewed.
+    /// A stored segment's rows are for those who could read them: its file readable by the
+    /// actor, and SQL segments for admins (their query runs with the daemon's access).
     fn require_readable_source(&self, s: &SegmentDef) -> Result<(), ServiceError> {
         match (&s.kind, &s.path) {
+            (SegmentKind::Sql, _) => self.require(Role::Admin, "read SQL segments"),
             (SegmentKind::Csv | SegmentKind::Jsonl, Some(path)) => {
                 self.require_readable(Path::new(path))
             }
             _ => Ok(()),
         }
+    }
+
+    /// The names of the exports the actor may see (`None`: all of them).
+    async fn visible_export_names(&self) -> Result<Option<Vec<String>>, ServiceError> {
+        let Some(ids) = self.usable_connections().await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.store
+                .exports()
+                .await?
+                .into_iter()
+                .filter(|e| ids.contains(&e.connection_id))
+                .map(|e| e.name)
+                .collect(),
+        ))
+    }
+
+    /// A segment put into an export: the same rule as reading its rows.
+    pub(super) fn require_segment_use(&self, s: &SegmentDef) -> Result<(), ServiceError> {
+        self.require_readable_source(s)
     }
 
     /// A segment is changed or removed by a non-admin only when it is no SQL segment and every
@@ -788,6 +841,18 @@ pub struct SegmentPreview {
     pub rows: Vec<Result<Row, RowError>>,
     /// Why reading stopped before the limit or the end, if it did.
     pub stopped: Option<ServiceError>,
+}
+
+/// A stored segment's file, read for the user who named it (their groups as they are now).
+fn stored_file(s: &SegmentDef) -> SourceFile {
+    let reader = s
+        .reader_uid
+        .and_then(|uid| u32::try_from(uid).ok())
+        .map(|uid| FileReader {
+            uid,
+            gids: crate::identity::lookup(uid, None).gids,
+        });
+    SourceFile::new(PathBuf::from(s.path.clone().unwrap_or_default()), reader)
 }
 
 /// Stored paths are absolute: the daemon's working folder is not the user's.
@@ -837,6 +902,7 @@ mod tests {
             row_count: 2,
             created_at: String::new(),
             updated_at: String::new(),
+            reader_uid: None,
         }
     }
 

@@ -14,13 +14,13 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use csv_core::{ReadRecordResult, Reader as CoreReader, ReaderBuilder};
 
 use super::{
-    ChunkSender, Row, RowError, RowStream, SourceError, SourceSettings, duplicate_names, open_file,
-    project, run_blocking, shown_name, spawn_blocking_reader,
+    ChunkSender, Row, RowError, RowStream, SourceError, SourceFile, SourceSettings,
+    duplicate_names, open_file, project, run_blocking, shown_name, spawn_blocking_reader,
 };
 
 /// Read buffer of the parser: large so that big files take fewer read calls.
@@ -35,7 +35,7 @@ const SENTINEL: &[u8] = b"\n";
 /// Opens `path`, reads its header and starts streaming its records projected onto `columns`
 /// (`None`: every column). Returns the header's column names too.
 pub(super) async fn open(
-    path: &Path,
+    path: &SourceFile,
     delimiter: u8,
     limits: SourceSettings,
     columns: Option<&[String]>,
@@ -58,7 +58,7 @@ pub(super) async fn open(
 /// Opens the file and reads the header row: trimmed names, UTF-8, each name once, within
 /// `source.max_header_bytes` and `source.max_columns`.
 fn open_reader(
-    path: &Path,
+    path: &SourceFile,
     delimiter: u8,
     limits: SourceSettings,
 ) -> Result<(Records, Vec<String>), SourceError> {
@@ -74,7 +74,7 @@ fn open_reader(
         }
         Next::End => {
             return Err(SourceError::MissingHeader {
-                path: path.to_owned(),
+                path: path.to_path_buf(),
             });
         }
     };
@@ -82,7 +82,7 @@ fn open_reader(
         .map(|i| std::str::from_utf8(records.field(i)).map(|name| name.trim().to_owned()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| SourceError::HeaderNotUtf8 {
-            path: path.to_owned(),
+            path: path.to_path_buf(),
             line,
         })?;
     let duplicates = duplicate_names(&header);
@@ -251,7 +251,7 @@ struct Records {
 }
 
 impl Records {
-    fn open(path: &Path, delimiter: u8, limits: SourceSettings) -> Result<Self, SourceError> {
+    fn open(path: &SourceFile, delimiter: u8, limits: SourceSettings) -> Result<Self, SourceError> {
         let input = open_file(path, READ_BUFFER_BYTES)?;
         Ok(Records {
             input,
@@ -263,7 +263,7 @@ impl Records {
             scratch: vec![0; SKIP_BUFFER_BYTES],
             scratch_ends: vec![0; SKIP_ENDS],
             eof: Eof::No,
-            path: path.to_owned(),
+            path: path.to_path_buf(),
         })
     }
 
@@ -474,7 +474,7 @@ mod tests {
 
     fn def(file: &NamedTempFile, delimiter: u8) -> SourceDef {
         SourceDef::Csv {
-            path: file.path().to_owned(),
+            path: file.path().to_owned().into(),
             delimiter,
             limits: SourceSettings::default(),
         }
@@ -623,7 +623,7 @@ mod tests {
         let path = dir.path().join("segment.csv");
 
         let error = describe(&SourceDef::Csv {
-            path: path.clone(),
+            path: path.clone().into(),
             delimiter: b',',
             limits: SourceSettings::default(),
         })
@@ -698,7 +698,7 @@ mod tests {
 
     fn def_with(file: &NamedTempFile, limits: SourceSettings) -> SourceDef {
         SourceDef::Csv {
-            path: file.path().to_owned(),
+            path: file.path().to_owned().into(),
             delimiter: b',',
             limits,
         }
@@ -1121,7 +1121,7 @@ mod differential {
     }
 
     fn ours(
-        path: &Path,
+        path: &std::path::Path,
         delim: u8,
         cap: usize,
         limits: SourceSettings,

@@ -22,8 +22,8 @@ use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::{
-    ChunkSender, ColumnType, Description, Row, RowError, RowStream, SourceError, SourceSettings,
-    open_file, project, run_blocking, shown_name, spawn_blocking_reader,
+    ChunkSender, ColumnType, Description, Row, RowError, RowStream, SourceError, SourceFile,
+    SourceSettings, open_file, project, run_blocking, shown_name, spawn_blocking_reader,
 };
 
 /// Lines read when opening to learn the columns: a column is known if one of the first this
@@ -38,7 +38,7 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// rows. Fails on the first line that is not a JSON object, naming it, and on a file with no
 /// columns.
 pub(super) async fn describe(
-    path: &Path,
+    path: &SourceFile,
     limits: SourceSettings,
 ) -> Result<Description, SourceError> {
     let source_name = path.display().to_string();
@@ -46,7 +46,10 @@ pub(super) async fn describe(
     run_blocking(|| source_name, move || describe_blocking(&path, limits)).await
 }
 
-fn describe_blocking(path: &Path, limits: SourceSettings) -> Result<Description, SourceError> {
+fn describe_blocking(
+    path: &SourceFile,
+    limits: SourceSettings,
+) -> Result<Description, SourceError> {
     let mut lines = Lines::open(path, limits.max_line_bytes)?;
     let mut keys = KeySet::new(limits);
     let mut rows = 0;
@@ -56,7 +59,7 @@ fn describe_blocking(path: &Path, limits: SourceSettings) -> Result<Description,
     }
     if keys.names.is_empty() {
         return Err(SourceError::NoColumns {
-            path: path.to_owned(),
+            path: path.to_path_buf(),
         });
     }
     Ok(Description {
@@ -69,7 +72,7 @@ fn describe_blocking(path: &Path, limits: SourceSettings) -> Result<Description,
 /// Learns the columns from the first lines, then starts streaming rows projected onto
 /// `columns` (`None`: every known column). Returns the known columns too.
 pub(super) async fn open(
-    path: &Path,
+    path: &SourceFile,
     limits: SourceSettings,
     columns: Option<&[String]>,
 ) -> Result<(Vec<String>, RowStream), SourceError> {
@@ -93,7 +96,10 @@ pub(super) async fn open(
 
 /// Top-level keys of the first [`KNOWN_COLUMNS_SCAN_LINES`] lines; invalid lines are left to
 /// the row stream to report, a cap is a source error here. An empty file has no columns.
-fn scan_known_columns(path: &Path, limits: SourceSettings) -> Result<Vec<String>, SourceError> {
+fn scan_known_columns(
+    path: &SourceFile,
+    limits: SourceSettings,
+) -> Result<Vec<String>, SourceError> {
     let mut lines = Lines::open(path, limits.max_line_bytes)?;
     let mut keys = KeySet::new(limits);
     let mut empty = true;
@@ -113,7 +119,7 @@ fn scan_known_columns(path: &Path, limits: SourceSettings) -> Result<Vec<String>
     }
     if empty {
         return Err(SourceError::NoColumns {
-            path: path.to_owned(),
+            path: path.to_path_buf(),
         });
     }
     Ok(keys.names)
@@ -302,7 +308,7 @@ struct Lines {
 }
 
 impl Lines {
-    fn open(path: &Path, max_bytes: usize) -> Result<Self, SourceError> {
+    fn open(path: &SourceFile, max_bytes: usize) -> Result<Self, SourceError> {
         let mut reader = open_file(path, READ_BUFFER_BYTES)?;
         // A UTF-8 BOM (Notepad, PowerShell 5 `Out-File`) is no part of the first line's JSON.
         // `open_file` has filled the buffer, so a BOM at the start of the file is all in it.
@@ -314,7 +320,7 @@ impl Lines {
             buf: Vec::new(),
             max_bytes,
             line: 0,
-            path: path.to_owned(),
+            path: path.to_path_buf(),
         })
     }
 
@@ -540,7 +546,7 @@ mod tests {
 
     fn def(file: &NamedTempFile) -> SourceDef {
         SourceDef::Jsonl {
-            path: file.path().to_owned(),
+            path: file.path().to_owned().into(),
             limits: SourceSettings::default(),
         }
     }
@@ -694,7 +700,7 @@ mod tests {
 
     fn def_with(file: &NamedTempFile, limits: SourceSettings) -> SourceDef {
         SourceDef::Jsonl {
-            path: file.path().to_owned(),
+            path: file.path().to_owned().into(),
             limits,
         }
     }

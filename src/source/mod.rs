@@ -18,6 +18,7 @@
 //!
 //! Each column's type and how its values become text is a [`ColumnType`] (see `column.rs`).
 
+pub mod access;
 mod column;
 mod csv;
 mod jsonl;
@@ -29,12 +30,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use self::access::{FileReader, SourceFile};
 pub use self::column::{ColumnType, Conversion};
 use crate::escape::untrusted_capped;
 pub use crate::settings::SourceSettings;
@@ -59,13 +61,13 @@ const SHOWN_NAMES: usize = 20;
 pub enum SourceDef {
     /// A CSV file whose first line is a header naming the columns, read within `limits`.
     Csv {
-        path: PathBuf,
+        path: SourceFile,
         delimiter: u8,
         limits: SourceSettings,
     },
     /// A file holding one JSON object per line, read within `limits`.
     Jsonl {
-        path: PathBuf,
+        path: SourceFile,
         limits: SourceSettings,
     },
     /// A query run read-only against `sqlite:...` or `postgres://...`; the URL may hold a
@@ -647,20 +649,20 @@ const UTF16_BOMS: [&[u8]; 2] = [b"\xFF\xFE", b"\xFE\xFF"];
 
 /// Opens a segment file for buffered reading. A UTF-16 file is refused here, naming the fix: its
 /// bytes would otherwise parse into rows of garbage, every other byte a NUL.
-fn open_file(path: &Path, buffer_bytes: usize) -> Result<BufReader<File>, SourceError> {
-    let file = File::open(path).map_err(|source| SourceError::Open {
-        path: path.to_owned(),
+fn open_file(path: &SourceFile, buffer_bytes: usize) -> Result<BufReader<File>, SourceError> {
+    let file = access::open(path).map_err(|source| SourceError::Open {
+        path: path.to_path_buf(),
         source,
     })?;
     let mut reader = BufReader::with_capacity(buffer_bytes, file);
     let start = reader.fill_buf().map_err(|source| SourceError::Read {
-        path: path.to_owned(),
+        path: path.to_path_buf(),
         line: 1,
         source,
     })?;
     if UTF16_BOMS.iter().any(|bom| start.starts_with(bom)) {
         return Err(SourceError::Utf16 {
-            path: path.to_owned(),
+            path: path.to_path_buf(),
         });
     }
     Ok(reader)

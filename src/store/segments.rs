@@ -42,6 +42,8 @@ pub struct SegmentDef {
     pub row_count: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// Whom its file is read for (`source::FileReader`); `None`: the daemon itself.
+    pub reader_uid: Option<i64>,
 }
 
 /// A segment's column names as read when it was added, stored as a JSON array. A stored value
@@ -84,6 +86,8 @@ pub struct NewSegment<'a> {
     /// export maps one, as it is for a column the source lacks.
     pub unexportable: &'a [String],
     pub row_count: u64,
+    /// Whom its file is read for; `None`: the daemon itself.
+    pub reader_uid: Option<u32>,
 }
 
 /// What became of a segment update.
@@ -121,8 +125,9 @@ impl Store {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO segments (name, kind, path, delimiter, query, database_sealed, \
              database_env, database_shown, columns_json, column_types_json, row_count, \
-             created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING RETURNING id",
+             created_at, updated_at, reader_uid) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING \
+             RETURNING id",
         )
         .bind(s.name)
         .bind(s.kind)
@@ -137,6 +142,7 @@ impl Store {
         .bind(s.row_count as i64)
         .bind(&now)
         .bind(&now)
+        .bind(s.reader_uid)
         .fetch_optional(&mut *tx)
         .await
         .doing("saving a segment")?;
@@ -190,7 +196,7 @@ impl Store {
         sqlx::query(
             "UPDATE segments SET kind = ?, path = ?, delimiter = ?, query = ?, \
              database_sealed = ?, database_env = ?, database_shown = ?, columns_json = ?, \
-             column_types_json = ?, row_count = ?, updated_at = ? WHERE id = ?",
+             column_types_json = ?, row_count = ?, updated_at = ?, reader_uid = ? WHERE id = ?",
         )
         .bind(s.kind)
         .bind(s.path)
@@ -203,6 +209,7 @@ impl Store {
         .bind(s.column_types_json)
         .bind(s.row_count as i64)
         .bind(now_text())
+        .bind(s.reader_uid)
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -279,6 +286,7 @@ pub(in crate::store) mod tests {
                 column_types_json: None,
                 unexportable: &[],
                 row_count: 2,
+                reader_uid: None,
             })
             .await
             .expect("insert")
@@ -311,6 +319,7 @@ pub(in crate::store) mod tests {
             column_types_json: None,
             unexportable: &[],
             row_count: 7,
+            reader_uid: None,
         }
     }
 
@@ -464,6 +473,7 @@ pub(in crate::store) mod tests {
                 column_types_json: Some(types),
                 unexportable: &[],
                 row_count: 1,
+                reader_uid: None,
             })
             .await
             .expect("insert")

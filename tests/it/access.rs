@@ -827,3 +827,229 @@ async fn garbage_on_the_control_socket_gets_an_error_and_the_daemon_keeps_servin
     assert_eq!(status["daemon"]["up"], true, "{status}");
     team.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "needs root: runs the CLI as other users"]
+async fn a_link_swapped_in_after_a_contributor_added_a_segment_does_not_lend_the_daemon_access() {
+    let team = Team::start().await;
+    team.define().await;
+    let mine = team.shared_file("mine.csv", "email\nada@example.com\n");
+    team.as_user(CONTRIBUTOR, &["segment", "add", "Mine", "--csv", &mine])
+        .await
+        .assert_ok();
+    let mut args = export_args("Leak", "Marketing AC");
+    args[8] = "Mine";
+    team.as_user(CONTRIBUTOR, &args).await.assert_ok();
+    // Root's file, then the contributor's file replaced by a link to it.
+    let private = team.env.write("private.csv", "email\nsecret@example.com\n");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::remove_file(&mine).expect("rm");
+    std::os::unix::fs::symlink(&private, &mine).expect("symlink");
+    let preview = team
+        .as_user(CONTRIBUTOR, &["segment", "preview", "Mine"])
+        .await;
+    assert_refused(&preview, "is not readable by \"daemon\"");
+    assert!(
+        !String::from_utf8_lossy(&preview.stdout).contains("secret"),
+        "rows shown"
+    );
+    let out = team
+        .as_user(CONTRIBUTOR, &["export", "run", "Leak", "--json"])
+        .await;
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    let error = outcome["error"].as_str().unwrap_or_default();
+    assert!(error.contains("(uid 1) cannot read it"), "{error}");
+    assert!(
+        !team
+            .env
+            .sandbox
+            .contacts()
+            .iter()
+            .any(|c| c.email.contains("secret")),
+        "the private file's row reached ActiveCampaign"
+    );
+    team.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs root: runs the CLI as other users"]
+async fn a_fifo_or_a_proc_file_is_refused_at_once_and_the_daemon_serves_on() {
+    let team = Team::start().await;
+    team.define().await;
+    let fifo = team.env.path("shared/pipe.csv");
+    team.shared_file("placeholder.csv", "email\n");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from(0o666),
+        0,
+    )
+    .expect("mkfifo");
+    let started = std::time::Instant::now();
+    let out = team
+        .as_user(
+            CONTRIBUTOR,
+            &[
+                "segment",
+                "add",
+                "Pipe",
+                "--csv",
+                &fifo.display().to_string(),
+            ],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it did not hang"
+    );
+    let out = team
+        .as_user(
+            CONTRIBUTOR,
+            &["segment", "add", "Maps", "--csv", "/proc/self/maps"],
+        )
+        .await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("under /proc"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    team.as_root(&["status"]).await.assert_ok();
+    team.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs root: runs the CLI as other users"]
+async fn an_admins_sql_segment_is_neither_read_nor_exported_by_a_contributor() {
+    let team = Team::start().await;
+    team.define().await;
+    let db = team.env.path("vip.db");
+    std::fs::write(&db, "").expect("empty database");
+    let url = format!("sqlite:{}", db.display());
+    team.as_root(&[
+        "segment",
+        "add",
+        "Vip",
+        "--sql",
+        "SELECT 'vip@example.com' AS email",
+        "--database",
+        &url,
+    ])
+    .await
+    .assert_ok();
+    for args in [
+        vec!["segment", "preview", "Vip"],
+        vec!["segment", "show", "Vip"],
+    ] {
+        assert_refused(
+            &team.as_user(CONTRIBUTOR, &args).await,
+            "may not read SQL segments: that needs the admin role",
+        );
+    }
+    let list = team
+        .as_user(CONTRIBUTOR, &["segment", "list", "--json"])
+        .await;
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        !text.contains("SELECT") && !text.contains("vip.db"),
+        "{text}"
+    );
+    let mut args = export_args("Vip export", "Marketing AC");
+    args[8] = "Vip";
+    assert_refused(
+        &team.as_user(CONTRIBUTOR, &args).await,
+        "may not read SQL segments",
+    );
+    team.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs root: runs the CLI as other users"]
+async fn idle_connections_of_one_user_cannot_lock_the_others_out() {
+    let team = Team::start().await;
+    // Twenty silent connections as a user without a role (they would have held every slot).
+    let mut idle: Vec<std::process::Child> = (0..20)
+        .map(|_| connect_as(NOBODY.0, &team.socket))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    team.as_root(&["status"]).await.assert_ok();
+    team.as_user(VIEWER, &["status"]).await.assert_ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    for child in &mut idle {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    team.stop().await;
+}
+
+/// A process running as `uid` that connects to `socket` and says nothing for 30 s.
+fn connect_as(uid: u32, socket: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ntime.sleep(30)",
+        ])
+        .arg(socket)
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn a silent client")
+}
+
+#[tokio::test]
+#[ignore = "needs root: gives files other owners"]
+async fn a_signal_file_others_could_write_or_that_has_another_name_is_refused() {
+    let team = Team::start().await;
+    team.define().await;
+    let dir = team.env.trigger_dir();
+    let place = |name: &str, mode: u32| {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, r#"{"export":"Weekly news"}"#).expect("write");
+        std::os::unix::fs::chown(&tmp, Some(CONTRIBUTOR.0), Some(CONTRIBUTOR.0)).expect("chown");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        tmp
+    };
+    let writable = place("writable", 0o664);
+    std::fs::rename(&writable, dir.join("writable.trigger")).expect("rename");
+    let linked = place("linked", 0o644);
+    std::fs::hard_link(&linked, dir.join("linked.trigger")).expect("link");
+    let mut reasons = Vec::new();
+    for _ in 0..100 {
+        reasons = std::fs::read_dir(dir.join("rejected"))
+            .expect("rejected")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".reason"))
+            .map(|e| std::fs::read_to_string(e.path()).expect("reason"))
+            .collect::<Vec<_>>();
+        if reasons.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("can be written by others")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("other hard links")),
+        "{reasons:?}"
+    );
+    let runs = team.root_json(&["runs", "--json"]).await;
+    assert_eq!(runs, serde_json::json!([]), "nothing ran");
+    team.stop().await;
+}

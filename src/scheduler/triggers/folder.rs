@@ -50,8 +50,9 @@ const DIR_MODE: u32 = 0o1770;
 const COPY_MODE: u32 = 0o600;
 /// A reason file: the group that drops triggers may read why one was refused.
 const REASON_MODE: u32 = 0o640;
-/// A writer's new trigger file, less the umask (as `std::fs::File::create` does).
-const TRIGGER_FILE_MODE: u32 = 0o666;
+/// A writer's new trigger file: the daemon reads it (through the folder's default ACL, or as
+/// its owner), nobody else may change it (the request is authorized as its owner).
+const TRIGGER_FILE_MODE: u32 = 0o640;
 
 /// Where in the trigger folder a name lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +171,18 @@ impl Folder {
         let stat = rustix::fs::fstat(&fd).map_err(|e| format!("cannot be inspected: {e}"))?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(NOT_REGULAR.into());
+        }
+        // A request is authorized as its file's owner: the file must be theirs alone. Another
+        // name for it (a hard link) or write access for others would let someone else speak
+        // with the owner's authority.
+        if stat.st_nlink != 1 {
+            return Err("has other hard links; write a new file instead".into());
+        }
+        if stat.st_mode & 0o022 != 0 {
+            return Err(format!(
+                "can be written by others than its owner (mode {:o}); write it with umask 022",
+                stat.st_mode & 0o777
+            ));
         }
         let mut bytes = Vec::new();
         File::from(fd)
