@@ -533,6 +533,7 @@ mod tests {
                 ..RunCounts::default()
             },
             error: None,
+            failure: None,
             plan: None,
             seconds: 1.0,
         };
