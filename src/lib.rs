@@ -7,6 +7,7 @@
 //! `source`. The engine never imports the service, and the CLI never touches the store.
 
 pub mod activecampaign;
+pub mod alerts;
 pub mod cli;
 pub mod daemon;
 pub mod escape;

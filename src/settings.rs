@@ -2,6 +2,8 @@
 //! `ACEXPORT_<SECTION>__<KEY>` environment variables. `acexport check-config` runs this same
 //! code path, so what it accepts is exactly what the daemon will run with.
 
+mod alerts;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::activecampaign::host::is_loopback;
 use crate::redact::redact_url;
+pub use alerts::{AlertsSettings, WebhookUrl};
 
 /// Where the settings file is looked for when neither `--config` nor `$ACEXPORT_CONFIG` names one.
 pub const SYSTEM_CONFIG_FILE: &str = "/etc/acexport/acexport.toml";
@@ -61,6 +64,7 @@ pub struct Settings {
     pub daemon: DaemonSettings,
     pub schedule: ScheduleSettings,
     pub log: LogSettings,
+    pub alerts: AlertsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -404,6 +408,7 @@ impl Settings {
                 *path = base.join(&*path);
             }
         }
+        self.alerts.resolve_paths(base);
     }
 
     /// Checks every value a deserializer cannot: ranges, cron syntax, time zone names.
@@ -498,6 +503,7 @@ impl Settings {
                 });
             }
         }
+        self.alerts.validate()?;
         Ok(())
     }
 
@@ -526,6 +532,7 @@ impl Settings {
         if let Some(proxy) = &mut shown.activecampaign.proxy {
             *proxy = ProxyUrl(proxy.redacted());
         }
+        shown.alerts.hide_secrets();
         let value = serde_json::to_value(&shown).unwrap_or_default();
         if let Some(sections) = value.as_object() {
             for (section, keys) in sections {

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::pipeline::{PipelineError, Progress, RunControl, RunOptions};
 use crate::scheduler::{Schedule, TriggerRequest, TriggerWatcher, claim_all};
+use crate::service::alerts::ALERT_FLUSH_WAIT;
 use crate::service::{Context, ServiceError};
 use crate::settings::{Loaded, Settings};
 use crate::store::{RunCounts, StoreError, TriggerKind};
@@ -203,6 +204,7 @@ impl Daemon {
         }
 
         systemd::stopping();
+        let stopping = tokio::time::Instant::now();
         tracing::info!(
             running = running.len(),
             "Shutting down: running exports stop at their next batch boundary"
@@ -228,6 +230,9 @@ impl Daemon {
                 tracing::error!("Running exports did not stop in time; they resume at next start");
             }
         }
+        // Alerts of runs that just ended, within what is left of the drain deadline.
+        let left = DRAIN_DEADLINE.saturating_sub(stopping.elapsed());
+        self.ctx.flush_alerts(left.min(ALERT_FLUSH_WAIT)).await;
         let _ = store.release_daemon().await;
         store.close().await;
         tracing::info!("Daemon stopped");

@@ -4,6 +4,7 @@
 //! Every definition change checks everything first and writes in one transaction: a refused
 //! definition is never half-saved.
 
+pub mod alerts;
 pub mod connections;
 pub mod exports;
 pub mod jobs;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use crate::activecampaign::{AcError, BaseUrl, Client, ClientOptions, HostError};
+use crate::alerts::AlertQueue;
 use crate::pipeline::RunControl;
 use crate::scheduler::ScheduleError;
 use crate::secrets::{Purpose, SecretKey, SecretsError};
@@ -215,6 +217,8 @@ pub struct Context {
     /// The process's stop requests (shutdown, abort); every run in the process gets a control
     /// of its own under it.
     pub control: RunControl,
+    /// Where finished runs' alerts go; kept over a reload unless `[alerts]` changed.
+    alerts: Arc<AlertQueue>,
 }
 
 impl Context {
@@ -227,11 +231,13 @@ impl Context {
             Some(key) => key,
             None => first_key(&settings, &key_path, &store).await?,
         };
+        let alerts = alerts::alert_queue_for(&settings.alerts, None, &store);
         Ok(Context {
             settings,
             store,
             key: Arc::new(key),
             control: RunControl::new(),
+            alerts,
         })
     }
 
@@ -240,16 +246,24 @@ impl Context {
         if settings.secrets_key_path() != self.settings.secrets_key_path() {
             tracing::warn!("secrets.key_file changed; the new key file is used after a restart");
         }
+        let alerts = alerts::alert_queue_for(
+            &settings.alerts,
+            Some((&self.settings.alerts, &self.alerts)),
+            &self.store,
+        );
         Context {
             settings,
             store: self.store.clone(),
             key: Arc::clone(&self.key),
             control: self.control.clone(),
+            alerts,
         }
     }
 
-    /// Closes the store, checkpointing its WAL: the last thing a command does.
+    /// Waits a little for alerts still queued, then closes the store, checkpointing its WAL:
+    /// the last thing a command does.
     pub async fn close(&self) {
+        self.flush_alerts(alerts::ALERT_FLUSH_WAIT).await;
         self.store.close().await;
     }
 
