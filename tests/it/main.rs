@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. They run the real `acexport` binary
 //! and the built-in ActiveCampaign sandbox over loopback.
 
+mod alerts;
 mod budget;
 mod cleared;
 mod cli_connection;
