@@ -78,9 +78,13 @@ impl Alert {
                 run.export,
                 run.failure.unwrap_or(FailureKind::Internal)
             ),
-            AlertEvent::Partial => format!(
+            AlertEvent::Partial if run.counts.failed > 0 => format!(
                 "Export {} ended partial{run_part}: {} contacts not delivered",
                 run.export, run.counts.failed
+            ),
+            AlertEvent::Partial => format!(
+                "Export {} ended partial{run_part}: imports not confirmed yet",
+                run.export
             ),
             AlertEvent::Recovered => format!("Export {} succeeded again{run_part}", run.export),
             AlertEvent::KeyRejected => format!(

@@ -16,6 +16,9 @@
 //! - An alert no channel took (every attempt failed, or a foreground run stopped waiting) is
 //!   sent again by the next run that ends in the same state.
 //! - A cancelled or interrupted run says nothing about the export's health: nothing changes.
+//! - While no channel is set, states are still kept: a failure or partial run stays to be
+//!   alerted by the next run in that state once a channel is set; a recovery is not alerted,
+//!   since nobody was told of the failure.
 
 use crate::store::RunStatus;
 use crate::store::alerts::{AlertEvent, Change, ExportState, FailureKind, KeyState, Remembered};
@@ -47,6 +50,29 @@ impl Observed {
 pub struct Decision {
     pub export: Option<Change<ExportState>>,
     pub connection: Option<Change<KeyState>>,
+}
+
+impl Decision {
+    /// This decision when no channel is set: the same states, with only the alerts of bad
+    /// states kept pending (see the module's rules).
+    pub fn without_channels(self) -> Decision {
+        let bad = |change: Change<_>| Change {
+            alert: change.alert.filter(|a| {
+                matches!(
+                    a,
+                    AlertEvent::Failed | AlertEvent::Partial | AlertEvent::KeyRejected
+                )
+            }),
+            ..change
+        };
+        Decision {
+            export: self.export.map(bad),
+            connection: self.connection.map(|change| Change {
+                alert: change.alert.filter(|a| *a == AlertEvent::KeyRejected),
+                ..change
+            }),
+        }
+    }
 }
 
 /// The changes and alerts a run that ended as `observed` calls for, given the export's and its
@@ -366,6 +392,57 @@ mod tests {
             assert_eq!(
                 decision.connection, key_change,
                 "{export:?} {connection:?} {observed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_channels_states_are_kept_and_only_bad_news_stays_pending() {
+        let f = ExportState::Failed;
+        let cases = [
+            // (export before, connection before, observed, export change, connection change)
+            (
+                None,
+                None,
+                Observed::Failed(SOURCE),
+                change(f(SOURCE), Some(Failed)),
+                None,
+            ),
+            (
+                None,
+                None,
+                Observed::Partial,
+                change(ExportState::Partial, Some(Partial)),
+                None,
+            ),
+            (
+                None,
+                None,
+                Observed::Failed(KEY),
+                change(f(KEY), None),
+                change(KeyState::Rejected, Some(KeyRejected)),
+            ),
+            (
+                untold(f(SOURCE), Failed),
+                None,
+                Observed::Succeeded,
+                change(ExportState::Ok, None),
+                None,
+            ),
+            (
+                told(f(KEY), None),
+                untold(KeyState::Rejected, KeyRejected),
+                Observed::Succeeded,
+                change(ExportState::Ok, None),
+                change(KeyState::Accepted, None),
+            ),
+        ];
+        for (export, connection, observed, export_change, key_change) in cases {
+            let decision = decide(observed, export, connection).without_channels();
+            assert_eq!(decision.export, export_change, "{export:?} {observed:?}");
+            assert_eq!(
+                decision.connection, key_change,
+                "{connection:?} {observed:?}"
             );
         }
     }

@@ -11,7 +11,7 @@ use crate::alerts::webhook::WebhookError;
 use crate::alerts::{Alert, AlertQueue, ChannelReport, Channels, RunFacts};
 use crate::pipeline::{PipelineError, RunOutcome};
 use crate::settings::AlertsSettings;
-use crate::store::alerts::{AlertDue, FailureKind, new_alert_id};
+use crate::store::alerts::{AlertDue, AlertEvent, FailureKind, new_alert_id};
 use crate::store::{ExportDef, RunCounts, RunStatus};
 
 /// How long a process that ends waits for its alerts: a foreground run must not hang on a
@@ -29,16 +29,15 @@ pub enum AlertsError {
 
 impl Context {
     /// Decides, records and queues the alerts a run of `export` that ended with `result` calls
-    /// for. Never fails the run: a problem is logged, and when the alert state cannot be read
-    /// the run's alerts go out as if nothing had been alerted before.
+    /// for. The state is recorded also while no channel is set (see `alerts::decide`). Never
+    /// fails the run: a problem is logged, and when the alert state cannot be read the run's
+    /// alerts go out as if nothing had been alerted before.
     pub(super) async fn raise_alerts(
         &self,
         export: &ExportDef,
         result: &Result<RunOutcome, PipelineError>,
     ) {
-        if !self.alerts.is_on() {
-            return;
-        }
+        let on = self.alerts.is_on();
         let (run_id, status, failure, error, counts) = match result {
             Ok(o) => (o.run_id, o.status, o.failure, o.error.clone(), o.counts),
             // Another process runs it: that process alerts.
@@ -66,16 +65,22 @@ impl Context {
                 export.connection_id,
                 run_id,
                 move |export, connection| {
-                    let decision = decide(observed, export, connection);
+                    let mut decision = decide(observed, export, connection);
+                    if !on {
+                        decision = decision.without_channels();
+                    }
                     (decision.export, decision.connection)
                 },
             )
             .await;
-        let due: Vec<(Option<AlertDue>, _)> = match decided {
-            Ok(due) => due
-                .into_iter()
-                .map(|d| (Some(d.clone()), d.event))
-                .collect(),
+        if !on {
+            if let Err(error) = decided {
+                tracing::debug!(export = %export.name, %error, "Cannot record the alert state");
+            }
+            return;
+        }
+        let due: Vec<(AlertEvent, Option<AlertDue>)> = match decided {
+            Ok(due) => due.into_iter().map(|d| (d.event, Some(d))).collect(),
             Err(error) => {
                 tracing::warn!(export = %export.name, %error, "Cannot read or record the alert state; alerting as if nothing was alerted before");
                 let decision = decide(observed, None, None);
@@ -85,7 +90,7 @@ impl Context {
                 ]
                 .into_iter()
                 .flatten()
-                .map(|event| (None, event))
+                .map(|event| (event, None))
                 .collect()
             }
         };
@@ -95,7 +100,7 @@ impl Context {
         let facts = self
             .run_facts(export, run_id, status, failure, error, counts)
             .await;
-        for (recorded, event) in due {
+        for (event, recorded) in due {
             let id = recorded
                 .as_ref()
                 .map_or_else(new_alert_id, |d| d.alert_id.clone());

@@ -343,6 +343,25 @@ async fn an_undelivered_alert_is_said_by_the_foreground_run_and_sent_by_the_next
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failure_while_no_channel_was_set_is_alerted_by_the_first_run_after_one_is() {
+    let receiver = Receiver::start(&[]).await;
+    let env = TestEnv::new().await;
+    env.add_export().await;
+    std::fs::remove_file(env.path("members.csv")).expect("remove the segment file");
+    let unheard = env.run(&["export", "run", "weekly"]).await;
+    env.rewrite_settings(|s| s.alerts.webhook_url = Some(WebhookUrl::from(receiver.url())))
+        .expect("settings");
+
+    let heard = env.run(&["export", "run", "weekly"]).await;
+
+    assert_eq!((unheard.code(), heard.code()), (Some(1), Some(1)));
+    let received = receiver.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].json()["event"], "failed");
+    assert_eq!(received[0].json()["run_id"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_key_is_one_alert_naming_the_connection_and_its_return_one_more() {
     let receiver = Receiver::start(&[]).await;
     let env = cli_env(&receiver, 50, "").await;
