@@ -305,6 +305,19 @@ async fn a_webhook_answering_500_twice_gets_the_same_alert_a_third_time() {
     for request in &received {
         assert_eq!(request.header("x-acexport-delivery"), id);
         assert_eq!(request.json()["event"], "failed");
+        for value in [
+            "ada@example.com",
+            "Ada",
+            "Lovelace",
+            "alan@example.com",
+            "Turing",
+        ] {
+            assert!(
+                !request.text().contains(value),
+                "{value} in {}",
+                request.text()
+            );
+        }
     }
     assert!(!out.stderr_text().contains("could not be delivered"));
 }
