@@ -8,6 +8,7 @@
 //! `metrics` sits below them all: anyone records into it, it depends on nothing of the crate.
 
 pub mod activecampaign;
+pub mod alerts;
 pub mod cli;
 pub mod daemon;
 pub mod escape;

@@ -126,36 +126,10 @@ impl SecretKey {
     /// file (owner, mode, kind) before a byte of it is read; opening never blocks (a FIFO put
     /// there is refused, not waited on).
     pub fn read(path: &Path) -> Result<Option<SecretKey>, SecretsError> {
-        let io = |source| SecretsError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(path);
-        let file = match opened {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(e)),
-        };
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(SecretsError::NotAFile {
-                path: path.to_path_buf(),
-            });
+        match read_guarded(path)? {
+            Some(bytes) => Self::from_file_bytes(path, bytes).map(Some),
+            None => Ok(None),
         }
-        check_key_file(
-            path,
-            meta.uid(),
-            meta.mode(),
-            rustix::process::geteuid().as_raw(),
-        )?;
-        let mut bytes = Vec::with_capacity(KEY_LEN * 2 + 1);
-        file.take(MAX_KEY_FILE_BYTES)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        Self::from_file_bytes(path, bytes).map(Some)
     }
 
     fn from_file_bytes(path: &Path, mut bytes: Vec<u8>) -> Result<SecretKey, SecretsError> {
@@ -314,6 +288,43 @@ impl ProfileHasher {
     }
 }
 
+/// The first [`MAX_KEY_FILE_BYTES`] of a file holding a secret (the secrets key, a webhook's
+/// signing secret), `None` when there is none. The file is judged on the open file (owner,
+/// mode, kind) before a byte of it is read; opening never blocks (a FIFO put there is refused,
+/// not waited on). Errors name the secrets key file: callers reading another secret reword them.
+pub(crate) fn read_guarded(path: &Path) -> Result<Option<Vec<u8>>, SecretsError> {
+    let io = |source| SecretsError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(SecretsError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    check_key_file(
+        path,
+        meta.uid(),
+        meta.mode(),
+        rustix::process::geteuid().as_raw(),
+    )?;
+    let mut bytes = Vec::with_capacity(KEY_LEN * 2 + 1);
+    file.take(MAX_KEY_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    Ok(Some(bytes))
+}
+
 /// Refuses a key file owned by anyone but root or `user` (who could replace the key), or whose
 /// `mode` lets others read it or anyone but its owner write it.
 fn check_key_file(path: &Path, owner: u32, mode: u32, user: u32) -> Result<(), SecretsError> {
@@ -341,7 +352,7 @@ fn check_key_file(path: &Path, owner: u32, mode: u32, user: u32) -> Result<(), S
 }
 
 /// What a loose key file's `mode` allows, in words, for its error.
-fn loose_key_faults(mode: u32) -> String {
+pub(crate) fn loose_key_faults(mode: u32) -> String {
     let mut faults = Vec::new();
     if mode & 0o004 != 0 {
         faults.push("others can read it");

@@ -2,6 +2,8 @@
 //! `ACEXPORT_<SECTION>__<KEY>` environment variables. `acexport check-config` runs this same
 //! code path, so what it accepts is exactly what the daemon will run with.
 
+mod alerts;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::activecampaign::host::is_loopback;
 use crate::redact::redact_url;
+pub use alerts::{AlertsSettings, WebhookUrl};
 
 /// Where the settings file is looked for when neither `--config` nor `$ACEXPORT_CONFIG` names one.
 pub const SYSTEM_CONFIG_FILE: &str = "/etc/acexport/acexport.toml";
@@ -106,6 +109,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub access: AccessSettings,
     pub metrics: MetricsSettings,
+    pub alerts: AlertsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -485,6 +489,7 @@ impl Settings {
         if let Some(socket) = self.daemon.socket.as_mut().filter(|p| p.is_relative()) {
             *socket = base.join(&*socket);
         }
+        self.alerts.resolve_paths(base);
     }
 
     /// The control socket in force: `daemon.socket`, else `$RUNTIME_DIRECTORY/control.sock`
@@ -614,6 +619,7 @@ impl Settings {
                 });
             }
         }
+        self.alerts.validate()?;
         Ok(())
     }
 
@@ -687,6 +693,7 @@ impl Settings {
         if let Some(proxy) = &mut shown.activecampaign.proxy {
             *proxy = ProxyUrl(proxy.redacted());
         }
+        shown.alerts.hide_secrets();
         serde_json::to_value(&shown).unwrap_or_default()
     }
 }

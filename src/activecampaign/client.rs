@@ -784,7 +784,7 @@ impl LastProblem {
 }
 
 /// The error and its causes on one line ("error sending request: connection refused").
-fn error_chain(e: &reqwest::Error) -> String {
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -798,7 +798,7 @@ fn error_chain(e: &reqwest::Error) -> String {
     out
 }
 
-fn is_tls(e: &reqwest::Error) -> bool {
+pub(crate) fn is_tls(e: &reqwest::Error) -> bool {
     // Certificate and handshake failures, in rustls' wording: not transient, never retried.
     const TLS_FAILURES: &[&str] = &[
         "certificate",

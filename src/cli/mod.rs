@@ -5,6 +5,7 @@
 //! Secrets never travel as option values (they would land in shell history and `ps`): API keys
 //! and database URLs with passwords come from a file, an environment variable or stdin.
 
+pub mod alerts;
 pub mod audit;
 pub mod connection;
 pub mod daemon;
@@ -64,6 +65,9 @@ pub enum Command {
     Export(export::ExportCommand),
     /// Run history
     Runs(runs::RunsArgs),
+    /// Alerts: check the channels
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
     /// Try acexport end to end against a built-in sandbox
     #[cfg(feature = "sandbox")]
     Demo,
@@ -272,6 +276,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), CliError> {
         }
         Command::Export(cmd) => with_context(loaded, async |ctx| export::run(ctx, cmd).await).await,
         Command::Runs(args) => with_context(loaded, async |ctx| runs::run(ctx, args).await).await,
+        Command::Alerts(cmd) => alerts::run(&loaded, cmd).await,
         Command::Trigger(args) => {
             with_context(loaded, async |ctx| run::trigger(ctx, args).await).await
         }

@@ -550,6 +550,7 @@ mod tests {
                 ..RunCounts::default()
             },
             error: None,
+            failure: None,
             plan: None,
             seconds: 1.0,
         };

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::pipeline::{PipelineError, Progress, RunControl, RunOptions};
 use crate::scheduler::{Schedule, TriggerRequest, TriggerWatcher, claim_all};
+use crate::service::alerts::ALERT_FLUSH_WAIT;
 use crate::service::status::{activity_line, run_activity};
 use crate::service::{Context, ServiceError};
 use crate::settings::{Loaded, Settings};
@@ -267,6 +268,7 @@ impl Daemon {
 
         self.liveness.stop();
         systemd::stopping();
+        let stopping = tokio::time::Instant::now();
         // No new requests; the socket file goes with the server.
         stop_control.cancel();
         if let Some(task) = control_task {
@@ -300,6 +302,9 @@ impl Daemon {
         if let Some(server) = server {
             server.stop().await;
         }
+        // Alerts of runs that just ended, within what is left of the drain deadline.
+        let left = DRAIN_DEADLINE.saturating_sub(stopping.elapsed());
+        self.ctx.flush_alerts(left.min(ALERT_FLUSH_WAIT)).await;
         let _ = store.release_daemon().await;
         store.close().await;
         tracing::info!("Daemon stopped");

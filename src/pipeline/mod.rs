@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::activecampaign::{AcError, Client};
 use crate::secrets::ProfileHasher;
 use crate::source::SourceError;
+use crate::store::alerts::FailureKind;
 use crate::store::connections::ConnectionStatus;
 use crate::store::delivery::WorkTables;
 use crate::store::exports::OnLeave;
@@ -81,6 +82,23 @@ impl PipelineError {
         match self {
             PipelineError::Unfinished { outcome, .. } => Some(outcome),
             _ => None,
+        }
+    }
+
+    /// The kind of failure, coarse enough that a failure repeating at every slot is told
+    /// from a new one (alerts).
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            PipelineError::ActiveCampaign(e) if e.is_rejected_key() => FailureKind::KeyRejected,
+            PipelineError::ActiveCampaign(_) => FailureKind::ActiveCampaign,
+            PipelineError::Source { .. } => FailureKind::Source,
+            PipelineError::TooManyProfiles { .. } => FailureKind::TooManyProfiles,
+            PipelineError::Job(_) => FailureKind::Setup,
+            PipelineError::Store(_) | PipelineError::Unfinished { .. } => FailureKind::Store,
+            PipelineError::AlreadyRunning { .. }
+            | PipelineError::Task(_)
+            | PipelineError::Internal(_)
+            | PipelineError::Stopped(_) => FailureKind::Internal,
         }
     }
 }
@@ -164,6 +182,9 @@ pub struct RunOutcome {
     pub status: RunStatus,
     pub counts: RunCounts,
     pub error: Option<String>,
+    /// What kind of failure ended a failed run (for alerts; not part of the printed outcome).
+    #[serde(skip)]
+    pub failure: Option<FailureKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
     pub seconds: f64,
@@ -235,6 +256,11 @@ pub async fn run(
             Ok(Some(StopReason::Failing(why))) => (RunStatus::Failed, Some(why.clone())),
             Err(e) => (RunStatus::Failed, Some(e.to_string())),
         };
+        let failure = match &result {
+            Ok(Some(StopReason::Failing(_))) => Some(FailureKind::ActiveCampaign),
+            Err(e) => Some(e.failure_kind()),
+            Ok(_) => None,
+        };
         if let Err(PipelineError::ActiveCampaign(e)) = &result
             && e.is_rejected_key()
         {
@@ -242,7 +268,7 @@ pub async fn run(
         }
         let seconds = started.elapsed().as_secs_f64();
         if let Err(source) = recorder.finish(status, error.as_deref()).await {
-            let outcome = RunOutcome { run_id: Some(run.id), export: export.name.clone(), status, counts, error, plan: None, seconds };
+            let outcome = RunOutcome { run_id: Some(run.id), export: export.name.clone(), status, counts, error, failure, plan: None, seconds };
             return Err(PipelineError::Unfinished { outcome: Box::new(outcome), source });
         }
         match status {
@@ -265,6 +291,7 @@ pub async fn run(
             status,
             counts,
             error,
+            failure,
             plan: None,
             seconds,
         })
@@ -498,6 +525,7 @@ async fn dry_run(
             RunStatus::Succeeded
         },
         counts,
+        failure: error.is_some().then_some(FailureKind::TooManyProfiles),
         error,
         plan: Some(plan),
         seconds: started.elapsed().as_secs_f64(),

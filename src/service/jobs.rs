@@ -40,7 +40,12 @@ impl Context {
                 .await
                 .map_err(|e| JobError(Box::new(e)))
         };
-        pipeline::run(&self.store, &export, options, control, progress, job).await
+        let dry_run = options.dry_run;
+        let result = pipeline::run(&self.store, &export, options, control, progress, job).await;
+        if !dry_run {
+            self.raise_alerts(&export, &result).await;
+        }
+        result
     }
 
     /// What a run of `export` needs: failures here are recorded in the run.

@@ -5,6 +5,7 @@
 //! definition is never half-saved.
 
 pub mod access;
+pub mod alerts;
 pub mod audit;
 pub mod connections;
 pub mod exports;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 use crate::activecampaign::{AcError, BaseUrl, Client, ClientOptions, HostError};
+use crate::alerts::AlertQueue;
 use crate::pipeline::RunControl;
 use crate::scheduler::ScheduleError;
 use crate::secrets::{Purpose, SecretKey, SecretsError};
@@ -229,6 +231,8 @@ pub struct Context {
     /// Whether this is the daemon's context: runs asked for are queued for its workers, not
     /// handed over by signal file.
     in_daemon: bool,
+    /// Where finished runs' alerts go; kept over a reload unless `[alerts]` changed.
+    alerts: Arc<AlertQueue>,
 }
 
 impl Context {
@@ -242,6 +246,7 @@ impl Context {
             None => first_key(&settings, &key_path, &store).await?,
         };
         let actor = access::Actor::process(&crate::identity::current());
+        let alerts = alerts::alert_queue_for(&settings.alerts, None, &store);
         Ok(Context {
             settings,
             store: store.as_actor(&actor.name),
@@ -249,6 +254,7 @@ impl Context {
             control: RunControl::new(),
             actor: Arc::new(actor),
             in_daemon: false,
+            alerts,
         })
     }
 
@@ -268,6 +274,11 @@ impl Context {
         if settings.secrets_key_path() != self.settings.secrets_key_path() {
             tracing::warn!("secrets.key_file changed; the new key file is used after a restart");
         }
+        let alerts = alerts::alert_queue_for(
+            &settings.alerts,
+            Some((&self.settings.alerts, &self.alerts)),
+            &self.store,
+        );
         Context {
             settings,
             store: self.store.clone(),
@@ -275,11 +286,14 @@ impl Context {
             control: self.control.clone(),
             actor: Arc::clone(&self.actor),
             in_daemon: self.in_daemon,
+            alerts,
         }
     }
 
-    /// Closes the store, checkpointing its WAL: the last thing a command does.
+    /// Waits a little for alerts still queued, then closes the store, checkpointing its WAL:
+    /// the last thing a command does.
     pub async fn close(&self) {
+        self.flush_alerts(alerts::ALERT_FLUSH_WAIT).await;
         self.store.close().await;
     }
 

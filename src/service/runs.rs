@@ -469,6 +469,8 @@ fn outcome_of(run: RunRecord) -> RunOutcome {
         status: run.status,
         counts: run.counts,
         error: run.error,
+        // Alerts are decided by the process that ran it.
+        failure: None,
         plan: None,
         seconds,
     }

@@ -16,6 +16,7 @@
 //! connection a failed commit left inside a transaction is closed rather than reused, so one
 //! fault is not followed by "non-zero transaction depth" on every later write.
 
+pub mod alerts;
 pub mod connections;
 pub mod delivery;
 pub mod exports;

@@ -50,3 +50,9 @@ fn the_command_line_reaches_the_store_and_the_engine_only_through_the_service() 
     let found = offenders("cli", &["crate::store", "ctx.store", "crate::pipeline"]);
     assert_eq!(found, Vec::<String>::new());
 }
+
+#[test]
+fn alerts_depend_on_neither_the_service_nor_the_command_line() {
+    let found = offenders("alerts", &["crate::service", "crate::cli", "crate::daemon"]);
+    assert_eq!(found, Vec::<String>::new());
+}

@@ -2,6 +2,7 @@
 //! and the built-in ActiveCampaign sandbox over loopback.
 
 mod access;
+mod alerts;
 mod budget;
 mod cleared;
 mod cli_connection;
