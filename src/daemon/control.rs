@@ -10,7 +10,13 @@
 //!   then a last `{"exit":N}` with the exit status, and closes.
 //!
 //! A request that cannot be read (truncated, oversized, not JSON, another version) gets an
-//! `err` line and `exit` 76 (`EX_PROTOCOL`); the daemon carries on serving.
+//! `err` line and `exit` 76 (`EX_PROTOCOL`); the daemon carries on serving. The client keeps
+//! its side open until the `exit` line: closing it stops the request, as closing a terminal
+//! stops a command.
+//!
+//! At most [`MAX_CONNECTIONS`] requests are served at once; a user who is not an admin may
+//! hold [`MAX_PER_USER`] of them, a user without a role [`MAX_PER_USER_WITHOUT_ROLE`] (only
+//! for as long as refusing them takes), so nobody can lock the others out.
 
 use std::collections::HashMap;
 use std::io;
@@ -28,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::escape::untrusted_capped;
 use crate::service::Context;
-use crate::service::access::Actor;
+use crate::service::access::{Actor, Role};
 
 /// The protocol version this daemon speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -205,10 +211,11 @@ impl ControlSocket {
                     &ctx.settings.access,
                     rustix::process::geteuid().as_raw(),
                 );
-                let cap = if actor.role.is_some() {
-                    MAX_PER_USER
-                } else {
-                    MAX_PER_USER_WITHOUT_ROLE
+                // Admins are trusted with bursts (scripts); others share the slots.
+                let cap = match actor.role {
+                    Some(Role::Admin) => MAX_CONNECTIONS,
+                    Some(_) => MAX_PER_USER,
+                    None => MAX_PER_USER_WITHOUT_ROLE,
                 };
                 let Some(_user_slot) = UserSlot::take(&per_user, cred.uid(), cap) else {
                     refuse(
@@ -218,7 +225,8 @@ impl ControlSocket {
                     .await;
                     return;
                 };
-                let Ok(_permit) = slots.try_acquire_owned() else {
+                let permit = tokio::time::timeout(REQUEST_TIMEOUT, slots.acquire_owned()).await;
+                let Ok(Ok(_permit)) = permit else {
                     refuse(stream, "the daemon is busy with other requests; try again").await;
                     return;
                 };
