@@ -248,11 +248,15 @@ async fn serve(ctx: Context, command: serde_json::Value, console: Console) -> u8
     code
 }
 
+/// What a hidden address becomes: no quote or backslash, so that JSON output stays JSON, and
+/// no connection name (the address may be an admins-only connection's).
+const HIDDEN_ADDRESS: &str = "[address hidden]";
+
 /// `text` with every hidden address replaced.
-fn hide(text: String, hidden: &[(String, String)]) -> String {
-    hidden.iter().fold(text, |text, (address, shown)| {
+fn hide(text: String, hidden: &[String]) -> String {
+    hidden.iter().fold(text, |text, address| {
         if text.contains(address.as_str()) {
-            text.replace(address.as_str(), shown)
+            text.replace(address.as_str(), HIDDEN_ADDRESS)
         } else {
             text
         }
@@ -316,6 +320,11 @@ pub async fn forward(
     mut request: Request,
 ) -> Result<u8, CliError> {
     request.carry()?;
+    // `export run --json` prints its one object on every path, this one included.
+    let json_run = match &request {
+        Request::Export(export::ExportCommand::Run(args)) if args.json => Some(args.name.clone()),
+        _ => None,
+    };
     let envelope = Envelope {
         v: PROTOCOL_VERSION,
         terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -340,10 +349,22 @@ pub async fn forward(
             .await
             .map_err(broken)?;
         if n == 0 || !line.ends_with(b"\n") {
-            return Err(broken(std::io::Error::new(
+            let error = broken(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "the daemon closed the connection before the command finished (see its log)",
-            )));
+                "the daemon closed the connection before the command finished (it may have \
+                 stopped: a run it had resumes when it starts again; see `acexport status` and \
+                 its log)",
+            ));
+            if let Some(export) = json_run {
+                output::emit_json(&serde_json::json!({
+                    "run_id": null,
+                    "export": export,
+                    "status": crate::service::RunStatus::Failed,
+                    "counts": null,
+                    "error": super::error_chain(&error),
+                }))?;
+            }
+            return Err(error);
         }
         let reply: Reply = serde_json::from_slice(&line).map_err(|e| {
             broken(std::io::Error::new(

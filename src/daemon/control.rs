@@ -31,6 +31,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufR
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::escape::untrusted_capped;
 use crate::service::Context;
@@ -42,6 +43,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long requests in flight may finish once the daemon stops (after its runs stopped).
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
 /// How long one answer line may wait for a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests served at once; more are refused at once (a local user cannot exhaust the daemon's
@@ -51,6 +54,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// role gets fewer, and only for as long as it takes to refuse them.
 const MAX_PER_USER: usize = 8;
 const MAX_PER_USER_WITHOUT_ROLE: usize = 2;
+/// Slots an admin's burst (a script starting many runs, each followed for its whole run) cannot
+/// take: the others keep working meanwhile.
+const RESERVED_FOR_OTHERS: usize = 16;
 /// Exit status for a request that could not be read (`EX_PROTOCOL` from sysexits.h).
 pub const EXIT_PROTOCOL: u8 = 76;
 /// Exit status for a peer without any role (`EX_NOPERM`).
@@ -184,6 +190,7 @@ impl ControlSocket {
     ) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let per_user: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
+        let tasks = TaskTracker::new();
         loop {
             let stream = tokio::select! {
                 () = stop.cancelled() => break,
@@ -200,7 +207,7 @@ impl ControlSocket {
             let handler = Arc::clone(&handler);
             let slots = Arc::clone(&slots);
             let per_user = Arc::clone(&per_user);
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let Ok(cred) = stream.peer_cred() else {
                     tracing::warn!("Control connection without peer credentials; closed");
                     return;
@@ -213,7 +220,7 @@ impl ControlSocket {
                 );
                 // Admins are trusted with bursts (scripts); others share the slots.
                 let cap = match actor.role {
-                    Some(Role::Admin) => MAX_CONNECTIONS,
+                    Some(Role::Admin) => MAX_CONNECTIONS - RESERVED_FOR_OTHERS,
                     Some(_) => MAX_PER_USER,
                     None => MAX_PER_USER_WITHOUT_ROLE,
                 };
@@ -232,6 +239,14 @@ impl ControlSocket {
                 };
                 serve_one(stream, ctx, actor, handler).await;
             });
+        }
+        // Requests in flight finish (a follower sees its run end), within a bound.
+        tasks.close();
+        if tokio::time::timeout(IN_FLIGHT_GRACE, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!("Control requests still open at stop are closed");
         }
     }
 }

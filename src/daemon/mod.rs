@@ -269,11 +269,9 @@ impl Daemon {
         self.liveness.stop();
         systemd::stopping();
         let stopping = tokio::time::Instant::now();
-        // No new requests; the socket file goes with the server.
+        // No new requests. Those in flight (a client following its run) are waited for after
+        // the runs stop, so that they can say how their run ended.
         stop_control.cancel();
-        if let Some(task) = control_task {
-            let _ = task.await;
-        }
         tracing::info!(
             running = running.len(),
             "Shutting down: running exports stop at their next batch boundary"
@@ -305,6 +303,10 @@ impl Daemon {
         // Alerts of runs that just ended, within what is left of the drain deadline.
         let left = DRAIN_DEADLINE.saturating_sub(stopping.elapsed());
         self.ctx.flush_alerts(left.min(ALERT_FLUSH_WAIT)).await;
+        // The socket file goes with the server, after the requests in flight (bounded).
+        if let Some(task) = control_task {
+            let _ = task.await;
+        }
         let _ = store.release_daemon().await;
         store.close().await;
         tracing::info!("Daemon stopped");

@@ -11,5 +11,5 @@
 mod registry;
 mod server;
 
-pub use registry::{Metrics, RunFinished, global};
+pub use registry::{Metrics, OTHER_EXPORTS, RunFinished, global};
 pub use server::{Health, Limits, Liveness, bind, serve};

@@ -145,8 +145,6 @@ pub struct Refusal {
 pub enum RefusalReason {
     /// The action needs this role.
     Needs(Role),
-    /// The connection is kept for admins (named when the user named it).
-    NotShared { connection: Option<String> },
     /// A file the actor cannot read themselves: the daemon reads it only for those who can.
     Unreadable { path: PathBuf, why: String },
 }
@@ -164,17 +162,6 @@ impl fmt::Display for Refusal {
                 f,
                 "that needs the {role} role; an admin can grant it in {}",
                 role.setting()
-            ),
-            RefusalReason::NotShared {
-                connection: Some(connection),
-            } => write!(
-                f,
-                "connection {connection:?} is not shared with contributors; an admin can share \
-                 it"
-            ),
-            RefusalReason::NotShared { connection: None } => f.write_str(
-                "it is on a connection that is not shared with contributors; an admin can share \
-                 it",
             ),
             RefusalReason::Unreadable { path, why } => write!(
                 f,
@@ -256,7 +243,8 @@ impl Context {
         self.actor.is_admin() || (self.actor.role.is_some() && connection.allow_contributors)
     }
 
-    /// Refuses unless the actor holds `need` and may use `connection`.
+    /// Refuses unless the actor holds `need` and may use `connection`. A connection kept for
+    /// admins does not exist for the others: they learn nothing of it, not even its name.
     pub fn require_on(
         &self,
         connection: &ConnectionDef,
@@ -267,20 +255,18 @@ impl Context {
         if self.may_use(connection) {
             Ok(())
         } else {
-            Err(self.refuse(
-                action,
-                RefusalReason::NotShared {
-                    connection: Some(connection.name.clone()),
-                },
-            ))
+            Err(ServiceError::NotFound {
+                kind: "connection",
+                name: connection.name.clone(),
+            })
         }
     }
 
-    /// Refuses unless the actor holds `need` and may use the connection of the export with
-    /// connection id `connection_id`.
-    pub async fn require_on_connection_id(
+    /// Refuses unless the actor holds `need` and may use the connection of `export`: an export
+    /// on a connection kept for admins does not exist for the others.
+    pub async fn require_export(
         &self,
-        connection_id: i64,
+        export: &crate::store::ExportDef,
         need: Role,
         action: &str,
     ) -> Result<(), ServiceError> {
@@ -288,33 +274,33 @@ impl Context {
         if self.actor.is_admin() {
             return Ok(());
         }
-        // The export was named, not its connection: the refusal does not name it either.
-        match self.store.connection_by_id(connection_id).await? {
+        match self.store.connection_by_id(export.connection_id).await? {
             Some(c) if self.may_use(&c) => Ok(()),
-            Some(_) => Err(self.refuse(action, RefusalReason::NotShared { connection: None })),
-            None => Err(self.refuse(action, RefusalReason::Needs(Role::Admin))),
+            _ => Err(ServiceError::NotFound {
+                kind: "export",
+                name: export.name.clone(),
+            }),
         }
     }
 
-    /// What non-admins must not read in any output, with what to show instead: each
-    /// connection's address (a server's error or a run's recorded error may quote it). Empty
-    /// for admins.
-    pub async fn hidden_addresses(&self) -> Result<Vec<(String, String)>, ServiceError> {
+    /// What non-admins must not read in any output: each connection's address (a server's
+    /// error or a run's recorded error may quote it). Empty for admins.
+    pub async fn hidden_addresses(&self) -> Result<Vec<String>, ServiceError> {
         if self.actor.is_admin() {
             return Ok(Vec::new());
         }
         let mut hidden = Vec::new();
         for c in self.store.connections().await? {
-            let shown = format!("[the address of connection {:?}]", c.name);
             if let Ok(base) = crate::activecampaign::BaseUrl::parse(&c.base_url) {
-                hidden.push((base.as_str().to_owned(), shown.clone()));
-                hidden.push((base.host().to_owned(), shown.clone()));
+                hidden.push(base.as_str().to_owned());
+                hidden.push(base.host().to_owned());
             }
-            hidden.push((c.base_url, shown));
+            hidden.push(c.base_url);
         }
         // Longest first, so a full URL is replaced before the host inside it.
-        hidden.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
-        hidden.retain(|(text, _)| !text.is_empty());
+        hidden.sort_by_key(|text| std::cmp::Reverse(text.len()));
+        hidden.retain(|text| !text.is_empty());
+        hidden.dedup();
         Ok(hidden)
     }
 
@@ -419,19 +405,6 @@ mod tests {
             refusal.to_string(),
             "user \"bob\" (contributor) may not add connections: that needs the admin role; an \
              admin can grant it in access.admins"
-        );
-        let unshared = Refusal {
-            actor: "bob".into(),
-            role: Some(Role::Contributor),
-            action: "add exports".into(),
-            reason: RefusalReason::NotShared {
-                connection: Some("Marketing AC".into()),
-            },
-        };
-        assert_eq!(
-            unshared.to_string(),
-            "user \"bob\" (contributor) may not add exports: connection \"Marketing AC\" is not \
-             shared with contributors; an admin can share it"
         );
     }
 }

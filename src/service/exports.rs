@@ -241,18 +241,6 @@ impl Context {
         })
     }
 
-    /// Refuses unless the actor holds `need` on the export's connection (read at each request,
-    /// so sharing changes take effect at once).
-    pub async fn require_export(
-        &self,
-        export: &ExportDef,
-        need: Role,
-        action: &str,
-    ) -> Result<(), ServiceError> {
-        self.require_on_connection_id(export.connection_id, need, action)
-            .await
-    }
-
     pub async fn add_export(&self, input: ExportInput) -> Result<ExportView, ServiceError> {
         self.require(Role::Contributor, "add exports")?;
         check_name("export", &input.name)?;

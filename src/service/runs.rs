@@ -161,7 +161,9 @@ impl Context {
                 dry_run_allowed: true,
             });
         }
-        if request.dry_run || !self.daemon_is_up().await? {
+        // In the daemon a real run always goes to its workers (whatever its heartbeat says):
+        // they own the run controls, and a request's task may end with its client.
+        if request.dry_run || (!self.in_daemon() && !self.daemon_is_up().await?) {
             if !request.dry_run {
                 self.store
                     .record_audit("run.request", &export.name, None)

@@ -819,10 +819,16 @@ impl Context {
         if s.kind == SegmentKind::Sql {
             return self.require(Role::Admin, "change SQL segments");
         }
+        let visible = self.visible_export_names().await?.unwrap_or_default();
         for export in self.store.exports().await? {
-            if export.segments.iter().any(|seg| seg.name == s.name) {
-                self.require_export(&export, Role::Contributor, action)
-                    .await?;
+            if export.segments.iter().any(|seg| seg.name == s.name)
+                && !visible.contains(&export.name)
+            {
+                // Named neither the export nor its connection: both are the admins'.
+                return self.require(
+                    Role::Admin,
+                    &format!("{action} (an export on a connection kept for admins reads it)"),
+                );
             }
         }
         Ok(())

@@ -64,8 +64,9 @@ pub struct NewConnection<'a> {
 
 impl Store {
     pub async fn connection(&self, name: &str) -> Result<Option<ConnectionDef>, StoreError> {
+        let name = self.stored_name("connections", name).await?;
         sqlx::query_as("SELECT * FROM connections WHERE name = ?")
-            .bind(name)
+            .bind(&name)
             .fetch_optional(self.pool())
             .await
             .doing("reading a connection")
@@ -89,6 +90,9 @@ impl Store {
     /// Inserts a verified connection; `None` if the name is taken.
     pub async fn insert_connection(&self, c: NewConnection<'_>) -> Result<Option<i64>, StoreError> {
         let mut tx = self.write().await?;
+        if super::name_taken_in(&mut tx, "connections", c.name).await? {
+            return Ok(None);
+        }
         let now = now_text();
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO connections (name, base_url, api_key_sealed, api_key_hint, \

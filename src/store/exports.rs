@@ -145,10 +145,11 @@ const SELECT_EXPORT: &str = "SELECT e.*, c.name AS connection FROM exports e \
 
 impl Store {
     pub async fn export(&self, name: &str) -> Result<Option<ExportDef>, StoreError> {
+        let name = self.stored_name("exports", name).await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{SELECT_EXPORT} WHERE e.name = ?"
         )))
-        .bind(name)
+        .bind(&name)
         .fetch_optional(self.pool())
         .await
         .doing("reading an export")?;
@@ -250,6 +251,9 @@ impl Store {
     /// Saves a new export with all its parts in one transaction; `None` if the name is taken.
     pub async fn insert_export(&self, spec: &ExportSpec) -> Result<Option<i64>, StoreError> {
         let mut tx = self.write().await?;
+        if super::name_taken_in(&mut tx, "exports", &spec.name).await? {
+            return Ok(None);
+        }
         let now = now_text();
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO exports (name, connection_id, list_id, list_name, email_column, \

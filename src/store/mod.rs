@@ -286,19 +286,25 @@ impl Store {
     /// ignoring case: "Marketing AC" and "marketing ac" would be one name to the people using
     /// them.
     pub async fn name_taken(&self, table: &'static str, name: &str) -> Result<bool, StoreError> {
-        let query = match table {
-            "connections" => "SELECT name FROM connections",
-            "segments" => "SELECT name FROM segments",
-            "exports" => "SELECT name FROM exports",
-            other => unreachable!("no definition table {other}"),
-        };
-        // Compared in Rust: SQLite's NOCASE folds ASCII only ("Käufer", "KÄUFER").
-        let names: Vec<String> = sqlx::query_scalar(query)
+        let names: Vec<String> = sqlx::query_scalar(names_query(table))
             .fetch_all(self.pool())
             .await
             .doing("checking a name")?;
-        let wanted = name.to_lowercase();
-        Ok(names.iter().any(|n| n.to_lowercase() == wanted))
+        Ok(same_name(&names, name).is_some())
+    }
+
+    /// The stored spelling of `name` in `table`: the name itself when stored so, else the one
+    /// name equal to it ignoring case (names are unique that way), else `name` as given.
+    pub(crate) async fn stored_name(
+        &self,
+        table: &'static str,
+        name: &str,
+    ) -> Result<String, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(names_query(table))
+            .fetch_all(self.pool())
+            .await
+            .doing("looking a name up")?;
+        Ok(same_name(&names, name).unwrap_or(name).to_owned())
     }
 
     /// Who changes made through this handle are recorded for.
@@ -518,6 +524,43 @@ pub fn from_text(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// All names of a definition table.
+fn names_query(table: &'static str) -> &'static str {
+    match table {
+        "connections" => "SELECT name FROM connections",
+        "segments" => "SELECT name FROM segments",
+        "exports" => "SELECT name FROM exports",
+        other => unreachable!("no definition table {other}"),
+    }
+}
+
+/// The stored name equal to `name`, exactly or else ignoring case. Compared in Rust: SQLite's
+/// NOCASE folds ASCII only ("Käufer", "KÄUFER").
+fn same_name<'a>(names: &'a [String], name: &str) -> Option<&'a str> {
+    if let Some(exact) = names.iter().find(|n| *n == name) {
+        return Some(exact);
+    }
+    let wanted = name.to_lowercase();
+    names
+        .iter()
+        .find(|n| n.to_lowercase() == wanted)
+        .map(String::as_str)
+}
+
+/// Whether a definition in `table` has `name`, ignoring case, inside a write transaction: two
+/// concurrent adds of "Big" and "big" cannot both pass it.
+pub(crate) async fn name_taken_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    table: &'static str,
+    name: &str,
+) -> Result<bool, StoreError> {
+    let names: Vec<String> = sqlx::query_scalar(names_query(table))
+        .fetch_all(&mut **tx)
+        .await
+        .doing("checking a name")?;
+    Ok(same_name(&names, name).is_some())
+}
+
 /// One entry of the audit log: who changed what, never a profile value or a secret.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct AuditEntry {
@@ -555,6 +598,19 @@ pub async fn audit(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_name_is_found_exactly_first_then_ignoring_case_in_any_script() {
+        let names = vec![
+            "Weekly".to_owned(),
+            "weekly".to_owned(),
+            "Käufer".to_owned(),
+        ];
+        assert_eq!(same_name(&names, "weekly"), Some("weekly"));
+        assert_eq!(same_name(&names, "WEEKLY"), Some("Weekly"));
+        assert_eq!(same_name(&names, "KÄUFER"), Some("Käufer"));
+        assert_eq!(same_name(&names, "monthly"), None);
+    }
 
     #[tokio::test]
     async fn a_new_database_is_owner_only_and_in_wal_mode() {

@@ -103,8 +103,9 @@ pub enum SegmentUpdate {
 
 impl Store {
     pub async fn segment(&self, name: &str) -> Result<Option<SegmentDef>, StoreError> {
+        let name = self.stored_name("segments", name).await?;
         sqlx::query_as("SELECT * FROM segments WHERE name = ?")
-            .bind(name)
+            .bind(&name)
             .fetch_optional(self.pool())
             .await
             .doing("reading a segment")
@@ -120,6 +121,9 @@ impl Store {
     /// Inserts a segment; `None` if the name is taken.
     pub async fn insert_segment(&self, s: NewSegment<'_>) -> Result<Option<i64>, StoreError> {
         let mut tx = self.write().await?;
+        if super::name_taken_in(&mut tx, "segments", s.name).await? {
+            return Ok(None);
+        }
         let now = now_text();
         let columns = serde_json::to_string(s.columns).unwrap_or_else(|_| "[]".to_owned());
         let id: Option<i64> = sqlx::query_scalar(

@@ -206,6 +206,14 @@ fn export_args<'a>(name: &'a str, connection: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// Exit 1 with a message on stderr that contains `needle`: what the user may not see does not
+/// exist for them.
+fn assert_unknown(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected 1; stderr: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+}
+
 /// Exit 77 with a message on stderr that contains `needle`.
 fn assert_refused(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -252,11 +260,12 @@ async fn a_contributor_sees_only_shared_connections_by_name_type_and_status() {
         list,
         serde_json::json!([{"name": "Marketing AC", "type": "ActiveCampaign", "status": "verified"}])
     );
-    assert_refused(
+    // A connection kept for admins does not exist for the others.
+    assert_unknown(
         &team
             .as_user(CONTRIBUTOR, &["connection", "show", "Private AC"])
             .await,
-        "connection \"Private AC\" is not shared with contributors",
+        "connection \"Private AC\" does not exist",
     );
     // An error that quotes the address (an unknown custom field) does not show it either.
     let mut args = export_args("Fields", "Marketing AC");
@@ -265,10 +274,7 @@ async fn a_contributor_sees_only_shared_connections_by_name_type_and_status() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(
-            "custom field 999 not found in ActiveCampaign at [the address of \
-                         connection \"Marketing AC\"]"
-        ),
+        stderr.contains("custom field 999 not found in ActiveCampaign at [address hidden]"),
         "{stderr}"
     );
     assert!(!stderr.contains(host), "{stderr}");
@@ -379,11 +385,11 @@ async fn a_contributor_defines_and_runs_exports_on_shared_connections_only() {
     team.as_user(CONTRIBUTOR, &export_args("Contributor's", "Marketing AC"))
         .await
         .assert_ok();
-    assert_refused(
+    assert_unknown(
         &team
             .as_user(CONTRIBUTOR, &export_args("Sneaky", "Private AC"))
             .await,
-        "connection \"Private AC\" is not shared",
+        "connection \"Private AC\" does not exist",
     );
     // An admin's export on the private connection is out of reach.
     team.as_root(&export_args("Private list", "Private AC"))
@@ -404,7 +410,7 @@ async fn a_contributor_defines_and_runs_exports_on_shared_connections_only() {
         ],
         vec!["runs", "--export", "Private list"],
     ] {
-        assert_refused(&team.as_user(CONTRIBUTOR, &args).await, "is not shared");
+        assert_unknown(&team.as_user(CONTRIBUTOR, &args).await, "does not exist");
     }
     let out = team
         .as_user(CONTRIBUTOR, &["export", "run", "Contributor's", "--json"])
@@ -465,7 +471,10 @@ async fn changing_a_connections_sharing_takes_effect_at_once_without_touching_it
         vec!["export", "disable", "Weekly news"],
         vec!["trigger", "Weekly news"],
     ] {
-        assert_refused(&team.as_user(CONTRIBUTOR, &args).await, "is not shared");
+        assert_unknown(
+            &team.as_user(CONTRIBUTOR, &args).await,
+            "export \"Weekly news\" does not exist",
+        );
     }
     let listed = team
         .as_user(CONTRIBUTOR, &["export", "list", "--json"])
@@ -623,7 +632,7 @@ async fn contributors_add_segments_only_from_files_they_can_read_and_never_sql()
                 &["segment", "update", "members", "--csv", &readable],
             )
             .await,
-        "is not shared",
+        "an export on a connection kept for admins reads it",
     );
     team.stop().await;
 }
@@ -769,6 +778,14 @@ async fn display_names_are_free_and_unique_ignoring_case() {
         .as_root(&["segment", "add", "bad\tname", "--csv", "/dev/null"])
         .await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("is invalid"));
+    // Names are one name ignoring case, for lookups too.
+    let shown = team
+        .root_json(&["export", "show", "WEEKLY news", "--json"])
+        .await;
+    assert_eq!(shown["name"], "Weekly news");
+    team.as_root(&["connection", "show", "marketing ac"])
+        .await
+        .assert_ok();
     team.stop().await;
 }
 
@@ -1052,4 +1069,59 @@ async fn a_signal_file_others_could_write_or_that_has_another_name_is_refused() 
     let runs = team.root_json(&["runs", "--json"]).await;
     assert_eq!(runs, serde_json::json!([]), "nothing ran");
     team.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs root: runs the CLI as other users"]
+async fn export_run_json_through_the_daemon_says_how_the_run_ended_when_the_daemon_stops() {
+    use acexport::sandbox::{Fault, FaultAction};
+    let mut team = Team::start().await;
+    team.define().await;
+    team.env.sandbox.inject(Fault {
+        path_prefix: "/api/3/import/bulk_import".into(),
+        times: 1,
+        action: FaultAction::Delay(Duration::from_secs(4)),
+    });
+    let mut cmd = team.env.command(env!("CARGO_BIN_EXE_acexport"));
+    cmd.args(["export", "run", "Weekly news", "--json"])
+        .uid(CONTRIBUTOR.0)
+        .gid(CONTRIBUTOR.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = tokio::process::Command::from(cmd).spawn().expect("spawn");
+    let ctx = team.env.open_context().await.expect("store");
+    for _ in 0..100 {
+        if ctx
+            .store
+            .runs(None, 1)
+            .await
+            .expect("runs")
+            .first()
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctx.close().await;
+    let daemon = team.daemon.as_mut().expect("daemon");
+    signal(daemon, "TERM");
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("done")
+        .expect("output");
+    assert!(wait_exit(daemon, Duration::from_secs(60)).success());
+    team.daemon = None;
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "one JSON object on every path ({e}); stdout: {}; stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    // The daemon stopped the run at its next batch; the client was told so, as JSON.
+    assert_eq!(outcome["status"], "interrupted", "{outcome}");
+    assert_eq!(outcome["export"], "Weekly news");
+    assert_eq!(out.status.code(), Some(1));
 }
