@@ -1092,14 +1092,7 @@ async fn export_run_json_through_the_daemon_says_how_the_run_ended_when_the_daem
     let child = tokio::process::Command::from(cmd).spawn().expect("spawn");
     let ctx = team.env.open_context().await.expect("store");
     for _ in 0..100 {
-        if ctx
-            .store
-            .runs(None, 1)
-            .await
-            .expect("runs")
-            .first()
-            .is_some()
-        {
+        if !ctx.store.runs(None, 1).await.expect("runs").is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
