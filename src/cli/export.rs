@@ -324,7 +324,10 @@ fn saved_note(v: &ExportView, settings: &Settings) -> String {
     } else {
         "only on demand while disabled".to_owned()
     };
-    format!("Saved; nothing was sent yet. It runs {when}, or now with: acexport export run {name}")
+    format!(
+        "Saved; nothing was sent yet. It runs {when}, or now with: acexport export run {}",
+        output::shell_word(name)
+    )
 }
 
 fn last_run_text(run: Option<&RunRecord>) -> String {

@@ -55,6 +55,20 @@ pub fn note(text: &str) {
     let _ = err.flush();
 }
 
+/// `word` as one shell word in a command we suggest: as it is when plain, else in single quotes
+/// ("Weekly news" becomes `'Weekly news'`), so the suggestion can be pasted as it stands.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '@'));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// Writes `text` to stdout, adding a final newline when missing.
 pub fn emit(text: &str) -> Result<(), CliError> {
     if let Ok(sent) = REMOTE.try_with(|c| {
@@ -177,6 +191,14 @@ fn width(text: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suggested_name_is_one_shell_word() {
+        assert_eq!(shell_word("weekly"), "weekly");
+        assert_eq!(shell_word("Weekly news"), "'Weekly news'");
+        assert_eq!(shell_word("Bob's list"), r"'Bob'\''s list'");
+        assert_eq!(shell_word("$HOME"), "'$HOME'");
+    }
 
     #[test]
     fn table_columns_are_padded_to_the_widest_cell_without_trailing_spaces() {

@@ -347,8 +347,10 @@ pub fn run_error_text(e: &RunError) -> String {
             export,
             dry_run_allowed,
         } => {
-            let mut text =
-                format!("export {export:?} is disabled; `acexport export enable {export}` first");
+            let mut text = format!(
+                "export {export:?} is disabled; `acexport export enable {}` first",
+                output::shell_word(export)
+            );
             if *dry_run_allowed {
                 text.push_str(" (a --dry-run works on a disabled export)");
             }
