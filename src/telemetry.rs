@@ -120,7 +120,14 @@ fn journal_layer() -> std::io::Result<Escaped<tracing_journald::Layer>> {
 /// it: escaped and capped ([`MAX_LOG_FIELD_CHARS`]). The journal keeps a newline inside a field
 /// (its protocol cannot be forged by one), but `journalctl` shows it as a new line, and
 /// nothing should carry a megabyte of server text into the journal either.
+///
+/// The message also gets the event's and its spans' fields as `name=value`, as a text line has
+/// them: `journalctl` shows only `MESSAGE` unless asked for more, and a warning without its
+/// file or error would say little.
 struct Escaped<L>(L);
+
+/// A span's fields, escaped, for the messages of the events inside it.
+struct SpanFields(Vec<(&'static str, String)>);
 
 /// One event's or span's values, escaped, in the order of its field set.
 struct EscapedValues(Vec<Option<String>>);
@@ -130,6 +137,29 @@ impl EscapedValues {
         let mut values = EscapedValues(vec![None; fields.len()]);
         record(&mut values);
         values
+    }
+
+    /// The values set, with their field names.
+    fn named(&self, fields: &FieldSet) -> Vec<(&'static str, String)> {
+        fields
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(field, value)| Some((field.name(), value.clone()?)))
+            .collect()
+    }
+
+    /// Appends the other fields, then `spans`, to the message as ` name=value`.
+    fn fold_into_message(&mut self, fields: &FieldSet, spans: &[(&'static str, String)]) {
+        let Some(index) = fields.field("message").map(|f| f.index()) else {
+            return;
+        };
+        let mut message = self.0[index].take().unwrap_or_default();
+        for (name, value) in self.named(fields).iter().chain(spans) {
+            if *name != "message" {
+                message.push_str(&format!(" {name}={value}"));
+            }
+        }
+        self.0[index] = Some(message);
     }
 
     /// The values as `tracing` takes them: strings, so the journal gets them unquoted.
@@ -163,6 +193,10 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let meta = attrs.metadata();
         let escaped = EscapedValues::of(meta.fields(), |v| attrs.record(v));
+        if let Some(span) = ctx.span(id) {
+            let fields = SpanFields(escaped.named(meta.fields()));
+            span.extensions_mut().insert(fields);
+        }
         let values = escaped.as_values();
         let set = meta.fields().value_set_all(&values);
         let shown = match attrs.parent() {
@@ -179,6 +213,14 @@ where
         };
         let meta = span.metadata();
         let escaped = EscapedValues::of(meta.fields(), |v| record.record(v));
+        if let Some(known) = span.extensions_mut().get_mut::<SpanFields>() {
+            for (name, value) in escaped.named(meta.fields()) {
+                match known.0.iter_mut().find(|(n, _)| *n == name) {
+                    Some(slot) => slot.1 = value,
+                    None => known.0.push((name, value)),
+                }
+            }
+        }
         let values = escaped.as_values();
         let set = meta.fields().value_set_all(&values);
         drop(span);
@@ -187,7 +229,19 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let escaped = EscapedValues::of(meta.fields(), |v| event.record(v));
+        let mut escaped = EscapedValues::of(meta.fields(), |v| event.record(v));
+        let spans: Vec<(&'static str, String)> = ctx
+            .event_scope(event)
+            .into_iter()
+            .flat_map(|scope| scope.from_root())
+            .flat_map(|span| {
+                span.extensions()
+                    .get::<SpanFields>()
+                    .map(|f| f.0.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        escaped.fold_into_message(meta.fields(), &spans);
         let values = escaped.as_values();
         let set = meta.fields().value_set_all(&values);
         let shown = match event.parent() {
@@ -390,9 +444,12 @@ mod tests {
         );
     }
 
-    /// What a layer was handed: per event or span, its name and its fields as they arrived.
+    /// An event or span a layer was handed: its name and its fields as they arrived.
+    type Entry = (String, Vec<(String, String)>);
+
+    /// What a layer was handed, in order.
     #[derive(Clone, Default)]
-    struct Handed(Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>);
+    struct Handed(Arc<Mutex<Vec<Entry>>>);
 
     /// Fields as a layer receives them: strings as they are, anything else as `Debug` shows it.
     struct FieldList<'a>(&'a mut Vec<(String, String)>);
@@ -412,7 +469,7 @@ mod tests {
             record(&mut FieldList(&mut fields));
             self.0.lock().expect("not poisoned").push((what, fields));
         }
-        fn all(&self) -> Vec<(String, Vec<(String, String)>)> {
+        fn all(&self) -> Vec<Entry> {
             self.0.lock().expect("not poisoned").clone()
         }
     }
@@ -434,7 +491,7 @@ mod tests {
     }
 
     /// Logs through [`Escaped`] around a recording layer and returns what that layer got.
-    fn handed_through_escaped(log: impl FnOnce()) -> Vec<(String, Vec<(String, String)>)> {
+    fn handed_through_escaped(log: impl FnOnce()) -> Vec<Entry> {
         let handed = Handed::default();
         let subscriber = tracing_subscriber::registry().with(Escaped(handed.clone()));
         tracing::subscriber::with_default(subscriber, log);
@@ -461,10 +518,14 @@ mod tests {
         assert_eq!(handed.len(), 1, "{handed:?}");
         let (what, fields) = &handed[0];
         assert_eq!(what, "event WARN");
-        assert_eq!(
-            field(fields, "message"),
-            "Server said x.trigger\\nMESSAGE=Run succeeded\\u{1b}[2K"
+        let message = field(fields, "message");
+        assert!(
+            message.starts_with(
+                "Server said x.trigger\\nMESSAGE=Run succeeded\\u{1b}[2K name=x.trigger\\n"
+            ),
+            "{message}"
         );
+        assert!(!message.contains('\n') && !message.contains('\u{1b}'));
         // A string value arrives unquoted, as the journal shows it.
         assert_eq!(
             field(fields, "reason"),
@@ -500,7 +561,11 @@ mod tests {
         );
         assert_eq!(handed[2].0, "event INFO");
         assert_eq!(field(&handed[2].1, "sent"), "2");
-        assert_eq!(field(&handed[2].1, "message"), "Run succeeded");
+        // The message carries the event's fields, then the span's, as a text line does.
+        assert_eq!(
+            field(&handed[2].1, "message"),
+            "Run succeeded sent=2 export=week\\nly run_id=7\\u{1b}"
+        );
     }
 
     #[test]
