@@ -96,7 +96,7 @@ fn the_unit_hardening_exposure_is_at_most_two() {
         !stderr.contains("unrecognized option"),
         "systemd-analyze is too old for --offline (needs systemd 250): {stderr}"
     );
-    // "→ Overall exposure level for acexport.service: 1.2 OK 🙂"
+    // "→ Overall exposure level for acexport.service: 1.3 OK 🙂"
     let exposure: f64 = stdout
         .lines()
         .find_map(|l| l.split_once("Overall exposure level for "))
