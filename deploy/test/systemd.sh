@@ -303,6 +303,7 @@ check "a run triggered by a trigger-group member (acexport trigger) succeeds" \
 run_by_a_member_with_a_file() {
   local before
   before=$(count_runs "signal-file succeeded")
+  # shellcheck disable=SC2016 # expanded by the member's shell
   ct runuser -u "$MEMBER" -- sh -ec '
     cd /var/lib/acexport/triggers
     printf "{\"export\":\"weekly\",\"requested_by\":\"%s\"}" "$(id -un)" > .member.tmp
@@ -316,6 +317,7 @@ journald_priorities_and_fields() {
   local since
   since=$(ct date +@%s)
   # A trigger for an export that does not exist is rejected with a warning naming its file.
+  # shellcheck disable=SC2016 # expanded by the member's shell
   ct runuser -u "$MEMBER" -- sh -ec '
     cd /var/lib/acexport/triggers
     printf "{\"export\":\"nope\"}" > .bad.tmp && mv .bad.tmp unknown-export.trigger'
