@@ -24,7 +24,14 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Says why the command failed on stderr. On the journal stream (the daemon under systemd)
+/// the line starts with the error priority, so `journalctl -p err` shows why it stopped.
 fn fail(error: &CliError) -> ExitCode {
-    eprintln!("acexport: {}", cli::error_chain(error));
+    let priority = if telemetry::stderr_is_journal() {
+        "<3>"
+    } else {
+        ""
+    };
+    eprintln!("{priority}acexport: {}", cli::error_chain(error));
     ExitCode::from(error.exit_code())
 }

@@ -287,8 +287,11 @@ fn empty_text_as_unset<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Plain lines on stderr; under systemd (stderr is the journal) the journal's own fields.
     Text,
     Json,
+    /// journald's native protocol: a priority per level and one field per log field.
+    Journal,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -392,6 +395,14 @@ impl Default for LogSettings {
 pub enum SettingsError {
     #[error("settings file {path} does not exist")]
     MissingFile { path: PathBuf },
+    /// The file is there (or may be) but cannot be read: never a reason to fall back to the
+    /// built-in defaults.
+    #[error("cannot read settings file {path}: {source}{hint}", hint = unreadable_hint(.source))]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("settings file {path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("settings: {0}")]
@@ -421,26 +432,11 @@ impl Settings {
         explicit: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Loaded, SettingsError> {
-        let file = match explicit {
-            Some(path) => Some(path.to_path_buf()),
-            None => match env.get(CONFIG_ENV).filter(|v| !v.is_empty()) {
-                Some(path) => Some(PathBuf::from(path)),
-                None => {
-                    let system = PathBuf::from(SYSTEM_CONFIG_FILE);
-                    system.exists().then_some(system)
-                }
-            },
-        };
+        let file = settings_file(explicit, env, Path::new(SYSTEM_CONFIG_FILE))?;
         let mut builder = config::Config::builder();
         if let Some(path) = &file {
-            if !path.exists() {
-                return Err(SettingsError::MissingFile { path: path.clone() });
-            }
-            builder = builder.add_source(
-                config::File::from(path.as_path())
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            let text = read_settings_file(path)?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         // Only `ACEXPORT_<SECTION>__<KEY>` variables are settings; others such as
         // ACEXPORT_CONFIG or test variables are not, and must not trip `deny_unknown_fields`.
@@ -726,6 +722,57 @@ impl SourceSettings {
             });
         }
         Ok(())
+    }
+}
+
+/// The settings file to read: `explicit`, else `$ACEXPORT_CONFIG`, else `system` when it
+/// exists. Whether `system` exists is asked so that an error (a folder the user may not
+/// search) is told apart from absence: taking it for absent would run the command on built-in
+/// defaults, with a store under the user's home, and report definitions as missing.
+fn settings_file(
+    explicit: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    system: &Path,
+) -> Result<Option<PathBuf>, SettingsError> {
+    if let Some(path) = explicit {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if let Some(path) = env.get(CONFIG_ENV).filter(|v| !v.is_empty()) {
+        return Ok(Some(PathBuf::from(path)));
+    }
+    match system.try_exists() {
+        Ok(true) => Ok(Some(system.to_path_buf())),
+        Ok(false) => Ok(None),
+        Err(source) => Err(SettingsError::Unreadable {
+            path: system.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The settings file's text. Read here rather than by the `config` crate so that a file that
+/// exists but cannot be read is named as such, with the fix, not as missing.
+fn read_settings_file(path: &Path) -> Result<String, SettingsError> {
+    std::fs::read_to_string(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => SettingsError::MissingFile {
+            path: path.to_path_buf(),
+        },
+        _ => SettingsError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// What to do about a settings file that cannot be read, by why.
+fn unreadable_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            ". Every user who runs acexport must be able to read it and search the folders \
+             above it: it holds no secret, so install it with mode 0644 in a folder with mode \
+             0755 (the secrets key is a separate file)"
+        }
+        _ => "",
     }
 }
 
@@ -1037,5 +1084,66 @@ mod tests {
         let err = Settings::load_from(Some(Path::new("/nonexistent/acexport.toml")), &env(&[]))
             .expect_err("must refuse");
         assert!(matches!(err, SettingsError::MissingFile { .. }));
+    }
+
+    #[test]
+    fn a_system_settings_file_that_cannot_be_looked_up_is_an_error_naming_it_not_a_fallback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A link to itself: whether the file exists cannot be told (ELOOP), as with a folder
+        // the user may not search (EACCES, which root does not get).
+        let system = dir.path().join("acexport.toml");
+        std::os::unix::fs::symlink(&system, &system).expect("symlink");
+
+        let err = settings_file(None, &env(&[]), &system).expect_err("must refuse");
+
+        assert!(matches!(err, SettingsError::Unreadable { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&system.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_system_settings_file_means_the_built_in_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let system = dir.path().join("acexport.toml");
+
+        let file = settings_file(None, &env(&[]), &system).expect("no file is fine");
+
+        assert_eq!(file, None);
+    }
+
+    #[test]
+    fn a_settings_file_that_cannot_be_read_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A folder in the file's place cannot be read, for root too.
+        let path = dir.path().join("acexport.toml");
+        std::fs::create_dir(&path).expect("mkdir");
+
+        let err = Settings::load_from(Some(&path), &env(&[])).expect_err("must refuse");
+
+        assert!(matches!(err, SettingsError::Unreadable { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot read settings file {}: ", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_settings_file_refused_by_its_permissions_is_named_with_the_mode_to_give_it() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let err = SettingsError::Unreadable {
+            path: PathBuf::from("/etc/acexport/acexport.toml"),
+            source: denied,
+        };
+
+        let text = err.to_string();
+
+        assert!(
+            text.starts_with("cannot read settings file /etc/acexport/acexport.toml: "),
+            "{text}"
+        );
+        assert!(text.contains("mode 0644"), "{text}");
     }
 }

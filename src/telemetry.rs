@@ -7,21 +7,29 @@
 //! message with a newline or an ESC sequence cannot forge a line; JSON lines are escaped by
 //! JSON itself.
 //!
-//! Under systemd, stderr is a journal stream (`JOURNAL_STREAM` names its device and inode):
-//! text lines then start with their syslog priority (`<4>` for a warning, sd-daemon(3)), so
-//! `journalctl -p warning` finds them, and carry no timestamp of their own (the journal adds
-//! one).
+//! Under systemd, stderr is a journal stream (`JOURNAL_STREAM` names its device and inode).
+//! The text format then, like `log.format = "journal"` anywhere, writes to journald over its
+//! native protocol (tracing-journald): each entry has the priority of its level (`journalctl
+//! -p warning`) and one field per log field, span fields included (`journalctl -u acexport
+//! EXPORT=weekly`, `RUN_ID=`), every value escaped and capped as in text lines ([`Escaped`]).
+//! When the journal's socket cannot be reached, text lines go to stderr instead; on a journal
+//! stream they then start with their syslog priority (`<4>` for a warning, sd-daemon(3)) and
+//! carry no timestamp of their own (the journal adds one).
 
 use std::fmt;
 use std::io::IsTerminal;
 
-use tracing::field::Field;
+use tracing::field::{Field, FieldSet, Value, Visit};
+use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer, debug_fn};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::settings::LogFormat;
 
@@ -83,9 +91,171 @@ fn syslog_priority(level: Level) -> u8 {
     }
 }
 
+/// The same priorities for native journal entries. tracing-journald's default puts INFO at
+/// notice (5); ours stay where the text lines put them, so `-p` filters alike either way.
+fn journal_priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
+
+/// The native journal layer: fields under their own names (`EXPORT=`, `RUN_ID=`, no `F_`
+/// prefix, so `journalctl EXPORT=weekly` works), identifier `acexport`, values escaped. Our
+/// field names are fixed in the code and none is a journal field of its own (`PRIORITY`,
+/// `MESSAGE`...); the message goes to `MESSAGE`. Fails when the journal's socket cannot be
+/// reached.
+fn journal_layer() -> std::io::Result<Escaped<tracing_journald::Layer>> {
+    let layer = tracing_journald::layer()?
+        .with_field_prefix(None)
+        .with_syslog_identifier("acexport".to_owned())
+        .with_priority_mappings(journal_priorities());
+    Ok(Escaped(layer))
+}
+
+/// Hands the inner layer every event and span with each field value as the text format shows
+/// it: escaped and capped ([`MAX_LOG_FIELD_CHARS`]). The journal keeps a newline inside a field
+/// (its protocol cannot be forged by one), but `journalctl` shows it as a new line, and
+/// nothing should carry a megabyte of server text into the journal either.
+///
+/// The message also gets the event's and its spans' fields as `name=value`, as a text line has
+/// them: `journalctl` shows only `MESSAGE` unless asked for more, and a warning without its
+/// file or error would say little.
+struct Escaped<L>(L);
+
+/// A span's fields, escaped, for the messages of the events inside it.
+struct SpanFields(Vec<(&'static str, String)>);
+
+/// One event's or span's values, escaped, in the order of its field set.
+struct EscapedValues(Vec<Option<String>>);
+
+impl EscapedValues {
+    fn of(fields: &FieldSet, record: impl FnOnce(&mut dyn Visit)) -> EscapedValues {
+        let mut values = EscapedValues(vec![None; fields.len()]);
+        record(&mut values);
+        values
+    }
+
+    /// The values set, with their field names.
+    fn named(&self, fields: &FieldSet) -> Vec<(&'static str, String)> {
+        fields
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(field, value)| Some((field.name(), value.clone()?)))
+            .collect()
+    }
+
+    /// Appends the other fields, then `spans`, to the message as ` name=value`.
+    fn fold_into_message(&mut self, fields: &FieldSet, spans: &[(&'static str, String)]) {
+        let Some(index) = fields.field("message").map(|f| f.index()) else {
+            return;
+        };
+        let mut message = self.0[index].take().unwrap_or_default();
+        for (name, value) in self.named(fields).iter().chain(spans) {
+            if *name != "message" {
+                message.push_str(&format!(" {name}={value}"));
+            }
+        }
+        self.0[index] = Some(message);
+    }
+
+    /// The values as `tracing` takes them: strings, so the journal gets them unquoted.
+    fn as_values(&self) -> Vec<Option<&dyn Value>> {
+        self.0
+            .iter()
+            .map(|v| v.as_ref().map(|s| s as &dyn Value))
+            .collect()
+    }
+}
+
+impl Visit for EscapedValues {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if let Some(slot) = self.0.get_mut(field.index()) {
+            *slot = Some(crate::escape::untrusted_capped(value, MAX_LOG_FIELD_CHARS).into_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
+// `FieldSet::value_set_all` is the constructor `tracing`'s own macros expand to (hidden from
+// its docs for that reason, kept stable within tracing-core 0.1 for the same one).
+impl<S, L> Layer<S> for Escaped<L>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    L: Layer<S>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let meta = attrs.metadata();
+        let escaped = EscapedValues::of(meta.fields(), |v| attrs.record(v));
+        if let Some(span) = ctx.span(id) {
+            let fields = SpanFields(escaped.named(meta.fields()));
+            span.extensions_mut().insert(fields);
+        }
+        let values = escaped.as_values();
+        let set = meta.fields().value_set_all(&values);
+        let shown = match attrs.parent() {
+            Some(parent) => Attributes::child_of(parent.clone(), meta, &set),
+            None if attrs.is_root() => Attributes::new_root(meta, &set),
+            None => Attributes::new(meta, &set),
+        };
+        self.0.on_new_span(&shown, id, ctx);
+    }
+
+    fn on_record(&self, id: &Id, record: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let meta = span.metadata();
+        let escaped = EscapedValues::of(meta.fields(), |v| record.record(v));
+        if let Some(known) = span.extensions_mut().get_mut::<SpanFields>() {
+            for (name, value) in escaped.named(meta.fields()) {
+                match known.0.iter_mut().find(|(n, _)| *n == name) {
+                    Some(slot) => slot.1 = value,
+                    None => known.0.push((name, value)),
+                }
+            }
+        }
+        let values = escaped.as_values();
+        let set = meta.fields().value_set_all(&values);
+        drop(span);
+        self.0.on_record(id, &Record::new(&set), ctx);
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let mut escaped = EscapedValues::of(meta.fields(), |v| event.record(v));
+        let spans: Vec<(&'static str, String)> = ctx
+            .event_scope(event)
+            .into_iter()
+            .flat_map(|scope| scope.from_root())
+            .flat_map(|span| {
+                span.extensions()
+                    .get::<SpanFields>()
+                    .map(|f| f.0.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        escaped.fold_into_message(meta.fields(), &spans);
+        let values = escaped.as_values();
+        let set = meta.fields().value_set_all(&values);
+        let shown = match event.parent() {
+            Some(parent) => Event::new_child_of(parent.clone(), meta, &set),
+            None if event.is_root() => Event::new_child_of(None::<Id>, meta, &set),
+            None => Event::new(meta, &set),
+        };
+        self.0.on_event(&shown, ctx);
+    }
+}
+
 /// Whether stderr is the journal stream systemd connected: `JOURNAL_STREAM` holds
 /// `DEVICE:INODE` of it, and a redirected stderr (`2>file`) no longer matches.
-fn stderr_is_journal() -> bool {
+pub fn stderr_is_journal() -> bool {
     let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
         return false;
     };
@@ -105,13 +275,32 @@ fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
 /// default; `RUST_LOG` always wins.
 pub fn init(format: LogFormat, quiet: bool) {
     let default = if quiet { QUIET_FILTER } else { DEFAULT_FILTER };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let on_journal_stream = stderr_is_journal();
+    let wants_journal = match format {
+        LogFormat::Journal => true,
+        LogFormat::Text => on_journal_stream,
+        LogFormat::Json => false,
+    };
+    let mut unreachable = None;
+    if wants_journal {
+        match journal_layer() {
+            // A failed `try_init` only means a subscriber is already installed.
+            Ok(journal) => {
+                let _ = tracing_subscriber::registry()
+                    .with(filter())
+                    .with(journal)
+                    .try_init();
+                return;
+            }
+            Err(e) => unreachable = Some(e),
+        }
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr);
-    // A failed `try_init` only means a subscriber is already installed.
     let _ = match format {
-        LogFormat::Text if stderr_is_journal() => builder
+        LogFormat::Text | LogFormat::Journal if on_journal_stream => builder
             .fmt_fields(escaped_fields())
             .with_ansi(false)
             .event_format(JournalPriority(
@@ -121,7 +310,7 @@ pub fn init(format: LogFormat, quiet: bool) {
                     .with_ansi(false),
             ))
             .try_init(),
-        LogFormat::Text => builder
+        LogFormat::Text | LogFormat::Journal => builder
             .fmt_fields(escaped_fields())
             .compact()
             .with_ansi(std::io::stderr().is_terminal())
@@ -132,6 +321,12 @@ pub fn init(format: LogFormat, quiet: bool) {
             .with_span_list(false)
             .try_init(),
     };
+    if let Some(error) = unreachable {
+        tracing::warn!(
+            error = %error,
+            "Cannot reach the journal's socket; logging text lines to stderr"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -247,5 +442,143 @@ mod tests {
             "{}",
             lines[0].len()
         );
+    }
+
+    /// An event or span a layer was handed: its name and its fields as they arrived.
+    type Entry = (String, Vec<(String, String)>);
+
+    /// What a layer was handed, in order.
+    #[derive(Clone, Default)]
+    struct Handed(Arc<Mutex<Vec<Entry>>>);
+
+    /// Fields as a layer receives them: strings as they are, anything else as `Debug` shows it.
+    struct FieldList<'a>(&'a mut Vec<(String, String)>);
+
+    impl Visit for FieldList<'_> {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.push((field.name().to_owned(), value.to_owned()));
+        }
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+
+    impl Handed {
+        fn push(&self, what: String, record: impl FnOnce(&mut dyn Visit)) {
+            let mut fields = Vec::new();
+            record(&mut FieldList(&mut fields));
+            self.0.lock().expect("not poisoned").push((what, fields));
+        }
+        fn all(&self) -> Vec<Entry> {
+            self.0.lock().expect("not poisoned").clone()
+        }
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Handed {
+        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+            self.push(format!("span {}", attrs.metadata().name()), |v| {
+                attrs.record(v)
+            });
+        }
+        fn on_record(&self, _: &Id, record: &Record<'_>, _: Context<'_, S>) {
+            self.push("record".to_owned(), |v| record.record(v));
+        }
+        fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+            self.push(format!("event {}", event.metadata().level()), |v| {
+                event.record(v)
+            });
+        }
+    }
+
+    /// Logs through [`Escaped`] around a recording layer and returns what that layer got.
+    fn handed_through_escaped(log: impl FnOnce()) -> Vec<Entry> {
+        let handed = Handed::default();
+        let subscriber = tracing_subscriber::registry().with(Escaped(handed.clone()));
+        tracing::subscriber::with_default(subscriber, log);
+        handed.all()
+    }
+
+    fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no field {name} in {fields:?}"))
+    }
+
+    #[test]
+    fn journal_fields_and_messages_are_escaped_and_capped_like_text_lines() {
+        let forged = "x.trigger\nMESSAGE=Run succeeded\u{1b}[2K";
+        let huge = "y".repeat(100_000);
+
+        let handed = handed_through_escaped(|| {
+            tracing::warn!(name = %forged, reason = forged, detail = %huge, "Server said {forged}");
+        });
+
+        assert_eq!(handed.len(), 1, "{handed:?}");
+        let (what, fields) = &handed[0];
+        assert_eq!(what, "event WARN");
+        let message = field(fields, "message");
+        assert!(
+            message.starts_with(
+                "Server said x.trigger\\nMESSAGE=Run succeeded\\u{1b}[2K name=x.trigger\\n"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains('\n') && !message.contains('\u{1b}'));
+        // A string value arrives unquoted, as the journal shows it.
+        assert_eq!(
+            field(fields, "reason"),
+            "x.trigger\\nMESSAGE=Run succeeded\\u{1b}[2K"
+        );
+        assert_eq!(field(fields, "name"), field(fields, "reason"));
+        let detail = field(fields, "detail");
+        assert!(
+            detail.chars().count() <= MAX_LOG_FIELD_CHARS + 1,
+            "{}",
+            detail.len()
+        );
+        assert!(detail.ends_with('…'));
+    }
+
+    #[test]
+    fn span_fields_reach_the_journal_escaped_when_opened_and_when_recorded_later() {
+        let handed = handed_through_escaped(|| {
+            let span =
+                tracing::info_span!("run", export = "week\nly", run_id = tracing::field::Empty);
+            span.record("run_id", "7\u{1b}");
+            let _in_run = span.enter();
+            tracing::info!(sent = 2, "Run succeeded");
+        });
+
+        assert_eq!(handed.len(), 3, "{handed:?}");
+        assert_eq!(handed[0].0, "span run");
+        assert_eq!(field(&handed[0].1, "export"), "week\\nly");
+        assert_eq!(handed[1].0, "record");
+        assert_eq!(
+            handed[1].1,
+            vec![("run_id".to_owned(), "7\\u{1b}".to_owned())]
+        );
+        assert_eq!(handed[2].0, "event INFO");
+        assert_eq!(field(&handed[2].1, "sent"), "2");
+        // The message carries the event's fields, then the span's, as a text line does.
+        assert_eq!(
+            field(&handed[2].1, "message"),
+            "Run succeeded sent=2 export=week\\nly run_id=7\\u{1b}"
+        );
+    }
+
+    #[test]
+    fn journal_entries_get_the_same_priorities_as_text_lines() {
+        let mappings = journal_priorities();
+        for (level, priority) in [
+            (Level::ERROR, mappings.error),
+            (Level::WARN, mappings.warn),
+            (Level::INFO, mappings.info),
+            (Level::DEBUG, mappings.debug),
+            (Level::TRACE, mappings.trace),
+        ] {
+            assert_eq!(priority as u8 - b'0', syslog_priority(level), "{level}");
+        }
     }
 }

@@ -27,6 +27,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::daemon::DaemonError;
+use crate::secrets::SecretsError;
 use crate::service::runs::RunError;
 use crate::service::{Context, ServiceError, StoreError};
 use crate::settings::{Loaded, Settings, SettingsError};
@@ -168,10 +169,15 @@ impl From<RunError> for CliError {
 }
 
 impl CliError {
-    /// The process exit status for this error.
+    /// The process exit status for this error. The daemon also exits with
+    /// [`EXIT_INVALID_SETTINGS`] when its key file, state folder or database needs an operator
+    /// ([`daemon_needs_operator`]): the unit's `RestartPreventExitStatus=` then leaves it failed
+    /// instead of restarting it every few seconds to the same refusal. Other commands keep 1
+    /// for those: a person reads their message, no supervisor acts on the code.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Settings(_) => EXIT_INVALID_SETTINGS,
+            CliError::Daemon(e) if daemon_needs_operator(e) => EXIT_INVALID_SETTINGS,
             CliError::Quiet(code) => *code,
             CliError::Service(Worded(ServiceError::Forbidden(_)))
             | CliError::Run(Worded(RunError::Service(ServiceError::Forbidden(_)))) => {
@@ -185,6 +191,50 @@ impl CliError {
     pub fn is_closed_pipe(&self) -> bool {
         matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
+}
+
+/// Whether the daemon's failure to start is one that only an operator can fix, so that
+/// starting again cannot help: a refused or missing secrets key file, a state folder or
+/// database it may not open, a database from a newer version. A full disk or a busy database
+/// may clear by itself, and stays a plain failure.
+fn daemon_needs_operator(error: &DaemonError) -> bool {
+    match error {
+        DaemonError::Service(ServiceError::Secrets(e)) => secrets_need_operator(e),
+        DaemonError::Service(ServiceError::Store(e)) | DaemonError::Store(e) => {
+            store_needs_operator(e)
+        }
+        _ => false,
+    }
+}
+
+fn secrets_need_operator(error: &SecretsError) -> bool {
+    match error {
+        SecretsError::Read { source, .. } | SecretsError::Create { source, .. } => denied(source),
+        SecretsError::Missing { .. }
+        | SecretsError::NotAFile { .. }
+        | SecretsError::Owner { .. }
+        | SecretsError::Loose { .. }
+        | SecretsError::BadKey { .. }
+        | SecretsError::Unseal { .. } => true,
+    }
+}
+
+fn store_needs_operator(error: &StoreError) -> bool {
+    match error {
+        StoreError::Open { source, .. } | StoreError::Folder { source, .. } => denied(source),
+        StoreError::LooseFolder { .. }
+        | StoreError::Vanished { .. }
+        | StoreError::NewerSchema { .. } => true,
+        _ => false,
+    }
+}
+
+/// Refused by permissions or a read-only mount: the same again next time.
+fn denied(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 /// A typed error as the command line words it (flag and command names included); its text
@@ -416,6 +466,56 @@ mod tests {
         let settings = CliError::Settings(SettingsError::Invalid("x".to_owned()));
         assert_eq!(settings.exit_code(), 78);
         assert_eq!(CliError::Input("x".to_owned()).exit_code(), 1);
+    }
+
+    #[test]
+    fn the_daemon_exits_78_on_a_key_file_or_state_folder_an_operator_must_fix() {
+        let loose_key = SecretsError::Loose {
+            path: PathBuf::from("/etc/acexport/secrets.key"),
+            mode: 0o644,
+            fix: 0o640,
+        };
+        let loose_folder = StoreError::LooseFolder {
+            path: PathBuf::from("/var/lib/acexport"),
+            mode: 0o777,
+            owner: 0,
+            fix: 0o750,
+        };
+        let denied = StoreError::Open {
+            path: PathBuf::from("/var/lib/acexport/acexport.db"),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let busy = StoreError::Query {
+            doing: "reading the queue",
+            source: sqlx::Error::PoolTimedOut,
+        };
+
+        let daemon = |e: DaemonError| CliError::Daemon(e).exit_code();
+
+        assert_eq!(
+            daemon(DaemonError::Service(ServiceError::Secrets(loose_key))),
+            78
+        );
+        assert_eq!(daemon(DaemonError::Store(loose_folder)), 78);
+        assert_eq!(
+            daemon(DaemonError::Service(ServiceError::Store(denied))),
+            78
+        );
+        assert_eq!(daemon(DaemonError::Store(busy)), EXIT_FAILURE);
+        assert_eq!(daemon(DaemonError::AlreadyRunning(42)), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn other_commands_keep_exit_1_for_a_loose_key_file() {
+        let loose_key = SecretsError::Loose {
+            path: PathBuf::from("/etc/acexport/secrets.key"),
+            mode: 0o644,
+            fix: 0o640,
+        };
+
+        let err = CliError::from(ServiceError::Secrets(loose_key));
+
+        assert_eq!(err.exit_code(), EXIT_FAILURE);
     }
 
     #[test]

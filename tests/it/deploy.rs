@@ -14,7 +14,9 @@ use acexport::settings::Settings;
 const MAX_EXPOSURE: f64 = 2.0;
 /// Executable paths as the shipped unit names them.
 const UNIT_BINARY: &str = "/usr/bin/acexport";
-const UNIT_KILL: &str = "/bin/kill";
+/// The only other executable the unit may name: every Debian has it (dash is essential), and
+/// its built-in `kill` sends the reload's SIGHUP where /bin/kill (procps) is missing.
+const UNIT_SHELL: &str = "/bin/sh";
 
 fn deploy_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,26 +32,27 @@ fn systemd_analyze(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run systemd-analyze {args:?}: {e}"))
 }
 
-/// The system's `kill`, wherever this distribution keeps it.
-fn system_kill() -> PathBuf {
-    ["/bin/kill", "/usr/bin/kill"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("a kill executable in /bin or /usr/bin")
+/// The shipped unit's `Key=value` lines, comments left out.
+fn unit_settings() -> Vec<(String, String)> {
+    std::fs::read_to_string(deploy_file("acexport.service"))
+        .expect("read unit")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// A copy of the shipped unit, under its own name in `dir`, whose commands point at the
-/// freshly built binary and the system `kill`, so that `verify` can check they exist.
+/// freshly built binary, so that `verify` can check they exist.
 fn unit_with_local_paths(dir: &Path) -> PathBuf {
     let shipped = std::fs::read_to_string(deploy_file("acexport.service")).expect("read unit");
     assert!(
-        shipped.contains(UNIT_BINARY) && shipped.contains(UNIT_KILL),
-        "the unit no longer names {UNIT_BINARY} and {UNIT_KILL}; update this test"
+        shipped.contains(UNIT_BINARY),
+        "the unit no longer names {UNIT_BINARY}; update this test"
     );
-    let local = shipped
-        .replace(UNIT_BINARY, env!("CARGO_BIN_EXE_acexport"))
-        .replace(UNIT_KILL, &system_kill().to_string_lossy());
+    let local = shipped.replace(UNIT_BINARY, env!("CARGO_BIN_EXE_acexport"));
     let path = dir.join("acexport.service");
     std::fs::write(&path, local).expect("write unit copy");
     path
@@ -93,7 +96,7 @@ fn the_unit_hardening_exposure_is_at_most_two() {
         !stderr.contains("unrecognized option"),
         "systemd-analyze is too old for --offline (needs systemd 250): {stderr}"
     );
-    // "→ Overall exposure level for acexport.service: 1.2 OK 🙂"
+    // "→ Overall exposure level for acexport.service: 1.3 OK 🙂"
     let exposure: f64 = stdout
         .lines()
         .find_map(|l| l.split_once("Overall exposure level for "))
@@ -107,6 +110,62 @@ fn the_unit_hardening_exposure_is_at_most_two() {
         exposure <= MAX_EXPOSURE,
         "exposure {exposure} is above {MAX_EXPOSURE}:\n{stdout}"
     );
+}
+
+#[test]
+fn the_unit_runs_only_acexport_and_the_shell_which_a_minimal_debian_has() {
+    let commands: Vec<(String, String)> = unit_settings()
+        .into_iter()
+        .filter(|(key, _)| key.starts_with("Exec"))
+        .collect();
+
+    assert!(!commands.is_empty());
+    for (key, command) in &commands {
+        let program = command.split_whitespace().next().unwrap_or_default();
+        assert!(
+            program == UNIT_BINARY || program == UNIT_SHELL,
+            "{key}={command} runs {program}, which a minimal Debian may lack (procps has no \
+             place there: /bin/kill gave 203/EXEC)"
+        );
+    }
+}
+
+#[test]
+fn invalid_settings_are_refused_by_the_daemon_itself_so_systemd_does_not_restart_it() {
+    let settings = unit_settings();
+    let value = |key: &str| {
+        settings
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+
+    // RestartPreventExitStatus= looks at the main process only: a check in ExecStartPre=
+    // exiting 78 was restarted every RestartSec= forever.
+    assert_eq!(value("ExecStartPre"), Vec::<String>::new());
+    assert_eq!(value("ExecStart"), vec![format!("{UNIT_BINARY} daemon")]);
+    let prevented = value("RestartPreventExitStatus").join(" ");
+    assert!(
+        prevented.split_whitespace().any(|code| code == "78"),
+        "RestartPreventExitStatus={prevented}"
+    );
+    assert_eq!(
+        acexport::cli::EXIT_INVALID_SETTINGS,
+        78,
+        "the unit's RestartPreventExitStatus= names 78"
+    );
+}
+
+#[test]
+fn the_unit_leaves_etc_acexport_read_only_and_peer_credentials_real() {
+    let keys: BTreeSet<String> = unit_settings().into_iter().map(|(k, _)| k).collect();
+
+    // ConfigurationDirectory= would make /etc/acexport writable to the daemon.
+    assert!(!keys.contains("ConfigurationDirectory"));
+    // PrivateUsers= would show every control-socket caller as nobody.
+    assert!(!keys.contains("PrivateUsers"));
+    assert!(keys.contains("RuntimeDirectory"));
 }
 
 #[test]
