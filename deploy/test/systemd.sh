@@ -28,6 +28,8 @@ ROOT_CACHE=$CACHE/root-$(printf '%s minbase %s\n' "$SUITE" "$PACKAGES" | sha256s
 MAX_EXPOSURE=${ACEXPORT_MAX_EXPOSURE:-2.0}
 # Who may drop trigger files in the tests (member of acexport-trigger).
 MEMBER=alice
+# A local user with no role.
+OUTSIDER=mallory
 
 cannot_run() {
   echo "systemd check not run: $*" >&2
@@ -246,6 +248,7 @@ set_up_an_export() {
     chmod 0644 /srv/acx/members.csv
     systemd-run --unit=acx-sandbox --quiet /usr/bin/acexport sandbox --port 0 --token-file /srv/acx/token
     useradd --create-home --groups acexport-trigger $MEMBER
+    useradd --create-home $OUTSIDER
   "
   local url=
   for _ in $(seq 40); do
@@ -271,16 +274,10 @@ set_up_an_export() {
 }
 check "connection, segment and export added by the service user" set_up_an_export
 
-# With the control socket, trigger-group members are contributors (issue 11).
-ACCESS='[access]
-contributors = ["@acexport-trigger"]'
-{ cat "$SETTINGS" && printf '\n%s\n' "$ACCESS"; } >"$ROOT/root/with-access.toml"
-if ct acexport --config /root/with-access.toml check-config >/dev/null 2>&1; then
-  cp "$ROOT/root/with-access.toml" "$SETTINGS"
-  ct systemctl reload acexport
-  echo "note: settings give group acexport-trigger the contributor role"
-else
-  echo "note: this build does not know [access] (control socket not merged); settings unchanged"
+# The README's settings make group acexport-trigger contributors ([access]); the connection
+# above is shared with contributors, so its members may run the export.
+if ! grep -q '^contributors = \["@acexport-trigger"\]' "$SETTINGS"; then
+  echo "note: the installed settings do not make acexport-trigger contributors"
 fi
 
 run_by_the_service_user() {
@@ -312,6 +309,27 @@ run_by_a_member_with_a_file() {
 }
 check "a run triggered by a trigger-group member (a signal file) succeeds" \
   run_by_a_member_with_a_file
+
+roles_through_the_control_socket() {
+  local out rc
+  # A contributor sees the shared connection by name, type and status; never its address.
+  out=$(ct runuser -u "$MEMBER" -- acexport connection list --json)
+  grep -q '"type": "ActiveCampaign"' <<<"$out"
+  if grep -q '127\.0\.0\.1' <<<"$out"; then
+    echo "a contributor saw the address: $out"
+    return 1
+  fi
+  # Someone without a role is refused (77) whatever they ask; only admins change connections.
+  set +e
+  ct runuser -u "$OUTSIDER" -- acexport status >/dev/null 2>&1
+  rc=$?
+  ct runuser -u "$MEMBER" -- acexport connection remove sandbox --force >/dev/null 2>&1
+  local rc_member=$?
+  set -e
+  [ "$rc" = 77 ] && [ "$rc_member" = 77 ] || { echo "exit codes: $rc, $rc_member"; return 1; }
+  echo "= no role: 77; contributor removing a connection: 77; no address shown"
+}
+check "roles through the control socket (contributor, no role)" roles_through_the_control_socket
 
 journald_priorities_and_fields() {
   local since
