@@ -54,11 +54,39 @@ fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
             if field.name() == "message" {
                 write!(writer, "{shown}")
             } else {
-                write!(writer, "{}={shown}", field.name())
+                write!(writer, "{}={}", field.name(), quoted_if_spaced(&shown))
             }
         },
     )
     .delimited(" ")
+}
+
+/// A field value as one `name=value` word: quoted (logfmt style) when it holds a space, `=` or
+/// a quote, so that an export named `x run_id=99` cannot pass for another field.
+fn quoted_if_spaced(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains([' ', '=', '"']) && !is_one_quoted_word(value) {
+        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")).into()
+    } else {
+        value.into()
+    }
+}
+
+/// Whether `value` is already one quoted word, as a `?` field of a string prints it: quotes
+/// around it, and every quote and backslash inside escaped.
+fn is_one_quoted_word(value: &str) -> bool {
+    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
+        return false;
+    };
+    let mut escaped = false;
+    for c in inner.chars() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '"') => return false,
+            _ => {}
+        }
+    }
+    !escaped
 }
 
 /// A text event format with the line's syslog priority in front, for the journal.
@@ -376,7 +404,12 @@ mod tests {
         });
         assert_eq!(lines.len(), 2, "{lines:#?}");
         assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "{lines:#?}");
-        assert!(lines[0].contains("name=x.trigger\\n2026"), "{}", lines[0]);
+        // Spaces in it: one quoted word, the escapes' backslashes escaped in turn.
+        assert!(
+            lines[0].contains("name=\"x.trigger\\\\n2026"),
+            "{}",
+            lines[0]
+        );
         assert!(
             lines[1].contains("Server said x.trigger\\n"),
             "{}",
@@ -566,6 +599,26 @@ mod tests {
             field(&handed[2].1, "message"),
             "Run succeeded sent=2 export=week\\nly run_id=7\\u{1b}"
         );
+    }
+
+    #[test]
+    fn a_field_value_with_a_space_or_equals_sign_stays_one_quoted_word() {
+        let lines = text_lines(|| {
+            tracing::info!(export = %"x run_id=99", run_id = 3, "Run started");
+        });
+        assert!(
+            lines[0].contains(r#"export="x run_id=99" run_id=3"#),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(quoted_if_spaced("weekly"), "weekly");
+        // What `?` printed stays as it is; a value that only looks quoted is quoted again.
+        assert_eq!(quoted_if_spaced("\"weekly news\""), "\"weekly news\"");
+        assert_eq!(
+            quoted_if_spaced("\"x\" run_id=\"9\""),
+            "\"\\\"x\\\" run_id=\\\"9\\\"\""
+        );
+        assert_eq!(quoted_if_spaced("a \"b\""), "\"a \\\"b\\\"\"");
     }
 
     #[test]

@@ -89,9 +89,10 @@ async fn trigger_names_that_would_forge_a_log_line_are_rejected_and_shown_escape
     }
 
     let rejected = "Signal file rejected; its reason is in rejected/ file=";
+    // One quoted word (the forged line holds spaces), its line break and escape shown escaped.
     wait_for_log(
         &env,
-        &format!(r"{rejected}evil\n{forged}\u{{1b}}[2K.trigger"),
+        &format!(r#"{rejected}"evil\\n{forged}\\u{{1b}}[2K.trigger""#),
     )
     .await;
     wait_for_log(&env, &format!(r"{rejected}bad\xff.trigger")).await;
