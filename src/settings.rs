@@ -173,24 +173,58 @@ impl ProxyUrl {
                 self.redacted()
             ))
         };
-        let Ok(url) = reqwest::Url::parse(&self.0) else {
-            return refuse("not a URL");
+        let url = match secure_url(&self.0) {
+            Ok(url) => url,
+            Err(UrlRefusal::PlainHttpOffLoopback) => {
+                return refuse(
+                    "a plain http:// proxy must be on a loopback address: what is sent to it, \
+                     its password included, would otherwise cross the network unencrypted",
+                );
+            }
+            Err(UrlRefusal::OtherScheme) => {
+                return refuse("only https:// and http:// proxies are supported");
+            }
+            Err(other) => return refuse(other.as_str()),
         };
-        let host = url.host_str().unwrap_or_default();
-        match url.scheme() {
-            _ if host.is_empty() => refuse("no host"),
-            "https" => Ok(()),
-            "http" if is_loopback(host) => Ok(()),
-            "http" => refuse(
-                "a plain http:// proxy must be on a loopback address: what is sent to it, its \
-                 password included, would otherwise cross the network unencrypted",
-            ),
-            _ => refuse("only https:// and http:// proxies are supported"),
-        }?;
         if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
             return refuse("a proxy URL has no path, query or fragment");
         }
         Ok(())
+    }
+}
+
+/// Why a URL may not carry what acexport sends out of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UrlRefusal {
+    NotUrl,
+    NoHost,
+    /// Plain http:// off loopback: what is sent would cross the network unencrypted.
+    PlainHttpOffLoopback,
+    OtherScheme,
+}
+
+impl UrlRefusal {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            UrlRefusal::NotUrl => "not a URL",
+            UrlRefusal::NoHost => "no host",
+            UrlRefusal::PlainHttpOffLoopback => "a plain http:// URL must be on a loopback address",
+            UrlRefusal::OtherScheme => "only https:// and http:// are supported",
+        }
+    }
+}
+
+/// The one rule for URLs acexport sends to (a proxy, a webhook): https://, or http:// on a
+/// loopback address.
+pub(crate) fn secure_url(text: &str) -> Result<reqwest::Url, UrlRefusal> {
+    let url = reqwest::Url::parse(text).map_err(|_| UrlRefusal::NotUrl)?;
+    let host = url.host_str().unwrap_or_default();
+    match url.scheme() {
+        _ if host.is_empty() => Err(UrlRefusal::NoHost),
+        "https" => Ok(url),
+        "http" if is_loopback(host) => Ok(url),
+        "http" => Err(UrlRefusal::PlainHttpOffLoopback),
+        _ => Err(UrlRefusal::OtherScheme),
     }
 }
 

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::SettingsError;
-use crate::activecampaign::host::is_loopback;
 
 /// Default first wait between webhook attempts: with five attempts, doubling and jittered, a
 /// receiver that is down for up to about a minute still gets the alert.
@@ -82,27 +81,22 @@ impl WebhookUrl {
 
     /// Why this URL cannot take alerts, if it cannot.
     fn check(&self) -> Result<(), String> {
-        let refuse = |why: &str| {
-            Err(format!(
-                "{why}, got {}. Give an https:// URL, or an http:// URL on a loopback address \
-                 (127.0.0.1, ::1, localhost)",
-                self.shown()
-            ))
-        };
-        let Ok(url) = reqwest::Url::parse(&self.0) else {
-            return refuse("not a URL");
-        };
-        let host = url.host_str().unwrap_or_default();
-        match url.scheme() {
-            _ if host.is_empty() => refuse("no host"),
-            "https" => Ok(()),
-            "http" if is_loopback(host) => Ok(()),
-            "http" => refuse(
+        let why = match super::secure_url(&self.0) {
+            Ok(_) => return Ok(()),
+            Err(super::UrlRefusal::PlainHttpOffLoopback) => {
                 "a plain http:// webhook must be on a loopback address: the alert (and its \
-                 signature) would otherwise cross the network unencrypted",
-            ),
-            _ => refuse("only https:// and http:// webhooks are supported"),
-        }
+                 signature) would otherwise cross the network unencrypted"
+            }
+            Err(super::UrlRefusal::OtherScheme) => {
+                "only https:// and http:// webhooks are supported"
+            }
+            Err(other) => other.as_str(),
+        };
+        Err(format!(
+            "{why}, got {}. Give an https:// URL, or an http:// URL on a loopback address \
+             (127.0.0.1, ::1, localhost)",
+            self.shown()
+        ))
     }
 }
 
