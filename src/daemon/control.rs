@@ -382,6 +382,9 @@ async fn serve_one(stream: UnixStream, ctx: Arc<Context>, actor: Actor, handler:
             }
         }
     }
+    // A request may have changed definitions (a schedule, an export enabled): the scheduling
+    // loop re-reads them now rather than at its fallback re-read.
+    ctx.wake_daemon();
     match finished {
         Some(code) => {
             let _ =

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,15 +32,22 @@ use crate::service::{Context, ServiceError};
 use crate::settings::{Loaded, Settings};
 use crate::store::{RunCounts, StoreError, TriggerKind};
 
-/// Fallback rescan of the trigger folder when inotify events are lost.
-const TRIGGER_RESCAN: Duration = Duration::from_secs(5);
+/// Fallback rescan of the trigger folder when inotify events are lost (inotify itself wakes the
+/// loop at once).
+const TRIGGER_RESCAN: Duration = Duration::from_secs(30);
 /// How long a queued run waits before it is queued again behind a run of its export in another
 /// process.
 const REQUEUE_WAIT: Duration = Duration::from_secs(2);
-/// How often the scheduling loop wakes (slots are whole seconds at the finest).
-const TICK: Duration = Duration::from_millis(500);
-/// How often the heartbeat and STATUS are refreshed.
+/// Longest sleep between two reads of the schedules. The loop otherwise wakes at the next slot
+/// and whenever definitions change through this daemon; this re-read catches definitions
+/// written straight into the database by another process (a root CLI when the socket is
+/// unreachable) and jumps of the wall clock.
+const SCHEDULE_REREAD: Duration = Duration::from_secs(30);
+/// How often the heartbeat, STATUS= and `/healthz` liveness are refreshed while runs go on.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The same while idle: a third of the staleness bound (`HEARTBEAT_STALE_SECS`, 30 s) after
+/// which `acexport status` and `/healthz` call the daemon down.
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
 /// Longest wait for running exports to reach a batch boundary at shutdown; below systemd's
 /// TimeoutStopSec (90 s in deploy/acexport.service).
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
@@ -181,13 +188,12 @@ impl Daemon {
         let tracker = TaskTracker::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
         let mut running = Running::new();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_beat = tokio::time::Instant::now() - HEARTBEAT;
         let watchdog = systemd::watchdog_interval();
-        let mut last_watchdog = tokio::time::Instant::now();
-        // Set when a run starts or ends, so the heartbeat's line follows at the next tick.
+        // Set when a run starts or ends, so the heartbeat's line follows at once.
         let mut beat_due = false;
+        let mut next_beat = tokio::time::Instant::now();
+        // Runs queued and definitions changed through this daemon (its control socket).
+        let woken = self.ctx.daemon_wakes();
         tokio::pin!(shutdown);
 
         // Bound before READY=1: once systemd reports the unit started, commands reach it.
@@ -203,13 +209,10 @@ impl Daemon {
             }
             None => None,
         };
-        self.check_schedules().await;
         observe::apply_settings(&self.ctx.settings);
         observe::seed(&store).await;
         let server = observe::Server::start(self.metrics_listener.take(), self.liveness.clone());
-        if self.check_schedules().await {
-            self.liveness.beat();
-        }
+        let mut next_check = self.check_schedules().await;
         systemd::ready();
         tracing::info!(
             workers = self.ctx.settings.daemon.workers,
@@ -218,7 +221,10 @@ impl Daemon {
             timezone = %self.ctx.settings.schedule.timezone,
             "Daemon ready"
         );
+        // The loop sleeps until its next event: a signal, a wake from the trigger folder or the
+        // control socket, a run's end, the next schedule slot or the next heartbeat.
         loop {
+            let mut check_now = false;
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -234,36 +240,45 @@ impl Daemon {
                             Err(e) => tracing::error!(error = %e, "Cannot watch the new trigger folder; keeping the old one"),
                         }
                     }
+                    // schedule.refresh or schedule.timezone may have changed.
+                    check_now = true;
                 }
                 Some(export_id) = done_rx.recv() => { running.remove(&export_id); beat_due = true; }
                 Some(()) = wake.recv() => self.consume_triggers(&trigger_dir, &running).await,
-                _ = tick.tick() => {
-                    if self.check_schedules().await {
-                        self.liveness.beat();
-                    }
-                    if let Some(interval) = watchdog {
-                        // Pinged from this loop, after a database round trip, so a stuck loop
-                        // or database is noticed, not just a live runtime.
-                        if last_watchdog.elapsed() >= interval && store.daemon_state().await.is_ok() {
-                            systemd::watchdog();
-                            last_watchdog = tokio::time::Instant::now();
-                        }
-                    }
-                    if beat_due || last_beat.elapsed() >= HEARTBEAT {
-                        beat_due = false;
-                        let status = self.status_line(&running).await;
-                        systemd::status(&status);
-                        if let Err(e) = store.beat(&status).await {
-                            tracing::warn!(error = %e, "Cannot record the heartbeat");
-                        }
-                        last_beat = tokio::time::Instant::now();
-                    }
-                }
+                () = woken.notified() => check_now = true,
+                () = tokio::time::sleep_until(next_check) => check_now = true,
+                () = tokio::time::sleep_until(next_beat) => {}
+            }
+            if check_now {
+                next_check = self.check_schedules().await;
             }
             let before = running.len();
             self.dispatch(&mut running, &tracker, &done_tx).await;
             beat_due |= running.len() != before;
             crate::metrics::global().set_running(running.len());
+            if beat_due || tokio::time::Instant::now() >= next_beat {
+                beat_due = false;
+                let status = self.status_line(&running).await;
+                systemd::status(&status);
+                match store.beat(&status).await {
+                    Ok(()) => {
+                        // After a database round trip, so that a stuck loop or database is
+                        // noticed, not just a live runtime.
+                        self.liveness.beat();
+                        if watchdog.is_some() {
+                            systemd::watchdog();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Cannot record the heartbeat"),
+                }
+                let period = if running.is_empty() {
+                    IDLE_HEARTBEAT
+                } else {
+                    HEARTBEAT
+                };
+                let period = watchdog.map_or(period, |w| period.min(w));
+                next_beat = tokio::time::Instant::now() + period;
+            }
         }
 
         self.liveness.stop();
@@ -388,17 +403,20 @@ impl Daemon {
 
     /// Queues every export whose schedule has a slot due, read in the export's time zone (else
     /// `schedule.timezone`). A new or changed schedule or zone starts counting from now; a slot
-    /// missed while the daemon was down runs once. Returns whether the exports could be read.
-    async fn check_schedules(&self) -> bool {
+    /// missed while the daemon was down runs once. Returns when to read them again: at the
+    /// earliest next slot, at the latest after [`SCHEDULE_REREAD`].
+    async fn check_schedules(&self) -> tokio::time::Instant {
+        let reread = tokio::time::Instant::now() + SCHEDULE_REREAD;
         let settings = &self.ctx.settings;
         let exports = match self.ctx.store.schedule_candidates().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot read exports");
-                return false;
+                return reread;
             }
         };
         let now = Utc::now();
+        let mut next_slot: Option<DateTime<Utc>> = None;
         for export in exports {
             let Some(expr) = export
                 .schedule
@@ -418,6 +436,9 @@ impl Daemon {
                     continue;
                 }
             };
+            if let Some(slot) = schedule.next_after(now) {
+                next_slot = Some(next_slot.map_or(slot, |n| n.min(slot)));
+            }
             let key = format!("{expr} @ {zone}");
             let result = match export.mark {
                 Some((marked, last)) if marked == key => match schedule.due(last, now) {
@@ -446,7 +467,14 @@ impl Daemon {
                 tracing::error!(export = %export.name, error = %e, "Cannot record a schedule slot");
             }
         }
-        true
+        // A slot is a whole second; waking a little early only finds it not yet due and sleeps
+        // the rest.
+        match next_slot.and_then(|slot| (slot - Utc::now()).to_std().ok()) {
+            Some(wait) => reread.min(tokio::time::Instant::now() + wait),
+            // A slot already past (the read was slow) is due now.
+            None if next_slot.is_some() => tokio::time::Instant::now(),
+            None => reread,
+        }
     }
 
     /// Takes every signal file in the trigger folder exactly once.

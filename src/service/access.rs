@@ -189,6 +189,7 @@ impl Context {
             control: self.control.clone(),
             actor: Arc::new(actor),
             in_daemon: self.in_daemon,
+            daemon_wake: Arc::clone(&self.daemon_wake),
             alerts: Arc::clone(&self.alerts),
         }
     }

@@ -231,6 +231,9 @@ pub struct Context {
     /// Whether this is the daemon's context: runs asked for are queued for its workers, not
     /// handed over by signal file.
     in_daemon: bool,
+    /// Wakes the daemon's scheduling loop (a run queued, definitions changed); shared by every
+    /// context cloned from the daemon's. Nobody waits on it outside the daemon.
+    daemon_wake: Arc<tokio::sync::Notify>,
     /// Where finished runs' alerts go; kept over a reload unless `[alerts]` changed.
     alerts: Arc<AlertQueue>,
 }
@@ -254,6 +257,7 @@ impl Context {
             control: RunControl::new(),
             actor: Arc::new(actor),
             in_daemon: false,
+            daemon_wake: Arc::default(),
             alerts,
         })
     }
@@ -286,6 +290,7 @@ impl Context {
             control: self.control.clone(),
             actor: Arc::clone(&self.actor),
             in_daemon: self.in_daemon,
+            daemon_wake: Arc::clone(&self.daemon_wake),
             alerts,
         }
     }

@@ -406,8 +406,22 @@ impl Context {
         self.store
             .enqueue_run(export_id, trigger, full, None, Some(&by))
             .await?;
+        // The daemon's loop sleeps until its next event: this run is one.
+        self.wake_daemon();
         self.store.record_audit("run.request", export, None).await?;
         Ok(())
+    }
+
+    /// Wakes the daemon's scheduling loop to dispatch queued runs and re-read the schedules
+    /// (in a context of the daemon; elsewhere nobody listens). Wakes coalesce: one pending wake
+    /// covers every request made before the loop takes it.
+    pub fn wake_daemon(&self) {
+        self.daemon_wake.notify_one();
+    }
+
+    /// What [`Context::wake_daemon`] notifies, for the daemon's loop to wait on.
+    pub fn daemon_wakes(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.daemon_wake)
     }
 
     /// One run with up to `max_issues` of its rejected and failed profiles.

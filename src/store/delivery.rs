@@ -308,6 +308,8 @@ impl WorkTables {
             .rows_affected();
         // Without `--full` no run id is below the floor.
         let floor = full_floor.unwrap_or(i64::MIN);
+        // INDEXED BY: accepted members are probed by email; without statistics SQLite would
+        // walk every accepted member of the export for each staged one.
         let planned = sqlx::query(
             "INSERT INTO temp.outbox (email, hash, kind, payload, sent_fields, clear) \
              SELECT s.email, s.hash, CASE WHEN d.email IS NULL THEN ?3 \
@@ -318,6 +320,7 @@ impl WorkTables {
              WHERE (d.email IS NULL OR d.hash != s.hash OR d.run_id < ?2 \
              OR (d.status != ?5 AND NOT (d.status = ?6 AND d.since >= ?9))) \
              AND NOT EXISTS (SELECT 1 FROM accepted_members a \
+             INDEXED BY accepted_members_by_email \
              WHERE a.export_id = ?1 AND a.email = s.email AND a.hash = s.hash) \
              ORDER BY s.rowid",
         )
@@ -394,7 +397,8 @@ impl WorkTables {
         sqlx::query(
             "INSERT INTO temp.outbox (email, hash, kind, payload) SELECT l.email, l.hash, ?1, \
              ?2 || json_quote(l.email) || ?3 FROM temp.leavers l WHERE l.delivered \
-             AND NOT EXISTS (SELECT 1 FROM accepted_members a WHERE a.export_id = ?4 \
+             AND NOT EXISTS (SELECT 1 FROM accepted_members a \
+             INDEXED BY accepted_members_by_email WHERE a.export_id = ?4 \
              AND a.email = l.email AND a.kind = ?1) ORDER BY l.email",
         )
         .bind(OutboxKind::Leave)
@@ -888,8 +892,10 @@ async fn held_suppressed(
     floor: i64,
     recheck_before: &str,
 ) -> Result<u64, StoreError> {
+    // CROSS JOIN keeps the chunk outside: without statistics SQLite otherwise walks the
+    // export's whole delivery state for every chunk (quadratic in the segment's size).
     let held: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM temp.stage s JOIN delivery_state d \
+        "SELECT COUNT(*) FROM temp.stage s CROSS JOIN delivery_state d \
          ON d.export_id = ?1 AND d.email = s.email \
          WHERE d.status = ?2 AND d.hash = s.hash AND d.run_id >= ?3 AND d.since >= ?4",
     )

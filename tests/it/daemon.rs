@@ -913,3 +913,38 @@ async fn sighup_with_a_valid_settings_file_applies_the_new_refresh_schedule() {
     assert!(env.log().contains("Settings reloaded"));
     assert_eq!(runs[0].status, RunStatus::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_set_through_the_command_line_fires_without_waiting_for_the_fallback_reread() {
+    // The idle loop sleeps until its next event. A definition changed through the control
+    // socket is one; otherwise the schedules are re-read only every 30 s, and the first slot of
+    // the new schedule would come after this test's wait.
+    let env = Env::new(sandbox_options(0), 10, None).await;
+    let mut daemon = env.start(None);
+    env.wait_ready().await;
+
+    let out = cli(
+        &env,
+        &[
+            "export",
+            "update",
+            "people-list",
+            "--schedule",
+            "* * * * * *",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = env
+        .wait_for("a run on the new schedule", Duration::from_secs(15), |r| {
+            r.iter().any(|r| r.trigger == "schedule" && finished(r))
+        })
+        .await;
+
+    signal(&daemon, "TERM");
+    assert!(wait_exit(&mut daemon, Duration::from_secs(10)).success());
+    assert_eq!(runs[0].status, RunStatus::Succeeded);
+}

@@ -3,8 +3,9 @@
 //! `COPY ... TO` or second statement); SQLite files are opened read-only (`mode=ro`) with
 //! `query_only` on; PostgreSQL sessions default to read-only transactions and the query runs
 //! inside `BEGIN READ ONLY`. Off loopback a PostgreSQL server's certificate is verified unless
-//! the URL says otherwise (`tls.rs`). Rows are streamed with `fetch` by a task that owns the
-//! connection, so a big result never sits in memory.
+//! the URL says otherwise (`tls.rs`). Rows are streamed by a task that owns the connection, so a
+//! big result never sits in memory: PostgreSQL's with sqlx's `fetch`, SQLite's in chunks on a
+//! blocking thread (`sqlite_rows.rs`).
 //!
 //! Every result column gets its text rule from its type when the query is prepared, before
 //! any row is read. A requested column whose type has no rule (BYTEA, a BLOB column...) stops
@@ -13,12 +14,14 @@
 //!
 //! Files: this one opens the database and streams the rows; `statement.rs` checks that the query
 //! is one read statement; `tls.rs` picks PostgreSQL's sslmode; `types.rs` decides each column's
-//! rule, `text.rs` applies it to each value (`pg_binary.rs` for PostgreSQL's binary forms);
+//! rule, `text.rs` applies it to each value (`pg_binary.rs` for PostgreSQL's binary forms,
+//! `sqlite_rows.rs` for SQLite's);
 //! `message.rs` words database errors; the redaction of URLs and driver messages is
 //! `crate::redact`'s.
 
 mod message;
 mod pg_binary;
+mod sqlite_rows;
 mod statement;
 #[cfg(test)]
 mod tests;
@@ -39,6 +42,7 @@ use sqlx::{AssertSqlSafe, Column, Connection, Either, Executor, SqlSafeStr, Stat
 use tokio::sync::{mpsc, oneshot};
 
 use self::message::database_message;
+use self::sqlite_rows::SqliteFile;
 use self::statement::{Dialect, Refusal, check_read_query};
 use self::text::{TextRow, to_row};
 pub use self::tls::{PostgresTls, SslMode, TlsOrigin};
@@ -124,10 +128,15 @@ impl Database {
 
     /// A failure after `rows` rows were read.
     fn fetch_error(&self, rows: u64, error: &sqlx::Error, query: &str) -> SourceError {
+        self.fetch_failed(rows, &database_message(error, query))
+    }
+
+    /// A failure after `rows` rows were read, worded as `message` (already escaped).
+    fn fetch_failed(&self, rows: u64, message: &str) -> SourceError {
         SourceError::Fetch {
             database: self.label.clone(),
             rows,
-            message: self.passwords.scrub(&database_message(error, query)),
+            message: self.passwords.scrub(message),
         }
     }
 
@@ -145,7 +154,8 @@ impl Database {
 
 /// Where the query runs, with the read-only settings applied.
 enum Target {
-    Sqlite(SqliteConnectOptions),
+    /// The options prepare the query; the rows are read from the file (`sqlite_rows.rs`).
+    Sqlite(SqliteConnectOptions, SqliteFile),
     /// The options carry the TLS mode in force, which is also kept to be shown.
     Postgres(PgConnectOptions, PostgresTls),
 }
@@ -153,14 +163,14 @@ enum Target {
 impl Target {
     fn dialect(&self) -> Dialect {
         match self {
-            Target::Sqlite(_) => Dialect::Sqlite,
+            Target::Sqlite(..) => Dialect::Sqlite,
             Target::Postgres(..) => Dialect::Postgres,
         }
     }
 
     fn tls(&self) -> Option<PostgresTls> {
         match self {
-            Target::Sqlite(_) => None,
+            Target::Sqlite(..) => None,
             Target::Postgres(_, tls) => Some(*tls),
         }
     }
@@ -176,7 +186,8 @@ fn target(url: &str, database: &Database) -> Result<Target, SourceError> {
             // Belt and braces with `mode=ro`, which alone lets `VACUUM INTO` write its copy.
             .pragma("query_only", "ON")
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
-        Ok(Target::Sqlite(options))
+        let file = SqliteFile::from_url(url, options.get_filename());
+        Ok(Target::Sqlite(options, file))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = PgConnectOptions::from_str(url).map_err(|e| database.connect_error(&e))?;
         let in_url = tls::sslmode_in_url(url).map_err(|message| SourceError::Connect {
@@ -232,7 +243,7 @@ pub(super) async fn open(
     // long as rows are read; the stream aborts it when dropped.
     let task = tokio::spawn(async move {
         match target {
-            Target::Sqlite(options) => run_sqlite(options, job).await,
+            Target::Sqlite(options, file) => run_sqlite(options, file, job).await,
             Target::Postgres(options, _) => run_postgres(options, job).await,
         }
     });
@@ -370,19 +381,23 @@ fn sql_text(query: &str) -> sqlx::SqlStr {
     AssertSqlSafe(query.to_owned()).into_sql_str()
 }
 
-async fn run_sqlite(options: SqliteConnectOptions, job: Job) {
+async fn run_sqlite(options: SqliteConnectOptions, file: SqliteFile, job: Job) {
     let mut conn = match SqliteConnection::connect_with(&options).await {
         Ok(conn) => conn,
         Err(e) => return job.fail_to_connect(&e),
     };
     let prepared = conn.prepare(sql_text(&job.query)).await;
     let columns = statement_columns(prepared, &job.database, &job.query);
+    let _ = conn.close().await;
     let Some((projection, streaming)) = job.plan(columns) else {
         return;
     };
-    let rows = sqlx::query(sql_text(&streaming.query)).fetch(&mut conn);
-    pump(rows, &projection, streaming).await;
-    let _ = conn.close().await;
+    // Awaited, so that the stream's end waits for the reader; a dropped stream stops the
+    // reader at its next chunk.
+    let _ = tokio::task::spawn_blocking(move || {
+        sqlite_rows::read_rows(&file, SQLITE_BUSY_TIMEOUT, &projection, streaming);
+    })
+    .await;
 }
 
 async fn run_postgres(options: PgConnectOptions, job: Job) {

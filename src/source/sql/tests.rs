@@ -313,7 +313,7 @@ async fn sqlite_a_data_changing_query_behind_with_meets_the_read_only_connection
 async fn a_sqlite_source_connection_is_read_only_and_query_only() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = sqlite_db(dir.path()).await;
-    let Ok(Target::Sqlite(options)) = target(&url, &Database::new(&url)) else {
+    let Ok(Target::Sqlite(options, _)) = target(&url, &Database::new(&url)) else {
         panic!("a sqlite target");
     };
     let mut conn = SqliteConnection::connect_with(&options)
@@ -331,6 +331,26 @@ async fn a_sqlite_source_connection_is_read_only_and_query_only() {
 
     assert_eq!(query_only, 1);
     let error = write.expect_err("mode=ro");
+    assert!(error.to_string().contains("readonly database"), "{error}");
+}
+
+#[tokio::test]
+async fn the_sqlite_row_reader_opens_the_file_read_only_and_query_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_db(dir.path()).await;
+    let Ok(Target::Sqlite(_, file)) = target(&url, &Database::new(&url)) else {
+        panic!("a sqlite target");
+    };
+    let conn = file.open(Duration::from_secs(1)).expect("open");
+
+    let query_only: i64 = conn
+        .query_row("PRAGMA query_only", [], |row| row.get(0))
+        .expect("read the pragma");
+    // Even with query_only turned off, the file was opened read-only.
+    let write = conn.execute_batch("PRAGMA query_only = OFF; CREATE TABLE t (a)");
+
+    assert_eq!(query_only, 1);
+    let error = write.expect_err("read-only");
     assert!(error.to_string().contains("readonly database"), "{error}");
 }
 

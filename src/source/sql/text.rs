@@ -1,10 +1,9 @@
-//! Database values read as text by their column's rule (see `types.rs`). A value its rule
-//! cannot read (a BLOB in a SQLite TEXT column, a two-dimensional array) is a row error naming
-//! the column, so the export goes on without that row.
+//! PostgreSQL values read as text by their column's rule (see `types.rs`; SQLite's are read in
+//! `sqlite_rows.rs`). A value its rule cannot read (a two-dimensional array) is a row error
+//! naming the column, so the export goes on without that row.
 
 use sqlx::postgres::{PgRow, PgValueFormat};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row as _, TypeInfo, ValueRef};
+use sqlx::{Row as _, ValueRef};
 
 use super::pg_binary;
 use crate::source::{Conversion, Row, RowError};
@@ -52,39 +51,6 @@ impl TextRow for PgRow {
         }
         let bytes = raw.as_bytes().map_err(|e| e.to_string())?;
         pg_binary::to_text(conversion, bytes)
-    }
-}
-
-impl TextRow for SqliteRow {
-    /// SQLite types values, not columns: each value by what it holds.
-    fn text(&self, i: usize, conversion: &Conversion) -> Result<Option<String>, String> {
-        let raw = self.try_get_raw(i).map_err(|e| e.to_string())?;
-        if raw.is_null() {
-            return Ok(None);
-        }
-        // Not NULL, so this is the value's own storage class, not the declared type.
-        let held = raw.type_info().name().to_owned();
-        match held.as_str() {
-            "INTEGER" => {
-                let value: i64 = self.try_get_unchecked(i).map_err(|e| e.to_string())?;
-                Ok(Some(match conversion {
-                    Conversion::SqliteBoolean => (value != 0).to_string(),
-                    _ => value.to_string(),
-                }))
-            }
-            "REAL" => {
-                let value: f64 = self.try_get_unchecked(i).map_err(|e| e.to_string())?;
-                Ok(Some(float_text(value)))
-            }
-            "TEXT" => self
-                .try_get_unchecked::<String, _>(i)
-                .map(Some)
-                .map_err(|_| "the text is not valid UTF-8".to_owned()),
-            _ => Err(format!(
-                "holds a {held} value (binary data), which has no text form for \
-                 ActiveCampaign; convert it in the query, e.g. hex(col), or leave the row out"
-            )),
-        }
     }
 }
 
