@@ -11,8 +11,8 @@
 //!
 //! A request that cannot be read (truncated, oversized, not JSON, another version) gets an
 //! `err` line and `exit` 76 (`EX_PROTOCOL`); the daemon carries on serving. The client keeps
-//! its side open until the `exit` line: closing it stops the request, as closing a terminal
-//! stops a command.
+//! its side open for reading until the `exit` line (it may shut its writing side): closing
+//! the connection stops the request, as closing a terminal stops a command.
 //!
 //! At most [`MAX_CONNECTIONS`] requests are served at once; a user who is not an admin may
 //! hold [`MAX_PER_USER`] of them, a user without a role [`MAX_PER_USER_WITHOUT_ROLE`] (only
@@ -43,6 +43,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a client that shut its writing side is checked for having left.
+const HANG_UP_POLL: Duration = Duration::from_millis(250);
 /// How long requests in flight may finish once the daemon stops (after its runs stopped).
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
 /// How long one answer line may wait for a client that does not read.
@@ -344,9 +346,17 @@ async fn serve_one(stream: UnixStream, ctx: Arc<Context>, actor: Actor, handler:
         let mut rest = [0u8; 64];
         loop {
             match reader.read(&mut rest).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
+        }
+        // End of input: the client shut its writing side (`printf … | nc -U` does, and still
+        // reads the answer) or closed the connection. Only the latter hangs the socket up.
+        loop {
+            if hung_up(reader.get_ref()) {
+                return;
+            }
+            tokio::time::sleep(HANG_UP_POLL).await;
         }
     };
     tokio::pin!(left);
@@ -394,6 +404,21 @@ async fn serve_one(stream: UnixStream, ctx: Arc<Context>, actor: Actor, handler:
         None => {
             tracing::info!(user = %name, command = %what, "Control client left; its request stopped")
         }
+    }
+}
+
+/// Whether the peer closed the connection entirely (`POLLHUP`), not only its writing side.
+fn hung_up(read: &tokio::net::unix::OwnedReadHalf) -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let stream: &UnixStream = read.as_ref();
+    let mut fds = [PollFd::new(stream, PollFlags::empty())];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(_) => fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR),
+        Err(_) => true,
     }
 }
 

@@ -1118,3 +1118,57 @@ async fn export_run_json_through_the_daemon_says_how_the_run_ended_when_the_daem
     assert_eq!(outcome["export"], "Weekly news");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_stops_its_request_and_one_that_only_shuts_writing_gets_its_answer()
+{
+    use acexport::sandbox::{Fault, FaultAction};
+    let mut team = Team {
+        env: TestEnv::new().await,
+        daemon: None,
+        socket: PathBuf::new(),
+    };
+    team.socket = team.env.path("control.sock");
+    let socket = team.socket.clone();
+    team.env
+        .rewrite_settings(|s| s.daemon.socket = Some(socket.clone()))
+        .expect("settings");
+    team.env.add_export().await;
+    team.start_daemon().await;
+    // Shut writing only, as `printf … | nc -U` does: the answer still comes.
+    let status = br#"{"v":1,"command":{"status":{"json":true}}}"#
+        .iter()
+        .chain(b"\n")
+        .copied()
+        .collect::<Vec<u8>>();
+    let answer = raw_request(&team.socket, &status, true).await;
+    assert_eq!(answer.last().expect("an answer")["exit"], 0, "{answer:?}");
+    // Hang up while following a run that takes a while: the daemon stops following.
+    team.env.sandbox.inject(Fault {
+        path_prefix: "/api/3/import/bulk_import".into(),
+        times: 1,
+        action: FaultAction::Delay(Duration::from_secs(3)),
+    });
+    let run = br#"{"v":1,"command":{"export":{"run":{"name":"weekly","dry_run":false,"full":false,"json":true}}}}"#
+        .iter()
+        .chain(b"\n")
+        .copied()
+        .collect::<Vec<u8>>();
+    let mut stream = UnixStream::connect(&team.socket).await.expect("connect");
+    stream.write_all(&run).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(stream);
+    let log = team.env.path("daemon.log");
+    let mut said = false;
+    for _ in 0..50 {
+        said = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Control client left; its request stopped");
+        if said {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(said, "{}", team.log());
+    team.stop().await;
+}
