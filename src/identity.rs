@@ -77,14 +77,6 @@ pub fn current() -> LocalUser {
     )
 }
 
-/// The name of a uid, or `uid N`.
-pub fn name_of(uid: u32) -> String {
-    match User::from_uid(Uid::from_raw(uid)) {
-        Ok(Some(user)) => user.name,
-        _ => format!("uid {uid}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use acexport::pipeline::{RunOptions, RunOutcome, Silent};
 use acexport::sandbox::SandboxOptions;
-use acexport::sandbox::world::World;
+use acexport::sandbox::world::{World, export_input};
 use acexport::service::Context;
 use acexport::service::connections::AddConnection;
 use acexport::service::exports::ExportInput;
@@ -680,20 +680,11 @@ impl Bench {
             .map_err(|e| format!("cannot add the segment: {e}"))?;
         self.ctx
             .add_export(ExportInput {
-                name: "bench".into(),
-                connection: "ac".into(),
-                list_id: 1,
-                segments: vec!["profiles".into()],
-                email: "email".into(),
                 first_name: Some("first".into()),
                 last_name: Some("last".into()),
                 phone: Some("phone".into()),
-                fields: vec![],
-                tags: vec![],
-                schedule: None,
-                timezone: None,
                 on_leave: OnLeave::Unsubscribe,
-                enabled: true,
+                ..export_input("bench", "ac", &["profiles"])
             })
             .await
             .map_err(|e| format!("cannot add the export: {e}"))?;

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use acexport::sandbox::world::World;
+use acexport::sandbox::world::{World, export_input};
 use acexport::service::exports::ExportInput;
 use acexport::service::segments::SegmentInput;
 use acexport::store::RunStatus;
@@ -207,20 +207,11 @@ async fn add_export(bench: &Bench, e: usize, each: usize) -> Result<(), String> 
     bench
         .ctx
         .add_export(ExportInput {
-            name: name.clone(),
-            connection: "ac".into(),
-            list_id: 1,
-            segments: vec![name.clone()],
-            email: "email".into(),
             first_name: Some("first".into()),
             last_name: Some("last".into()),
             phone: Some("phone".into()),
-            fields: vec![],
-            tags: vec![],
-            schedule: None,
-            timezone: None,
             on_leave: OnLeave::Unsubscribe,
-            enabled: true,
+            ..export_input(&name, "ac", &[&name])
         })
         .await
         .map_err(|e| format!("cannot add export {name}: {e}"))?;

@@ -991,11 +991,12 @@ async fn an_admins_sql_segment_is_neither_read_nor_exported_by_a_contributor() {
 #[ignore = "needs root: runs the CLI as other users"]
 async fn idle_connections_of_one_user_cannot_lock_the_others_out() {
     let team = Team::start().await;
-    // Twenty silent connections as a user without a role (they would have held every slot).
-    let mut idle: Vec<std::process::Child> = (0..20)
+    // More silent connections as a user without a role than the daemon has slots: without a
+    // share per user they would hold every slot until their requests time out (5 s).
+    let mut idle: Vec<std::process::Child> = (0..70)
         .map(|_| connect_as(NOBODY.0, &team.socket))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let started = std::time::Instant::now();
     team.as_root(&["status"]).await.assert_ok();
     team.as_user(VIEWER, &["status"]).await.assert_ok();
