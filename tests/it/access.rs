@@ -679,12 +679,7 @@ async fn signal_files_are_authorized_as_their_owner_and_the_run_names_them() {
         !run.full,
         "the contributor's {{\"all\":true,\"full\":true}} was refused"
     );
-    let reasons: Vec<String> = std::fs::read_dir(dir.join("rejected"))
-        .expect("rejected")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".reason"))
-        .map(|e| std::fs::read_to_string(e.path()).expect("reason"))
-        .collect();
+    let reasons = rejection_reasons(&dir);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons
@@ -787,6 +782,16 @@ async fn display_names_are_free_and_unique_ignoring_case() {
         .await
         .assert_ok();
     team.stop().await;
+}
+
+/// The reasons the daemon wrote for the signal files it rejected.
+fn rejection_reasons(trigger_dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(trigger_dir.join("rejected"))
+        .expect("rejected")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".reason"))
+        .map(|e| std::fs::read_to_string(e.path()).expect("reason"))
+        .collect()
 }
 
 /// Sends raw bytes on the control socket and returns the answer's lines.
@@ -1046,12 +1051,7 @@ async fn a_signal_file_others_could_write_or_that_has_another_name_is_refused() 
     std::fs::hard_link(&linked, dir.join("linked.trigger")).expect("link");
     let mut reasons = Vec::new();
     for _ in 0..100 {
-        reasons = std::fs::read_dir(dir.join("rejected"))
-            .expect("rejected")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".reason"))
-            .map(|e| std::fs::read_to_string(e.path()).expect("reason"))
-            .collect::<Vec<_>>();
+        reasons = rejection_reasons(&dir);
         if reasons.len() == 2 {
             break;
         }
